@@ -267,7 +267,8 @@ export class GuestAgent {
   /**
    * Resolves once the guest reported READY. If READY has not come after `probeAfterMs`
    * (default 2 s), asks for a snapshot every second, which also counts as ready: the host may
-   * have connected after the guest booted.
+   * have connected after the guest booted. `probeAfterMs: Infinity` never probes (QEMU held the
+   * guest until we connected, so READY cannot have been missed).
    */
   async waitReady(opts: { timeoutMs?: number; probeAfterMs?: number } = {}): Promise<void> {
     if (this.readyAt !== null) return;
@@ -285,7 +286,7 @@ export class GuestAgent {
         }
       }
     };
-    void probe();
+    if (Number.isFinite(probeAfterMs)) void probe();
     try {
       await this.waitUntil(() => this.readyAt !== null, timeoutMs, 'guest READY');
     } finally {
@@ -318,7 +319,7 @@ export class GuestAgent {
         return found !== undefined;
       },
       opts.timeoutMs ?? defaultWaitTimeoutMs,
-      'guest disk',
+      () => `a matching guest disk (guest has: ${[...this.diskTable.keys()].join(', ') || 'none'})`,
     );
     return { ...(found as GuestDisk) };
   }
@@ -398,7 +399,7 @@ export class GuestAgent {
     this.waiters.clear();
   }
 
-  private waitUntil(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  private waitUntil(check: () => boolean, timeoutMs: number, what: string | (() => string)): Promise<void> {
     if (check()) return Promise.resolve();
     if (this.closedReason !== null) return Promise.reject(new GuestClosedError(this.closedReason));
     return new Promise<void>((resolve, reject) => {
@@ -416,7 +417,8 @@ export class GuestAgent {
       };
       const timer = setTimeout(() => {
         this.waiters.delete(waiter);
-        reject(new GuestTimeoutError(`timed out after ${timeoutMs} ms waiting for ${what}`));
+        const desc = typeof what === 'string' ? what : what();
+        reject(new GuestTimeoutError(`timed out after ${timeoutMs} ms waiting for ${desc}`));
       }, timeoutMs);
       this.waiters.add(waiter);
     });

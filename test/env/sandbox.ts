@@ -412,7 +412,11 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     holder = await KataMonitorHolder.connect(kataQmpPath, deadline, signal);
     const g = guest;
     await Promise.race([
-      g.waitReady({ timeoutMs: Math.max(1, deadline - performance.now()) }),
+      // The events port is wait=on: READY cannot be missed, so no snapshot probing.
+      g.waitReady({
+        timeoutMs: Math.max(1, deadline - performance.now()),
+        probeAfterMs: Number.POSITIVE_INFINITY,
+      }),
       new Promise<never>((_, reject) => {
         if (signal.aborted) reject(signal.reason);
         signal.addEventListener('abort', () => reject(signal.reason), { once: true });
@@ -423,10 +427,15 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
       await writeFile(join(sbsDir, 'persist.json'), persistJson(id, pid, opts.pod), { mode: 0o640 });
     }
   } catch (err) {
+    const qemuDied = died.signal.aborted;
     await stop();
-    if (err instanceof SandboxError) throw err;
+    const code = qemuDied
+      ? 'SANDBOX_QEMU_EXITED'
+      : err instanceof SandboxError
+        ? err.code
+        : 'SANDBOX_START_FAILED';
     throw new SandboxError(
-      'SANDBOX_START_FAILED',
+      code,
       `sandbox ${id} did not start: ${(err as Error).message}; QEMU stderr: ${stderr.trim().slice(-2000)}`,
       { cause: err },
     );
