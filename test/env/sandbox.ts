@@ -67,6 +67,9 @@ export interface KataSandbox {
   kataQmpPath: string;
   vmplugQmpPath: string;
   consoleLog: string;
+  /** The guest's serial ports as unix sockets, for a second GuestAgent after `guest` is closed. */
+  guestEventsPath: string;
+  guestCommandPath: string;
   guest: GuestAgent;
   /** The arguments given to bin/vmplug-qemu (what Kata would pass to its hypervisor). */
   args: readonly string[];
@@ -441,5 +444,19 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     );
   }
   const bootMs = (guest.readySince ?? performance.now()) - started;
-  return { id, pid, dir, kataQmpPath, vmplugQmpPath, consoleLog, guest, args, bootMs, exited, stop };
+  return {
+    id,
+    pid,
+    dir,
+    kataQmpPath,
+    vmplugQmpPath,
+    consoleLog,
+    guestEventsPath: eventsPath,
+    guestCommandPath: commandPath,
+    guest,
+    args,
+    bootMs,
+    exited,
+    stop,
+  };
 }

@@ -1,7 +1,9 @@
-import { access, readFile, readlink, stat } from 'node:fs/promises';
+import { access, readFile, readlink, stat, truncate, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GuestAgent } from '../env/guest.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // A raw QMP exchange, on purpose independent of qmp/: this test checks the test bed itself.
@@ -165,6 +167,106 @@ describe('Kata-shaped sandbox through bin/vmplug-qemu', () => {
     expect(left.stdout.trim()).toBe('0');
     // A snapshot goes through the events port and comes back.
     expect(await s.guest.snapshot()).toEqual([]);
+  });
+
+  it('reports hot-plugged disks with size, read-only flag and serial on both buses', async () => {
+    const s = sandboxes[1] as KataSandbox;
+    const img = join(root.dir, 'disk-a.img');
+    const img2 = join(root.dir, 'disk-b.img');
+    await writeFile(img, Buffer.alloc(0));
+    await truncate(img, 64 * 1024 * 1024);
+    await writeFile(img2, Buffer.alloc(0));
+    await truncate(img2, 32 * 1024 * 1024);
+    await qmp(s.vmplugQmpPath, [
+      { execute: 'blockdev-add', arguments: { driver: 'file', filename: img, 'node-name': 'ta' } },
+      {
+        execute: 'blockdev-add',
+        arguments: { driver: 'file', filename: img2, 'node-name': 'tb', 'read-only': true },
+      },
+    ]);
+    let sent = performance.now();
+    await qmp(s.vmplugQmpPath, [
+      {
+        execute: 'device_add',
+        arguments: {
+          driver: 'scsi-hd',
+          id: 'tda',
+          drive: 'ta',
+          bus: 'vmplug-scsi0.0',
+          serial: 'scsi-serial-a',
+        },
+      },
+    ]);
+    const sd = await s.guest.waitForDisk((d) => d.serial === 'scsi-serial-a', { timeoutMs: 10_000 });
+    const scsiMs = sd.seenAt - sent;
+    expect(sd).toMatchObject({ sizeBytes: 64 * 1024 * 1024, readOnly: false });
+    expect(sd.name).toMatch(/^sd[a-z]+$/);
+    sent = performance.now();
+    await qmp(s.vmplugQmpPath, [
+      {
+        execute: 'device_add',
+        arguments: {
+          driver: 'virtio-blk-pci',
+          id: 'tdb',
+          drive: 'tb',
+          bus: 'vmplug-rp0',
+          serial: 'vblk-serial-b',
+        },
+      },
+    ]);
+    const vd = await s.guest.waitForDisk((d) => d.serial === 'vblk-serial-b', { timeoutMs: 10_000 });
+    const blkMs = vd.seenAt - sent;
+    expect(vd).toMatchObject({ sizeBytes: 32 * 1024 * 1024, readOnly: true });
+    expect(vd.name).toMatch(/^vd[a-z]+$/);
+
+    // Data written in the guest lands in the host file.
+    const w = await s.guest.run(
+      `printf 'vmplug-pattern' | dd of=/dev/${sd.name} bs=512 seek=2048 conv=fsync 2>/dev/null; echo $?`,
+    );
+    expect(w.stdout.trim()).toBe('0');
+    const fh = await readFile(img);
+    expect(fh.subarray(2048 * 512, 2048 * 512 + 14).toString()).toBe('vmplug-pattern');
+
+    // Online growth shows as DISK-SIZE.
+    await truncate(img, 96 * 1024 * 1024);
+    await qmp(s.vmplugQmpPath, [
+      { execute: 'block_resize', arguments: { 'node-name': 'ta', size: 96 * 1024 * 1024 } },
+    ]);
+    await s.guest.waitForDisk((d) => d.name === sd.name && d.sizeBytes === 96 * 1024 * 1024, {
+      timeoutMs: 10_000,
+    });
+
+    // A second agent (the first closed) catches up with a snapshot through the events port.
+    await s.guest.close();
+    const again = await GuestAgent.connect(s.guestEventsPath, s.guestCommandPath, { timeoutMs: 5_000 });
+    try {
+      await again.waitReady({ timeoutMs: 10_000, probeAfterMs: 0 });
+      expect(
+        again
+          .disks()
+          .map((d) => [d.name, d.serial])
+          .sort(),
+      ).toEqual([
+        [sd.name, 'scsi-serial-a'],
+        [vd.name, 'vblk-serial-b'],
+      ]);
+
+      sent = performance.now();
+      await qmp(s.vmplugQmpPath, [{ execute: 'device_del', arguments: { id: 'tda' } }]);
+      const goneScsi = await again.waitForDiskGone(sd.name, { timeoutMs: 10_000 });
+      const delScsiMs = goneScsi.at - sent;
+      sent = performance.now();
+      await qmp(s.vmplugQmpPath, [{ execute: 'device_del', arguments: { id: 'tdb' } }]);
+      const goneBlk = await again.waitForDiskGone(vd.name, { timeoutMs: 10_000 });
+      const delBlkMs = goneBlk.at - sent;
+      console.log(
+        `guest saw: scsi-hd +${Math.round(scsiMs)} ms / -${Math.round(delScsiMs)} ms, ` +
+          `virtio-blk +${Math.round(blkMs)} ms / -${Math.round(delBlkMs)} ms`,
+      );
+      expect(again.disks()).toEqual([]);
+    } finally {
+      await again.close();
+    }
   });
 
   it('stop() leaves no process and no files', async () => {
