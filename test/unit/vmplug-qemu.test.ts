@@ -159,11 +159,34 @@ describe('bin/vmplug-qemu', () => {
     });
   }
 
-  it('accepts a 128-character id', async () => {
+  it('accepts a long id while its socket path fits in sun_path', async () => {
+    // A 128-character id (the id alphabet's limit) never fits: '/' + 128 + '/qmp.sock' > 107
+    // bytes. Kata's ids are 64 hex characters: /run/vmplug/sandboxes/<64>/qmp.sock is 95.
+    const shortRoot = await mkdtemp('/tmp/q');
+    const id = `A${'b'.repeat(106 - shortRoot.length - '//qmp.sock'.length)}`;
+    try {
+      const r = await runWrapper(['-name', `sandbox-${id}`], { VMPLUG_MONITOR_DIR: shortRoot });
+      const socket = `${shortRoot}/${id}/qmp.sock`;
+      expect(Buffer.byteLength(socket)).toBe(107);
+      expect(r.args).toContain(`unix:${socket},server=on,wait=off`);
+    } finally {
+      await rm(shortRoot, { recursive: true, force: true });
+    }
+  });
+
+  it('runs QEMU unchanged when the monitor socket path would be too long for QEMU', async () => {
     const id = `A${'b'.repeat(127)}`;
-    const r = await runWrapper(['-name', `sandbox-${id}`]);
-    expect(r.args.slice(0, 2)).toEqual(['-name', `sandbox-${id}`]);
-    expect(r.args).toContain(`unix:${join(monitorDir, id)}/qmp.sock,server=on,wait=off`);
+    const args = ['-machine', 'q35', '-name', `sandbox-${id}`];
+    const r = await runWrapper(args);
+    expect(r.args).toEqual(args);
+    expect(await readdir(dir)).toEqual(['fake-qemu']);
+  });
+
+  it('runs QEMU unchanged when the monitor directory has a comma (QEMU option separator)', async () => {
+    const args = ['-machine', 'q35', '-name', 'sandbox-ok'];
+    const r = await runWrapper(args, { VMPLUG_MONITOR_DIR: join(dir, 'a,b') });
+    expect(r.args).toEqual(args);
+    expect(await readdir(dir)).toEqual(['fake-qemu']);
   });
 
   it('does not follow a symlink planted where the sandbox directory goes', async () => {
