@@ -1,0 +1,184 @@
+import type { Duplex } from 'node:stream';
+import { armDeadline, type CallOptions } from './deadline.js';
+import {
+  QmpAbortedError,
+  QmpClosedError,
+  QmpCommandError,
+  type QmpError,
+  QmpProtocolError,
+} from './errors.js';
+import { EventHub, type Unsubscribe } from './events.js';
+import { MessageSplitter } from './framing.js';
+import { classify, type QmpGreeting, type QmpId } from './messages.js';
+
+export interface QmpProtocolOptions {
+  /** Timeout for execute() and waitFor() when the call gives none. */
+  defaultTimeoutMs?: number;
+  /** A single message above this is a protocol error (guards memory against a broken peer). */
+  maxMessageBytes?: number;
+}
+
+interface Pending {
+  command: string;
+  resolve(value: unknown): void;
+  reject(err: unknown): void;
+  disarm(): void;
+}
+
+/**
+ * One QMP conversation over a connected stream: framing, the greeting, command ids and replies,
+ * events. It knows nothing of sockets or reconnection; QmpClient owns those.
+ */
+export class QmpProtocol {
+  readonly events: EventHub;
+  private readonly pending = new Map<QmpId, Pending>();
+  private readonly closeListeners = new Set<(err: QmpError) => void>();
+  private readonly splitter: MessageSplitter;
+  private readonly defaultTimeoutMs: number;
+  private nextId = 0;
+  private greetingMsg: QmpGreeting | undefined;
+  private greetingWaiters: Array<{ resolve(g: QmpGreeting): void; reject(e: unknown): void }> = [];
+  private closeError: QmpError | undefined;
+  private lastSocketError: unknown;
+
+  constructor(
+    private readonly stream: Duplex,
+    opts: QmpProtocolOptions = {},
+  ) {
+    this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 10_000;
+    this.events = new EventHub(this.defaultTimeoutMs);
+    this.splitter = new MessageSplitter((m) => this.dispatch(m), opts.maxMessageBytes);
+    stream.on('data', (chunk: Buffer) => {
+      try {
+        this.splitter.push(chunk);
+      } catch (err) {
+        this.stream.destroy(err instanceof Error ? err : new QmpProtocolError(String(err)));
+      }
+    });
+    stream.on('error', (err) => {
+      this.lastSocketError = err;
+    });
+    stream.on('close', () => this.onStreamClose());
+  }
+
+  get closed(): boolean {
+    return this.closeError !== undefined;
+  }
+
+  /** Resolves with QEMU's greeting, the first message on the socket. */
+  greeting(): Promise<QmpGreeting> {
+    if (this.greetingMsg !== undefined) return Promise.resolve(this.greetingMsg);
+    if (this.closeError !== undefined) return Promise.reject(this.closeError);
+    return new Promise((resolve, reject) => this.greetingWaiters.push({ resolve, reject }));
+  }
+
+  execute<T = unknown>(command: string, args?: object, opts: CallOptions = {}): Promise<T> {
+    if (this.closeError !== undefined) return Promise.reject(new QmpClosedError(command, this.closeError));
+    if (opts.signal?.aborted) return Promise.reject(new QmpAbortedError(command, opts.signal.reason));
+    const id = ++this.nextId;
+    return new Promise<T>((resolve, reject) => {
+      const entry: Pending = { command, resolve: resolve as (v: unknown) => void, reject, disarm: noop };
+      this.pending.set(id, entry);
+      entry.disarm = armDeadline(command, opts.timeoutMs ?? this.defaultTimeoutMs, opts.signal, (err) => {
+        // A late reply for this id is dropped by dispatch(): ids are never reused.
+        this.pending.delete(id);
+        reject(err);
+      });
+      this.stream.write(
+        JSON.stringify(
+          args === undefined ? { execute: command, id } : { execute: command, arguments: args, id },
+        ),
+      );
+    });
+  }
+
+  /** Called once with the error every pending command got (QMP_CLOSED or QMP_PROTOCOL). */
+  onClose(listener: (err: QmpError) => void): Unsubscribe {
+    if (this.closeError !== undefined) {
+      const err = this.closeError;
+      queueMicrotask(() => listener(err));
+      return noop;
+    }
+    this.closeListeners.add(listener);
+    return () => this.closeListeners.delete(listener);
+  }
+
+  /** Half-closes and resolves once the peer has hung up too (or at once if already closed). */
+  close(): Promise<void> {
+    if (this.closeError !== undefined) return Promise.resolve();
+    return new Promise((resolve) => {
+      // QEMU answers our FIN by closing; do not wait on a peer that does not.
+      const t = setTimeout(() => this.stream.destroy(), 1_000);
+      this.closeListeners.add(() => {
+        clearTimeout(t);
+        resolve();
+      });
+      this.stream.end();
+    });
+  }
+
+  destroy(): void {
+    this.stream.destroy();
+  }
+
+  private dispatch(raw: unknown): void {
+    const m = classify(raw);
+    switch (m.kind) {
+      case 'return': {
+        const p = m.message.id === undefined ? undefined : this.pending.get(m.message.id);
+        if (p === undefined) return;
+        this.pending.delete(m.message.id!);
+        p.disarm();
+        p.resolve(m.message.return);
+        return;
+      }
+      case 'error': {
+        // An error without id answers input QEMU could not parse; we send none such, so there
+        // is no command to charge it to.
+        const p = m.message.id === undefined ? undefined : this.pending.get(m.message.id);
+        if (p === undefined) return;
+        this.pending.delete(m.message.id!);
+        p.disarm();
+        const e = m.message.error;
+        p.reject(new QmpCommandError(p.command, String(e.class), String(e.desc)));
+        return;
+      }
+      case 'event':
+        this.events.emit(m.message);
+        return;
+      case 'greeting': {
+        if (this.greetingMsg !== undefined) return;
+        this.greetingMsg = m.message;
+        const waiters = this.greetingWaiters;
+        this.greetingWaiters = [];
+        for (const w of waiters) w.resolve(m.message);
+        return;
+      }
+      case 'unknown':
+        // Unknown shapes are ignored for forward compatibility, except as the first message.
+        if (this.greetingMsg === undefined) {
+          this.stream.destroy(new QmpProtocolError('QMP peer did not start with a greeting'));
+        }
+        return;
+    }
+  }
+
+  private onStreamClose(): void {
+    if (this.closeError !== undefined) return;
+    const cause = this.lastSocketError ?? (this.stream.errored as unknown) ?? undefined;
+    const err = cause instanceof QmpProtocolError ? cause : new QmpClosedError('connection', cause);
+    this.closeError = err;
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.disarm();
+      p.reject(err instanceof QmpProtocolError ? err : new QmpClosedError(p.command, cause));
+    }
+    for (const w of this.greetingWaiters) w.reject(err);
+    this.greetingWaiters = [];
+    this.events.failWaiters(err);
+    for (const l of this.closeListeners) l(err);
+    this.closeListeners.clear();
+  }
+}
+
+function noop(): void {}
