@@ -1,6 +1,14 @@
 import net from 'node:net';
 import { armDeadline, type CallOptions } from './deadline.js';
-import { QmpBusyError, QmpClosedError, QmpConnectError, type QmpError, QmpProtocolError } from './errors.js';
+import {
+  QmpAbortedError,
+  QmpBusyError,
+  QmpClosedError,
+  QmpConnectError,
+  type QmpError,
+  QmpProtocolError,
+  QmpTimeoutError,
+} from './errors.js';
 import type { EventData, EventListener, QmpEventWaiter, Unsubscribe, WaitForOptions } from './events.js';
 import type { QmpExecutor } from './executor.js';
 import type { QmpEvent, QmpGreeting } from './messages.js';
@@ -77,6 +85,7 @@ function open(path: string, opts: QmpConnectOptions): Promise<QmpProtocol> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
   const greetingTimeoutMs = opts.greetingTimeoutMs ?? DEFAULT_GREETING_TIMEOUT_MS;
   const started = performance.now();
+  if (opts.signal?.aborted) return Promise.reject(new QmpAbortedError(`connect ${path}`, opts.signal.reason));
   return new Promise<QmpProtocol>((resolve, reject) => {
     let phase: Phase = 'connect';
     let disarmGreeting = noop;
@@ -91,9 +100,14 @@ function open(path: string, opts: QmpConnectOptions): Promise<QmpProtocol> {
     };
     const disarm = armDeadline(`connect ${path}`, timeoutMs, opts.signal, (err) => {
       // Past the socket connect, silence means the monitor is held by someone else.
-      fail(phase === 'greeting' ? new QmpBusyError(path, Math.round(performance.now() - started)) : err);
+      fail(
+        phase === 'greeting' && err instanceof QmpTimeoutError
+          ? new QmpBusyError(path, Math.round(performance.now() - started))
+          : err,
+      );
     });
-    socket.once('error', (err) => {
+    // Kept for the socket's whole life: a connect can still report an error after we gave up.
+    socket.on('error', (err) => {
       if (phase === 'connect') fail(new QmpConnectError(path, err));
     });
     socket.once('connect', () => {
