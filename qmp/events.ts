@@ -160,7 +160,8 @@ export class EventHub implements QmpEventSource {
 
   private deliver(set: Set<EventListener> | undefined, event: QmpEvent): void {
     if (set === undefined) return;
-    for (const listener of set) {
+    // A snapshot: a listener that subscribes during delivery must not get this same event.
+    for (const listener of [...set]) {
       try {
         listener(event);
       } catch (err) {

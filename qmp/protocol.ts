@@ -76,6 +76,15 @@ export class QmpProtocol {
     if (this.closeError !== undefined) return Promise.reject(new QmpClosedError(command, this.closeError));
     if (opts.signal?.aborted) return Promise.reject(new QmpAbortedError(command, opts.signal.reason));
     const id = ++this.nextId;
+    let payload: string;
+    try {
+      payload = JSON.stringify(
+        args === undefined ? { execute: command, id } : { execute: command, arguments: args, id },
+      );
+    } catch (err) {
+      // e.g. a BigInt argument; nothing was registered or sent.
+      return Promise.reject(err);
+    }
     return new Promise<T>((resolve, reject) => {
       const entry: Pending = { command, resolve: resolve as (v: unknown) => void, reject, disarm: noop };
       this.pending.set(id, entry);
@@ -84,11 +93,7 @@ export class QmpProtocol {
         this.pending.delete(id);
         reject(err);
       });
-      this.stream.write(
-        JSON.stringify(
-          args === undefined ? { execute: command, id } : { execute: command, arguments: args, id },
-        ),
-      );
+      this.stream.write(payload);
     });
   }
 

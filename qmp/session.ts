@@ -86,6 +86,7 @@ export class QmpSession implements QmpExecutor {
     return this.client?.greeting;
   }
 
+  /** Told of every transition, and of every failed attempt while connecting (with its error). */
   onStateChange(listener: (change: QmpSessionStateChange) => void): Unsubscribe {
     this.stateListeners.add(listener);
     return () => this.stateListeners.delete(listener);

@@ -200,6 +200,42 @@ describe('QmpClient commands', () => {
     expect(await caught(c.execute('query-status'))).toBeInstanceOf(QmpClosedError);
   });
 
+  it('reads a multi-MB reply arriving in 64 KiB writes, interleaved with an event', async () => {
+    const entries = Array.from({ length: 50_000 }, (_, i) => ({
+      name: `${i}`,
+      'meta-type': 'object',
+      members: [],
+    }));
+    fake.handlers.set('query-qmp-schema', (_args, ctx) => {
+      ctx.emit('RESUME');
+      return { return: entries };
+    });
+    fake.transmit = (s, bytes) => {
+      for (let i = 0; i < bytes.length; i += 65_536) s.write(bytes.subarray(i, i + 65_536));
+    };
+    const c = await connect();
+    const resumed = c.waitFor('RESUME', undefined, { timeoutMs: 5_000 });
+    const schema = await c.execute<unknown[]>('query-qmp-schema');
+    expect(schema).toHaveLength(50_000);
+    await resumed;
+  });
+
+  it('fails pending commands with QMP_PROTOCOL when the peer sends garbage', async () => {
+    fake.handlers.set('slow', () => ({ noReply: true }));
+    const c = await connect();
+    const p = caught(c.execute('slow'));
+    await new Promise((r) => setTimeout(r, 20));
+    fake.sendRaw('this is not json\r\n');
+    expect(await p).toBeInstanceOf(QmpProtocolError);
+    expect(c.closed).toBe(true);
+  });
+
+  it('rejects arguments JSON cannot encode without sending or leaking a pending entry', async () => {
+    const c = await connect();
+    await expect(c.execute('query-status', { n: 1n })).rejects.toBeInstanceOf(TypeError);
+    expect(await c.execute('query-status')).toMatchObject({ running: true });
+  });
+
   it('closes politely', async () => {
     const c = await connect();
     await c.close();
