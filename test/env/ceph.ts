@@ -69,6 +69,8 @@ export interface StartCephOptions {
   detached?: boolean;
   /** Size of the OSD's sparse block file; default 4 GiB. */
   osdBlockBytes?: number;
+  /** The mon's port; default a port free at start. */
+  monPort?: number;
   /** Overall start-up deadline; default 120 s. */
   timeoutMs?: number;
 }
@@ -80,6 +82,18 @@ const cliTimeoutMs = 60_000;
 export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluster> {
   const timeout = AbortSignal.timeout(opts.timeoutMs ?? 120_000);
   const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+  try {
+    return await startOnce(opts, signal);
+  } catch (e) {
+    // The one failure a retry fixes: the mon lost its free port to another process in between.
+    const retryable =
+      e instanceof CephEnvError && e.code === 'CEPH_DAEMON_DIED' && opts.monPort === undefined;
+    if (!retryable || signal.aborted) throw e;
+    return await startOnce(opts, signal);
+  }
+}
+
+async function startOnce(opts: StartCephOptions, signal: AbortSignal): Promise<CephCluster> {
   const dir = opts.dir
     ? await prepareGivenDir(resolve(opts.dir))
     : await mkdtemp(join(tmpdir(), 'vmplug-ceph-'));
@@ -93,6 +107,7 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
   try {
     const descriptor = await bootstrap(l, pids, {
       detached: opts.detached ?? false,
+      monPort: opts.monPort,
       signal,
       osdBlockBytes: opts.osdBlockBytes ?? 4 * 2 ** 30,
     });
@@ -102,7 +117,11 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
     await killDaemons(pids, l.confPath).catch(() => {});
     // VMPLUG_CEPH_KEEP_FAILED=1 keeps a failed cluster's logs and data for a post-mortem.
     if (process.env.VMPLUG_CEPH_KEEP_FAILED !== '1') await rm(dir, { recursive: true, force: true });
-    if (timeout.aborted && !opts.signal?.aborted) {
+    if (
+      signal.aborted &&
+      !opts.signal?.aborted &&
+      !(e instanceof CephEnvError && e.code === 'CEPH_DAEMON_DIED')
+    ) {
       throw new CephEnvError('CEPH_START_TIMEOUT', `ceph did not become ready: ${(e as Error).message}`, {
         cause: e,
       });
@@ -118,6 +137,7 @@ export function attachCeph(descriptor: CephDescriptor): CephCluster {
 
 interface BootstrapOptions {
   detached: boolean;
+  monPort: number | undefined;
   signal: AbortSignal;
   osdBlockBytes: number;
 }
@@ -135,7 +155,7 @@ async function bootstrap(l: CephLayout, pids: number[], o: BootstrapOptions): Pr
 
   const fsid = randomUUID();
   const osdUuid = randomUUID();
-  const monPort = await freePort();
+  const monPort = o.monPort ?? (await freePort());
   await writeFile(l.confPath, renderConf({ layout: l, fsid, monPort, osdBlockBytes: o.osdBlockBytes }), {
     mode: 0o600,
   });
@@ -168,6 +188,33 @@ async function bootstrap(l: CephLayout, pids: number[], o: BootstrapOptions): Pr
   pids.push(mon);
   const mgr = spawnDaemon(l, 'ceph-mgr', mgrId, daemonOpts);
   pids.push(mgr);
+  const watch = watchDaemons(l, pids, signal);
+  try {
+    return await configure(l, pids, { ...o, signal: watch.signal }, { monPort, osdUuid, mon, mgr });
+  } catch (e) {
+    throw watch.died() ?? e;
+  } finally {
+    watch.stop();
+  }
+}
+
+interface Started {
+  monPort: number;
+  osdUuid: string;
+  mon: number;
+  mgr: number;
+}
+
+/** With the mon and mgr running: registers and starts the OSD, makes the pool, waits for PGs. */
+async function configure(
+  l: CephLayout,
+  pids: number[],
+  o: BootstrapOptions,
+  st: Started,
+): Promise<CephDescriptor> {
+  const { signal } = o;
+  const { monPort, osdUuid, mon, mgr } = st;
+  const daemonOpts = { dieWithParent: !o.detached };
   const adminArgs = ['--conf', l.confPath, '--name', 'client.admin', '--keyring', l.adminKeyring];
   const ceph = (args: string[]) =>
     runProgram('ceph', [...adminArgs, ...args], { timeoutMs: cliTimeoutMs, signal });
@@ -177,7 +224,7 @@ async function bootstrap(l: CephLayout, pids: number[], o: BootstrapOptions): Pr
   pids.push(osd);
   await ceph(['osd', 'pool', 'create', pool, String(pgNum), String(pgNum), 'replicated']);
   await runProgram('rbd', [...adminArgs, 'pool', 'init', pool], { timeoutMs: cliTimeoutMs, signal });
-  await waitActiveClean(l, pids, ceph, signal);
+  await waitActiveClean(ceph, signal);
 
   const descriptor: CephDescriptor = {
     dir: l.dir,
@@ -204,22 +251,63 @@ interface PgSummary {
  * own pool may appear meanwhile, so the count is re-read each time.
  */
 async function waitActiveClean(
-  l: CephLayout,
-  pids: readonly number[],
   ceph: (args: string[]) => Promise<{ stdout: Buffer }>,
   signal: AbortSignal,
 ): Promise<void> {
   for (;;) {
     signal.throwIfAborted();
-    const dead = pids.filter((p) => !isAlive(p));
-    if (dead.length > 0)
-      throw new CephEnvError('CEPH_DAEMON_DIED', `ceph daemon(s) ${dead.join(', ')} died; see ${l.logDir}`);
     const { stdout } = await ceph(['pg', 'stat', '--format', 'json']);
     const stat = (JSON.parse(stdout.toString('utf8')) as { pg_summary: PgSummary }).pg_summary;
     const clean = stat.num_pg_by_state?.find((s) => s.name === 'active+clean')?.num ?? 0;
     if (stat.num_pgs > 0 && clean === stat.num_pgs) return;
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+interface DaemonWatch {
+  /** Aborted when `parent` is, or as soon as a daemon dies. */
+  signal: AbortSignal;
+  /** The error describing the death, if one died. */
+  died(): CephEnvError | null;
+  stop(): void;
+}
+
+/**
+ * A daemon that dies during start-up (a port taken, a bad setting) would otherwise leave the
+ * CLI calls waiting for their mount timeout: abort them at once and say which one died and why.
+ */
+function watchDaemons(l: CephLayout, pids: readonly number[], parent: AbortSignal): DaemonWatch {
+  const ac = new AbortController();
+  let death: CephEnvError | null = null;
+  const timer = setInterval(() => {
+    const dead = pids.find((p) => !isAlive(p));
+    if (dead === undefined) return;
+    death = new CephEnvError(
+      'CEPH_DAEMON_DIED',
+      `a ceph daemon (pid ${dead}) died during start-up:\n${logTails(l)}`,
+    );
+    ac.abort(death);
+  }, 100);
+  return {
+    signal: AbortSignal.any([parent, ac.signal]),
+    died: () => death,
+    stop: () => clearInterval(timer),
+  };
+}
+
+/** The last lines of each daemon's output, for start-up errors (cephx keys are never logged). */
+function logTails(l: CephLayout): string {
+  const parts: string[] = [];
+  for (const f of readdirSync(l.logDir).filter(
+    (n) => n.endsWith('.out') || /^(mon|osd|mgr)\.\w+\.log$/.test(n),
+  )) {
+    const lines = readFileSync(join(l.logDir, f), 'utf8')
+      .split('\n')
+      .filter((line) => line.trim() !== '')
+      .slice(-8);
+    if (lines.length > 0) parts.push(`== ${f}\n${lines.join('\n')}`);
+  }
+  return parts.join('\n');
 }
 
 function clusterOf(d: CephDescriptor, guard: ExitGuard | null): CephCluster {

@@ -42,11 +42,20 @@ export function renderConf({ layout: l, fsid, monPort, osdBlockBytes }: ConfInpu
     'osd crush chooseleaf type = 0',
     'mon data avail warn = 1',
     'mon data avail crit = 0',
+    // Daemons report to the mgr every second (default 5 s): "all PGs active+clean" is seen sooner.
+    'mgr stats period = 1',
+    'mgr tick period = 1',
+    // One mon has nobody to batch proposals with: commit map changes at once, not once a second.
+    'paxos propose interval = 0.05',
+    'paxos min wait = 0.01',
     '',
     // Daemons: their own keyrings (never the admin one), sockets, logs and pid files in the dir.
     '[mon]',
     `mon data = ${l.dir}/mon/$id`,
     `mon cluster log file = ${l.logDir}/cluster.log`,
+    // A taken port should fail the start in about a second (and be retried), not after 15 s.
+    'ms bind retry count = 2',
+    'ms bind retry delay = 1',
     `admin socket = ${l.runDir}/$name.asok`,
     `log file = ${l.logDir}/$name.log`,
     `pid file = ${l.runDir}/$name.pid`,
@@ -79,6 +88,10 @@ export function renderConf({ layout: l, fsid, monPort, osdBlockBytes }: ConfInpu
     '',
     `[mgr.${mgrId}]`,
     `keyring = ${l.mgrKeyring}`,
+    '',
+    // A client whose mon is gone fails in seconds, not librados' default 300 s.
+    '[client]',
+    'client mount timeout = 20',
     '',
     '[client.admin]',
     `keyring = ${l.adminKeyring}`,
