@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { ensureGuestImage, GuestAgent } from './guest.js';
 import { ensureLibvirtd } from './libvirt/daemon.js';
@@ -26,6 +26,7 @@ export { LibvirtTestbedError } from './libvirt/errors.js';
 export { defaultLibvirtUri, VirshError, virsh } from './libvirt/virsh.js';
 
 export const testDomainPrefix = 'vmplug-test-';
+const domainDirPrefix = 'vmplug-lv-';
 const namePattern = /^vmplug-test-[a-z0-9-]{1,40}$/;
 const guestCmdline = 'console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init';
 
@@ -121,19 +122,23 @@ export async function sweepLeakedTestDomains(
   const swept: string[] = [];
   for (const name of stdout.split('\n').map((l) => l.trim())) {
     if (!name.startsWith(testDomainPrefix)) continue;
-    let owner: { pid: number; start: string } | null = null;
+    let owner: { pid: number; start: string; dir: string } | null = null;
     try {
       const { stdout: xml } = await virsh(['dumpxml', name], common);
       const m = new RegExp(
-        `<vmplug:owner xmlns:vmplug="${metadataNamespace}" pid="(\\d+)" start="(\\d+)"`,
+        `<vmplug:owner xmlns:vmplug="${metadataNamespace}" pid="(\\d+)" start="(\\d+)" dir="([^"]*)"`,
       ).exec(xml);
-      if (m?.[1] && m[2]) owner = { pid: Number(m[1]), start: m[2] };
+      if (m?.[1] && m[2] && m[3] !== undefined) owner = { pid: Number(m[1]), start: m[2], dir: m[3] };
     } catch {
       continue; // Gone meanwhile.
     }
     if (owner && (await processStartTicks(owner.pid)) === owner.start) continue;
     await virsh(['destroy', name], common).catch(() => {});
     await virsh(['undefine', name], common).catch(() => {});
+    // Only ever a dir this module made: the metadata is ours, but check before removing.
+    if (owner && dirname(owner.dir) === tmpdir() && basename(owner.dir).startsWith(domainDirPrefix)) {
+      await rm(owner.dir, { recursive: true, force: true });
+    }
     swept.push(name);
   }
   return swept;
@@ -151,7 +156,7 @@ export async function startTestDomain(opts: StartTestDomainOptions = {}): Promis
   const image = await ensureGuestImage(signal);
   const startTicks = await processStartTicks(process.pid);
 
-  const dir = await mkdtemp(join(tmpdir(), 'vmplug-lv-'));
+  const dir = await mkdtemp(join(tmpdir(), domainDirPrefix));
   // QEMU runs as libvirt-qemu: it must traverse the dir to reach sockets and disk images in it.
   await chmod(dir, 0o711);
   const consoleLog = join(dir, 'console.log');
@@ -176,7 +181,7 @@ export async function startTestDomain(opts: StartTestDomainOptions = {}): Promis
       consoleLog,
       eventsSocket: guestEventsPath,
       commandSocket: guestCommandPath,
-      owner: { pid: process.pid, startTicks: startTicks ?? '0' },
+      owner: { pid: process.pid, startTicks: startTicks ?? '0', dir },
     }),
     { mode: 0o600 },
   );

@@ -21,7 +21,7 @@ export interface TestDomainSpec {
   eventsSocket: string;
   commandSocket: string;
   /** Recorded in the domain's metadata so a later run can tell a leaked domain from a live one. */
-  owner: { pid: number; startTicks: string };
+  owner: { pid: number; startTicks: string; dir: string };
 }
 
 export const metadataNamespace = 'https://vmplug.io/xmlns/test-domain/1';
@@ -46,7 +46,7 @@ export function testDomainXml(spec: TestDomainSpec): string {
   return `<domain type='${spec.accel === 'kvm' ? 'kvm' : 'qemu'}'>
   <name>${e(spec.name)}</name>
   <metadata>
-    <vmplug:owner xmlns:vmplug='${metadataNamespace}' pid='${spec.owner.pid}' start='${e(spec.owner.startTicks)}'/>
+    <vmplug:owner xmlns:vmplug='${metadataNamespace}' pid='${spec.owner.pid}' start='${e(spec.owner.startTicks)}' dir='${e(spec.owner.dir)}'/>
   </metadata>
   <maxMemory slots='${spec.memorySlots}' unit='MiB'>${spec.maxMemoryMiB}</maxMemory>
   <memory unit='MiB'>${spec.memoryMiB}</memory>
