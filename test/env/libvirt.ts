@@ -28,7 +28,8 @@ export { defaultLibvirtUri, VirshError, virsh } from './libvirt/virsh.js';
 export const testDomainPrefix = 'vmplug-test-';
 const domainDirPrefix = 'vmplug-lv-';
 const namePattern = /^vmplug-test-[a-z0-9-]{1,40}$/;
-const guestCmdline = 'console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init';
+// memhp_default_state=online: hot-added memory is usable at once (the busybox guest has no udev to online it).
+const guestCmdline = 'console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init memhp_default_state=online';
 
 export interface TestDomain {
   name: string;
