@@ -1,0 +1,611 @@
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, open, readdir, readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { InvalidTransitionError, JournalCorruptError, JournalIoError } from './errors.js';
+import {
+  isSandboxId,
+  isVolumeId,
+  parseSandboxId,
+  parseVolumeId,
+  type SandboxId,
+  type VolumeId,
+} from './ids.js';
+import { type FrontendBus, parseRootPortId, type VolumeNames, volumeNames } from './naming.js';
+import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
+import {
+  type Bus,
+  type Monitor,
+  parseCephName,
+  parseCephUser,
+  parseHostDevicePath,
+  parseMonitor,
+  type StoredSpec,
+} from './volume-spec.js';
+
+// The attach journal: one JSON file per (sandbox, volume), written before each side effect so a
+// crash at any point leaves a record of what may exist in QEMU. Layout:
+//   <stateDir>/journal/<sandboxId>/<volumeId>.json        the record (0600)
+//   <stateDir>/journal/<sandboxId>/.<volumeId>.json.*.tmp  a write in flight, or torn by a crash
+//   <stateDir>/journal/<sandboxId>/.<volumeId>.json.corrupt-<ms>  a quarantined unreadable record
+// Ids never start with ".", so hidden names never collide with records. A record never holds
+// the cephx key: the spec is stored without it, plus the keyed fingerprint.
+
+export type AttachState = 'Pending' | 'SecretAdded' | 'BlockdevAdded' | 'DeviceAdded' | 'Attached';
+export type DetachState = 'Detaching' | 'DetachPending' | 'DeviceDeleted' | 'BlockdevDeleted' | 'Detached';
+export type VolumeState = AttachState | DetachState;
+
+const STATES: readonly VolumeState[] = [
+  'Pending',
+  'SecretAdded',
+  'BlockdevAdded',
+  'DeviceAdded',
+  'Attached',
+  'Detaching',
+  'DetachPending',
+  'DeviceDeleted',
+  'BlockdevDeleted',
+  'Detached',
+];
+
+// Any attach state may turn into Detaching: that is both a detach request and the rollback of a
+// failed or interrupted attach. Detaching may skip steps that never happened (no device yet: go
+// to BlockdevDeleted; nothing created: Detached). DetachPending repeats while the guest holds on.
+const TRANSITIONS: Readonly<Record<VolumeState, readonly VolumeState[]>> = {
+  Pending: ['SecretAdded', 'BlockdevAdded', 'Detaching'],
+  SecretAdded: ['BlockdevAdded', 'Detaching'],
+  BlockdevAdded: ['DeviceAdded', 'Detaching'],
+  DeviceAdded: ['Attached', 'Detaching'],
+  Attached: ['Detaching'],
+  Detaching: ['DetachPending', 'DeviceDeleted', 'BlockdevDeleted', 'Detached'],
+  DetachPending: ['DetachPending', 'DeviceDeleted'],
+  DeviceDeleted: ['BlockdevDeleted'],
+  BlockdevDeleted: ['Detached'],
+  Detached: [],
+};
+
+export function isAttachState(s: VolumeState): s is AttachState {
+  return STATES.indexOf(s) < STATES.indexOf('Detaching');
+}
+
+export type SandboxKind = 'kata' | 'libvirt';
+
+export interface TimelineEntry {
+  step: VolumeState;
+  /** ISO 8601 time the step was reached. */
+  at: string;
+  /** How long the step took. */
+  ms: number;
+}
+
+export interface RecordedError {
+  code: string;
+  message: string;
+  at: string;
+}
+
+export interface JournalRecord {
+  version: 1;
+  sandboxId: SandboxId;
+  volumeId: VolumeId;
+  kind: SandboxKind;
+  spec: StoredSpec;
+  fingerprint: string;
+  names: VolumeNames;
+  /** The frontend in use ('auto' resolved). */
+  bus: FrontendBus;
+  /** Chosen before device_add; required from DeviceAdded on. */
+  lane?: Lane;
+  state: VolumeState;
+  timeline: TimelineEntry[];
+  lastError?: RecordedError;
+}
+
+export const TIMELINE_MAX = 64;
+
+export interface NewRecord {
+  sandboxId: SandboxId;
+  volumeId: VolumeId;
+  kind: SandboxKind;
+  spec: StoredSpec;
+  fingerprint: string;
+  bus: FrontendBus;
+  lane?: Lane;
+}
+
+export function newRecord(init: NewRecord, at: Date = new Date()): JournalRecord {
+  const record: JournalRecord = {
+    version: 1,
+    sandboxId: init.sandboxId,
+    volumeId: init.volumeId,
+    kind: init.kind,
+    spec: init.spec,
+    fingerprint: init.fingerprint,
+    names: volumeNames(init.sandboxId, init.volumeId),
+    bus: init.bus,
+    state: 'Pending',
+    timeline: [{ step: 'Pending', at: at.toISOString(), ms: 0 }],
+  };
+  if (init.lane !== undefined) record.lane = init.lane;
+  return record;
+}
+
+export function canTransition(
+  record: Pick<JournalRecord, 'state' | 'spec' | 'lane'>,
+  to: VolumeState,
+): boolean {
+  if (!TRANSITIONS[record.state].includes(to)) return false;
+  // rbd adds its secret first; block mode has no secret step at all.
+  if (record.state === 'Pending' && to === 'BlockdevAdded' && record.spec.mode === 'rbd') return false;
+  if (to === 'SecretAdded' && record.spec.mode !== 'rbd') return false;
+  if (to === 'DeviceAdded' && record.lane === undefined) return false;
+  return true;
+}
+
+export interface TransitionOptions {
+  at?: Date;
+  ms?: number;
+  /** Recorded as lastError (a rollback's reason, a pending detach's cause). */
+  error?: { code: string; message: string };
+  /** The lane chosen for device_add, set together with the step that needs it. */
+  lane?: Lane;
+}
+
+/** The record after one step; the input is left untouched. Throws on a step the model forbids. */
+export function transition(
+  record: JournalRecord,
+  to: VolumeState,
+  opts: TransitionOptions = {},
+): JournalRecord {
+  const next: JournalRecord = { ...record, timeline: [...record.timeline] };
+  if (opts.lane !== undefined) next.lane = opts.lane;
+  if (!canTransition(next, to)) throw new InvalidTransitionError(record.state, to);
+  const at = (opts.at ?? new Date()).toISOString();
+  next.state = to;
+  next.timeline.push({ step: to, at, ms: Math.max(0, Math.round(opts.ms ?? 0)) });
+  if (next.timeline.length > TIMELINE_MAX) next.timeline.splice(0, next.timeline.length - TIMELINE_MAX);
+  if (opts.error !== undefined) next.lastError = { ...opts.error, at };
+  return next;
+}
+
+/** pino-compatible subset. */
+export interface JournalLogger {
+  warn(obj: Record<string, unknown>, msg: string): void;
+  error(obj: Record<string, unknown>, msg: string): void;
+}
+
+export interface IoOptions {
+  signal?: AbortSignal;
+}
+
+export interface QuarantinedRecord {
+  sandboxId: SandboxId;
+  volumeId: VolumeId;
+  path: string;
+}
+
+const MAX_RECORD_BYTES = 1 << 20;
+
+export class Journal {
+  readonly root: string;
+  readonly #logger: JournalLogger;
+
+  constructor(opts: { stateDir: string; logger: JournalLogger }) {
+    this.root = join(opts.stateDir, 'journal');
+    this.#logger = opts.logger;
+  }
+
+  pathOf(sandboxId: SandboxId, volumeId: VolumeId): string {
+    return join(this.root, sandboxId, `${volumeId}.json`);
+  }
+
+  /** Atomically replaces the record: temp file, fsync, rename, fsync of the directory. */
+  async save(record: JournalRecord, opts: IoOptions = {}): Promise<void> {
+    const data = `${JSON.stringify(record, null, 2)}\n`;
+    // Never write what load() would reject: a bug must fail here, not after a crash.
+    parseRecord(JSON.parse(data), record.sandboxId, record.volumeId, 'save');
+    const dir = join(this.root, record.sandboxId);
+    const final = join(dir, `${record.volumeId}.json`);
+    const tmp = join(dir, `.${record.volumeId}.json.${randomBytes(6).toString('hex')}.tmp`);
+    opts.signal?.throwIfAborted();
+    await this.#ensureDir(dir);
+    let renamed = false;
+    try {
+      const fh = await io('create', tmp, () => open(tmp, 'wx', 0o600));
+      try {
+        await io('write', tmp, () => fh.writeFile(data, opts.signal ? { signal: opts.signal } : {}));
+        await io('fsync', tmp, () => fh.sync());
+      } finally {
+        await fh.close();
+      }
+      opts.signal?.throwIfAborted();
+      await io('rename', final, () => rename(tmp, final));
+      renamed = true;
+      await fsyncDir(dir);
+    } finally {
+      if (!renamed) await unlink(tmp).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The record, or undefined when there is none. An unreadable record is quarantined (renamed
+   * aside, kept for forensics and for reconcile, which can still derive its QEMU names from the
+   * ids) and logged with that decision, and then reads as absent: a record that cannot be parsed
+   * cannot be acted on safely, and one bad file must not stop the daemon.
+   */
+  async load(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    opts: IoOptions = {},
+  ): Promise<JournalRecord | undefined> {
+    const path = this.pathOf(sandboxId, volumeId);
+    let text: string;
+    try {
+      const st = await stat(path);
+      if (!st.isFile()) return await this.#quarantine(path, sandboxId, volumeId, 'not a regular file');
+      if (st.size > MAX_RECORD_BYTES)
+        return await this.#quarantine(path, sandboxId, volumeId, `larger than ${MAX_RECORD_BYTES} bytes`);
+      text = await readFile(path, { encoding: 'utf8', ...(opts.signal ? { signal: opts.signal } : {}) });
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return undefined;
+      if (isAbort(err)) throw err;
+      throw new JournalIoError('read', path, err);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      return await this.#quarantine(path, sandboxId, volumeId, 'not valid JSON');
+    }
+    try {
+      return parseRecord(json, sandboxId, volumeId, path);
+    } catch (err) {
+      return await this.#quarantine(path, sandboxId, volumeId, (err as Error).message);
+    }
+  }
+
+  /** Every readable record, of one sandbox or all, sorted by sandbox then volume. */
+  async list(sandboxId?: SandboxId, opts: IoOptions = {}): Promise<JournalRecord[]> {
+    const sandboxes = sandboxId !== undefined ? [sandboxId] : await this.sandboxIds();
+    const out: JournalRecord[] = [];
+    for (const sb of sandboxes) {
+      const dir = join(this.root, sb);
+      for (const name of (await readNames(dir)).sort()) {
+        opts.signal?.throwIfAborted();
+        if (name.startsWith('.')) continue;
+        const volumeId = name.endsWith('.json') ? name.slice(0, -'.json'.length) : undefined;
+        if (volumeId === undefined || !isVolumeId(volumeId)) {
+          this.#logger.warn({ path: join(dir, name), decision: 'ignored' }, 'journal: foreign file ignored');
+          continue;
+        }
+        const record = await this.load(sb, volumeId, opts);
+        if (record !== undefined) out.push(record);
+      }
+    }
+    return out;
+  }
+
+  /** Sandboxes with a journal directory (possibly empty). */
+  async sandboxIds(): Promise<SandboxId[]> {
+    const out: SandboxId[] = [];
+    for (const name of (await readNames(this.root)).sort()) {
+      if (isSandboxId(name)) out.push(name);
+      else
+        this.#logger.warn(
+          { path: join(this.root, name), decision: 'ignored' },
+          'journal: foreign entry ignored',
+        );
+    }
+    return out;
+  }
+
+  /** Records set aside by load() as unreadable; their objects in QEMU are still vmplug's. */
+  async quarantined(sandboxId?: SandboxId): Promise<QuarantinedRecord[]> {
+    const sandboxes = sandboxId !== undefined ? [sandboxId] : await this.sandboxIds();
+    const out: QuarantinedRecord[] = [];
+    for (const sb of sandboxes) {
+      for (const name of (await readNames(join(this.root, sb))).sort()) {
+        const m = /^\.(.+)\.json\.corrupt-[0-9]+$/.exec(name);
+        if (m?.[1] !== undefined && isVolumeId(m[1])) {
+          out.push({ sandboxId: sb, volumeId: m[1], path: join(this.root, sb, name) });
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Deletes the record (unlink + fsync of the directory). False when there was none. */
+  async remove(sandboxId: SandboxId, volumeId: VolumeId, opts: IoOptions = {}): Promise<boolean> {
+    opts.signal?.throwIfAborted();
+    const path = this.pathOf(sandboxId, volumeId);
+    try {
+      await unlink(path);
+    } catch (err) {
+      if (errno(err) === 'ENOENT') return false;
+      throw new JournalIoError('unlink', path, err);
+    }
+    await fsyncDir(dirname(path));
+    return true;
+  }
+
+  /**
+   * Removes temp files left by writes that a crash interrupted. Only safe while no save() runs
+   * (at start-up, before serving), or with `olderThanMs` well above any write's duration.
+   */
+  async sweepTemp(opts: IoOptions & { olderThanMs?: number } = {}): Promise<number> {
+    let removed = 0;
+    const cutoff = Date.now() - (opts.olderThanMs ?? 0);
+    for (const sb of await this.sandboxIds()) {
+      const dir = join(this.root, sb);
+      for (const name of await readNames(dir)) {
+        opts.signal?.throwIfAborted();
+        if (!(name.startsWith('.') && name.endsWith('.tmp'))) continue;
+        const path = join(dir, name);
+        try {
+          if ((await stat(path)).mtimeMs > cutoff) continue;
+          await unlink(path);
+          removed++;
+          this.#logger.warn(
+            { path, decision: 'removed' },
+            'journal: removed a temp file left by an interrupted write',
+          );
+        } catch (err) {
+          if (errno(err) !== 'ENOENT') throw new JournalIoError('sweep', path, err);
+        }
+      }
+      if (removed > 0) await fsyncDir(dir);
+    }
+    return removed;
+  }
+
+  /** Drops an empty sandbox directory (the sandbox is gone and all its records removed). */
+  async pruneSandbox(sandboxId: SandboxId): Promise<boolean> {
+    const dir = join(this.root, sandboxId);
+    try {
+      await rmdir(dir);
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'ENOENT' || code === 'ENOTEMPTY' || code === 'EEXIST') return false;
+      throw new JournalIoError('rmdir', dir, err);
+    }
+    await fsyncDir(this.root);
+    return true;
+  }
+
+  async #ensureDir(dir: string): Promise<void> {
+    const created = await io('mkdir', dir, () => mkdir(dir, { recursive: true, mode: 0o700 }));
+    if (created === undefined) return;
+    // Make every new directory entry durable, from the first one created up.
+    for (let d = dir; ; d = dirname(d)) {
+      await fsyncDir(dirname(d));
+      if (d === created || dirname(d) === d) break;
+    }
+  }
+
+  async #quarantine(
+    path: string,
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    reason: string,
+  ): Promise<undefined> {
+    const aside = join(dirname(path), `.${volumeId}.json.corrupt-${Date.now()}`);
+    try {
+      await rename(path, aside);
+      await fsyncDir(dirname(path));
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') throw new JournalIoError('quarantine', path, err);
+    }
+    this.#logger.error(
+      { sandboxId, volumeId, path, quarantinedAs: aside, reason, decision: 'quarantined; treated as absent' },
+      'journal: corrupt record set aside',
+    );
+    return undefined;
+  }
+}
+
+/**
+ * The per-node key of specFingerprint(): 32 random bytes in <stateDir>/fingerprint.key (0600),
+ * created once. Concurrent first calls agree on one key (link() does not replace).
+ */
+export async function loadFingerprintKey(stateDir: string, opts: IoOptions = {}): Promise<Buffer> {
+  const path = join(stateDir, 'fingerprint.key');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    opts.signal?.throwIfAborted();
+    try {
+      const key = await readFile(path);
+      if (key.length !== 32) throw new JournalCorruptError(path, `holds ${key.length} bytes, expected 32`);
+      return key;
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') {
+        if (err instanceof JournalCorruptError) throw err;
+        throw new JournalIoError('read', path, err);
+      }
+    }
+    await io('mkdir', stateDir, () => mkdir(stateDir, { recursive: true, mode: 0o700 }));
+    const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+    try {
+      const fh = await io('create', tmp, () => open(tmp, 'wx', 0o600));
+      try {
+        await fh.writeFile(randomBytes(32));
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      try {
+        await link(tmp, path);
+        await fsyncDir(stateDir);
+      } catch (err) {
+        if (errno(err) !== 'EEXIST') throw new JournalIoError('link', path, err);
+      }
+    } finally {
+      await unlink(tmp).catch(() => undefined);
+    }
+  }
+  throw new JournalIoError('create', path, new Error('key vanished while being created'));
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await io('open', dir, () => open(dir, 'r'));
+  try {
+    await io('fsync', dir, () => fh.sync());
+  } finally {
+    await fh.close();
+  }
+}
+
+async function readNames(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return [];
+    throw new JournalIoError('readdir', dir, err);
+  }
+}
+
+async function io<T>(operation: string, path: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (isAbort(err) || err instanceof JournalIoError) throw err;
+    throw new JournalIoError(operation, path, err);
+  }
+}
+
+function errno(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+function isAbort(err: unknown): boolean {
+  return (err as { name?: unknown } | null)?.name === 'AbortError';
+}
+
+// ---- strict reading of a stored record ----
+
+/** A stored record, checked field by field; throws JournalCorruptError naming what is wrong. */
+export function parseRecord(
+  json: unknown,
+  sandboxId: SandboxId,
+  volumeId: VolumeId,
+  path: string,
+): JournalRecord {
+  const bad = (why: string): never => {
+    throw new JournalCorruptError(path, why);
+  };
+  const o = obj(json) ?? bad('not an object');
+  if (o.version !== 1) bad(`unknown version ${String(o.version)}`);
+  const sb = guard(() => parseSandboxId(o.sandboxId), bad);
+  const vol = guard(() => parseVolumeId(o.volumeId), bad);
+  if (sb !== sandboxId || vol !== volumeId) bad('ids do not match the file name');
+  if (o.kind !== 'kata' && o.kind !== 'libvirt') bad('bad kind');
+  const spec = guard(() => parseStoredSpec(o.spec), bad);
+  if (typeof o.fingerprint !== 'string' || !/^v1:[0-9a-f]{64}$/.test(o.fingerprint)) bad('bad fingerprint');
+  const names = volumeNames(sb, vol);
+  const n = obj(o.names) ?? bad('bad names');
+  for (const k of Object.keys(names) as (keyof VolumeNames)[]) {
+    if (n[k] !== names[k]) bad(`names.${k} does not match the ids`);
+  }
+  if (o.bus !== 'scsi' && o.bus !== 'virtio-blk') bad('bad bus');
+  const bus = o.bus as FrontendBus;
+  let lane: Lane | undefined;
+  if (o.lane !== undefined) lane = parseLane(o.lane, bus) ?? bad('bad lane');
+  if (typeof o.state !== 'string' || !STATES.includes(o.state as VolumeState)) bad('bad state');
+  const state = o.state as VolumeState;
+  if (!Array.isArray(o.timeline) || o.timeline.length === 0 || o.timeline.length > TIMELINE_MAX)
+    bad('bad timeline');
+  const timeline = (o.timeline as unknown[]).map((e) => parseTimelineEntry(e) ?? bad('bad timeline entry'));
+  const record: JournalRecord = {
+    version: 1,
+    sandboxId: sb,
+    volumeId: vol,
+    kind: o.kind as SandboxKind,
+    spec,
+    fingerprint: o.fingerprint as string,
+    names,
+    bus,
+    state,
+    timeline,
+  };
+  if (lane !== undefined) record.lane = lane;
+  if (o.lastError !== undefined) {
+    const e = obj(o.lastError);
+    if (!e || typeof e.code !== 'string' || typeof e.message !== 'string' || typeof e.at !== 'string') {
+      bad('bad lastError');
+    }
+    record.lastError = { code: e?.code as string, message: e?.message as string, at: e?.at as string };
+  }
+  return record;
+}
+
+function parseStoredSpec(v: unknown): StoredSpec {
+  const o = obj(v);
+  if (!o) throw new Error('spec is not an object');
+  const readOnly = o.readOnly;
+  const bus = o.bus;
+  if (typeof readOnly !== 'boolean') throw new Error('bad spec.readOnly');
+  if (bus !== 'auto' && bus !== 'scsi' && bus !== 'virtio-blk') throw new Error('bad spec.bus');
+  const s = obj(o.source);
+  if (!s) throw new Error('bad spec.source');
+  if ('key' in s) throw new Error('spec.source holds a key');
+  if (o.mode === 'block' && s.type === 'hostDevice') {
+    return {
+      mode: 'block',
+      source: { type: 'hostDevice', path: parseHostDevicePath(s.path, 'spec.source.path') },
+      readOnly,
+      bus: bus as Bus,
+    };
+  }
+  if (o.mode !== 'rbd' || s.type !== 'rbd') throw new Error('bad spec.mode/source.type');
+  if (!Array.isArray(s.monitors) || s.monitors.length === 0) throw new Error('bad spec.source.monitors');
+  const monitors: Monitor[] = s.monitors.map((m: unknown, i) => {
+    const mo = obj(m);
+    if (!mo || typeof mo.host !== 'string' || typeof mo.port !== 'number') throw new Error('bad monitor');
+    const host = mo.host.includes(':') ? `[${mo.host}]` : mo.host;
+    return parseMonitor(`${host}:${mo.port}`, `spec.source.monitors[${i}]`);
+  });
+  const source: Extract<StoredSpec, { mode: 'rbd' }>['source'] = {
+    type: 'rbd',
+    pool: parseCephName(s.pool, 'spec.source.pool'),
+    image: parseCephName(s.image, 'spec.source.image'),
+    monitors,
+    user: parseCephUser(s.user, 'spec.source.user'),
+  };
+  if (s.namespace !== undefined) source.namespace = parseCephName(s.namespace, 'spec.source.namespace');
+  if (s.snapshot !== undefined) source.snapshot = parseCephName(s.snapshot, 'spec.source.snapshot');
+  return { mode: 'rbd', source, readOnly, bus: bus as Bus };
+}
+
+function parseLane(v: unknown, bus: FrontendBus): Lane | undefined {
+  const o = obj(v);
+  if (!o || o.bus !== bus) return undefined;
+  if (o.bus === 'scsi') {
+    const id = o.scsiId;
+    return typeof id === 'number' && Number.isInteger(id) && id >= 0 && id <= MAX_SCSI_ID
+      ? { bus: 'scsi', scsiId: id }
+      : undefined;
+  }
+  return typeof o.port === 'string' && parseRootPortId(o.port) !== undefined
+    ? { bus: 'virtio-blk', port: o.port }
+    : undefined;
+}
+
+function parseTimelineEntry(v: unknown): TimelineEntry | undefined {
+  const o = obj(v);
+  if (!o || !STATES.includes(o.step as VolumeState)) return undefined;
+  if (typeof o.at !== 'string' || Number.isNaN(Date.parse(o.at))) return undefined;
+  if (typeof o.ms !== 'number' || !Number.isFinite(o.ms) || o.ms < 0) return undefined;
+  return { step: o.step as VolumeState, at: o.at, ms: o.ms };
+}
+
+function obj(v: unknown): Record<string, unknown> | undefined {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+    ? (v as Record<string, unknown>)
+    : undefined;
+}
+
+function guard<T>(fn: () => T, bad: (why: string) => never): T {
+  try {
+    return fn();
+  } catch (err) {
+    return bad((err as Error).message);
+  }
+}
