@@ -1,0 +1,30 @@
+import type { QmpExecutor } from '../qmp/index.js';
+import type { SandboxId } from './ids.js';
+
+// The attach engine's view of the sandboxes on the node. Discovery (daemon/) implements it from
+// the private monitors under --monitor-dir; tests implement it over sandboxes they started.
+
+/** A Kata sandbox vmplug can drive: QEMU started through bin/vmplug-qemu. */
+export interface ManagedSandbox {
+  readonly id: SandboxId;
+  readonly kind: 'kata';
+  /**
+   * vmplug's private monitor, kept connected (a reconnecting QmpSession in the daemon). Commands
+   * fail with a typed QMP error while QEMU is unreachable.
+   */
+  readonly qmp: QmpExecutor;
+}
+
+export type SandboxPresence =
+  /** Its monitor is there: operate on it. */
+  | { state: 'present'; sandbox: ManagedSandbox }
+  /** Known but its monitor does not answer right now (QEMU restarting, busy): retry later. */
+  | { state: 'unreachable'; reason: string }
+  /** No such sandbox on this node (never was, or its monitor directory is gone for good). */
+  | { state: 'gone' };
+
+export interface SandboxDirectory {
+  lookup(id: SandboxId): SandboxPresence;
+  /** Every sandbox discovery knows of, present or unreachable (not gone). */
+  known(): SandboxId[];
+}
