@@ -1,0 +1,190 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdir, readFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// vmplugd as a real child process, for end-to-end tests and benchmarks: started from the
+// checkout's bin/vmplugd.js with flags (no config file), JSON log lines captured, REST calls over
+// its unix socket, and a kill -9 that leaves its journal and sockets exactly as a crash would.
+
+const VMPLUGD = fileURLToPath(new URL('../../bin/vmplugd.js', import.meta.url));
+
+export interface DaemonProcessOptions {
+  /** Directory for the socket and the state dir (journal). */
+  dir: string;
+  /** Where the QEMU wrapper puts the private monitors (the test root's vmplug/sandboxes). */
+  monitorDir: string;
+  /** Kata's vm root of the test root (identity only). */
+  kataVmRoot: string;
+  /** Extra flags, e.g. ['--reconcile-interval-ms', '2000']. */
+  extraArgs?: string[];
+  env?: Record<string, string>;
+  /** Until /healthz answers (default 30 s: tsx compiles the sources on first start). */
+  startTimeoutMs?: number;
+  logLevel?: string;
+}
+
+export interface ApiResponse<T = unknown> {
+  status: number;
+  contentType: string;
+  body: T;
+}
+
+export interface DaemonProcess {
+  readonly pid: number;
+  readonly socketPath: string;
+  readonly stateDir: string;
+  /** Every stdout/stderr line so far, in order (JSON log lines and anything else). */
+  readonly lines: readonly string[];
+  call<T = unknown>(
+    method: string,
+    path: string,
+    body?: unknown,
+    timeoutMs?: number,
+  ): Promise<ApiResponse<T>>;
+  /** The process's argv as the kernel shows it (for the "no secret on argv" check). */
+  cmdline(): Promise<string>;
+  /** SIGKILL: no cleanup at all, like a crash or an OOM kill. */
+  crash(): Promise<void>;
+  /** SIGTERM and wait for exit; resolves with the exit code. */
+  stop(timeoutMs?: number): Promise<number | null>;
+}
+
+export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<DaemonProcess> {
+  const stateDir = join(opts.dir, 'state');
+  const socketPath = join(opts.dir, 'vmplug.sock');
+  await mkdir(stateDir, { recursive: true });
+  const args = [
+    VMPLUGD,
+    '--socket',
+    socketPath,
+    '--state-dir',
+    stateDir,
+    '--monitor-dir',
+    opts.monitorDir,
+    '--kata-vm-root',
+    opts.kataVmRoot,
+    '--libvirt-uri',
+    '',
+    '--log-level',
+    opts.logLevel ?? 'debug',
+    ...(opts.extraArgs ?? []),
+  ];
+  const child = spawn(process.execPath, args, {
+    env: { ...process.env, ...(opts.env ?? {}) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const collect = (stream: NodeJS.ReadableStream): void => {
+    let rest = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk: string) => {
+      rest += chunk;
+      let nl = rest.indexOf('\n');
+      while (nl !== -1) {
+        lines.push(rest.slice(0, nl));
+        rest = rest.slice(nl + 1);
+        nl = rest.indexOf('\n');
+      }
+    });
+    stream.on('end', () => {
+      if (rest !== '') lines.push(rest);
+    });
+  };
+  if (child.stdout) collect(child.stdout);
+  if (child.stderr) collect(child.stderr);
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+
+  const call = <T>(method: string, path: string, body?: unknown, timeoutMs = 60_000) =>
+    apiCall<T>(socketPath, method, path, body, timeoutMs);
+
+  const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`vmplugd exited during start-up:\n${lines.slice(-20).join('\n')}`);
+    }
+    try {
+      const r = await call('GET', '/healthz', undefined, 1000);
+      if (r.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`vmplugd did not answer /healthz in time:\n${lines.slice(-20).join('\n')}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+
+  const pid = child.pid ?? -1;
+  return {
+    pid,
+    socketPath,
+    stateDir,
+    lines,
+    call,
+    cmdline: async () => (await readFile(`/proc/${pid}/cmdline`, 'utf8')).replaceAll('\0', ' '),
+    crash: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL');
+        await exited;
+      }
+    },
+    stop: async (timeoutMs = 30_000) => {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      try {
+        const [code] = await exited;
+        return code;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+/** One REST call over a unix socket; JSON in, JSON (or text) out. */
+export function apiCall<T = unknown>(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  timeoutMs = 60_000,
+): Promise<ApiResponse<T>> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);
+    const req = request(
+      {
+        socketPath,
+        method,
+        path,
+        headers: payload === undefined ? {} : { 'content-type': 'application/json' },
+        signal: AbortSignal.timeout(timeoutMs),
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          const contentType = String(res.headers['content-type'] ?? '');
+          let parsed: unknown = text;
+          if (contentType.includes('json') && text !== '') {
+            try {
+              parsed = JSON.parse(text);
+            } catch {
+              parsed = text;
+            }
+          }
+          resolve({ status: res.statusCode ?? 0, contentType, body: parsed as T });
+        });
+      },
+    );
+    req.on('error', reject);
+    if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
