@@ -58,6 +58,12 @@ export interface StartSandboxOptions {
   signal?: AbortSignal;
   /** Boot (connect + READY) timeout; default 90 s. */
   bootTimeoutMs?: number;
+  /**
+   * Adds a third QMP monitor, `<dir>/inspect.sock`, that only tests use: it lets a test look at
+   * QEMU (block nodes, devices, secrets) while vmplugd holds the private monitor. A real Kata
+   * sandbox has no such monitor; vmplug never uses it.
+   */
+  inspectMonitor?: boolean;
 }
 
 export interface KataSandbox {
@@ -66,6 +72,8 @@ export interface KataSandbox {
   dir: string;
   kataQmpPath: string;
   vmplugQmpPath: string;
+  /** Set when started with `inspectMonitor`. */
+  inspectQmpPath?: string;
   consoleLog: string;
   /** The guest's serial ports as unix sockets, for a second GuestAgent after `guest` is closed. */
   guestEventsPath: string;
@@ -312,6 +320,7 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
   const eventsPath = join(dir, 'guest-events.sock');
   const commandPath = join(dir, 'guest-cmd.sock');
   const consoleLog = join(dir, 'console.log');
+  const inspectPath = join(dir, 'inspect.sock');
   const vmplugDir = join(root.monitorDir, id);
   const vmplugQmpPath = join(vmplugDir, 'qmp.sock');
   const sbsDir = join(root.kataSbsRoot, id);
@@ -364,6 +373,10 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     '-serial',
     'chardev:vmplug-cmd',
   ];
+  if (opts.inspectMonitor) {
+    checkSocketPath(inspectPath);
+    args.push('-qmp', `unix:${inspectPath},server=on,wait=off`);
+  }
 
   const started = performance.now();
   const child = spawn('setpriv', ['--pdeathsig', 'SIGKILL', '--', qemuWrapperPath, ...args], {
@@ -450,6 +463,7 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     dir,
     kataQmpPath,
     vmplugQmpPath,
+    ...(opts.inspectMonitor ? { inspectQmpPath: inspectPath } : {}),
     consoleLog,
     guestEventsPath: eventsPath,
     guestCommandPath: commandPath,
