@@ -11,7 +11,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 export const QEMU_72_GREETING =
   '{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}, "capabilities": ["oob"]}}\r\n';
@@ -80,6 +80,16 @@ export class FakeQemu {
   static async start(): Promise<FakeQemu> {
     const dir = mkdtempSync(join(tmpdir(), 'vmplug-fakeqmp-'));
     const fake = new FakeQemu(dir, join(dir, 'qmp.sock'));
+    await fake.listen();
+    return fake;
+  }
+
+  /**
+   * Listens at `socketPath` (its directory must exist), e.g. a sandbox's monitor under a test
+   * --monitor-dir; close() then removes that directory.
+   */
+  static async startAt(socketPath: string): Promise<FakeQemu> {
+    const fake = new FakeQemu(dirname(socketPath), socketPath);
     await fake.listen();
     return fake;
   }

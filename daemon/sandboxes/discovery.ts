@@ -1,0 +1,540 @@
+import { type FSWatcher, watch } from 'node:fs';
+import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import {
+  QmpConnectError,
+  type QmpError,
+  QmpSession,
+  type QmpSessionOptions,
+  queryStatus,
+  type RunState,
+} from '../../qmp/index.js';
+import { isSandboxId, type SandboxId } from '../../storage/ids.js';
+import type { SandboxDirectory, SandboxPresence } from '../../storage/sandbox-directory.js';
+import { type KataFiles, type KataIdentity, type PodIdentity, readKataIdentity } from './identity.js';
+
+// Finds the Kata sandboxes vmplug can drive: every `<monitor-dir>/<sandbox-id>/qmp.sock` made by
+// bin/vmplug-qemu (DESIGN section 3). It keeps one reconnecting QMP session per sandbox on that
+// private monitor (the engine's commands and the QEMU events both go through it), tracks QEMU's
+// run state, and decides when a sandbox is gone.
+//
+// fs.watch is a hint, not a source of truth (inotify drops events on overflow, and the watched
+// directory may not exist yet): every change it reports and a periodic rescan run the same scan.
+//
+// Gone means: the sandbox's directory is gone; or its socket was there and is gone (QEMU removed
+// it on exit); or nobody has listened on it for longer than the grace period (QEMU died without
+// cleaning up: connect() is refused), or no socket ever appeared within it. The wrapper never
+// removes its directories, so discovery prunes a dead sandbox's leftovers (the stale socket and
+// the then empty directory), re-checking just before that nobody listens: a sandbox restarted
+// under the same id is never pruned.
+
+/** QEMU's run state, coarsely, as the API reports it. */
+export type VmState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'unknown';
+
+export interface DiscoveredSandbox {
+  id: SandboxId;
+  kind: 'kata';
+  /** present: vmplug's monitor answers; unreachable: known, but not answering right now. */
+  reachability: 'present' | 'unreachable';
+  /** Why it is unreachable. */
+  reason?: string;
+  vmState: VmState;
+  /** QEMU's own run state from query-status and events, when known. */
+  qemuStatus?: RunState;
+  pod?: PodIdentity;
+  qemuPid?: number;
+  monitorPath: string;
+  /** When discovery first saw it (ISO 8601). */
+  discoveredAt: string;
+  /** Counts connections to its monitor; a new value means QEMU may have restarted. */
+  generation: number;
+}
+
+export type DiscoveryEvent =
+  | { type: 'added'; sandbox: DiscoveredSandbox }
+  | { type: 'changed'; sandbox: DiscoveredSandbox }
+  | { type: 'removed'; id: SandboxId; reason: string };
+
+/** The pino subset discovery logs with. */
+export interface DiscoveryLogger {
+  debug(obj: Record<string, unknown>, msg: string): void;
+  info(obj: Record<string, unknown>, msg: string): void;
+  warn(obj: Record<string, unknown>, msg: string): void;
+}
+
+export interface DiscoveryOptions {
+  monitorDir: string;
+  kata: KataFiles;
+  logger: DiscoveryLogger;
+  /** Periodic rescan; fs.watch only hastens it (default 5000 ms). */
+  rescanIntervalMs?: number;
+  /** How long a dead monitor (refused, or never created) is tolerated before it is gone (default 15000 ms). */
+  goneGraceMs?: number;
+  /** Options of each sandbox's QMP session (tests shorten the backoff). */
+  session?: QmpSessionOptions;
+  /** Bound on query-status (default 5000 ms). */
+  statusTimeoutMs?: number;
+  now?: () => number;
+}
+
+export type DiscoveryListener = (event: DiscoveryEvent) => void;
+
+export interface DiscoveryHealth {
+  ok: boolean;
+  detail: string;
+}
+
+const SOCKET_NAME = 'qmp.sock';
+const PROBE_TIMEOUT_MS = 1_000;
+
+interface Entry {
+  id: SandboxId;
+  dir: string;
+  socketPath: string;
+  session: QmpSession;
+  discoveredAt: string;
+  reachability: 'present' | 'unreachable';
+  reason: string | undefined;
+  vmState: VmState;
+  qemuStatus: RunState | undefined;
+  identity: KataIdentity;
+  identityComplete: boolean;
+  /** The socket file has been seen at least once. */
+  socketSeen: boolean;
+  /** Since when the directory has no socket (never seen one yet). */
+  socketMissingSince: number | undefined;
+  /** Since when connect() keeps being refused (nobody listens). */
+  refusingSince: number | undefined;
+  unsubscribe: (() => void)[];
+  removed: boolean;
+}
+
+export class SandboxDiscovery implements SandboxDirectory {
+  readonly #opts: DiscoveryOptions;
+  readonly #entries = new Map<SandboxId, Entry>();
+  readonly #listeners = new Set<DiscoveryListener>();
+  readonly #stopper = new AbortController();
+  readonly #now: () => number;
+  readonly #graceMs: number;
+  #watcher: FSWatcher | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #scanning: Promise<void> | undefined;
+  #again = false;
+  #debounce: NodeJS.Timeout | undefined;
+  #health: DiscoveryHealth = { ok: false, detail: 'not scanned yet' };
+  readonly #skipped = new Set<string>();
+
+  private constructor(opts: DiscoveryOptions) {
+    this.#opts = opts;
+    this.#now = opts.now ?? (() => performance.now());
+    this.#graceMs = opts.goneGraceMs ?? 15_000;
+  }
+
+  /** Starts watching; resolves after the first scan, so known() is meaningful at once. */
+  static async start(opts: DiscoveryOptions): Promise<SandboxDiscovery> {
+    const d = new SandboxDiscovery(opts);
+    await d.rescan();
+    const interval = opts.rescanIntervalMs ?? 5_000;
+    d.#timer = setInterval(() => void d.rescan(), interval);
+    d.#timer.unref();
+    return d;
+  }
+
+  lookup(id: SandboxId): SandboxPresence {
+    const e = this.#entries.get(id);
+    if (e === undefined) return { state: 'gone' };
+    if (e.reachability === 'present')
+      return { state: 'present', sandbox: { id, kind: 'kata', qmp: e.session } };
+    return { state: 'unreachable', reason: e.reason ?? 'its monitor is not connected' };
+  }
+
+  known(): SandboxId[] {
+    return [...this.#entries.keys()];
+  }
+
+  /** Every known sandbox, sorted by id. */
+  list(): DiscoveredSandbox[] {
+    return [...this.#entries.values()].map((e) => this.#view(e)).sort((a, b) => (a.id < b.id ? -1 : 1));
+  }
+
+  get(id: SandboxId): DiscoveredSandbox | undefined {
+    const e = this.#entries.get(id);
+    return e === undefined ? undefined : this.#view(e);
+  }
+
+  /** Whether the monitor directory could be read at the last scan. */
+  health(): DiscoveryHealth {
+    return { ...this.#health };
+  }
+
+  onChange(listener: DiscoveryListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Scans now; concurrent calls share one scan and ask for one more after it. */
+  rescan(): Promise<void> {
+    if (this.#stopper.signal.aborted) return Promise.resolve();
+    if (this.#scanning !== undefined) {
+      this.#again = true;
+      return this.#scanning;
+    }
+    this.#scanning = (async () => {
+      try {
+        do {
+          this.#again = false;
+          await this.#scan();
+        } while (this.#again && !this.#stopper.signal.aborted);
+      } finally {
+        this.#scanning = undefined;
+      }
+    })();
+    return this.#scanning;
+  }
+
+  /** Stops watching and closes every session. Entries are forgotten, nothing on disk is touched. */
+  async close(): Promise<void> {
+    this.#stopper.abort();
+    clearInterval(this.#timer);
+    clearTimeout(this.#debounce);
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    await this.#scanning?.catch(() => {});
+    const entries = [...this.#entries.values()];
+    this.#entries.clear();
+    await Promise.allSettled(entries.map((e) => this.#release(e)));
+  }
+
+  async #scan(): Promise<void> {
+    const { monitorDir, logger } = this.#opts;
+    this.#ensureWatch();
+    let names: string[];
+    try {
+      const dirents = await readdir(monitorDir, { withFileTypes: true });
+      // The wrapper refuses a symlinked per-sandbox entry, so only real directories count.
+      names = dirents.filter((d) => d.isDirectory()).map((d) => d.name);
+      this.#health = { ok: true, detail: `${this.#entries.size} sandbox(es) under ${monitorDir}` };
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') {
+        // No sandbox has started through the wrapper yet; it creates the directory.
+        names = [];
+        this.#health = { ok: true, detail: `${monitorDir} does not exist yet (no sandbox started)` };
+      } else {
+        // Unreadable: keep what is known rather than declare every sandbox gone.
+        if (this.#health.ok) logger.warn({ monitorDir, code }, 'cannot read the monitor directory');
+        this.#health = { ok: false, detail: `cannot read ${monitorDir} (${code ?? String(err)})` };
+        return;
+      }
+    }
+    if (this.#stopper.signal.aborted) return;
+
+    const seen = new Set<SandboxId>();
+    for (const name of names) {
+      if (name.startsWith('.')) continue;
+      if (!isSandboxId(name)) {
+        if (!this.#skipped.has(name)) {
+          this.#skipped.add(name);
+          logger.warn(
+            { monitorDir, entry: name.slice(0, 200) },
+            'ignoring a monitor entry with an invalid sandbox id',
+          );
+        }
+        continue;
+      }
+      seen.add(name);
+      if (!this.#entries.has(name)) this.#add(name);
+    }
+    for (const e of [...this.#entries.values()]) {
+      if (!seen.has(e.id)) this.#remove(e, 'its monitor directory was removed');
+    }
+    await Promise.allSettled([...this.#entries.values()].map((e) => this.#check(e)));
+    this.#health = {
+      ok: this.#health.ok,
+      detail: this.#health.ok ? `${this.#entries.size} sandbox(es) under ${monitorDir}` : this.#health.detail,
+    };
+  }
+
+  #ensureWatch(): void {
+    if (this.#watcher !== undefined || this.#stopper.signal.aborted) return;
+    try {
+      const w = watch(this.#opts.monitorDir, { persistent: false }, () => this.#soon());
+      w.on('error', () => {
+        // The directory went away or inotify gave up: fall back to rescans until it can be watched.
+        w.close();
+        if (this.#watcher === w) this.#watcher = undefined;
+        this.#soon();
+      });
+      this.#watcher = w;
+    } catch {
+      // Not there yet: the next rescan tries again.
+    }
+  }
+
+  /** A watch event: rescan shortly (bursts of events, e.g. mkdir then bind, make one scan). */
+  #soon(): void {
+    if (this.#debounce !== undefined || this.#stopper.signal.aborted) return;
+    this.#debounce = setTimeout(() => {
+      this.#debounce = undefined;
+      void this.rescan();
+    }, 25);
+  }
+
+  #add(id: SandboxId): void {
+    const dir = join(this.#opts.monitorDir, id);
+    const socketPath = join(dir, SOCKET_NAME);
+    const session = QmpSession.start(socketPath, { connectTimeoutMs: 5_000, ...this.#opts.session });
+    const e: Entry = {
+      id,
+      dir,
+      socketPath,
+      session,
+      discoveredAt: new Date().toISOString(),
+      reachability: 'unreachable',
+      reason: 'connecting to its monitor',
+      vmState: 'unknown',
+      qemuStatus: undefined,
+      identity: {},
+      identityComplete: false,
+      socketSeen: false,
+      socketMissingSince: undefined,
+      refusingSince: undefined,
+      unsubscribe: [],
+      removed: false,
+    };
+    this.#entries.set(id, e);
+    e.unsubscribe.push(
+      session.onStateChange((change) => {
+        if (e.removed) return;
+        if (change.state === 'ready') {
+          e.refusingSince = undefined;
+          e.socketSeen = true;
+          this.#setReach(e, 'present', undefined);
+          void this.#refreshStatus(e);
+        } else if (change.state === 'connecting') {
+          this.#noteFailure(e, change.error);
+        }
+      }),
+      session.subscribe('STOP', () => this.#onRunEvent(e, 'paused')),
+      session.subscribe('RESUME', () => this.#onRunEvent(e, 'running')),
+      session.subscribe('SHUTDOWN', () => this.#onRunEvent(e, 'shutdown')),
+      session.subscribe('GUEST_PANICKED', () => this.#onRunEvent(e, 'guest-panicked')),
+    );
+    this.#opts.logger.info({ sandboxId: id, monitor: socketPath }, 'sandbox discovered');
+    this.#emit({ type: 'added', sandbox: this.#view(e) });
+  }
+
+  #noteFailure(e: Entry, err: QmpError | undefined): void {
+    const errno = err instanceof QmpConnectError ? err.errno : undefined;
+    if (errno === 'ECONNREFUSED' || errno === 'ENOENT') {
+      e.refusingSince ??= this.#now();
+    } else if (err?.code === 'QMP_BUSY') {
+      // Someone else holds the monitor: QEMU is alive.
+      e.refusingSince = undefined;
+    }
+    this.#setReach(e, 'unreachable', err?.message ?? 'its monitor connection dropped');
+  }
+
+  #setReach(e: Entry, reach: 'present' | 'unreachable', reason: string | undefined): void {
+    const changed = e.reachability !== reach || (reach === 'unreachable' && e.reason !== reason);
+    e.reachability = reach;
+    e.reason = reason;
+    if (reach === 'present') {
+      this.#opts.logger.info(
+        { sandboxId: e.id, generation: e.session.generation },
+        'sandbox monitor connected',
+      );
+    }
+    // Reconnect attempts repeat the same reason every backoff step: report changes only.
+    if (changed) this.#emit({ type: 'changed', sandbox: this.#view(e) });
+  }
+
+  #onRunEvent(e: Entry, provisional: RunState): void {
+    if (e.removed) return;
+    // After SHUTDOWN, QEMU stops the CPUs too (STOP); query-status settles which it is.
+    if (!(provisional === 'paused' && e.qemuStatus === 'shutdown')) this.#setStatus(e, provisional);
+    void this.#refreshStatus(e);
+  }
+
+  async #refreshStatus(e: Entry): Promise<void> {
+    try {
+      const status = await queryStatus(e.session, {
+        timeoutMs: this.#opts.statusTimeoutMs ?? 5_000,
+        signal: this.#stopper.signal,
+      });
+      if (!e.removed) this.#setStatus(e, status.status);
+    } catch (err) {
+      if (!e.removed && !this.#stopper.signal.aborted) {
+        this.#opts.logger.debug({ sandboxId: e.id, err: (err as Error).message }, 'query-status failed');
+      }
+    }
+  }
+
+  #setStatus(e: Entry, status: RunState): void {
+    const vmState = vmStateOf(status);
+    const changed = e.qemuStatus !== status;
+    e.qemuStatus = status;
+    e.vmState = vmState;
+    if (changed) {
+      this.#opts.logger.info({ sandboxId: e.id, qemuStatus: status }, 'sandbox run state');
+      this.#emit({ type: 'changed', sandbox: this.#view(e) });
+    }
+  }
+
+  /** Socket presence, the gone rules, and identity (retried until Kata has written it). */
+  async #check(e: Entry): Promise<void> {
+    const now = this.#now();
+    const st = await lstat(e.socketPath).catch(() => undefined);
+    if (e.removed) return;
+    if (st?.isSocket()) {
+      e.socketSeen = true;
+      e.socketMissingSince = undefined;
+    } else if (st === undefined && e.socketSeen) {
+      await this.#gone(e, 'its monitor socket was removed (QEMU exited)');
+      return;
+    } else if (st === undefined) {
+      e.socketMissingSince ??= now;
+      if (now - e.socketMissingSince > this.#graceMs) {
+        await this.#gone(e, `no monitor socket appeared within ${this.#graceMs} ms`);
+        return;
+      }
+    }
+    if (e.refusingSince !== undefined && now - e.refusingSince > this.#graceMs) {
+      await this.#gone(e, `nobody has listened on its monitor for over ${this.#graceMs} ms (QEMU is dead)`);
+      return;
+    }
+    if (!e.identityComplete) await this.#loadIdentity(e);
+  }
+
+  async #loadIdentity(e: Entry): Promise<void> {
+    const identity = await readKataIdentity(this.#opts.kata, e.id, this.#stopper.signal);
+    if (e.removed) return;
+    const before = JSON.stringify(e.identity);
+    e.identity = identity;
+    e.identityComplete =
+      identity.pod?.uid !== undefined &&
+      identity.pod.name !== undefined &&
+      identity.pod.namespace !== undefined;
+    if (JSON.stringify(identity) !== before) {
+      this.#opts.logger.info({ sandboxId: e.id, pod: identity.pod }, 'sandbox identity read from Kata');
+      this.#emit({ type: 'changed', sandbox: this.#view(e) });
+    }
+  }
+
+  /** Prunes a dead sandbox's leftovers, unless it turns out to be alive, and forgets it. */
+  async #gone(e: Entry, reason: string): Promise<void> {
+    const { logger } = this.#opts;
+    const st = await lstat(e.socketPath).catch(() => undefined);
+    if (st?.isSocket()) {
+      if (await isListening(e.socketPath)) {
+        // Restarted under the same id meanwhile: alive after all.
+        e.refusingSince = undefined;
+        return;
+      }
+      const again = await lstat(e.socketPath).catch(() => undefined);
+      if (again !== undefined && again.ino === st.ino && again.dev === st.dev) {
+        await unlink(e.socketPath).catch(() => {});
+      }
+    }
+    if (e.removed) return;
+    await rmdir(e.dir).then(
+      () => logger.info({ sandboxId: e.id, dir: e.dir }, 'pruned the monitor directory of a dead sandbox'),
+      (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') {
+          logger.warn(
+            { sandboxId: e.id, dir: e.dir, code: err.code },
+            'cannot prune the monitor directory of a dead sandbox; leaving it',
+          );
+        }
+      },
+    );
+    this.#remove(e, reason);
+  }
+
+  #remove(e: Entry, reason: string): void {
+    if (e.removed) return;
+    e.removed = true;
+    this.#entries.delete(e.id);
+    void this.#release(e);
+    this.#opts.logger.info({ sandboxId: e.id, reason }, 'sandbox gone');
+    this.#emit({ type: 'removed', id: e.id, reason });
+  }
+
+  async #release(e: Entry): Promise<void> {
+    e.removed = true;
+    for (const u of e.unsubscribe) u();
+    await e.session.close();
+  }
+
+  #view(e: Entry): DiscoveredSandbox {
+    const v: DiscoveredSandbox = {
+      id: e.id,
+      kind: 'kata',
+      reachability: e.reachability,
+      vmState: e.vmState,
+      monitorPath: e.socketPath,
+      discoveredAt: e.discoveredAt,
+      generation: e.session.generation,
+    };
+    if (e.reachability === 'unreachable' && e.reason !== undefined) v.reason = e.reason;
+    if (e.qemuStatus !== undefined) v.qemuStatus = e.qemuStatus;
+    if (e.identity.pod !== undefined) v.pod = { ...e.identity.pod };
+    if (e.identity.qemuPid !== undefined) v.qemuPid = e.identity.qemuPid;
+    return v;
+  }
+
+  #emit(event: DiscoveryEvent): void {
+    for (const l of [...this.#listeners]) {
+      try {
+        l(event);
+      } catch (err) {
+        this.#opts.logger.warn({ err: (err as Error).message }, 'a discovery listener threw');
+      }
+    }
+  }
+}
+
+export function vmStateOf(status: RunState): VmState {
+  switch (status) {
+    case 'running':
+      return 'running';
+    case 'shutdown':
+      return 'shutdown';
+    case 'guest-panicked':
+    case 'internal-error':
+      return 'crashed';
+    case 'paused':
+    case 'suspended':
+    case 'io-error':
+    case 'watchdog':
+    case 'debug':
+    case 'inmigrate':
+    case 'postmigrate':
+    case 'prelaunch':
+    case 'finish-migrate':
+    case 'restore-vm':
+    case 'save-vm':
+    case 'colo':
+      return 'paused';
+    default:
+      return 'unknown';
+  }
+}
+
+/** True when something accepts connections on the unix socket (a wedged QEMU counts as alive). */
+function isListening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ path });
+    const done = (live: boolean): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(live);
+    };
+    const timer = setTimeout(() => done(true), PROBE_TIMEOUT_MS);
+    s.once('connect', () => done(true));
+    s.once('error', (err: NodeJS.ErrnoException) =>
+      done(!(err.code === 'ECONNREFUSED' || err.code === 'ENOENT')),
+    );
+  });
+}

@@ -1,0 +1,318 @@
+import { existsSync } from 'node:fs';
+import { link, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  type DiscoveryEvent,
+  type DiscoveryOptions,
+  SandboxDiscovery,
+} from '../../../daemon/sandboxes/discovery.js';
+import { identityFromPersist } from '../../../daemon/sandboxes/identity.js';
+import type { SandboxId } from '../../../storage/ids.js';
+import { FakeQemu } from '../qmp/fake-qemu.js';
+import { memoryLogger } from './helpers.js';
+
+const sid = (s: string) => s as SandboxId;
+
+async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 5_000): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined && v !== false) return v;
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function persist(id: string, annotations: Record<string, string>, pid = 4242): string {
+  return JSON.stringify({
+    PersistVersion: 1,
+    State: 'running',
+    SandboxContainer: id,
+    HypervisorState: { Type: 'qemu', Pid: pid },
+    Config: { HypervisorType: 'qemu', ContainerConfigs: [{ ID: id, Annotations: annotations }] },
+  });
+}
+
+describe('identityFromPersist', () => {
+  it('reads containerd annotations of the sandbox container and the QEMU pid', () => {
+    const text = persist('abc', {
+      'io.kubernetes.cri.sandbox-uid': '0b5c3c4e-1111-2222-3333-444455556666',
+      'io.kubernetes.cri.sandbox-name': 'web-0',
+      'io.kubernetes.cri.sandbox-namespace': 'shop',
+    });
+    expect(identityFromPersist(text, 'abc')).toEqual({
+      qemuPid: 4242,
+      pod: { uid: '0b5c3c4e-1111-2222-3333-444455556666', name: 'web-0', namespace: 'shop' },
+    });
+  });
+
+  it("reads CRI-O's annotations", () => {
+    const text = persist('abc', {
+      'io.kubernetes.pod.uid': 'u-1',
+      'io.kubernetes.pod.name': 'db-1',
+      'io.kubernetes.pod.namespace': 'prod',
+    });
+    expect(identityFromPersist(text, 'abc').pod).toEqual({ uid: 'u-1', name: 'db-1', namespace: 'prod' });
+  });
+
+  it('falls back to another container of the pod, and prefers the sandbox container', () => {
+    const text = JSON.stringify({
+      SandboxContainer: 'sb',
+      Config: {
+        ContainerConfigs: [
+          { ID: 'app', Annotations: { 'io.kubernetes.cri.sandbox-uid': 'from-app' } },
+          { ID: 'sb', Annotations: { 'io.kubernetes.cri.sandbox-uid': 'from-sandbox' } },
+        ],
+      },
+    });
+    expect(identityFromPersist(text, 'sb').pod).toEqual({ uid: 'from-sandbox' });
+    const onlyApp = JSON.stringify({
+      Config: { ContainerConfigs: [{ ID: 'app', Annotations: { 'io.kubernetes.cri.sandbox-uid': 'u' } }] },
+    });
+    expect(identityFromPersist(onlyApp, 'sb').pod).toEqual({ uid: 'u' });
+  });
+
+  it('never fails on malformed input', () => {
+    for (const text of [
+      '',
+      'not json',
+      'null',
+      '[]',
+      '{"Config": 5}',
+      '{"Config": {"ContainerConfigs": [null, 3, {"Annotations": []}]}}',
+      '{"HypervisorState": {"Pid": "x"}}',
+      JSON.stringify({
+        Config: { ContainerConfigs: [{ Annotations: { 'io.kubernetes.pod.name': 'a/b\nc' } }] },
+      }),
+    ]) {
+      expect(identityFromPersist(text, 'x').pod).toBeUndefined();
+    }
+  });
+});
+
+describe('SandboxDiscovery', () => {
+  let root: string;
+  let monitorDir: string;
+  let sbsRoot: string;
+  let vmRoot: string;
+  let discovery: SandboxDiscovery | undefined;
+  const fakes: FakeQemu[] = [];
+  const events: DiscoveryEvent[] = [];
+  let log: ReturnType<typeof memoryLogger>;
+
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'vmp-disc-'));
+    monitorDir = join(root, 'sandboxes');
+    sbsRoot = join(root, 'vc', 'sbs');
+    vmRoot = join(root, 'vc', 'vm');
+    events.length = 0;
+    log = memoryLogger('info');
+  });
+
+  afterEach(async () => {
+    await discovery?.close();
+    discovery = undefined;
+    await Promise.allSettled(fakes.splice(0).map((f) => f.stopListening()));
+    await rm(root, { recursive: true, force: true });
+  });
+
+  async function startDiscovery(extra: Partial<DiscoveryOptions> = {}): Promise<SandboxDiscovery> {
+    discovery = await SandboxDiscovery.start({
+      monitorDir,
+      kata: { sbsRoot, vmRoot },
+      logger: log.logger,
+      rescanIntervalMs: 100,
+      goneGraceMs: 500,
+      session: { backoff: { initialMs: 20, maxMs: 100 } },
+      ...extra,
+    });
+    discovery.onChange((e) => events.push(e));
+    return discovery;
+  }
+
+  async function sandbox(id: string): Promise<FakeQemu> {
+    await mkdir(join(monitorDir, id), { recursive: true });
+    const fake = await FakeQemu.startAt(join(monitorDir, id, 'qmp.sock'));
+    fakes.push(fake);
+    return fake;
+  }
+
+  it('finds existing sandboxes, connects, reads run state and Kata identity', async () => {
+    await sandbox('sb-a');
+    await mkdir(join(sbsRoot, 'sb-a'), { recursive: true });
+    await writeFile(
+      join(sbsRoot, 'sb-a', 'persist.json'),
+      persist('sb-a', {
+        'io.kubernetes.cri.sandbox-uid': 'uid-a',
+        'io.kubernetes.cri.sandbox-name': 'pod-a',
+        'io.kubernetes.cri.sandbox-namespace': 'ns-a',
+      }),
+    );
+    const d = await startDiscovery();
+    expect(d.known()).toEqual(['sb-a']);
+    const present = await until('present', () => {
+      const p = d.lookup(sid('sb-a'));
+      return p.state === 'present' ? p : undefined;
+    });
+    expect(present.sandbox.kind).toBe('kata');
+    await expect(present.sandbox.qmp.execute('query-status')).resolves.toMatchObject({ status: 'running' });
+    const view = await until('running', () => {
+      const v = d.get(sid('sb-a'));
+      return v?.vmState === 'running' ? v : undefined;
+    });
+    expect(view).toMatchObject({
+      id: 'sb-a',
+      kind: 'kata',
+      reachability: 'present',
+      qemuStatus: 'running',
+      pod: { uid: 'uid-a', name: 'pod-a', namespace: 'ns-a' },
+      qemuPid: 4242,
+    });
+    expect(d.health().ok).toBe(true);
+  });
+
+  it('works before the monitor directory exists and picks up sandboxes as they come', async () => {
+    const d = await startDiscovery();
+    expect(d.known()).toEqual([]);
+    expect(d.health()).toMatchObject({ ok: true });
+    await sandbox('late-1');
+    await until('added', () => d.known().includes(sid('late-1')));
+    await until('present', () => d.lookup(sid('late-1')).state === 'present');
+    expect(events.some((e) => e.type === 'added' && e.sandbox.id === 'late-1')).toBe(true);
+    // Identity written after discovery (Kata writes persist.json later) is picked up by a rescan.
+    expect(d.get(sid('late-1'))?.pod).toBeUndefined();
+    await mkdir(join(sbsRoot, 'late-1'), { recursive: true });
+    await writeFile(
+      join(sbsRoot, 'late-1', 'persist.json'),
+      persist('late-1', {
+        'io.kubernetes.pod.uid': 'u',
+        'io.kubernetes.pod.name': 'n',
+        'io.kubernetes.pod.namespace': 's',
+      }),
+    );
+    await until('identity', () => d.get(sid('late-1'))?.pod?.uid === 'u');
+  });
+
+  it('ignores invalid ids, files and symlinked entries', async () => {
+    await mkdir(monitorDir, { recursive: true });
+    await mkdir(join(monitorDir, 'bad id'));
+    await mkdir(join(monitorDir, '.hidden'));
+    await writeFile(join(monitorDir, 'plainfile'), '');
+    await mkdir(join(root, 'elsewhere'));
+    await symlink(join(root, 'elsewhere'), join(monitorDir, 'linked'));
+    await sandbox('good');
+    const d = await startDiscovery();
+    expect(d.known()).toEqual(['good']);
+    expect(log.text()).toContain('invalid sandbox id');
+  });
+
+  it('follows STOP, RESUME and SHUTDOWN events', async () => {
+    const fake = await sandbox('ev');
+    let status = 'running';
+    fake.handlers.set('query-status', () => ({
+      return: { status, singlestep: false, running: status === 'running' },
+    }));
+    const d = await startDiscovery();
+    await until('running', () => d.get(sid('ev'))?.vmState === 'running');
+    status = 'paused';
+    fake.emit('STOP');
+    await until('paused', () => d.get(sid('ev'))?.vmState === 'paused');
+    status = 'running';
+    fake.emit('RESUME');
+    await until('running again', () => d.get(sid('ev'))?.vmState === 'running');
+    status = 'shutdown';
+    fake.emit('SHUTDOWN', { guest: true, reason: 'guest-shutdown' });
+    fake.emit('STOP');
+    await until('shutdown', () => d.get(sid('ev'))?.vmState === 'shutdown');
+    expect(d.get(sid('ev'))?.qemuStatus).toBe('shutdown');
+  });
+
+  it('a removed directory makes the sandbox gone', async () => {
+    const fake = await sandbox('rm-me');
+    const d = await startDiscovery();
+    await until('present', () => d.lookup(sid('rm-me')).state === 'present');
+    await fake.stopListening();
+    await rm(join(monitorDir, 'rm-me'), { recursive: true, force: true });
+    await until('gone', () => d.lookup(sid('rm-me')).state === 'gone');
+    expect(d.known()).toEqual([]);
+    expect(events.find((e) => e.type === 'removed')).toMatchObject({ id: 'rm-me' });
+  });
+
+  it('a removed socket (QEMU exited cleanly) makes it gone and prunes the directory', async () => {
+    const fake = await sandbox('clean-exit');
+    const d = await startDiscovery({ goneGraceMs: 60_000 });
+    await until('present', () => d.lookup(sid('clean-exit')).state === 'present');
+    await fake.stopListening(); // the listening socket file is unlinked on close
+    await until('gone', () => d.lookup(sid('clean-exit')).state === 'gone');
+    expect(existsSync(join(monitorDir, 'clean-exit'))).toBe(false);
+  });
+
+  it('a socket nobody listens on (QEMU killed) is unreachable, then gone after the grace period and pruned', async () => {
+    // A socket file left behind with no listener: what SIGKILL of QEMU leaves.
+    await mkdir(join(monitorDir, 'dead'), { recursive: true });
+    const tmp = join(root, 'tmp.sock');
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(tmp, r));
+    await link(tmp, join(monitorDir, 'dead', 'qmp.sock'));
+    await new Promise<void>((r) => server.close(() => r()));
+    const d = await startDiscovery({ goneGraceMs: 400 });
+    expect(d.lookup(sid('dead')).state).not.toBe('present');
+    await until('unreachable', () => d.lookup(sid('dead')).state === 'unreachable');
+    await until('gone', () => d.lookup(sid('dead')).state === 'gone');
+    expect(existsSync(join(monitorDir, 'dead'))).toBe(false);
+    expect(events.find((e) => e.type === 'removed')).toMatchObject({ id: 'dead' });
+  });
+
+  it('a directory whose socket never appears is pruned after the grace period', async () => {
+    await mkdir(join(monitorDir, 'nosock'), { recursive: true });
+    const d = await startDiscovery({ goneGraceMs: 300 });
+    expect(d.known()).toEqual(['nosock']);
+    await until('gone', () => d.lookup(sid('nosock')).state === 'gone');
+    expect(existsSync(join(monitorDir, 'nosock'))).toBe(false);
+  });
+
+  it('a busy monitor (another client holds it) stays unreachable, never gone', async () => {
+    const fake = await sandbox('busy');
+    // Another client takes the monitor first; vmplug's session is parked and gets no greeting.
+    const other = net.createConnection({ path: fake.path });
+    await new Promise<void>((r) => other.once('data', () => r()));
+    try {
+      const d = await startDiscovery({
+        goneGraceMs: 200,
+        session: { backoff: { initialMs: 20, maxMs: 50 }, greetingTimeoutMs: 100 },
+      });
+      await until('unreachable busy', () => {
+        const v = d.get(sid('busy'));
+        return v?.reason?.includes('greeting') ? v : undefined;
+      });
+      await new Promise((r) => setTimeout(r, 600));
+      expect(d.lookup(sid('busy')).state).toBe('unreachable');
+      other.destroy();
+      await until('present', () => d.lookup(sid('busy')).state === 'present');
+    } finally {
+      other.destroy();
+    }
+  });
+
+  it('reconnects when QEMU restarts under the same id', async () => {
+    const fake = await sandbox('restart');
+    const d = await startDiscovery({ goneGraceMs: 60_000 });
+    await until('present', () => d.lookup(sid('restart')).state === 'present');
+    const gen = d.get(sid('restart'))!.generation;
+    fake.dropClient();
+    await until('reconnected', () => (d.get(sid('restart'))?.generation ?? 0) > gen);
+    expect(d.lookup(sid('restart')).state).toBe('present');
+  });
+
+  it('close() leaves everything on disk', async () => {
+    await sandbox('keep');
+    const d = await startDiscovery();
+    await until('present', () => d.lookup(sid('keep')).state === 'present');
+    await d.close();
+    discovery = undefined;
+    expect(existsSync(join(monitorDir, 'keep', 'qmp.sock'))).toBe(true);
+  });
+});
