@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, type DaemonConfig, describeSource, helpText, loadConfig } from './config.js';
 import { createLogger, type Logger } from './logger.js';
+import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { ReadinessProbe } from './routes/health.js';
@@ -159,15 +160,7 @@ export async function main(io: MainIo): Promise<number> {
     return 0;
   }
   if (loaded.action === 'print-openapi') {
-    const app = await buildServer({
-      logger: createLogger({ level: 'silent' }),
-      attachService: unavailableAttachService(),
-      readiness: engineMissing,
-      version,
-    });
-    await app.ready();
-    io.stdout.write(`${JSON.stringify(app.swagger(), null, 2)}\n`);
-    await app.close();
+    io.stdout.write(await openApiText(version));
     return 0;
   }
 

@@ -16,13 +16,18 @@ import {
 } from './problem.js';
 import type { AttachService } from './routes/attach-service.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
-import { attachmentSchema, problemSchema } from './routes/schemas.js';
+import { emptyCatalog, type ListVolumes, type SandboxCatalog, sandboxRoutes } from './routes/sandboxes.js';
+import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
 import { volumeRoutes } from './routes/volumes.js';
 
 export interface ServerDeps {
   logger: Logger;
   attachService: AttachService;
   readiness: ReadinessProbe;
+  /** The node's sandboxes (discovery); none when absent. */
+  catalog?: SandboxCatalog;
+  /** The engine's volumes of a sandbox; none when absent. */
+  listVolumes?: ListVolumes;
   /** Aborted when the daemon stops waiting for in-flight operations (handed to the engine). */
   shutdownSignal?: AbortSignal;
   /** Largest accepted request body; an attach body is well under 4 KiB. */
@@ -112,6 +117,7 @@ export async function buildServer(deps: ServerDeps) {
         version: deps.version ?? '0.0.0',
       },
       tags: [
+        { name: 'sandboxes', description: 'the VM sandboxes on this node' },
         { name: 'volumes', description: 'hot-attach and detach of volumes' },
         { name: 'health', description: 'liveness and readiness' },
       ],
@@ -119,9 +125,16 @@ export async function buildServer(deps: ServerDeps) {
   });
   app.addSchema(problemSchema);
   app.addSchema(attachmentSchema);
+  app.addSchema(sandboxSchema);
+  app.addSchema(sandboxListSchema);
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.register(healthRoutes, { readiness: deps.readiness });
+  await app.register(sandboxRoutes, {
+    catalog: deps.catalog ?? emptyCatalog,
+    listVolumes: deps.listVolumes ?? (async () => []),
+    shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
+  });
   await app.register(volumeRoutes, {
     service: deps.attachService,
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,

@@ -158,6 +158,55 @@ export const attachmentSchema = {
   },
 } as const;
 
+export const sandboxParamsSchema = {
+  type: 'object',
+  required: ['sandboxId'],
+  properties: { sandboxId: id('Kata sandbox id, or libvirt domain name') },
+} as const;
+
+export const sandboxQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    podUid: { type: 'string', maxLength: 253, description: 'only the sandbox(es) of this pod' },
+  },
+} as const;
+
+export const sandboxSchema = {
+  $id: 'Sandbox',
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'kind', 'state', 'discoveredAt', 'volumes'],
+  properties: {
+    id: { type: 'string', description: 'Kata sandbox id, or libvirt domain name' },
+    kind: { type: 'string', enum: ['kata', 'libvirt'] },
+    state: {
+      type: 'string',
+      enum: ['running', 'paused', 'shutdown', 'crashed', 'unknown', 'unreachable'],
+      description: "unreachable: known, but vmplug's monitor does not answer right now",
+    },
+    reason: { type: 'string', description: 'why it is unreachable' },
+    hypervisorStatus: { type: 'string', description: "QEMU's run state (query-status)" },
+    pod: {
+      type: 'object',
+      additionalProperties: false,
+      description: "from the runtime's sandbox annotations, where known",
+      properties: { uid: { type: 'string' }, name: { type: 'string' }, namespace: { type: 'string' } },
+    },
+    pid: { type: 'integer', description: 'hypervisor process id, where known' },
+    discoveredAt: { type: 'string', format: 'date-time' },
+    volumes: { type: 'array', items: { $ref: 'Attachment#' } },
+  },
+} as const;
+
+export const sandboxListSchema = {
+  $id: 'SandboxList',
+  type: 'object',
+  additionalProperties: false,
+  required: ['items'],
+  properties: { items: { type: 'array', items: { $ref: 'Sandbox#' } } },
+} as const;
+
 export const problemSchema = {
   $id: 'Problem',
   type: 'object',

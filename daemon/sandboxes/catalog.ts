@@ -1,0 +1,29 @@
+import type { SandboxId } from '../../storage/ids.js';
+import type { SandboxCatalog, SandboxRecord } from '../routes/sandboxes.js';
+import type { DiscoveredSandbox, SandboxDiscovery } from './discovery.js';
+
+// Discovery's sandboxes in the REST API's shape.
+
+export function sandboxRecord(s: DiscoveredSandbox): SandboxRecord {
+  const r: SandboxRecord = {
+    id: s.id,
+    kind: s.kind,
+    state: s.reachability === 'unreachable' ? 'unreachable' : s.vmState,
+    discoveredAt: s.discoveredAt,
+  };
+  if (s.reason !== undefined) r.reason = s.reason;
+  if (s.qemuStatus !== undefined) r.hypervisorStatus = s.qemuStatus;
+  if (s.pod !== undefined) r.pod = { ...s.pod };
+  if (s.qemuPid !== undefined) r.pid = s.qemuPid;
+  return r;
+}
+
+export function discoveryCatalog(discovery: Pick<SandboxDiscovery, 'list' | 'get'>): SandboxCatalog {
+  return {
+    list: () => discovery.list().map(sandboxRecord),
+    get: (id: SandboxId) => {
+      const s = discovery.get(id);
+      return s === undefined ? undefined : sandboxRecord(s);
+    },
+  };
+}

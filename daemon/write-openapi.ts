@@ -1,0 +1,11 @@
+import { writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { packageVersion } from './main.js';
+import { openApiText } from './openapi.js';
+
+// `npm run openapi`: regenerates docs/openapi.json from the route schemas.
+
+const target = join(dirname(fileURLToPath(import.meta.url)), '..', 'docs', 'openapi.json');
+await writeFile(target, await openApiText(await packageVersion()));
+process.stdout.write(`wrote ${target}\n`);
