@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { isAbsolute, normalize } from 'node:path';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 
@@ -16,6 +16,8 @@ export interface DaemonConfig {
   stateDir: string;
   monitorDir: string;
   kataVmRoot: string;
+  /** Kata's persist root (persist.json per sandbox); null: `sbs` beside kataVmRoot (/run/vc/sbs). */
+  kataSbsRoot: string | null;
   /** null: libvirt domains are not managed. */
   libvirtUri: string | null;
   logLevel: LogLevel;
@@ -28,6 +30,12 @@ export interface DaemonConfig {
   maxConcurrentOps: number;
   /** How long shutdown waits for in-flight requests before aborting them. */
   shutdownTimeoutMs: number;
+  /** Period of the engine's reconcile (journal against QEMU); 0 runs it at start-up only. */
+  reconcileIntervalMs: number;
+  /** Period of discovery's full rescan of --monitor-dir (fs.watch only hastens it). */
+  discoveryRescanMs: number;
+  /** How long a sandbox's monitor may refuse connections (QEMU dead) before it is gone and pruned. */
+  sandboxGoneGraceMs: number;
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -121,6 +129,12 @@ const SPECS: Specs = {
     default: () => '/run/vc/vm',
     parse: absolutePath,
   },
+  kataSbsRoot: {
+    flag: 'kata-sbs-root',
+    env: 'VMPLUG_KATA_SBS_ROOT',
+    default: () => null,
+    parse: (v) => (v === null || v === '' ? null : absolutePath(v)),
+  },
   libvirtUri: {
     flag: 'libvirt-uri',
     env: 'VMPLUG_LIBVIRT_URI',
@@ -212,7 +226,34 @@ const SPECS: Specs = {
     default: () => 25_000,
     parse: (v) => integer(v, 0, 600_000),
   },
+  reconcileIntervalMs: {
+    flag: 'reconcile-interval-ms',
+    env: 'VMPLUG_RECONCILE_INTERVAL_MS',
+    default: () => 60_000,
+    parse: (v) => {
+      const n = integer(v, 0, 86_400_000);
+      if (n !== 0 && n < 100) throw new BadValue('must be 0 (start-up only) or at least 100');
+      return n;
+    },
+  },
+  discoveryRescanMs: {
+    flag: 'discovery-rescan-ms',
+    env: 'VMPLUG_DISCOVERY_RESCAN_MS',
+    default: () => 5_000,
+    parse: (v) => integer(v, 50, 3_600_000),
+  },
+  sandboxGoneGraceMs: {
+    flag: 'sandbox-gone-grace-ms',
+    env: 'VMPLUG_SANDBOX_GONE_GRACE_MS',
+    default: () => 15_000,
+    parse: (v) => integer(v, 0, 3_600_000),
+  },
 };
+
+/** Kata's persist root: the configured one, else `sbs` beside the vm root (/run/vc/vm -> /run/vc/sbs). */
+export function kataSbsRootOf(config: Pick<DaemonConfig, 'kataSbsRoot' | 'kataVmRoot'>): string {
+  return config.kataSbsRoot ?? join(dirname(config.kataVmRoot), 'sbs');
+}
 
 export const CONFIG_KEYS = Object.keys(SPECS) as ConfigKey[];
 
@@ -436,7 +477,9 @@ export function helpText(): string {
         ? `0${(d as number).toString(8)}`
         : key === 'nodeName'
           ? 'the host name'
-          : String(d);
+          : key === 'kataSbsRoot'
+            ? '"sbs" beside --kata-vm-root'
+            : String(d);
     lines.push(
       `  --${`${spec.flag} <value>`.padEnd(25)} ${spec.env}, file key "${key}", default ${shownDefault}`,
     );

@@ -1,14 +1,30 @@
-import { readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, type DaemonConfig, describeSource, helpText, loadConfig } from './config.js';
+import { Journal } from '../storage/journal.js';
+import { createAttachService, type EngineDeps, type EngineHandle } from './attach-engine.js';
+import {
+  ConfigError,
+  type DaemonConfig,
+  describeSource,
+  helpText,
+  kataSbsRootOf,
+  loadConfig,
+} from './config.js';
 import { createLogger, type Logger } from './logger.js';
 import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
+import { ReconcileLoop } from './reconcile-loop.js';
 import type { AttachService } from './routes/attach-service.js';
-import type { ReadinessProbe } from './routes/health.js';
+import type { ReadinessCheck, ReadinessProbe } from './routes/health.js';
+import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
+import { discoveryCatalog } from './sandboxes/catalog.js';
+import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { buildServer, type VmplugServer } from './server.js';
 import { listenOnUnixSocket, type UnixListener } from './unix-socket.js';
+
+export { unavailableAttachService } from './attach-engine.js';
 
 // The vmplugd process: configuration, the REST server on its socket, and an orderly stop.
 
@@ -17,6 +33,8 @@ export interface DaemonOptions {
   logger: Logger;
   attachService: AttachService;
   readiness: ReadinessProbe;
+  catalog?: SandboxCatalog;
+  listVolumes?: ListVolumes;
   version?: string;
 }
 
@@ -40,15 +58,15 @@ const ABORT_UNWIND_MS = 3_000;
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const { config, logger } = opts;
   const shutdown = new AbortController();
-  const serverDeps = {
+  const app = await buildServer({
     logger,
     attachService: opts.attachService,
     readiness: opts.readiness,
     shutdownSignal: shutdown.signal,
-  };
-  const app = await buildServer(
-    opts.version === undefined ? serverDeps : { ...serverDeps, version: opts.version },
-  );
+    ...(opts.catalog !== undefined ? { catalog: opts.catalog } : {}),
+    ...(opts.listVolumes !== undefined ? { listVolumes: opts.listVolumes } : {}),
+    ...(opts.version !== undefined ? { version: opts.version } : {}),
+  });
   const listener: UnixListener = await listenOnUnixSocket(app, {
     path: config.socket,
     mode: config.socketMode,
@@ -97,21 +115,114 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
   }
 }
 
-/**
- * Stand-in until the attach engine is wired in: every volume call answers 503, and readiness
- * says why, so the daemon shell can run and be probed on its own.
- */
-export function unavailableAttachService(): AttachService {
-  const refuse = async (): Promise<never> => {
-    throw new DaemonError(503, 'NOT_READY', 'the attach engine is not available in this build');
-  };
-  return { attach: refuse, detach: refuse, get: refuse, resize: refuse };
+export interface VmplugdOptions {
+  config: DaemonConfig;
+  logger: Logger;
+  version?: string;
+  /** Replaces createAttachService (tests run the daemon with a stub engine). */
+  createEngine?: (deps: EngineDeps) => Promise<EngineHandle>;
+  /** Discovery tuning beyond the config (tests shorten the QMP backoff). */
+  discovery?: Partial<Omit<DiscoveryOptions, 'monitorDir' | 'kata' | 'logger'>>;
 }
 
-const engineMissing: ReadinessProbe = () => ({
-  ready: false,
-  checks: { attachEngine: { ok: false, detail: 'not available in this build' } },
-});
+/** The whole daemon: journal, discovery, engine, reconcile loop and the REST server. */
+export interface Vmplugd {
+  daemon: Daemon;
+  discovery: SandboxDiscovery;
+  engine: EngineHandle;
+  journal: Journal;
+  /** The REST server drains first, then the reconcile loop, the engine and discovery stop. */
+  stop(): Promise<StopResult>;
+}
+
+/**
+ * Starts vmplugd's parts in dependency order: the state directory and journal, sandbox discovery
+ * over --monitor-dir (first scan done), the attach engine, the REST server, then the reconcile
+ * loop (start-up run, then every reconcileIntervalMs). Readiness is false until the start-up
+ * reconcile has run and while discovery cannot read its directory or the engine is missing.
+ */
+export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
+  const { config, logger } = opts;
+  await prepareStateDir(config.stateDir);
+  const journal = new Journal({ stateDir: config.stateDir, logger: logger.child({ component: 'journal' }) });
+  const discovery = await SandboxDiscovery.start({
+    monitorDir: config.monitorDir,
+    kata: { vmRoot: config.kataVmRoot, sbsRoot: kataSbsRootOf(config) },
+    logger: logger.child({ component: 'discovery' }),
+    rescanIntervalMs: config.discoveryRescanMs,
+    goneGraceMs: config.sandboxGoneGraceMs,
+    ...opts.discovery,
+  });
+  let engine: EngineHandle | undefined;
+  let loop: ReconcileLoop | undefined;
+  try {
+    // vvv the attach engine is constructed here, and only here (daemon/attach-engine.ts) vvv
+    engine = await (opts.createEngine ?? createAttachService)({
+      config,
+      logger,
+      journal,
+      sandboxes: discovery,
+    });
+    const e = engine;
+    if (e.reconcile !== undefined) {
+      const reconcile = e.reconcile;
+      loop = new ReconcileLoop({
+        reconcile,
+        intervalMs: config.reconcileIntervalMs,
+        logger: logger.child({ component: 'reconcile' }),
+      });
+    }
+    const l = loop;
+    const journalCheck: ReadinessCheck = { ok: true, detail: config.stateDir };
+    const readiness: ReadinessProbe = () => {
+      const checks: Record<string, ReadinessCheck> = {
+        journal: journalCheck,
+        discovery: discovery.health(),
+        attachEngine: e.readiness(),
+      };
+      if (l !== undefined) checks.reconcile = l.readiness();
+      return { ready: Object.values(checks).every((c) => c.ok), checks };
+    };
+    const daemon = await startDaemon({
+      config,
+      logger,
+      attachService: e.service,
+      readiness,
+      catalog: discoveryCatalog(discovery),
+      listVolumes: e.listVolumes,
+      ...(opts.version !== undefined ? { version: opts.version } : {}),
+    });
+    l?.start();
+    let stopping: Promise<StopResult> | undefined;
+    const stop = (): Promise<StopResult> => {
+      stopping ??= (async () => {
+        const result = await daemon.stop();
+        await l?.stop();
+        await e.close();
+        await discovery.close();
+        return result;
+      })();
+      return stopping;
+    };
+    return { daemon, discovery, engine: e, journal, stop };
+  } catch (err) {
+    await loop?.stop();
+    await engine?.close().catch(() => {});
+    await discovery.close();
+    throw err;
+  }
+}
+
+/** The state directory must exist and be writable before anything is attached (0700: it holds the journal). */
+async function prepareStateDir(stateDir: string): Promise<void> {
+  try {
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+    await access(stateDir, constants.W_OK | constants.X_OK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? String(err);
+    throw new DaemonError(500, 'INTERNAL', `state directory ${stateDir} is not usable (${code})`);
+  }
+}
 
 export async function packageVersion(): Promise<string> {
   // Walk up from this file: it runs from daemon/ (sources) or dist/daemon/ (build).
@@ -177,15 +288,9 @@ export async function main(io: MainIo): Promise<number> {
   );
   if (config.kubeconfig === null) logger.info('no kubeconfig configured');
 
-  let daemon: Daemon;
+  let vmplugd: Vmplugd;
   try {
-    daemon = await startDaemon({
-      config,
-      logger,
-      attachService: unavailableAttachService(),
-      readiness: engineMissing,
-      version,
-    });
+    vmplugd = await startVmplugd({ config, logger, version });
   } catch (err) {
     logger.fatal({ err }, 'vmplugd could not start');
     return 1;
@@ -208,6 +313,6 @@ export async function main(io: MainIo): Promise<number> {
     process.on('SIGINT', onSignal);
   });
   logger.info({ signal: signalled }, 'signal received');
-  const result = await daemon.stop();
+  const result = await vmplugd.stop();
   return result.clean ? 0 : 1;
 }
