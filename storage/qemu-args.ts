@@ -162,11 +162,15 @@ export function deviceArgs(
   }
   if (parseRootPortId(lane.port) === undefined)
     throw new RangeError(`${lane.port} is not a vmplug root port`);
+  // addr 0 explicitly: QEMU 7.2 otherwise accepts a second device on a root port's bus at slot 1
+  // (checked: device_add succeeds), where the guest never looks; with addr 0 it refuses ("PCI: slot
+  // 0 function 0 not available ...") so an occupied port can never swallow a disk.
   return {
     driver: 'virtio-blk-pci',
     id: names.device,
     drive: names.node,
     bus: lane.port,
+    addr: '0',
     serial: names.serial,
   };
 }

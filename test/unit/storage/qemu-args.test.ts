@@ -111,6 +111,7 @@ describe('qemu-args', () => {
       id: names.device,
       drive: names.node,
       bus: 'vmplug-rp2',
+      addr: '0',
       serial: names.serial,
     });
     expect(() => deviceArgs(names, { bus: 'scsi', scsiId: 256 })).toThrow(RangeError);

@@ -1,0 +1,406 @@
+import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
+import type {
+  Attachment,
+  AttachResult,
+  AttachService,
+  OperationContext,
+  OperationLogger,
+} from './attach-service.js';
+import { attachmentFromRecord } from './attach-service.js';
+import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
+import { BackendError, ConflictError, NotFoundError, ValidationError, VmplugError } from './errors.js';
+import type { SandboxId, VolumeId } from './ids.js';
+import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
+import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes } from './lanes.js';
+import { OperationGate } from './locks.js';
+import { deviceExists } from './qemu-view.js';
+import { backendFailure } from './qmp-failure.js';
+import { removeConfFile } from './rbd-conf-files.js';
+import { type ReconcileSummary, reconcileAll } from './reconcile.js';
+import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
+import { attachSteps, type StepContext, teardownSteps } from './steps.js';
+import { type AttachSpec, specFingerprint, toStoredSpec } from './volume-spec.js';
+
+// The attach engine: AttachService over the journal and each sandbox's QMP monitor. Operations on
+// one sandbox run one at a time; at most `maxConcurrentOps` run on the node at once.
+
+export interface AttachEngineOptions {
+  journal: Journal;
+  sandboxes: SandboxDirectory;
+  /** The per-node key of specFingerprint (journal.ts loadFingerprintKey). */
+  fingerprintKey: Uint8Array;
+  /** Where the per-attach rbd conf files go (<stateDir>/rbd). The journal's own stateDir. */
+  stateDir: string;
+  /** Logger for work not tied to a request (reconcile). */
+  logger: OperationLogger;
+  /** Operations in flight across the node; default 8. */
+  maxConcurrentOps?: number;
+  /** Bound of each QMP command; default 10 s. */
+  qmpTimeoutMs?: number;
+  /** How long a detach waits for DEVICE_DELETED before answering DetachPending; default 10 s. */
+  detachTimeoutMs?: number;
+  /** Bound of the Ceph monitor check before an rbd blockdev-add; default 3 s. */
+  cephProbeTimeoutMs?: number;
+  /** client_mount_timeout in the per-attach rbd conf; default 5 s (qemu-args.ts). */
+  clientMountTimeoutS?: number;
+  /** Targets of vmplug-scsi0 vmplug uses (ids 0..n-1); default 256. */
+  scsiTargets?: number;
+  /** How long reconcile waits for a pending unplug before leaving it for the next round; default 1 s. */
+  reconcileUnplugWaitMs?: number;
+}
+
+export const DEFAULT_MAX_CONCURRENT_OPS = 8;
+export const DEFAULT_QMP_TIMEOUT_MS = 10_000;
+export const DEFAULT_DETACH_TIMEOUT_MS = 10_000;
+
+/** Block-level figures of query-blockstats exposed in Attachment.stats. */
+const STAT_FIELDS = [
+  'rd_bytes',
+  'wr_bytes',
+  'rd_operations',
+  'wr_operations',
+  'flush_operations',
+  'unmap_operations',
+  'unmap_bytes',
+  'rd_total_time_ns',
+  'wr_total_time_ns',
+  'flush_total_time_ns',
+  'failed_rd_operations',
+  'failed_wr_operations',
+  'failed_flush_operations',
+  'wr_highest_offset',
+] as const;
+
+export class AttachEngine implements AttachService {
+  readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS'>> & { clientMountTimeoutS?: number };
+  readonly #gate: OperationGate<SandboxId>;
+
+  constructor(opts: AttachEngineOptions) {
+    this.#o = {
+      maxConcurrentOps: DEFAULT_MAX_CONCURRENT_OPS,
+      qmpTimeoutMs: DEFAULT_QMP_TIMEOUT_MS,
+      detachTimeoutMs: DEFAULT_DETACH_TIMEOUT_MS,
+      cephProbeTimeoutMs: DEFAULT_CEPH_PROBE_TIMEOUT_MS,
+      scsiTargets: DEFAULT_SCSI_TARGETS,
+      reconcileUnplugWaitMs: 1_000,
+      ...opts,
+    };
+    this.#gate = new OperationGate(this.#o.maxConcurrentOps);
+  }
+
+  /** Operations holding a global slot right now. */
+  get inFlight(): number {
+    return this.#gate.inFlight;
+  }
+
+  async attach(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    spec: AttachSpec,
+    ctx: OperationContext,
+  ): Promise<AttachResult> {
+    const log = ctx.log.child({ op: 'attach', sandboxId, volumeId });
+    const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
+    return this.#gate.run(sandboxId, ctx.signal, async () => {
+      const sandbox = this.#present(sandboxId);
+      const existing = await this.#o.journal.load(sandboxId, volumeId);
+      if (existing !== undefined) {
+        if (existing.fingerprint !== fingerprint) {
+          throw new ConflictError(
+            `volume ${volumeId} is already attached to sandbox ${sandboxId} with a different spec; detach it first`,
+          );
+        }
+        if (existing.state === 'Attached')
+          return { created: false, attachment: attachmentFromRecord(existing) };
+        if (!isAttachState(existing.state)) {
+          throw new ConflictError(
+            `volume ${volumeId} is being detached from sandbox ${sandboxId} (${existing.state}); finish the detach first`,
+          );
+        }
+        log.info({ state: existing.state }, 'resuming a half-done attach');
+        return { created: true, attachment: await this.#runAttach(sandbox, existing, spec, ctx.signal, log) };
+      }
+
+      const step = this.#stepContext(sandbox, ctx.signal, log, spec);
+      const lanes = await inspectLanes(sandbox.qmp, {
+        timeoutMs: this.#o.qmpTimeoutMs,
+        signal: ctx.signal,
+      }).catch((err: unknown) => {
+        throw backendFailure('inspect lanes', err, step.secrets);
+      });
+      const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
+      if (spec.mode === 'rbd') {
+        // Before anything exists: with Ceph down the attach fails here and leaves nothing behind.
+        const probe = await probeMonitors(spec.source.monitors, {
+          timeoutMs: this.#o.cephProbeTimeoutMs,
+          signal: ctx.signal,
+        });
+        log.debug({ monitor: probe.monitor, ms: probe.ms }, 'ceph monitor answered');
+      }
+      const record = newRecord({
+        sandboxId,
+        volumeId,
+        kind: 'kata',
+        spec: toStoredSpec(spec),
+        fingerprint,
+        bus: choice.bus,
+        lane: choice.lane,
+      });
+      await this.#o.journal.save(record);
+      log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
+      return { created: true, attachment: await this.#runAttach(sandbox, record, spec, ctx.signal, log) };
+    });
+  }
+
+  async #runAttach(
+    sandbox: ManagedSandbox,
+    record: JournalRecord,
+    spec: AttachSpec,
+    signal: AbortSignal,
+    log: OperationLogger,
+  ): Promise<Attachment> {
+    const step = this.#stepContext(sandbox, signal, log, spec);
+    if (spec.mode === 'rbd' && record.state === 'SecretAdded') {
+      // Resuming right before blockdev-add: the monitors must answer now, too.
+      await probeMonitors(spec.source.monitors, { timeoutMs: this.#o.cephProbeTimeoutMs, signal });
+    }
+    try {
+      const done = await attachSteps(step, record, spec, {
+        chooseLane: async (taken) =>
+          chooseLane(
+            record.bus,
+            await inspectLanes(sandbox.qmp, { timeoutMs: this.#o.qmpTimeoutMs, signal }),
+            this.#o.scsiTargets,
+            taken,
+          ).lane,
+        ...(this.#o.clientMountTimeoutS !== undefined
+          ? { clientMountTimeoutS: this.#o.clientMountTimeoutS }
+          : {}),
+      });
+      log.info(
+        { bus: done.bus, lane: done.lane, device: done.names.device, node: done.names.node },
+        'attached',
+      );
+      return attachmentFromRecord(done);
+    } catch (err) {
+      const failure = err instanceof VmplugError ? err : backendFailure('attach', err, step.secrets);
+      await this.#rollback(step, record.sandboxId, record.volumeId, failure, log);
+      throw failure;
+    }
+  }
+
+  /** Undoes a failed attach: whatever exists goes, in reverse order, and the record with it. */
+  async #rollback(
+    step: StepContext,
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    failure: VmplugError,
+    log: OperationLogger,
+  ): Promise<void> {
+    let current: JournalRecord | undefined;
+    try {
+      current = await this.#o.journal.load(sandboxId, volumeId);
+      if (current === undefined) return;
+      if (isAttachState(current.state)) {
+        current = transition(current, 'Detaching', {
+          error: { code: failure.code, message: failure.message },
+        });
+        await this.#o.journal.save(current);
+      }
+      // A fresh context: the rollback must run even when the request's signal fired.
+      await teardownSteps({ ...step, signal: new AbortController().signal }, current, {
+        waitMs: this.#o.detachTimeoutMs,
+      });
+      log.warn({ code: failure.code }, 'attach failed; rolled back');
+    } catch (err) {
+      // Left for reconcile, which finishes the rollback from the journal.
+      log.error(
+        { code: failure.code, rollbackError: (err as Error).message, state: current?.state },
+        'attach failed and its rollback did not finish; reconcile will retry',
+      );
+    }
+  }
+
+  async detach(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<void> {
+    const log = ctx.log.child({ op: 'detach', sandboxId, volumeId });
+    await this.#gate.run(sandboxId, ctx.signal, async () => {
+      const presence = this.#o.sandboxes.lookup(sandboxId);
+      let record = await this.#o.journal.load(sandboxId, volumeId);
+      if (presence.state === 'gone') {
+        // The sandbox and everything in its QEMU are gone: only vmplug's own files remain.
+        if (record !== undefined) {
+          await removeConfFile(this.#o.stateDir, record.names);
+          await this.#o.journal.remove(sandboxId, volumeId);
+          await this.#o.journal.pruneSandbox(sandboxId);
+          log.info({}, 'sandbox gone; dropped its journal record');
+        }
+        return;
+      }
+      if (presence.state === 'unreachable') {
+        if (record === undefined) return;
+        throw new BackendError(
+          'detach',
+          `the monitor of sandbox ${sandboxId} does not answer (${presence.reason})`,
+          {
+            retryable: true,
+          },
+        );
+      }
+      if (record === undefined) return;
+      const step = this.#stepContext(presence.sandbox, ctx.signal, log);
+      if (isAttachState(record.state)) {
+        record = transition(record, 'Detaching');
+        await this.#o.journal.save(record);
+      }
+      await teardownSteps(step, record, { waitMs: this.#o.detachTimeoutMs });
+      log.info({}, 'detached');
+    });
+  }
+
+  async get(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<Attachment> {
+    const record = await this.#o.journal.load(sandboxId, volumeId, { signal: ctx.signal });
+    const presence = this.#o.sandboxes.lookup(sandboxId);
+    if (record === undefined) {
+      throw presence.state === 'gone'
+        ? new NotFoundError('sandbox', sandboxId)
+        : new NotFoundError('volume', volumeId);
+    }
+    const attachment = attachmentFromRecord(record);
+    if (presence.state === 'present' && record.state === 'Attached') {
+      try {
+        const stats = await this.#stats(presence.sandbox, record, ctx.signal);
+        if (stats !== undefined) attachment.stats = stats;
+      } catch (err) {
+        // Stats are a nicety: the record still answers the question.
+        ctx.log.warn({ sandboxId, volumeId, error: (err as Error).message }, 'query-blockstats failed');
+      }
+    }
+    return attachment;
+  }
+
+  /** Every attachment of a sandbox the journal knows of. */
+  async list(sandboxId: SandboxId, ctx?: Pick<OperationContext, 'signal'>): Promise<Attachment[]> {
+    const records = await this.#o.journal.list(sandboxId, ctx?.signal ? { signal: ctx.signal } : {});
+    return records.map(attachmentFromRecord);
+  }
+
+  async resize(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    sizeBytes: number,
+    ctx: OperationContext,
+  ): Promise<Attachment> {
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+      throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
+    }
+    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId });
+    return this.#gate.run(sandboxId, ctx.signal, async () => {
+      const sandbox = this.#present(sandboxId);
+      const record = await this.#o.journal.load(sandboxId, volumeId);
+      if (record === undefined) throw new NotFoundError('volume', volumeId);
+      if (record.state !== 'Attached') {
+        throw new ConflictError(
+          `volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`,
+        );
+      }
+      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal: ctx.signal };
+      try {
+        // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
+        if (!(await deviceExists(sandbox.qmp, record.names.device, q))) {
+          throw new BackendError('block_resize', `device ${record.names.device} is gone from the sandbox`);
+        }
+        const current = await this.#size(sandbox, record, ctx.signal);
+        if (current !== undefined && sizeBytes < current) {
+          throw new ValidationError(
+            'sizeBytes',
+            `must be at least the current size ${current}: shrinking is refused`,
+          );
+        }
+        await blockResize(sandbox.qmp, { 'node-name': record.names.node, size: sizeBytes }, q);
+      } catch (err) {
+        throw backendFailure('block_resize', err);
+      }
+      log.info({ sizeBytes }, 'resized');
+      const attachment = attachmentFromRecord(record);
+      const stats = await this.#stats(sandbox, record, ctx.signal).catch(() => undefined);
+      if (stats !== undefined) attachment.stats = stats;
+      return attachment;
+    });
+  }
+
+  /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */
+  reconcile(opts: { signal?: AbortSignal; log?: OperationLogger } = {}): Promise<ReconcileSummary> {
+    return reconcileAll({
+      journal: this.#o.journal,
+      sandboxes: this.#o.sandboxes,
+      stateDir: this.#o.stateDir,
+      log: opts.log ?? this.#o.logger,
+      signal: opts.signal ?? new AbortController().signal,
+      qmpTimeoutMs: this.#o.qmpTimeoutMs,
+      unplugWaitMs: this.#o.reconcileUnplugWaitMs,
+      exclusive: (sandboxId, signal, fn) => this.#gate.run(sandboxId, signal, fn),
+    });
+  }
+
+  #present(sandboxId: SandboxId): ManagedSandbox {
+    const presence = this.#o.sandboxes.lookup(sandboxId);
+    if (presence.state === 'gone') throw new NotFoundError('sandbox', sandboxId);
+    if (presence.state === 'unreachable') {
+      throw new BackendError(
+        'sandbox',
+        `the monitor of sandbox ${sandboxId} does not answer (${presence.reason})`,
+        {
+          retryable: true,
+        },
+      );
+    }
+    return presence.sandbox;
+  }
+
+  #stepContext(
+    sandbox: ManagedSandbox,
+    signal: AbortSignal,
+    log: OperationLogger,
+    spec?: AttachSpec,
+  ): StepContext {
+    return {
+      qmp: sandbox.qmp,
+      journal: this.#o.journal,
+      stateDir: this.#o.stateDir,
+      log,
+      signal,
+      qmpTimeoutMs: this.#o.qmpTimeoutMs,
+      secrets: spec?.mode === 'rbd' ? [spec.source.key] : [],
+    };
+  }
+
+  async #size(
+    sandbox: ManagedSandbox,
+    record: JournalRecord,
+    signal: AbortSignal,
+  ): Promise<number | undefined> {
+    const nodes = await queryNamedBlockNodes(sandbox.qmp, { timeoutMs: this.#o.qmpTimeoutMs, signal });
+    return nodes.find((n) => n['node-name'] === record.names.node)?.image['virtual-size'];
+  }
+
+  async #stats(
+    sandbox: ManagedSandbox,
+    record: JournalRecord,
+    signal: AbortSignal,
+  ): Promise<Record<string, number> | undefined> {
+    const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
+    const [all, size] = await Promise.all([
+      queryBlockstats(sandbox.qmp, true, q),
+      this.#size(sandbox, record, signal),
+    ]);
+    const mine = all.find((s) => s['node-name'] === record.names.node);
+    if (mine === undefined) return undefined;
+    const out: Record<string, number> = {};
+    for (const f of STAT_FIELDS) {
+      const v = mine.stats[f];
+      if (typeof v === 'number') out[f] = v;
+    }
+    if (size !== undefined) out.size_bytes = size;
+    return out;
+  }
+}

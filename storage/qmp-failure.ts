@@ -1,0 +1,66 @@
+import { QmpCommandError, QmpError } from '../qmp/index.js';
+import { BackendError, type Redactable, VmplugError } from './errors.js';
+
+// Turns whatever a QMP step threw into a storage error with a stable code. QEMU's own class and
+// description go into the message (they name nodes and ids, useful to an operator); anything that
+// could echo a secret is cut out by the caller's Redactables. Transport failures (timeout, closed,
+// busy monitor) are retryable: the same request may succeed once QEMU answers again.
+
+export function backendFailure(step: string, err: unknown, secrets: readonly Redactable[] = []): VmplugError {
+  if (err instanceof VmplugError) return err;
+  if (err instanceof QmpCommandError) {
+    return new BackendError(step, `${err.errorClass}: ${err.desc}`, { cause: err, secrets });
+  }
+  if (err instanceof QmpError) {
+    return new BackendError(step, `${err.code}: ${err.message}`, {
+      cause: err,
+      secrets,
+      retryable: err.retryable || err.code === 'QMP_ABORTED',
+    });
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return new BackendError(step, message, { cause: err, secrets, retryable: false });
+}
+
+/** QEMU 7.2 refusing a second object/node/device of the same name (a resumed step raced itself). */
+export function isDuplicate(err: unknown): boolean {
+  if (!(err instanceof QmpCommandError) || err.errorClass !== 'GenericError') return false;
+  return (
+    err.desc.startsWith('Duplicate nodes with node-name=') ||
+    err.desc.startsWith('Duplicate device ID ') ||
+    err.desc.startsWith('attempt to add duplicate property ')
+  );
+}
+
+/** The lane is taken after all: "lun already used by ..." (scsi), "PCI: slot 0 function 0 not available ..." */
+export function isLaneTaken(err: unknown): boolean {
+  if (!(err instanceof QmpCommandError)) return false;
+  return (
+    err.desc.startsWith('lun already used by ') || /^PCI: slot \d+ function \d+ not available/.test(err.desc)
+  );
+}
+
+/** blockdev-del of a node a device still uses: "Node <name> is in use". */
+export function isNodeInUse(err: unknown): boolean {
+  return err instanceof QmpCommandError && / is in use$/.test(err.desc);
+}
+
+/** blockdev-del / object-del of something already gone. */
+export function isAbsent(err: unknown): boolean {
+  if (!(err instanceof QmpCommandError)) return false;
+  return (
+    err.errorClass === 'DeviceNotFound' ||
+    err.desc.startsWith('Failed to find node with node-name=') ||
+    /^object '.*' not found$/.test(err.desc)
+  );
+}
+
+/** A second device_del while the guest has not finished the first unplug. */
+export function isUnplugInProgress(err: unknown): boolean {
+  return err instanceof QmpCommandError && err.desc.endsWith('is already in the process of unplug');
+}
+
+/** librbd gave up connecting (client_mount_timeout) or was refused: Ceph, not QEMU, is at fault. */
+export function isCephConnectFailure(err: unknown): boolean {
+  return err instanceof QmpCommandError && /error connecting|Connection timed out/i.test(err.desc);
+}

@@ -1,0 +1,73 @@
+import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { VolumeNames } from './naming.js';
+import { type RbdConfOptions, rbdConf } from './qemu-args.js';
+
+// The per-attach Ceph config files QEMU's rbd driver reads (qemu-args.ts rbdConf explains why they
+// exist). One file per attachment, named by the attachment's hash so reconcile can match files to
+// journal records: <stateDir>/rbd/<hash>.conf. They hold no secret (mon_host and the key come over
+// QMP), so QEMU may read them whatever user it runs as.
+
+export function confDir(stateDir: string): string {
+  return join(stateDir, 'rbd');
+}
+
+export function confPath(stateDir: string, names: Pick<VolumeNames, 'hash'>): string {
+  return join(confDir(stateDir), `${names.hash}.conf`);
+}
+
+/** Written whole (temp + fsync + rename): QEMU never reads half a file. */
+export async function writeConfFile(
+  stateDir: string,
+  names: Pick<VolumeNames, 'hash'>,
+  opts: RbdConfOptions = {},
+): Promise<string> {
+  const dir = confDir(stateDir);
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const path = confPath(stateDir, names);
+  const tmp = `${path}.tmp`;
+  const fh = await open(tmp, 'w', 0o644);
+  try {
+    await fh.writeFile(rbdConf(opts));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+  return path;
+}
+
+/** False when there was none. */
+export async function removeConfFile(stateDir: string, names: Pick<VolumeNames, 'hash'>): Promise<boolean> {
+  try {
+    await unlink(confPath(stateDir, names));
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+/** Hashes of every conf file present (for reconcile's sweep of orphans). */
+export async function listConfHashes(stateDir: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(confDir(stateDir));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  return names.flatMap((n) => {
+    const m = /^([0-9a-f]{16})\.conf(\.tmp)?$/.exec(n);
+    return m?.[1] !== undefined ? [m[1]] : [];
+  });
+}
+
+/** Removes the file and a leftover temp of it. */
+export async function removeConfByHash(stateDir: string, hash: string): Promise<void> {
+  for (const p of [confPath(stateDir, { hash }), `${confPath(stateDir, { hash })}.tmp`]) {
+    await unlink(p).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
+}

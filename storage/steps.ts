@@ -1,0 +1,266 @@
+import {
+  blockdevAdd,
+  blockdevDel,
+  type CallOptions,
+  deviceAdd,
+  deviceDel,
+  deviceIs,
+  objectAdd,
+  objectDel,
+  type QmpExecutor,
+  QmpTimeoutError,
+} from '../qmp/index.js';
+import type { OperationLogger } from './attach-service.js';
+import { BackendError, CephUnreachableError, DetachPendingError, type Redactable } from './errors.js';
+import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
+import { laneOfDevice, sameLane } from './lanes.js';
+import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';
+import { deviceExists, isNotFound, listPeripherals, nodeExists, objectExists } from './qemu-view.js';
+import {
+  backendFailure,
+  isAbsent,
+  isCephConnectFailure,
+  isDuplicate,
+  isLaneTaken,
+  isNodeInUse,
+  isUnplugInProgress,
+} from './qmp-failure.js';
+import { confPath, removeConfFile, writeConfFile } from './rbd-conf-files.js';
+import { type AttachSpec, formatMonitor } from './volume-spec.js';
+
+// The attach and detach steps, each resumable from the journal state it starts in. The rule
+// everywhere: the journal names a state *before* the side effect that leaves it, so after a crash
+// the record always covers what may exist in QEMU; and each step first looks at what QEMU holds,
+// so running it again (a retry, a resume after a crash) does the right thing.
+
+export interface StepContext {
+  qmp: QmpExecutor;
+  journal: Journal;
+  stateDir: string;
+  log: OperationLogger;
+  signal: AbortSignal;
+  /** Bound of each QMP command. */
+  qmpTimeoutMs: number;
+  /** Values to cut out of any backend message (the cephx key). */
+  secrets: readonly Redactable[];
+}
+
+function call(ctx: StepContext): CallOptions {
+  return { timeoutMs: ctx.qmpTimeoutMs, signal: ctx.signal };
+}
+
+/** Persists the next state; `since` is when the step began (its duration goes in the timeline). */
+export async function advance(
+  ctx: Pick<StepContext, 'journal' | 'log'>,
+  record: JournalRecord,
+  to: VolumeState,
+  since: number,
+  extra: { lane?: Lane; error?: { code: string; message: string } } = {},
+): Promise<JournalRecord> {
+  const next = transition(record, to, { ms: performance.now() - since, ...extra });
+  // No signal: once a side effect happened its record must be written, abort or not.
+  await ctx.journal.save(next);
+  ctx.log.debug({ state: to, ms: next.timeline.at(-1)?.ms }, `volume ${to}`);
+  return next;
+}
+
+export interface AttachStepOptions {
+  /** A free lane, avoiding `taken` (lanes a device_add just found busy). */
+  chooseLane(taken: readonly Lane[]): Promise<Lane>;
+  clientMountTimeoutS?: number;
+}
+
+const LANE_ATTEMPTS = 4;
+
+/** Runs the attach from the record's (attach) state to Attached. */
+export async function attachSteps(
+  ctx: StepContext,
+  record: JournalRecord,
+  spec: AttachSpec,
+  opts: AttachStepOptions,
+): Promise<JournalRecord> {
+  let r = record;
+  const names = r.names;
+  const q = call(ctx);
+
+  if (r.state === 'Pending' && spec.mode === 'rbd') {
+    const t0 = performance.now();
+    await writeConfFile(
+      ctx.stateDir,
+      names,
+      opts.clientMountTimeoutS !== undefined ? { clientMountTimeoutS: opts.clientMountTimeoutS } : {},
+    );
+    try {
+      await objectAdd(ctx.qmp, secretObject(names, spec.source.key), q);
+    } catch (err) {
+      // A resumed attach finds its own secret (same ids, same key: the fingerprint matched).
+      if (!isDuplicate(err)) throw backendFailure('object-add secret', err, ctx.secrets);
+    }
+    r = await advance(ctx, r, 'SecretAdded', t0);
+  }
+
+  if (r.state === 'Pending' || r.state === 'SecretAdded') {
+    const t0 = performance.now();
+    const node =
+      spec.mode === 'block'
+        ? blockdevHostDevice(names, spec.source, spec.readOnly)
+        : blockdevRbd(names, spec.source, {
+            readOnly: spec.readOnly,
+            confPath: confPath(ctx.stateDir, names),
+          });
+    try {
+      await blockdevAdd(ctx.qmp, node, q);
+    } catch (err) {
+      if (!isDuplicate(err)) {
+        if (spec.mode === 'rbd' && isCephConnectFailure(err)) {
+          throw new CephUnreachableError(
+            spec.source.monitors.map(formatMonitor),
+            Math.round(performance.now() - t0),
+            { cause: backendFailure('blockdev-add', err, ctx.secrets) },
+          );
+        }
+        throw backendFailure('blockdev-add', err, ctx.secrets);
+      }
+    }
+    r = await advance(ctx, r, 'BlockdevAdded', t0);
+  }
+
+  if (r.state === 'BlockdevAdded') {
+    const t0 = performance.now();
+    const lane = await addDevice(ctx, r, opts);
+    r = await advance(ctx, r, 'DeviceAdded', t0, { lane });
+  }
+
+  if (r.state === 'DeviceAdded') r = await advance(ctx, r, 'Attached', performance.now());
+  return r;
+}
+
+async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOptions): Promise<Lane> {
+  const q = call(ctx);
+  const existing = (await listPeripherals(ctx.qmp, q)).find((d) => d.id === r.names.device);
+  if (existing !== undefined) {
+    // Resumed after a crash between device_add and the journal write: take the lane QEMU reports.
+    const lane = await laneOfDevice(ctx.qmp, existing, q);
+    if (lane === undefined)
+      throw new BackendError('device_add', `device ${r.names.device} is not on a vmplug lane`);
+    return lane;
+  }
+  const taken: Lane[] = [];
+  let lane = r.lane ?? (await opts.chooseLane(taken));
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await deviceAdd(ctx.qmp, deviceArgs(r.names, lane), q);
+      return lane;
+    } catch (err) {
+      if (!isLaneTaken(err) || attempt >= LANE_ATTEMPTS) throw backendFailure('device_add', err, ctx.secrets);
+      ctx.log.warn({ lane }, 'lane taken by a device vmplug did not place; trying another');
+      taken.push(lane);
+      const next = await opts.chooseLane(taken);
+      if (sameLane(next, lane)) throw backendFailure('device_add', err, ctx.secrets);
+      lane = next;
+    }
+  }
+}
+
+export interface TeardownOptions {
+  /** How long to wait for the guest to release the device (DEVICE_DELETED). */
+  waitMs: number;
+}
+
+/**
+ * Runs a detach (or the rollback of an attach) from a Detaching/DetachPending/DeviceDeleted/
+ * BlockdevDeleted record to the end: device, then block node, then secret and conf file, then the
+ * record. Throws DetachPendingError (record left in DetachPending) while the guest holds on.
+ */
+export async function teardownSteps(
+  ctx: StepContext,
+  record: JournalRecord,
+  opts: TeardownOptions,
+): Promise<void> {
+  let r = record;
+  const names = r.names;
+  const q = call(ctx);
+
+  if (r.state === 'Detaching' || r.state === 'DetachPending') {
+    const t0 = performance.now();
+    if (await deviceExists(ctx.qmp, names.device, q)) {
+      const gone = await unplug(ctx, names.device, opts.waitMs);
+      if (!gone) {
+        const waited = Math.round(performance.now() - t0);
+        const pending = new DetachPendingError(names.device, waited);
+        r = await advance(ctx, r, 'DetachPending', t0, {
+          error: { code: pending.code, message: pending.message },
+        });
+        throw pending;
+      }
+    }
+    r = await advance(ctx, r, 'DeviceDeleted', t0);
+  }
+
+  if (r.state === 'DeviceDeleted') {
+    const t0 = performance.now();
+    if (await nodeExists(ctx.qmp, names.node, q)) {
+      try {
+        await blockdevDel(ctx.qmp, names.node, q);
+      } catch (err) {
+        if (isNodeInUse(err)) {
+          // Never pull the backend from under a device: something still uses the node.
+          throw new BackendError('blockdev-del', `node ${names.node} is still in use; retry the detach`, {
+            cause: err,
+            retryable: true,
+          });
+        }
+        if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
+      }
+    }
+    r = await advance(ctx, r, 'BlockdevDeleted', t0);
+  }
+
+  if (r.state === 'BlockdevDeleted') {
+    if (r.spec.mode === 'rbd') {
+      if (await objectExists(ctx.qmp, names.secret, q)) {
+        try {
+          await objectDel(ctx.qmp, names.secret, q);
+        } catch (err) {
+          if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
+        }
+      }
+      await removeConfFile(ctx.stateDir, names);
+    }
+    await ctx.journal.remove(r.sandboxId, r.volumeId);
+    ctx.log.debug({ state: 'Detached' }, 'volume Detached');
+  }
+}
+
+/**
+ * device_del and the DEVICE_DELETED naming this device (armed first: QEMU may send it before
+ * the reply; a virtio device's first event names only its virtio-backend path). True once the
+ * device is gone; false when the guest has not released it within `waitMs`. A device_del
+ * repeated during a pending unplug is refused by QEMU: then this only waits.
+ */
+export async function unplug(ctx: StepContext, id: string, waitMs: number): Promise<boolean> {
+  const q = call(ctx);
+  const deleted = ctx.qmp.waitFor('DEVICE_DELETED', deviceIs(id), { timeoutMs: waitMs, signal: ctx.signal });
+  try {
+    await deviceDel(ctx.qmp, id, q);
+  } catch (err) {
+    if (isNotFound(err)) {
+      deleted.cancel();
+      return true;
+    }
+    if (!isUnplugInProgress(err)) {
+      deleted.cancel();
+      throw backendFailure('device_del', err, ctx.secrets);
+    }
+  }
+  try {
+    await deleted;
+    return true;
+  } catch (err) {
+    // The event may have gone by while the monitor reconnected: ask QEMU itself.
+    if (err instanceof QmpTimeoutError || (err as { code?: unknown }).code === 'QMP_CLOSED') {
+      return !(await deviceExists(ctx.qmp, id, q));
+    }
+    throw backendFailure('device_del', err, ctx.secrets);
+  }
+}

@@ -1,0 +1,441 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  BackendError,
+  CephUnreachableError,
+  ConflictError,
+  DetachPendingError,
+  LanesFullError,
+  NotFoundError,
+  ValidationError,
+} from '../../../storage/errors.js';
+import { volumeNames } from '../../../storage/naming.js';
+import { confPath } from '../../../storage/rbd-conf-files.js';
+import { parseAttachRequest } from '../../../storage/volume-spec.js';
+import {
+  type Bed,
+  blockSpec,
+  closedPort,
+  fakeMonitor,
+  KEY,
+  makeBed,
+  rbdSpec,
+  sb,
+  sb2,
+  vol,
+} from './engine-helpers.js';
+import { FakeQemu } from './fake-qemu-executor.js';
+
+const OTHER_KEY = 'AQDuSQNrSIzGGhAAA42jGo01/mILR5NFi7XNZA==';
+const MUTATIONS = new Set([
+  'object-add',
+  'object-del',
+  'blockdev-add',
+  'blockdev-del',
+  'device_add',
+  'device_del',
+]);
+
+async function allFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) out.push(join(e.parentPath, e.name));
+  }
+  return out;
+}
+
+describe('AttachEngine, block mode', () => {
+  let bed: Bed;
+  beforeEach(async () => {
+    bed = await makeBed();
+  });
+  afterEach(async () => {
+    await bed.cleanup();
+  });
+
+  it('attaches a host device as scsi-hd on vmplug-scsi0 and journals every step', async () => {
+    const { created, attachment } = await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    const names = volumeNames(sb, vol('pvc-1'));
+    expect(created).toBe(true);
+    expect(attachment).toMatchObject({
+      sandboxId: sb,
+      volumeId: 'pvc-1',
+      mode: 'block',
+      bus: 'scsi',
+      state: 'Attached',
+      nodeName: names.node,
+      deviceId: names.device,
+      serial: names.serial,
+      readOnly: false,
+    });
+    expect(attachment.timeline.map((t) => t.step)).toEqual([
+      'Pending',
+      'BlockdevAdded',
+      'DeviceAdded',
+      'Attached',
+    ]);
+    const node = bed.qemu.nodes.get(names.node);
+    expect(node?.args).toMatchObject({ driver: 'host_device', filename: '/dev/loop7', 'read-only': false });
+    expect(bed.qemu.devices.get(names.device)).toMatchObject({
+      type: 'scsi-hd',
+      bus: 'vmplug-scsi0.0',
+      scsiId: 0,
+    });
+    const rec = await bed.journal.load(sb, vol('pvc-1'));
+    expect(rec?.state).toBe('Attached');
+    expect(rec?.lane).toEqual({ bus: 'scsi', scsiId: 0 });
+    // Kata's controller is never used.
+    expect([...bed.qemu.devices.values()].filter((d) => d.bus === 'scsi0.0')).toEqual([]);
+  });
+
+  it('is idempotent for the same spec and refuses a different one with 409', async () => {
+    await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    const before = bed.qemu.calls.filter((c) => MUTATIONS.has(c.command)).length;
+    const again = await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    expect(again.created).toBe(false);
+    expect(again.attachment.state).toBe('Attached');
+    expect(bed.qemu.calls.filter((c) => MUTATIONS.has(c.command)).length).toBe(before);
+    const err = await bed.engine.attach(sb, vol('pvc-1'), blockSpec('/dev/loop8'), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(err.status).toBe(409);
+    await expect(
+      bed.engine.attach(sb, vol('pvc-1'), blockSpec('/dev/loop7', { readOnly: true }), bed.ctx),
+    ).rejects.toBeInstanceOf(ConflictError);
+  });
+
+  it('puts virtio-blk on free vmplug root ports, read-only and with the serial', async () => {
+    const a = await bed.engine.attach(
+      sb,
+      vol('v1'),
+      blockSpec('/dev/loop1', { bus: 'virtio-blk', readOnly: true }),
+      bed.ctx,
+    );
+    const b = await bed.engine.attach(sb, vol('v2'), blockSpec('/dev/loop2', { bus: 'virtio-blk' }), bed.ctx);
+    expect(a.attachment.bus).toBe('virtio-blk');
+    expect(a.attachment.readOnly).toBe(true);
+    expect(a.attachment.guestHint).toBe(`/dev/disk/by-id/virtio-${a.attachment.serial}`);
+    const da = bed.qemu.devices.get(a.attachment.deviceId);
+    const db = bed.qemu.devices.get(b.attachment.deviceId);
+    expect(da).toMatchObject({ type: 'virtio-blk-pci', bus: 'vmplug-rp0', serial: a.attachment.serial });
+    expect(db).toMatchObject({ type: 'virtio-blk-pci', bus: 'vmplug-rp1' });
+    expect(bed.qemu.nodes.get(a.attachment.nodeName)?.readOnly).toBe(true);
+  });
+
+  it("'auto' takes scsi when vmplug-scsi0 exists, virtio-blk when only root ports do", async () => {
+    const a = await bed.engine.attach(sb, vol('a1'), blockSpec('/dev/loop1'), bed.ctx);
+    expect(a.attachment.bus).toBe('scsi');
+    const q2 = new FakeQemu();
+    q2.devices.delete('vmplug-scsi0');
+    bed.dir.addQemu(sb2, q2);
+    const b = await bed.engine.attach(sb2, vol('a1'), blockSpec('/dev/loop1'), bed.ctx);
+    expect(b.attachment.bus).toBe('virtio-blk');
+    expect(q2.devices.get(b.attachment.deviceId)?.bus).toBe('vmplug-rp0');
+  });
+
+  it('answers LANES_FULL when the lanes are taken and leaves nothing behind', async () => {
+    const q = new FakeQemu({ rootPorts: 1 });
+    bed.dir.addQemu(sb2, q);
+    await bed.engine.attach(sb2, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx);
+    const err = await bed.engine
+      .attach(sb2, vol('v2'), blockSpec('/dev/loop2', { bus: 'virtio-blk' }), bed.ctx)
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(LanesFullError);
+    expect(err.code).toBe('LANES_FULL');
+    expect(q.vmplugState().nodes).toHaveLength(1);
+    expect(await bed.journal.load(sb2, vol('v2'))).toBeUndefined();
+  });
+
+  it('honours scsiTargets as the scsi lane capacity', async () => {
+    await bed.cleanup();
+    bed = await makeBed({ engine: { scsiTargets: 2 } });
+    await bed.engine.attach(sb, vol('s1'), blockSpec('/dev/loop1', { bus: 'scsi' }), bed.ctx);
+    await bed.engine.attach(sb, vol('s2'), blockSpec('/dev/loop2', { bus: 'scsi' }), bed.ctx);
+    await expect(
+      bed.engine.attach(sb, vol('s3'), blockSpec('/dev/loop3', { bus: 'scsi' }), bed.ctx),
+    ).rejects.toThrow(LanesFullError);
+    // auto falls back to a root port when scsi is full.
+    const auto = await bed.engine.attach(sb, vol('s4'), blockSpec('/dev/loop4'), bed.ctx);
+    expect(auto.attachment.bus).toBe('virtio-blk');
+  });
+
+  it('moves to another root port when a device vmplug did not place holds the first one', async () => {
+    bed.qemu.addNode('foreign-node', { driver: 'host_device', filename: '/dev/sdz' });
+    bed.qemu.addDevice({
+      driver: 'virtio-blk-pci',
+      id: 'foreign',
+      drive: 'foreign-node',
+      bus: 'vmplug-rp0',
+      addr: '0',
+    });
+    const a = await bed.engine.attach(sb, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx);
+    expect(bed.qemu.devices.get(a.attachment.deviceId)?.bus).toBe('vmplug-rp1');
+  });
+
+  it('rolls back everything when device_add fails, with a typed error', async () => {
+    bed.qemu.failOnce('device_add', 'GenericError', "Property 'scsi-hd.drive' can't find value 'x'");
+    const err = await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(BackendError);
+    expect(err.code).toBe('BACKEND_FAILED');
+    expect(err.message).toContain('device_add failed: GenericError');
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+    expect(await bed.journal.load(sb, vol('pvc-1'))).toBeUndefined();
+    // A retry then succeeds from scratch.
+    expect((await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx)).created).toBe(true);
+  });
+
+  it('a QMP timeout on blockdev-add is retryable and leaves nothing', async () => {
+    await bed.cleanup();
+    bed = await makeBed({ engine: { qmpTimeoutMs: 50 } });
+    bed.qemu.hang('blockdev-add');
+    const err = await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx).catch((e) => e);
+    expect(err).toMatchObject({ code: 'BACKEND_FAILED', retryable: true });
+    expect(await bed.journal.load(sb, vol('pvc-1'))).toBeUndefined();
+  });
+
+  it('refuses unknown sandboxes (404) and unreachable ones (retryable)', async () => {
+    await expect(bed.engine.attach(sb2, vol('x'), blockSpec(), bed.ctx)).rejects.toBeInstanceOf(
+      NotFoundError,
+    );
+    bed.dir.presence.set(sb2, { state: 'unreachable', reason: 'QMP_BUSY' });
+    await expect(bed.engine.attach(sb2, vol('x'), blockSpec(), bed.ctx)).rejects.toMatchObject({
+      code: 'BACKEND_FAILED',
+      retryable: true,
+    });
+  });
+
+  it('detaches: device, node, record; detach again and of unknown volumes succeeds', async () => {
+    await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+    expect(await bed.journal.load(sb, vol('pvc-1'))).toBeUndefined();
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    await bed.engine.detach(sb, vol('never'), bed.ctx);
+    await bed.engine.detach(sb2, vol('never'), bed.ctx);
+  });
+
+  it('waits for the DEVICE_DELETED naming the virtio-blk device, not its backend', async () => {
+    await bed.engine.attach(sb, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx);
+    const seen: string[] = [];
+    bed.qemu.subscribe('DEVICE_DELETED', (e) => seen.push(String(e.data?.device ?? e.data?.path)));
+    bed.qemu.onCommand((c) => {
+      // blockdev-del must never come while the device still exists.
+      if (c === 'blockdev-del') expect(bed.qemu.vmplugState().devices).toEqual([]);
+    });
+    await bed.engine.detach(sb, vol('v1'), bed.ctx);
+    expect(seen).toHaveLength(2);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+  });
+
+  it('answers DetachPending while the guest holds the device, and a retry continues', async () => {
+    await bed.cleanup();
+    bed = await makeBed({ qemu: { guestUnplug: 'never' }, engine: { detachTimeoutMs: 50 } });
+    const { attachment } = await bed.engine.attach(
+      sb,
+      vol('v1'),
+      blockSpec('/dev/loop1', { bus: 'virtio-blk' }),
+      bed.ctx,
+    );
+    const err = await bed.engine.detach(sb, vol('v1'), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(DetachPendingError);
+    expect(err.code).toBe('DETACH_PENDING');
+    expect((await bed.journal.load(sb, vol('v1')))?.state).toBe('DetachPending');
+    // The node stays under the device.
+    expect(bed.qemu.nodes.has(attachment.nodeName)).toBe(true);
+    expect((await bed.engine.get(sb, vol('v1'), bed.ctx)).lastError?.code).toBe('DETACH_PENDING');
+    // A retry while still pending: QEMU refuses the second device_del; still pending.
+    await expect(bed.engine.detach(sb, vol('v1'), bed.ctx)).rejects.toBeInstanceOf(DetachPendingError);
+    // An attach meanwhile is a conflict, not a second disk.
+    await expect(
+      bed.engine.attach(sb, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx),
+    ).rejects.toBeInstanceOf(ConflictError);
+    bed.qemu.guestReleases(attachment.deviceId);
+    await bed.engine.detach(sb, vol('v1'), bed.ctx);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+    expect(await bed.journal.load(sb, vol('v1'))).toBeUndefined();
+  });
+
+  it('drops the record when the sandbox is gone', async () => {
+    await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    bed.dir.presence.delete(sb);
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    expect(await bed.journal.list()).toEqual([]);
+    expect(await bed.journal.sandboxIds()).toEqual([]);
+  });
+
+  it('get: record plus query-blockstats; 404 for unknown volumes and sandboxes', async () => {
+    await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    const a = await bed.engine.get(sb, vol('pvc-1'), bed.ctx);
+    expect(a.stats).toMatchObject({ rd_bytes: 4096, wr_bytes: 8192, size_bytes: 64 * 1024 * 1024 });
+    await expect(bed.engine.get(sb, vol('nope'), bed.ctx)).rejects.toMatchObject({ what: 'volume' });
+    await expect(bed.engine.get(sb2, vol('nope'), bed.ctx)).rejects.toMatchObject({ what: 'sandbox' });
+    expect((await bed.engine.list(sb)).map((x) => x.volumeId)).toEqual(['pvc-1']);
+  });
+
+  it('resize: grows with block_resize; refuses shrinking, odd sizes and volumes not attached', async () => {
+    const { attachment } = await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    const grown = await bed.engine.resize(sb, vol('pvc-1'), 128 * 1024 * 1024, bed.ctx);
+    expect(grown.stats?.size_bytes).toBe(128 * 1024 * 1024);
+    expect(bed.qemu.nodes.get(attachment.nodeName)?.size).toBe(128 * 1024 * 1024);
+    await expect(bed.engine.resize(sb, vol('pvc-1'), 64 * 1024 * 1024, bed.ctx)).rejects.toBeInstanceOf(
+      ValidationError,
+    );
+    await expect(bed.engine.resize(sb, vol('pvc-1'), 1000, bed.ctx)).rejects.toMatchObject({
+      field: 'sizeBytes',
+    });
+    await expect(bed.engine.resize(sb, vol('nope'), 512, bed.ctx)).rejects.toBeInstanceOf(NotFoundError);
+    // The device gone behind vmplug's back: refused, not sent (QEMU 7.2 would crash).
+    bed.qemu.devices.delete(attachment.deviceId);
+    await expect(bed.engine.resize(sb, vol('pvc-1'), 256 * 1024 * 1024, bed.ctx)).rejects.toBeInstanceOf(
+      BackendError,
+    );
+    expect(bed.qemu.dead).toBe(false);
+  });
+
+  it('serializes one sandbox and bounds operations across the node', async () => {
+    await bed.cleanup();
+    bed = await makeBed({ engine: { maxConcurrentOps: 2 } });
+    const qemus = [bed.qemu];
+    for (let i = 0; i < 3; i++) {
+      const q = new FakeQemu();
+      qemus.push(q);
+      bed.dir.addQemu(`s${i}` as typeof sb, q);
+    }
+    let inSandbox = 0;
+    let maxInSandbox = 0;
+    let inNode = 0;
+    let maxInNode = 0;
+    for (const q of qemus) {
+      q.onCommand(async (c) => {
+        if (c !== 'blockdev-add') return;
+        const mine = q === bed.qemu;
+        if (mine) inSandbox++;
+        inNode++;
+        maxInSandbox = Math.max(maxInSandbox, inSandbox);
+        maxInNode = Math.max(maxInNode, inNode);
+        await new Promise((r) => setTimeout(r, 5));
+        if (mine) inSandbox--;
+        inNode--;
+      });
+    }
+    const sandboxes = [sb, 's0', 's1', 's2'] as (typeof sb)[];
+    const results = await Promise.all(
+      sandboxes.flatMap((s) =>
+        [1, 2, 3].map((i) => bed.engine.attach(s, vol(`v${i}`), blockSpec(`/dev/loop${i}`), bed.ctx)),
+      ),
+    );
+    expect(results.every((r) => r.created)).toBe(true);
+    expect(maxInNode).toBeLessThanOrEqual(2);
+    expect(maxInSandbox).toBe(1);
+    // Distinct lanes in one sandbox.
+    const ids = [1, 2, 3].map((i) => bed.qemu.devices.get(volumeNames(sb, vol(`v${i}`)).device)?.scsiId);
+    expect(new Set(ids).size).toBe(3);
+  });
+});
+
+describe('AttachEngine, rbd mode', () => {
+  let bed: Bed;
+  let mon: Awaited<ReturnType<typeof fakeMonitor>>;
+  beforeEach(async () => {
+    bed = await makeBed();
+    mon = await fakeMonitor();
+  });
+  afterEach(async () => {
+    await mon.close();
+    await bed.cleanup();
+  });
+
+  it('adds the secret, a per-attach conf with a short mount timeout, then the rbd node', async () => {
+    const { attachment } = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
+    const names = volumeNames(sb, vol('pvc-r'));
+    expect(attachment.timeline.map((t) => t.step)).toEqual([
+      'Pending',
+      'SecretAdded',
+      'BlockdevAdded',
+      'DeviceAdded',
+      'Attached',
+    ]);
+    expect(bed.qemu.objects.get(names.secret)).toEqual({ type: 'secret', data: KEY });
+    const conf = confPath(bed.stateDir, names);
+    expect(await readFile(conf, 'utf8')).toMatch(/client_mount_timeout = 5/);
+    expect(bed.qemu.nodes.get(names.node)?.args).toMatchObject({
+      driver: 'rbd',
+      pool: 'rbd',
+      image: 'vol1',
+      user: 'vmplug',
+      'key-secret': names.secret,
+      conf,
+      server: [{ host: '127.0.0.1', port: mon.address.split(':')[1] }],
+    });
+    // The key is nowhere but in QEMU's secret object.
+    const add = bed.qemu.calls.filter((c) => JSON.stringify(c.args).includes(KEY)).map((c) => c.command);
+    expect(add).toEqual(['object-add']);
+    for (const f of await allFiles(bed.stateDir)) expect(await readFile(f, 'utf8')).not.toContain(KEY);
+    expect(bed.log.lines.join('\n')).not.toContain(KEY);
+    expect(JSON.stringify(attachment)).not.toContain(KEY);
+    // Detach removes secret and conf too.
+    await bed.engine.detach(sb, vol('pvc-r'), bed.ctx);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+    expect(await allFiles(bed.stateDir)).toEqual([]);
+  });
+
+  it('a different key is a different spec (409); the key never shows in the error', async () => {
+    await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
+    const other = parseAttachRequest({
+      mode: 'rbd',
+      source: {
+        type: 'rbd',
+        pool: 'rbd',
+        image: 'vol1',
+        monitors: [mon.address],
+        user: 'vmplug',
+        key: OTHER_KEY,
+      },
+    });
+    const err = await bed.engine.attach(sb, vol('pvc-r'), other, bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(JSON.stringify({ m: err.message, p: err.toProblem() })).not.toContain('AQDuSQNr');
+  });
+
+  it('with Ceph down, fails fast with CEPH_UNREACHABLE and leaves nothing', async () => {
+    const dead = await closedPort();
+    const t0 = performance.now();
+    const err = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(dead), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(CephUnreachableError);
+    expect(err).toMatchObject({ code: 'CEPH_UNREACHABLE', status: 503, retryable: true });
+    expect(performance.now() - t0).toBeLessThan(5_000);
+    expect(bed.qemu.calls.map((c) => c.command)).not.toContain('blockdev-add');
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+    expect(await bed.journal.list()).toEqual([]);
+    expect(await readdir(bed.stateDir)).not.toContain('rbd');
+  });
+
+  it('a port that accepts but never sends the banner counts as down', async () => {
+    const silent = await fakeMonitor('');
+    try {
+      const err = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(silent.address), bed.ctx).catch((e) => e);
+      expect(err).toBeInstanceOf(CephUnreachableError);
+    } finally {
+      await silent.close();
+    }
+  });
+
+  it("librbd's own connect failure maps to CEPH_UNREACHABLE and is rolled back", async () => {
+    bed.qemu.opts.ceph = 'down';
+    const err = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(CephUnreachableError);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+    expect(await bed.journal.list()).toEqual([]);
+    expect(await readdir(join(bed.stateDir, 'rbd'))).toEqual([]);
+    expect(bed.log.lines.join('\n')).not.toContain(KEY);
+  });
+
+  it('a QEMU error that echoes the key is redacted', async () => {
+    bed.qemu.failOnce('object-add', 'GenericError', `bad secret data '${KEY}'`);
+    const err = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(BackendError);
+    expect(err.message).toContain('[redacted]');
+    expect(err.message).not.toContain(KEY);
+    expect(bed.log.lines.join('\n')).not.toContain(KEY);
+  });
+});
