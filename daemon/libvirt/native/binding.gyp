@@ -1,0 +1,13 @@
+{
+  "targets": [
+    {
+      "target_name": "vmplug_libvirt",
+      "sources": ["src/addon.cc", "src/conn.cc", "src/events.cc", "src/job.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt)"],
+      "libraries": ["<!@(pkg-config --libs libvirt)"]
+    }
+  ]
+}
