@@ -74,6 +74,8 @@ const STAT_FIELDS = [
 export class AttachEngine implements AttachService {
   readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS'>> & { clientMountTimeoutS?: number };
   readonly #gate: OperationGate<SandboxId>;
+  readonly #running = new Set<Promise<unknown>>();
+  #closed = false;
 
   constructor(opts: AttachEngineOptions) {
     this.#o = {
@@ -101,7 +103,7 @@ export class AttachEngine implements AttachService {
   ): Promise<AttachResult> {
     const log = ctx.log.child({ op: 'attach', sandboxId, volumeId });
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.#gate.run(sandboxId, ctx.signal, async () => {
+    return this.#admit(sandboxId, ctx.signal, async () => {
       const sandbox = this.#present(sandboxId);
       const existing = await this.#o.journal.load(sandboxId, volumeId);
       if (existing !== undefined) {
@@ -223,7 +225,7 @@ export class AttachEngine implements AttachService {
 
   async detach(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<void> {
     const log = ctx.log.child({ op: 'detach', sandboxId, volumeId });
-    await this.#gate.run(sandboxId, ctx.signal, async () => {
+    await this.#admit(sandboxId, ctx.signal, async () => {
       const presence = this.#o.sandboxes.lookup(sandboxId);
       let record = await this.#o.journal.load(sandboxId, volumeId);
       if (presence.state === 'gone') {
@@ -294,7 +296,7 @@ export class AttachEngine implements AttachService {
       throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
     }
     const log = ctx.log.child({ op: 'resize', sandboxId, volumeId });
-    return this.#gate.run(sandboxId, ctx.signal, async () => {
+    return this.#admit(sandboxId, ctx.signal, async () => {
       const sandbox = this.#present(sandboxId);
       const record = await this.#o.journal.load(sandboxId, volumeId);
       if (record === undefined) throw new NotFoundError('volume', volumeId);
@@ -328,6 +330,30 @@ export class AttachEngine implements AttachService {
     });
   }
 
+  /**
+   * Stops admitting operations (they fail with a retryable BackendError) and waits for those in
+   * flight, reconcile rounds included, to end.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
+  }
+
+  #admit<T>(sandboxId: SandboxId, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+    if (this.#closed) {
+      return Promise.reject(
+        new BackendError('engine', 'vmplugd is shutting down; retry', { retryable: true }),
+      );
+    }
+    const p = this.#gate.run(sandboxId, signal, fn);
+    this.#running.add(p);
+    const forget = (): void => {
+      this.#running.delete(p);
+    };
+    p.then(forget, forget);
+    return p;
+  }
+
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */
   reconcile(opts: { signal?: AbortSignal; log?: OperationLogger } = {}): Promise<ReconcileSummary> {
     return reconcileAll({
@@ -338,7 +364,7 @@ export class AttachEngine implements AttachService {
       signal: opts.signal ?? new AbortController().signal,
       qmpTimeoutMs: this.#o.qmpTimeoutMs,
       unplugWaitMs: this.#o.reconcileUnplugWaitMs,
-      exclusive: (sandboxId, signal, fn) => this.#gate.run(sandboxId, signal, fn),
+      exclusive: (sandboxId, signal, fn) => this.#admit(sandboxId, signal, fn),
     });
   }
 

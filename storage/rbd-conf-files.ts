@@ -63,11 +63,16 @@ export async function listConfHashes(stateDir: string): Promise<string[]> {
   });
 }
 
-/** Removes the file and a leftover temp of it. */
-export async function removeConfByHash(stateDir: string, hash: string): Promise<void> {
+/** Removes the file and a leftover temp of it; false when neither was there. */
+export async function removeConfByHash(stateDir: string, hash: string): Promise<boolean> {
+  let removed = false;
   for (const p of [confPath(stateDir, { hash }), `${confPath(stateDir, { hash })}.tmp`]) {
-    await unlink(p).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    });
+    try {
+      await unlink(p);
+      removed = true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
   }
+  return removed;
 }

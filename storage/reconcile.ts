@@ -88,7 +88,7 @@ export async function reconcileAll(o: ReconcileOptions): Promise<ReconcileSummar
   for (const q of await o.journal.quarantined()) explained.add(volumeNames(q.sandboxId, q.volumeId).hash);
   for (const hash of confHashes) {
     if (explained.has(hash)) continue;
-    await removeConfByHash(o.stateDir, hash);
+    if (!(await removeConfByHash(o.stateDir, hash))) continue;
     repair(o, summary, { action: 'removed-stray-conf', name: hash });
   }
   return summary;
@@ -181,7 +181,7 @@ async function reconcileSandbox(
     qmpTimeoutMs: o.qmpTimeoutMs,
     secrets: [],
   };
-  for (const id of [...objects.devices].filter(stray)) {
+  for (const id of [...objects.devices].filter(stray).sort()) {
     await strayStep(o, summary, sandboxId, id, async () => {
       if (!(await unplug(step, id, o.unplugWaitMs))) {
         throw new DetachPendingError(id, o.unplugWaitMs);
@@ -189,7 +189,7 @@ async function reconcileSandbox(
       return 'removed-stray-device';
     });
   }
-  for (const name of [...objects.nodes].filter(stray)) {
+  for (const name of [...objects.nodes].filter(stray).sort()) {
     await strayStep(o, summary, sandboxId, name, async () => {
       try {
         await blockdevDel(sandbox.qmp, name, q);
@@ -202,7 +202,7 @@ async function reconcileSandbox(
       return 'removed-stray-node';
     });
   }
-  for (const id of [...objects.secrets].filter(stray)) {
+  for (const id of [...objects.secrets].filter(stray).sort()) {
     await strayStep(o, summary, sandboxId, id, async () => {
       try {
         await objectDel(sandbox.qmp, id, q);

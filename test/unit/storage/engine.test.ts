@@ -333,6 +333,40 @@ describe('AttachEngine, block mode', () => {
   });
 });
 
+describe('AttachEngine lifecycle', () => {
+  it('close() waits for operations in flight and refuses new ones (retryable)', async () => {
+    const bed = await makeBed();
+    try {
+      let release!: () => void;
+      const held = new Promise<void>((r) => {
+        release = r;
+      });
+      bed.qemu.onCommand(async (c) => {
+        if (c === 'device_add') await held;
+      });
+      const attach = bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+      await new Promise((r) => setTimeout(r, 20));
+      let closed = false;
+      const closing = bed.engine.close().then(() => {
+        closed = true;
+      });
+      await new Promise((r) => setTimeout(r, 20));
+      expect(closed).toBe(false);
+      await expect(
+        bed.engine.attach(sb, vol('pvc-2'), blockSpec('/dev/loop2'), bed.ctx),
+      ).rejects.toMatchObject({
+        retryable: true,
+      });
+      release();
+      expect((await attach).attachment.state).toBe('Attached');
+      await closing;
+      expect(closed).toBe(true);
+    } finally {
+      await bed.cleanup();
+    }
+  });
+});
+
 describe('AttachEngine, rbd mode', () => {
   let bed: Bed;
   let mon: Awaited<ReturnType<typeof fakeMonitor>>;
