@@ -194,7 +194,8 @@ export async function startTestDomain(opts: StartTestDomainOptions = {}): Promis
     destroying ??= (async () => {
       await guest?.close().catch(() => {});
       await virsh(['destroy', name], { uri }).catch((err: unknown) => {
-        if (!/not found|not running|no domain/i.test(String((err as Error).message))) throw err;
+        if (!/not found|not running|no domain|failed to get domain/i.test(String((err as Error).message)))
+          throw err;
       });
       // A transient domain is gone once destroyed; undefine covers a persistent one of that name.
       await virsh(['undefine', name], { uri }).catch(() => {});
