@@ -1,0 +1,69 @@
+import { EXIT_CODES_HELP } from './exit-codes.js';
+
+// `vmplug` help texts.
+
+const GLOBAL = `Options of every command:
+  --socket <path>      vmplugd's socket (VMPLUG_SOCKET, default /run/vmplug/vmplug.sock)
+  --json               print the API's JSON instead of text (errors: problem JSON on stderr)
+  --timeout-ms <ms>    bound of the call (default 60000)
+  -h, --help           help
+`;
+
+const COMMANDS: Record<string, string> = {
+  attach: `Usage:
+  vmplug attach <sandbox> <volume> --device <path> [--mode block] [--bus B] [--read-only]
+  vmplug attach <sandbox> <volume> [--mode rbd] --pool P [--namespace N] --image I [--snapshot S]
+                --monitors host:port[,host:port...] --user U --key-file <path|-> [--bus B] [--read-only]
+
+Hot-attaches a volume into a running sandbox (idempotent: the same spec again succeeds).
+  --device <path>       block mode: a host block device (e.g. /dev/rbd0, a loop device)
+  --key-file <path|->   rbd mode: file holding the base64 cephx key ("-": read it from stdin);
+                        the key is never taken from the command line
+  --bus auto|scsi|virtio-blk   frontend (default auto)
+  --read-only           attach read-only (needed with --snapshot)
+  --annotation k=v      PVC annotation (repeatable); volume.katacontainers.io/direct-mode may
+                        stand in for --mode
+`,
+  detach: `Usage: vmplug detach <sandbox> <volume>
+
+Hot-detaches a volume (idempotent: an unknown or already detached volume succeeds).
+Exit code 5 with DETACH_PENDING: the guest has not released the disk yet; run it again.
+`,
+  resize: `Usage: vmplug resize <sandbox> <volume> <size>
+
+Online expand of an attached volume. <size> in bytes, or with K, M, G, T (binary, also KiB...)
+or KB, MB, GB, TB (decimal). Shrinking is refused.
+`,
+  ls: `Usage: vmplug ls [--pod-uid <uid>]
+
+Lists the sandboxes vmplugd sees, with state, pod and attached volumes.
+`,
+  show: `Usage: vmplug show <sandbox> [volume]
+
+Shows one sandbox, or one volume (state, QEMU names, guest hint, timeline, stats).
+`,
+  node: `Usage: vmplug node
+
+Shows the node facts vmplugd reports (GET /v1/node).
+`,
+};
+
+export function helpText(topic?: string): string {
+  if (topic !== undefined && COMMANDS[topic] !== undefined)
+    return `${COMMANDS[topic]}\n${GLOBAL}\n${EXIT_CODES_HELP}`;
+  return `Usage: vmplug <command> [arguments] [options]
+
+Client of vmplugd's REST API on its unix socket.
+
+Commands:
+  attach <sandbox> <volume> ...   hot-attach a volume (block: --device; rbd: --pool/--image/...)
+  detach <sandbox> <volume>       hot-detach a volume
+  resize <sandbox> <volume> <size> online expand
+  ls [--pod-uid <uid>]            sandboxes on this node
+  show <sandbox> [volume]         one sandbox or volume
+  node                            node facts
+  help [command]                  help of a command
+
+${GLOBAL}
+${EXIT_CODES_HELP}`;
+}

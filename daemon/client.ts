@@ -1,0 +1,320 @@
+import { request } from 'node:http';
+import type { Attachment } from '../storage/attach-service.js';
+
+// A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
+// node plugin written in TypeScript. Only node:http: importing it pulls in no server code. Every
+// call is bounded by a timeout and can be aborted; an error answer (application/problem+json)
+// becomes a VmplugApiError with the server's stable `code`, and a transport failure a
+// VmplugTransportError, both with `retryable` so a caller knows whether trying again can help.
+
+export type { Attachment, AttachmentSource } from '../storage/attach-service.js';
+
+export const DEFAULT_SOCKET = '/run/vmplug/vmplug.sock';
+export const DEFAULT_TIMEOUT_MS = 60_000;
+/** Answers larger than this are refused (a sandbox list of a busy node is well under 1 MiB). */
+const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+
+export interface VmplugClientOptions {
+  /** Default /run/vmplug/vmplug.sock. */
+  socketPath?: string;
+  /** Default bound of every call, in ms (default 60 s: an attach waits for QEMU and Ceph). */
+  timeoutMs?: number;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  /** Overrides the client's timeout for this call. */
+  timeoutMs?: number;
+  /** Sent as x-request-id: the daemon logs it on every line of the operation. */
+  requestId?: string;
+}
+
+export type AttachSourceRequest =
+  | { type: 'hostDevice'; path: string }
+  | {
+      type: 'rbd';
+      pool: string;
+      namespace?: string;
+      image: string;
+      snapshot?: string;
+      monitors: string[];
+      user: string;
+      /** base64 cephx key; sent in the body only, never stored or echoed by vmplugd. */
+      key: string;
+    };
+
+export interface AttachRequest {
+  mode?: 'block' | 'rbd';
+  source: AttachSourceRequest;
+  readOnly?: boolean;
+  bus?: 'auto' | 'scsi' | 'virtio-blk';
+  annotations?: Record<string, string>;
+}
+
+export interface AttachResponse {
+  /** False when the same volume was already attached with the same spec (HTTP 200, not 201). */
+  created: boolean;
+  attachment: Attachment;
+}
+
+export type SandboxState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'unknown' | 'unreachable';
+
+export interface Sandbox {
+  id: string;
+  kind: 'kata' | 'libvirt';
+  state: SandboxState;
+  reason?: string;
+  hypervisorStatus?: string;
+  pod?: { uid?: string; name?: string; namespace?: string };
+  pid?: number;
+  discoveredAt: string;
+  volumes: Attachment[];
+}
+
+/** The daemon answered with an error (problem+json). */
+export class VmplugApiError extends Error {
+  readonly status: number;
+  /** Stable code, e.g. INVALID_FIELD, NOT_FOUND, SPEC_CONFLICT, DETACH_PENDING, NOT_READY. */
+  readonly code: string;
+  /** The offending request field, where there is one (`source.monitors[1]`). */
+  readonly field: string | undefined;
+  readonly requestId: string | undefined;
+  /** True when the same call may succeed later unchanged (503, DETACH_PENDING, CEPH_UNREACHABLE...). */
+  readonly retryable: boolean;
+
+  constructor(p: { status: number; code: string; detail: string; field?: string; requestId?: string }) {
+    super(p.detail);
+    this.name = 'VmplugApiError';
+    this.status = p.status;
+    this.code = p.code;
+    this.field = p.field;
+    this.requestId = p.requestId;
+    this.retryable = isRetryable(p.status, p.code);
+  }
+}
+
+export type TransportCode =
+  | 'DAEMON_UNREACHABLE'
+  | 'PERMISSION_DENIED'
+  | 'TIMEOUT'
+  | 'ABORTED'
+  | 'BAD_RESPONSE';
+
+/** The call did not get an answer: no daemon on the socket, timeout, abort, or an unreadable answer. */
+export class VmplugTransportError extends Error {
+  readonly retryable: boolean;
+
+  constructor(
+    readonly code: TransportCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'VmplugTransportError';
+    // A daemon restarting or a slow operation: worth retrying. A garbled answer or the caller's own
+    // abort: not.
+    this.retryable = code === 'DAEMON_UNREACHABLE' || code === 'TIMEOUT';
+  }
+}
+
+const RETRYABLE_CODES = new Set(['DETACH_PENDING', 'CEPH_UNREACHABLE', 'NOT_READY', 'SHUTTING_DOWN']);
+
+export function isRetryable(status: number, code: string): boolean {
+  return status === 503 || status === 504 || status === 429 || RETRYABLE_CODES.has(code);
+}
+
+interface RawResponse {
+  status: number;
+  contentType: string;
+  body: unknown;
+}
+
+export class VmplugClient {
+  readonly socketPath: string;
+  readonly timeoutMs: number;
+
+  constructor(opts: VmplugClientOptions = {}) {
+    this.socketPath = opts.socketPath ?? DEFAULT_SOCKET;
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  /** PUT: idempotent attach. */
+  async attach(
+    sandboxId: string,
+    volumeId: string,
+    body: AttachRequest,
+    opts: CallOptions = {},
+  ): Promise<AttachResponse> {
+    const res = await this.#call('PUT', volumePath(sandboxId, volumeId), body, opts);
+    return { created: res.status === 201, attachment: res.body as Attachment };
+  }
+
+  /** DELETE: idempotent detach (also fine when the volume is unknown). */
+  async detach(sandboxId: string, volumeId: string, opts: CallOptions = {}): Promise<void> {
+    await this.#call('DELETE', volumePath(sandboxId, volumeId), undefined, opts);
+  }
+
+  async get(sandboxId: string, volumeId: string, opts: CallOptions = {}): Promise<Attachment> {
+    return (await this.#call('GET', volumePath(sandboxId, volumeId), undefined, opts)).body as Attachment;
+  }
+
+  async resize(
+    sandboxId: string,
+    volumeId: string,
+    sizeBytes: number,
+    opts: CallOptions = {},
+  ): Promise<Attachment> {
+    const res = await this.#call('POST', `${volumePath(sandboxId, volumeId)}/resize`, { sizeBytes }, opts);
+    return res.body as Attachment;
+  }
+
+  async listSandboxes(filter: { podUid?: string } = {}, opts: CallOptions = {}): Promise<Sandbox[]> {
+    const q = filter.podUid === undefined ? '' : `?podUid=${encodeURIComponent(filter.podUid)}`;
+    return ((await this.#call('GET', `/v1/sandboxes${q}`, undefined, opts)).body as { items: Sandbox[] })
+      .items;
+  }
+
+  async getSandbox(sandboxId: string, opts: CallOptions = {}): Promise<Sandbox> {
+    return (await this.#call('GET', `/v1/sandboxes/${encodeURIComponent(sandboxId)}`, undefined, opts))
+      .body as Sandbox;
+  }
+
+  /** Node facts (GET /v1/node). */
+  async node(opts: CallOptions = {}): Promise<Record<string, unknown>> {
+    return (await this.#call('GET', '/v1/node', undefined, opts)).body as Record<string, unknown>;
+  }
+
+  /** Readiness: resolves with the named checks, or throws VmplugApiError NOT_READY. */
+  async ready(opts: CallOptions = {}): Promise<Record<string, { ok: boolean; detail?: string }>> {
+    return (
+      (await this.#call('GET', '/readyz', undefined, opts)).body as {
+        checks: Record<string, { ok: boolean }>;
+      }
+    ).checks;
+  }
+
+  async #call(method: string, path: string, body: unknown, opts: CallOptions): Promise<RawResponse> {
+    const res = await this.#send(method, path, body, opts);
+    if (res.status >= 400) throw apiError(res);
+    return res;
+  }
+
+  #send(method: string, path: string, body: unknown, opts: CallOptions): Promise<RawResponse> {
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const signal = opts.signal === undefined ? timeout : AbortSignal.any([opts.signal, timeout]);
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const what = `${method} ${path}`;
+    return new Promise<RawResponse>((resolve, reject) => {
+      if (signal.aborted) {
+        reject(abortError(what, opts.signal, timeoutMs));
+        return;
+      }
+      const headers: Record<string, string | number> = { accept: 'application/json' };
+      if (payload !== undefined) {
+        headers['content-type'] = 'application/json';
+        headers['content-length'] = payload.length;
+      }
+      if (opts.requestId !== undefined) headers['x-request-id'] = opts.requestId;
+      const req = request({ socketPath: this.socketPath, method, path, headers, signal }, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > MAX_RESPONSE_BYTES) {
+            req.destroy(
+              new VmplugTransportError(
+                'BAD_RESPONSE',
+                `${what}: answer larger than ${MAX_RESPONSE_BYTES} bytes`,
+              ),
+            );
+            return;
+          }
+          chunks.push(c);
+        });
+        res.on('error', (err) =>
+          reject(transportError(err, what, signal, opts.signal, timeoutMs, this.socketPath)),
+        );
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          const contentType = String(res.headers['content-type'] ?? '');
+          let parsed: unknown;
+          if (text.length > 0) {
+            try {
+              parsed = JSON.parse(text);
+            } catch {
+              if ((res.statusCode ?? 0) < 400) {
+                reject(new VmplugTransportError('BAD_RESPONSE', `${what}: the answer is not JSON`));
+                return;
+              }
+              parsed = undefined;
+            }
+          }
+          resolve({ status: res.statusCode ?? 0, contentType, body: parsed });
+        });
+      });
+      req.on('error', (err) =>
+        reject(transportError(err, what, signal, opts.signal, timeoutMs, this.socketPath)),
+      );
+      req.end(payload);
+    });
+  }
+}
+
+function volumePath(sandboxId: string, volumeId: string): string {
+  return `/v1/sandboxes/${encodeURIComponent(sandboxId)}/volumes/${encodeURIComponent(volumeId)}`;
+}
+
+function apiError(res: RawResponse): VmplugApiError {
+  const b = res.body as Record<string, unknown> | undefined;
+  const isProblem = typeof b === 'object' && b !== null && typeof b.code === 'string';
+  const p: { status: number; code: string; detail: string; field?: string; requestId?: string } = {
+    status: res.status,
+    code: isProblem ? (b.code as string) : `HTTP_${res.status}`,
+    detail: isProblem && typeof b.detail === 'string' ? b.detail : `vmplugd answered HTTP ${res.status}`,
+  };
+  if (isProblem && typeof b.field === 'string') p.field = b.field;
+  if (isProblem && typeof b.requestId === 'string') p.requestId = b.requestId;
+  return new VmplugApiError(p);
+}
+
+function abortError(
+  what: string,
+  callerSignal: AbortSignal | undefined,
+  timeoutMs: number,
+): VmplugTransportError {
+  if (callerSignal?.aborted)
+    return new VmplugTransportError('ABORTED', `${what}: aborted`, { cause: callerSignal.reason });
+  return new VmplugTransportError('TIMEOUT', `${what}: no answer within ${timeoutMs} ms`);
+}
+
+function transportError(
+  err: unknown,
+  what: string,
+  signal: AbortSignal,
+  callerSignal: AbortSignal | undefined,
+  timeoutMs: number,
+  socketPath: string,
+): VmplugTransportError {
+  if (err instanceof VmplugTransportError) return err;
+  if (signal.aborted) return abortError(what, callerSignal, timeoutMs);
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EACCES' || code === 'EPERM') {
+    return new VmplugTransportError(
+      'PERMISSION_DENIED',
+      `${what}: no permission to use ${socketPath} (run as root or as a member of the socket's group)`,
+      { cause: err },
+    );
+  }
+  if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE') {
+    const hint = code === 'ENOENT' || code === 'ECONNREFUSED' ? ' (is vmplugd running?)' : '';
+    return new VmplugTransportError(
+      'DAEMON_UNREACHABLE',
+      `${what}: cannot reach vmplugd at ${socketPath}: ${code}${hint}`,
+      {
+        cause: err,
+      },
+    );
+  }
+  return new VmplugTransportError('BAD_RESPONSE', `${what}: ${(err as Error).message}`, { cause: err });
+}
