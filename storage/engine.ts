@@ -416,10 +416,15 @@ export class AttachEngine implements AttachService {
   ): Promise<Record<string, number> | undefined> {
     const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
     const [all, size] = await Promise.all([
-      queryBlockstats(sandbox.qmp, true, q),
+      // Per backend (the guest's I/O is accounted on the device's BlockBackend; per-node stats of
+      // query-nodes stay zero for reads and writes). The entry names the root node it uses.
+      queryBlockstats(sandbox.qmp, false, q),
       this.#size(sandbox, record, signal),
     ]);
-    const mine = all.find((s) => s['node-name'] === record.names.node);
+    const device = record.names.device;
+    const mine =
+      all.find((s) => s['node-name'] === record.names.node) ??
+      all.find((s) => s.qdev === device || s.qdev === `/machine/peripheral/${device}/virtio-backend`);
     if (mine === undefined) return undefined;
     const out: Record<string, number> = {};
     for (const f of STAT_FIELDS) {

@@ -190,11 +190,30 @@ export class FakeQemu implements QmpExecutor {
           detect_zeroes: 'off',
           cache: { writeback: true, direct: true, 'no-flush': false },
         }));
-      case 'query-blockstats':
-        return [...this.nodes.values()].map((n) => ({
-          'node-name': n.name,
-          stats: { rd_bytes: 4096, wr_bytes: 8192, rd_operations: 1, wr_operations: 2, flush_operations: 0 },
-        }));
+      case 'query-blockstats': {
+        // QEMU accounts the guest's I/O on the device's BlockBackend; with query-nodes the
+        // per-node entries carry no read/write figures.
+        if (a['query-nodes'] === true) {
+          return [...this.nodes.values()].map((n) => ({
+            'node-name': n.name,
+            stats: { rd_bytes: 0, wr_bytes: 0, rd_operations: 0, wr_operations: 0, flush_operations: 0 },
+          }));
+        }
+        return [...this.devices.values()]
+          .filter((d) => d.drive !== undefined)
+          .map((d) => ({
+            device: '',
+            qdev: d.type === 'scsi-hd' ? d.id : `/machine/peripheral/${d.id}/virtio-backend`,
+            'node-name': d.drive,
+            stats: {
+              rd_bytes: 4096,
+              wr_bytes: 8192,
+              rd_operations: 1,
+              wr_operations: 2,
+              flush_operations: 0,
+            },
+          }));
+      }
       case 'object-add': {
         const id = String(a.id);
         if (this.objects.has(id))
