@@ -18,6 +18,7 @@ import {
   LibvirtError,
   type LibvirtEvent,
   type LibvirtUuid,
+  MemoryFlags,
   parseLibvirtUuid,
   VcpuFlags,
 } from '../../daemon/libvirt/index.js';
@@ -216,6 +217,38 @@ describe('libvirt binding (vmplug addon) with a real libvirtd', () => {
 
     const over = await rejection(c.setVcpusFlags(uuid, 64, VcpuFlags.LIVE));
     expect(over.code).toBe('LIBVIRT_INVALID_ARG');
+  });
+
+  it('hot-adds memory as a DIMM device (the guest sees it); setMemoryFlags without a balloon is refused with a typed error', async () => {
+    const c = conn as Conn;
+    const d = domain as TestDomain;
+    const memTotalKiB = async (): Promise<number> => {
+      const r = await d.guest.run('grep ^MemTotal: /proc/meminfo', { timeoutMs: 30_000 });
+      return Number(/(\d+)/.exec(r.stdout)?.[1]);
+    };
+    const before = await memTotalKiB();
+    const t0 = performance.now();
+    await c.attachDeviceFlags(
+      uuid,
+      `<memory model='dimm'><target><size unit='MiB'>128</size><node>0</node></target></memory>`,
+      DomainModify.LIVE,
+    );
+    const tAttach = performance.now();
+    expect((await c.getInfo(uuid)).memoryKiB).toBe((256 + 128) * 1024);
+    // The guest boots with memhp_default_state=online: the DIMM's memory is usable once seen.
+    let after = before;
+    for (let i = 0; i < 100 && after - before < 128 * 1024 - 1024; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      after = await memTotalKiB();
+    }
+    expect(after - before).toBeGreaterThanOrEqual(128 * 1024 - 1024);
+    log(
+      `DIMM attachDeviceFlags returned ${Math.round(tAttach - t0)} ms; guest MemTotal +${Math.round((after - before) / 1024)} MiB ${Math.round(performance.now() - t0)} ms`,
+    );
+
+    // The test domain has no balloon: libvirt refuses a live balloon target, and says so.
+    const balloon = await rejection(c.setMemoryFlags(uuid, 200 * 1024, MemoryFlags.LIVE));
+    expect(['LIBVIRT_OPERATION_INVALID', 'LIBVIRT_UNSUPPORTED']).toContain(balloon.code);
   });
 
   it('delivers lifecycle events for suspend, resume and destroy without polling', async () => {
