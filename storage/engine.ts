@@ -120,7 +120,10 @@ export class AttachEngine implements AttachService {
           );
         }
         log.info({ state: existing.state }, 'resuming a half-done attach');
-        return { created: true, attachment: await this.#runAttach(sandbox, existing, spec, ctx.signal, log) };
+        return {
+          created: true,
+          attachment: await this.#runAttach(sandbox, existing, spec, ctx.signal, log, true),
+        };
       }
 
       const step = this.#stepContext(sandbox, ctx.signal, log, spec);
@@ -150,7 +153,10 @@ export class AttachEngine implements AttachService {
       });
       await this.#o.journal.save(record);
       log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
-      return { created: true, attachment: await this.#runAttach(sandbox, record, spec, ctx.signal, log) };
+      return {
+        created: true,
+        attachment: await this.#runAttach(sandbox, record, spec, ctx.signal, log, false),
+      };
     });
   }
 
@@ -160,10 +166,12 @@ export class AttachEngine implements AttachService {
     spec: AttachSpec,
     signal: AbortSignal,
     log: OperationLogger,
+    resumed: boolean,
   ): Promise<Attachment> {
     const step = this.#stepContext(sandbox, signal, log, spec);
-    if (spec.mode === 'rbd' && record.state === 'SecretAdded') {
-      // Resuming right before blockdev-add: the monitors must answer now, too.
+    if (resumed && spec.mode === 'rbd' && (record.state === 'Pending' || record.state === 'SecretAdded')) {
+      // Resuming before blockdev-add: the monitors must answer now, too (a fresh attach checked
+      // them before its first journal write, so that a dead Ceph leaves nothing behind).
       await probeMonitors(spec.source.monitors, { timeoutMs: this.#o.cephProbeTimeoutMs, signal });
     }
     try {

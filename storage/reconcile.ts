@@ -71,6 +71,8 @@ export async function reconcileAll(o: ReconcileOptions): Promise<ReconcileSummar
   // Conf files are listed before records: a conf file is written after its record, so any file
   // seen here whose record is live shows up in the record list read next.
   const confHashes = await listConfHashes(o.stateDir);
+  // Journal writes take milliseconds: a temp file this old was torn by a crash.
+  await o.journal.sweepTemp({ olderThanMs: 10 * 60_000, signal: o.signal });
   const ids = new Set<SandboxId>([...(await o.journal.sandboxIds()), ...o.sandboxes.known()]);
   for (const sandboxId of [...ids].sort()) {
     o.signal.throwIfAborted();

@@ -8,7 +8,18 @@ import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane } from '../../..
 import { confPath, writeConfFile } from '../../../storage/rbd-conf-files.js';
 import { startPeriodicReconcile } from '../../../storage/reconcile.js';
 import { type AttachSpec, specFingerprint, toStoredSpec } from '../../../storage/volume-spec.js';
-import { type Bed, blockSpec, fakeMonitor, KEY, makeBed, rbdSpec, sb, sb2, vol } from './engine-helpers.js';
+import {
+  type Bed,
+  blockSpec,
+  closedPort,
+  fakeMonitor,
+  KEY,
+  makeBed,
+  rbdSpec,
+  sb,
+  sb2,
+  vol,
+} from './engine-helpers.js';
 import { FakeQemu } from './fake-qemu-executor.js';
 
 // A crash of vmplugd at any point leaves a journal record in some state and some of its QEMU
@@ -154,6 +165,18 @@ describe('reconcile after a crash at each journal state', () => {
     expect(res.attachment.state).toBe('Attached');
     expect(bed.qemu.vmplugState().devices).toHaveLength(1);
     expect(bed.qemu.calls.filter((c) => c.command === 'blockdev-add')).toHaveLength(0);
+  });
+
+  it('a retried rbd attach resumed before blockdev-add checks the monitors again', async () => {
+    const spec = rbdSpec(await closedPort());
+    await leave(bed, bed.qemu, sb, vol('v'), spec, 'SecretAdded', scsi0, { secret: true });
+    await expect(bed.engine.attach(sb, vol('v'), spec, bed.ctx)).rejects.toMatchObject({
+      code: 'CEPH_UNREACHABLE',
+    });
+    expect(bed.qemu.calls.map((c) => c.command)).not.toContain('blockdev-add');
+    // Left for reconcile, which rolls it back.
+    expect((await bed.engine.reconcile()).repairs.map((r) => r.action)).toEqual(['rolled-back-attach']);
+    expect(bed.qemu.vmplugState()).toEqual(clean);
   });
 
   const detaches: [VolumeState, Objects, 'scsi' | 'virtio-blk'][] = [
