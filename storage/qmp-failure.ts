@@ -60,7 +60,16 @@ export function isUnplugInProgress(err: unknown): boolean {
   return err instanceof QmpCommandError && err.desc.endsWith('is already in the process of unplug');
 }
 
-/** librbd gave up connecting (client_mount_timeout) or was refused: Ceph, not QEMU, is at fault. */
+/**
+ * librados could not reach the cluster (client_mount_timeout ran out, or no monitor took the
+ * connection). Other connect errors (a refused key: "error connecting: Permission denied") are the
+ * request's fault and stay BACKEND_FAILED.
+ */
 export function isCephConnectFailure(err: unknown): boolean {
-  return err instanceof QmpCommandError && /error connecting|Connection timed out/i.test(err.desc);
+  return (
+    err instanceof QmpCommandError &&
+    /error connecting: (Connection timed out|Connection refused|No route to host|Network is unreachable)/i.test(
+      err.desc,
+    )
+  );
 }

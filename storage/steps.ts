@@ -113,11 +113,20 @@ export async function attachSteps(
     } catch (err) {
       if (!isDuplicate(err)) {
         if (spec.mode === 'rbd' && isCephConnectFailure(err)) {
-          throw new CephUnreachableError(
-            spec.source.monitors.map(formatMonitor),
-            Math.round(performance.now() - t0),
-            { cause: backendFailure('blockdev-add', err, ctx.secrets) },
-          );
+          const waited = Math.round(performance.now() - t0);
+          const monitors = spec.source.monitors.map(formatMonitor);
+          if (/timed out/i.test((err as Error).message)) {
+            // A monitor answered the check just before, so the session itself did not complete
+            // within client_mount_timeout: seen on Ceph 16 with a key cephx refuses.
+            throw new BackendError(
+              'blockdev-add',
+              `Ceph did not complete the connection within ${waited} ms although a monitor answered (${monitors.join(', ')}): check user and key, or the cluster's health`,
+              { cause: err, secrets: ctx.secrets, retryable: true },
+            );
+          }
+          throw new CephUnreachableError(monitors, waited, {
+            cause: backendFailure('blockdev-add', err, ctx.secrets),
+          });
         }
         throw backendFailure('blockdev-add', err, ctx.secrets);
       }

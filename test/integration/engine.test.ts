@@ -278,6 +278,49 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
     expect((await sandbox.guest.run('echo alive')).stdout).toBe('alive\n');
   });
 
+  it('rbd refused by Ceph (wrong key, missing image): typed error, nothing left behind', async () => {
+    const image = await newImage(8 * MiB);
+    // A well-formed cephx key that is not client.vmplug's.
+    const blob = Buffer.alloc(28);
+    blob.writeUInt16LE(1, 0);
+    blob.writeUInt16LE(16, 10);
+    randomBytes(16).copy(blob, 12);
+    const wrongKey = blob.toString('base64');
+    const cases: [string, AttachSpec][] = [
+      [
+        'wrong key',
+        parseAttachRequest({
+          mode: 'rbd',
+          source: {
+            type: 'rbd',
+            pool: ceph.pool,
+            image,
+            monitors: ceph.monitors,
+            user: ceph.clientUser,
+            key: wrongKey,
+          },
+        }),
+      ],
+      ['missing image', rbdSpec(`missing-${randomBytes(4).toString('hex')}`)],
+    ];
+    for (const [what, spec] of cases) {
+      const t0 = performance.now();
+      const err = await engine
+        .attach(sandboxId, parseVolumeId('pvc-refused'), spec, ctx())
+        .catch((e: unknown) => e);
+      console.log(
+        `rbd attach with ${what}: ${(err as Error).message} after ${Math.round(performance.now() - t0)} ms`,
+      );
+      expect(err).toMatchObject({ code: expect.stringMatching(/^(BACKEND_FAILED|CEPH_UNREACHABLE)$/) });
+      expect((err as Error).message).not.toContain(wrongKey);
+      expect(await vmplugNodes()).toEqual([]);
+      expect(await vmplugSecrets()).toEqual([]);
+      expect(await journal.load(sandboxId, parseVolumeId('pvc-refused'))).toBeUndefined();
+    }
+    expect(log.lines.join('\n')).not.toContain(wrongKey);
+    expect((await queryStatus(qmp)).status).toBe('running');
+  });
+
   it('a guest that does not release a virtio-blk device: DetachPending, then a retry finishes', async () => {
     const loop = await createLoopDevice(8 * MiB);
     loops.push(loop);

@@ -454,14 +454,24 @@ describe('AttachEngine, rbd mode', () => {
     }
   });
 
-  it("librbd's own connect failure maps to CEPH_UNREACHABLE and is rolled back", async () => {
+  it("librbd's own connect failure is typed and rolled back", async () => {
     bed.qemu.opts.ceph = 'down';
     const err = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx).catch((e) => e);
-    expect(err).toBeInstanceOf(CephUnreachableError);
+    // A monitor answered the check, so a connect timeout means the session never completed.
+    expect(err).toBeInstanceOf(BackendError);
+    expect(err).toMatchObject({ retryable: true });
+    expect(err.message).toMatch(/although a monitor answered/);
     expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
     expect(await bed.journal.list()).toEqual([]);
     expect(await readdir(join(bed.stateDir, 'rbd'))).toEqual([]);
     expect(bed.log.lines.join('\n')).not.toContain(KEY);
+  });
+
+  it('a monitor that refuses between the check and blockdev-add: CEPH_UNREACHABLE', async () => {
+    bed.qemu.failOnce('blockdev-add', 'GenericError', 'error connecting: Connection refused');
+    const err = await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(CephUnreachableError);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
   });
 
   it('a QEMU error that echoes the key is redacted', async () => {
