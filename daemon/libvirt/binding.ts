@@ -11,6 +11,7 @@
  */
 import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { fromNative, LibvirtError } from './errors.js';
 
 declare const brand: unique symbol;
@@ -187,8 +188,8 @@ function addonCandidates(): string[] {
   const rel = 'native/build/Release/vmplug_libvirt.node';
   return [
     ...(fromEnv ? [fromEnv] : []),
-    new URL(`./${rel}`, import.meta.url).pathname,
-    new URL(`../../../daemon/libvirt/${rel}`, import.meta.url).pathname,
+    fileURLToPath(new URL(`./${rel}`, import.meta.url)),
+    fileURLToPath(new URL(`../../../daemon/libvirt/${rel}`, import.meta.url)),
   ];
 }
 
