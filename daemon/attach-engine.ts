@@ -1,4 +1,5 @@
-import type { Journal } from '../storage/journal.js';
+import { AttachEngine } from '../storage/engine.js';
+import { type Journal, loadFingerprintKey } from '../storage/journal.js';
 import type { SandboxDirectory } from '../storage/sandbox-directory.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './logger.js';
@@ -8,8 +9,9 @@ import type { ReadinessCheck } from './routes/health.js';
 import type { ListVolumes } from './routes/sandboxes.js';
 
 // THE one place where vmplugd constructs its attach engine (storage/). Everything the daemon needs
-// from the engine goes through EngineHandle, so swapping the stand-in for the real engine touches
-// only createAttachService() below.
+// from the engine goes through EngineHandle: the REST service, the volume list of a sandbox, the
+// reconcile the daemon runs at start-up and every reconcileIntervalMs, readiness and a draining
+// close.
 
 export interface EngineDeps {
   config: DaemonConfig;
@@ -31,10 +33,31 @@ export interface EngineHandle {
 }
 
 /**
- * Builds the attach engine. Until storage/'s engine is wired in, every volume call answers 503
- * NOT_READY and readiness says why, so the daemon shell runs and can be probed on its own.
+ * Builds the attach engine (storage/engine.ts) over the journal and discovery's sandboxes, with the
+ * per-node fingerprint key from the state directory.
  */
-export async function createAttachService(_deps: EngineDeps): Promise<EngineHandle> {
+export async function createAttachService(deps: EngineDeps): Promise<EngineHandle> {
+  const { config, logger, journal, sandboxes } = deps;
+  const fingerprintKey = await loadFingerprintKey(config.stateDir);
+  const engine = new AttachEngine({
+    journal,
+    sandboxes,
+    fingerprintKey,
+    stateDir: config.stateDir,
+    logger: logger.child({ component: 'engine' }),
+    maxConcurrentOps: config.maxConcurrentOps,
+  });
+  return {
+    service: engine,
+    listVolumes: (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal }),
+    reconcile: (signal) => engine.reconcile({ signal }),
+    readiness: () => ({ ok: true, detail: `${engine.inFlight} operation(s) in flight` }),
+    close: () => engine.close(),
+  };
+}
+
+/** The stand-in for tests and tools that run the daemon without an engine. */
+export function unavailableEngine(): EngineHandle {
   return {
     service: unavailableAttachService(),
     listVolumes: async () => [],

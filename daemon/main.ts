@@ -125,6 +125,8 @@ export interface VmplugdOptions {
   discovery?: Partial<Omit<DiscoveryOptions, 'monitorDir' | 'kata' | 'logger'>>;
 }
 
+const STARTUP_SETTLE_MS = 5_000;
+
 /** The whole daemon: journal, discovery, engine, reconcile loop and the REST server. */
 export interface Vmplugd {
   daemon: Daemon;
@@ -192,7 +194,9 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       listVolumes: e.listVolumes,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
     });
-    l?.start();
+    // Let the monitors found by the first scan connect, so the start-up reconcile can act on them
+    // instead of skipping them as unreachable (bounded: a wedged QEMU must not delay start-up).
+    if (l !== undefined) void discovery.settled(STARTUP_SETTLE_MS).then(() => l.start());
     let stopping: Promise<StopResult> | undefined;
     const stop = (): Promise<StopResult> => {
       stopping ??= (async () => {

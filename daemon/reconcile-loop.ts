@@ -9,6 +9,7 @@ export interface ReconcileLoopOptions {
   reconcile: (signal: AbortSignal) => Promise<unknown>;
   intervalMs: number;
   logger: {
+    debug(obj: Record<string, unknown>, msg: string): void;
     info(obj: Record<string, unknown>, msg: string): void;
     error(obj: Record<string, unknown>, msg: string): void;
   };
@@ -34,6 +35,7 @@ export class ReconcileLoop {
 
   /** Starts the loop; the first run begins at once. */
   start(): void {
+    if (this.#stopper.signal.aborted) return;
     this.#loop ??= this.#run();
   }
 
@@ -64,10 +66,11 @@ export class ReconcileLoop {
       try {
         const summary = await this.#o.reconcile(AbortSignal.any([signal, AbortSignal.timeout(runTimeoutMs)]));
         this.#lastError = undefined;
-        logger.info(
-          { ms: Math.round(performance.now() - started), summary: summary ?? undefined },
-          this.#runs === 0 ? 'start-up reconcile done' : 'reconcile done',
-        );
+        const fields = { ms: Math.round(performance.now() - started), summary: summary ?? undefined };
+        // The start-up run and any run that did or found something are worth a line; quiet rounds are not.
+        if (this.#runs === 0) logger.info(fields, 'start-up reconcile done');
+        else if (eventful(summary)) logger.info(fields, 'reconcile done');
+        else logger.debug(fields, 'reconcile done, nothing to repair');
       } catch (err) {
         if (signal.aborted) break;
         this.#lastError = (err as Error).message;
@@ -84,4 +87,10 @@ export class ReconcileLoop {
       }
     }
   }
+}
+
+/** True when a summary holds any non-empty list (repairs, skipped, pending, failures...). */
+function eventful(summary: unknown): boolean {
+  if (typeof summary !== 'object' || summary === null) return false;
+  return Object.values(summary).some((v) => Array.isArray(v) && v.length > 0);
 }

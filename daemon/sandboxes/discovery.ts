@@ -108,6 +108,8 @@ interface Entry {
   refusingSince: number | undefined;
   unsubscribe: (() => void)[];
   removed: boolean;
+  /** The first connection attempt has been decided (connected or failed). */
+  settled: boolean;
 }
 
 export class SandboxDiscovery implements SandboxDirectory {
@@ -161,6 +163,18 @@ export class SandboxDiscovery implements SandboxDirectory {
   get(id: SandboxId): DiscoveredSandbox | undefined {
     const e = this.#entries.get(id);
     return e === undefined ? undefined : this.#view(e);
+  }
+
+  /**
+   * Resolves once every sandbox known now has connected or failed its first attempt, or after
+   * `timeoutMs`: the daemon's start-up reconcile then sees reachable sandboxes as present.
+   */
+  async settled(timeoutMs: number): Promise<void> {
+    const deadline = this.#now() + timeoutMs;
+    while (this.#now() < deadline && !this.#stopper.signal.aborted) {
+      if ([...this.#entries.values()].every((e) => e.settled || e.removed)) return;
+      await new Promise((r) => setTimeout(r, 25));
+    }
   }
 
   /** Whether the monitor directory could be read at the last scan. */
@@ -302,11 +316,13 @@ export class SandboxDiscovery implements SandboxDirectory {
       refusingSince: undefined,
       unsubscribe: [],
       removed: false,
+      settled: false,
     };
     this.#entries.set(id, e);
     e.unsubscribe.push(
       session.onStateChange((change) => {
         if (e.removed) return;
+        e.settled = true;
         if (change.state === 'ready') {
           e.refusingSince = undefined;
           e.socketSeen = true;

@@ -150,14 +150,14 @@ describe('vmplugd discovers Kata sandboxes', () => {
     await plain.stop();
   });
 
-  it('readiness names discovery and the engine', async () => {
-    const ready = await client.ready().catch((err: unknown) => err);
-    // Until the attach engine is wired in, readiness is false because of it, never because of discovery.
-    if (ready instanceof VmplugApiError) {
-      expect(ready.code).toBe('NOT_READY');
-      expect(ready.message).not.toMatch(/discovery/);
-    } else {
-      expect(ready).toMatchObject({ discovery: { ok: true } });
-    }
+  it('is ready once the start-up reconcile ran: journal, discovery, engine and reconcile checks', async () => {
+    const checks = await until('ready', () => client.ready().catch(() => undefined));
+    expect(checks).toMatchObject({
+      journal: { ok: true },
+      discovery: { ok: true },
+      attachEngine: { ok: true },
+      reconcile: { ok: true },
+    });
+    expect(log.text()).toContain('start-up reconcile done');
   });
 });

@@ -307,6 +307,15 @@ describe('SandboxDiscovery', () => {
     expect(d.lookup(sid('restart')).state).toBe('present');
   });
 
+  it('settled() waits for the first connection attempts, bounded', async () => {
+    await sandbox('s-live');
+    await mkdir(join(monitorDir, 's-nosock'), { recursive: true });
+    const d = await startDiscovery({ goneGraceMs: 60_000 });
+    await d.settled(5_000);
+    expect(d.lookup(sid('s-live')).state).toBe('present');
+    expect(d.lookup(sid('s-nosock')).state).toBe('unreachable');
+  });
+
   it('close() leaves everything on disk', async () => {
     await sandbox('keep');
     const d = await startDiscovery();
