@@ -105,7 +105,11 @@ export class LanesFullError extends VmplugError {
     readonly bus: 'scsi' | 'virtio-blk',
     readonly capacity: number,
   ) {
-    super(`all ${capacity} vmplug ${bus} lanes of the sandbox are in use; detach a volume first`);
+    super(
+      capacity === 0
+        ? `the sandbox has no vmplug ${bus} lanes (was its QEMU started through bin/vmplug-qemu?)`
+        : `all ${capacity} vmplug ${bus} lanes of the sandbox are in use; detach a volume first`,
+    );
   }
 }
 

@@ -1,8 +1,10 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, truncate } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { QmpSession, queryNamedBlockNodes, queryStatus } from '../../qmp/index.js';
 import type { OperationContext, OperationLogger } from '../../storage/attach-service.js';
@@ -29,6 +31,7 @@ import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } fro
 // land, idempotency, Ceph down, a guest that holds a device, and reconcile of hand-made leftovers.
 
 const MiB = 1024 * 1024;
+const run = promisify(execFile);
 
 class Log implements OperationLogger {
   constructor(readonly lines: string[] = []) {}
@@ -241,6 +244,30 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
     expect(await ceph.imageSize(image)).toBe(32 * MiB);
     await expect(engine.resize(sandboxId, volumeId, 16 * MiB, ctx())).rejects.toMatchObject({
       field: 'sizeBytes',
+    });
+    await engine.detach(sandboxId, volumeId, ctx());
+    await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+  });
+
+  it('block: after the host device grew, block_resize shows the new size to the guest', async () => {
+    const loop = await createLoopDevice(16 * MiB);
+    loops.push(loop);
+    const volumeId = parseVolumeId('pvc-grow-block');
+    const { attachment } = await engine.attach(sandboxId, volumeId, blockSpec(loop.path), ctx());
+    const disk = await sandbox.guest.waitForDisk((d) => d.serial === attachment.serial, {
+      timeoutMs: 30_000,
+    });
+    // What a CSI plugin's NodeExpand does on the host: the device grows first.
+    await truncate(loop.backingFile, 24 * MiB);
+    await run('losetup', ['--set-capacity', loop.path], { timeout: 15_000 });
+    const grown = await engine.resize(sandboxId, volumeId, 24 * MiB, ctx());
+    expect(grown.stats?.size_bytes).toBe(24 * MiB);
+    await sandbox.guest.waitForDisk((d) => d.name === disk.name && d.sizeBytes === 24 * MiB, {
+      timeoutMs: 30_000,
+    });
+    // Beyond the device: QEMU refuses, typed.
+    await expect(engine.resize(sandboxId, volumeId, 64 * MiB, ctx())).rejects.toMatchObject({
+      code: 'BACKEND_FAILED',
     });
     await engine.detach(sandboxId, volumeId, ctx());
     await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });

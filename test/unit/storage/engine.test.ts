@@ -146,6 +146,16 @@ describe('AttachEngine, block mode', () => {
     expect(await bed.journal.load(sb2, vol('v2'))).toBeUndefined();
   });
 
+  it('a sandbox without vmplug lanes is told apart from a full one', async () => {
+    const q = new FakeQemu({ rootPorts: 0 });
+    q.devices.delete('vmplug-scsi0');
+    bed.dir.addQemu(sb2, q);
+    const err = await bed.engine.attach(sb2, vol('v1'), blockSpec(), bed.ctx).catch((e) => e);
+    expect(err).toBeInstanceOf(LanesFullError);
+    expect(err.message).toMatch(/no vmplug virtio-blk lanes/);
+    expect(q.calls.map((c) => c.command)).not.toContain('blockdev-add');
+  });
+
   it('honours scsiTargets as the scsi lane capacity', async () => {
     await bed.cleanup();
     bed = await makeBed({ engine: { scsiTargets: 2 } });
