@@ -147,6 +147,8 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
       `--service-account-key-file=${creds.serviceAccountKeyFile}`,
       `--service-account-signing-key-file=${creds.serviceAccountKeyFile}`,
       '--service-cluster-ip-range=10.96.0.0/16',
+      // As on kubeadm clusters; the default (false) refuses any privileged pod template.
+      '--allow-privileged=true',
       '--v=1',
     ];
     const startApiserver = async (): Promise<void> => {
