@@ -10,6 +10,7 @@ import { truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   type LibvirtConnection as Conn,
@@ -277,6 +278,31 @@ describe('libvirt binding (vmplug addon) with a real libvirtd', () => {
     log(timings.join('; '));
     // A transient domain is gone once destroyed.
     expect((await rejection(c.lookupByUUID(uuid))).code).toBe('LIBVIRT_NO_DOMAIN');
+  });
+
+  it('outlives Workers that exit with an open connection and calls in flight', async () => {
+    // Node unloads an addon with the Worker that loaded it, while libvirt's event loop thread
+    // (started once per process) and callbacks keep running its code: the addon pins itself.
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const addon = require(workerData.path);
+      addon.connect(workerData.uri, {}, () => {}).then((c) => {
+        setInterval(() => c.listDomains().catch(() => {}), 2);
+        parentPort.postMessage('connected');
+      });`;
+    const path = join(import.meta.dirname, '../../daemon/libvirt/native/build/Release/vmplug_libvirt.node');
+    for (let i = 0; i < 3; i++) {
+      const w = new Worker(code, { eval: true, workerData: { path, uri: (domain as TestDomain).uri } });
+      await new Promise<void>((resolve, reject) => {
+        w.once('message', () => resolve());
+        w.once('error', reject);
+      });
+      await new Promise((r) => setTimeout(r, 50));
+      await w.terminate();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await (conn as Conn).isAlive()).toBe(true);
+    expect(Array.isArray(await (conn as Conn).listSecrets())).toBe(true);
   });
 
   it('reports a connection that libvirtd closed, and refuses calls after close()', async () => {

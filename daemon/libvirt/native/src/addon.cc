@@ -3,6 +3,7 @@
 // maintained Node bindings have. See docs/libvirt-binding.md.
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+#include <dlfcn.h>
 #include <napi.h>
 
 #include <chrono>
@@ -47,6 +48,14 @@ LoopStart& loopStart() {
 void EnsureEventLoop(Napi::Env env) {
   LoopStart& s = loopStart();
   std::call_once(s.once, [&s] {
+    // The loop thread and libvirt's callbacks run this library's code for the rest of the
+    // process, but Node unloads an addon when the Worker that loaded it exits: pin it.
+    Dl_info self;
+    if (dladdr(reinterpret_cast<void*>(&RunEventLoop), &self) == 0 || self.dli_fname == nullptr ||
+        dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == nullptr) {
+      s.error = "cannot pin the addon in memory";
+      return;
+    }
     if (virEventRegisterDefaultImpl() < 0) {
       s.error = CaptureLibvirtError("virEventRegisterDefaultImpl").message;
       return;

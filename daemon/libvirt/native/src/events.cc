@@ -72,26 +72,26 @@ void CallJs(Napi::Env env, Napi::Function callback, std::nullptr_t*, EventData* 
   std::unique_ptr<EventData> d(raw);
   // env is null when Node tears the function down with events still queued.
   if (env == nullptr || callback.IsEmpty()) return;
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("kind", Napi::String::New(env, KindName(d->kind)));
-  if (d->kind == EventData::Kind::Closed) {
-    o.Set("reason", Napi::Number::New(env, d->reason));
-  } else {
-    o.Set("name", Napi::String::New(env, d->name));
-    o.Set("uuid", Napi::String::New(env, d->uuid));
-    o.Set("id", Napi::Number::New(env, d->id));
-    if (d->kind == EventData::Kind::Lifecycle) {
-      o.Set("event", Napi::Number::New(env, d->event));
-      o.Set("detail", Napi::Number::New(env, d->detail));
-    } else {
-      o.Set("alias", Napi::String::New(env, d->alias));
-    }
-  }
+  // Nothing may unwind into Node's thread-safe-function machinery: Napi calls throw while a
+  // Worker's environment is torn down, and the TS wrapper's listener never throws.
   try {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("kind", Napi::String::New(env, KindName(d->kind)));
+    if (d->kind == EventData::Kind::Closed) {
+      o.Set("reason", Napi::Number::New(env, d->reason));
+    } else {
+      o.Set("name", Napi::String::New(env, d->name));
+      o.Set("uuid", Napi::String::New(env, d->uuid));
+      o.Set("id", Napi::Number::New(env, d->id));
+      if (d->kind == EventData::Kind::Lifecycle) {
+        o.Set("event", Napi::Number::New(env, d->event));
+        o.Set("detail", Napi::Number::New(env, d->detail));
+      } else {
+        o.Set("alias", Napi::String::New(env, d->alias));
+      }
+    }
     callback.Call({o});
-  } catch (const Napi::Error&) {
-    // The TS wrapper's listener never throws; should one, the event is dropped rather than
-    // unwinding into Node's thread-safe-function machinery.
+  } catch (...) {
   }
 }
 

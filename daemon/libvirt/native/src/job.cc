@@ -51,19 +51,27 @@ void Job::Execute() {
 }
 
 void Job::OnOK() {
-  Napi::Env env = Env();
-  Napi::HandleScope scope(env);
+  // Napi calls throw while a Worker's environment is being torn down; nobody is left to
+  // receive the result then, and an exception must not escape into Node.
   try {
-    deferred_.Resolve(done_(env));
-  } catch (const Napi::Error& e) {
-    deferred_.Reject(e.Value());
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    try {
+      deferred_.Resolve(done_(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  } catch (...) {
   }
 }
 
 void Job::OnError(const Napi::Error&) {
-  Napi::Env env = Env();
-  Napi::HandleScope scope(env);
-  deferred_.Reject(MakeJsError(env, operation_, failure_).Value());
+  try {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    deferred_.Reject(MakeJsError(env, operation_, failure_).Value());
+  } catch (...) {
+  }
 }
 
 }  // namespace vmplug
