@@ -10,7 +10,7 @@ import {
 const snap = (order: 'a' | 'b'): NodeStatusSnapshot => {
   const vols = [
     { volumeId: 'v2', mode: 'rbd', bus: 'scsi', state: 'attached' },
-    { volumeId: 'v1', bus: 'virtio-blk', mode: 'block', state: 'attached', error: undefined },
+    { volumeId: 'v1', bus: 'virtio-blk', mode: 'block', state: 'attached' },
   ];
   const sbs = [
     { id: 's2', kind: 'libvirt' as const, state: 'running', volumes: [], nics: [] },
