@@ -1,11 +1,14 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { main as cli } from '../../daemon/cli/main.js';
 import { type Sandbox, VmplugApiError, VmplugClient } from '../../daemon/client.js';
 import { resolveConfig } from '../../daemon/config.js';
 import { startVmplugd, type Vmplugd } from '../../daemon/main.js';
 import type { DiscoveryEvent } from '../../daemon/sandboxes/discovery.js';
 import { QmpClient } from '../../qmp/index.js';
+import { createLoopDevice } from '../env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 import { memoryLogger } from '../unit/daemon/helpers.js';
 
@@ -127,6 +130,64 @@ describe('vmplugd discovers Kata sandboxes', () => {
       );
     } finally {
       await inspect.close();
+    }
+  });
+
+  it('vmplug attaches a loop device through the real engine; ls and show list it; detach removes it', async () => {
+    const loop = await createLoopDevice(8 * 1024 * 1024);
+    const run = async (argv: string[]): Promise<{ code: number; out: string; err: string }> => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      let out = '';
+      let err = '';
+      stdout.on('data', (c: Buffer) => {
+        out += c.toString();
+      });
+      stderr.on('data', (c: Buffer) => {
+        err += c.toString();
+      });
+      const code = await cli({
+        argv: [...argv, '--socket', client.socketPath],
+        env: {},
+        stdin: new PassThrough(),
+        stdout,
+        stderr,
+      });
+      return { code, out, err };
+    };
+    try {
+      const attached = await run([
+        'attach',
+        withPod.id,
+        'pvc-loop-1',
+        '--device',
+        loop.path,
+        '--bus',
+        'virtio-blk',
+      ]);
+      expect(attached.err).toBe('');
+      expect(attached.code).toBe(0);
+      expect(attached.out).toMatch(/^attached pvc-loop-1 to .* block on virtio-blk/);
+      const disk = await withPod.guest.waitForDisk((d) => d.sizeBytes === 8 * 1024 * 1024, {
+        timeoutMs: 30_000,
+      });
+      const ls = await run(['ls', '--pod-uid', pod.uid]);
+      expect(ls.out).toMatch(
+        new RegExp(`${withPod.id}\\s+kata\\s+running\\s+storage/db-0\\s+pvc-loop-1\\(Attached\\)`),
+      );
+      const show = await run(['show', withPod.id, 'pvc-loop-1', '--json']);
+      expect(JSON.parse(show.out)).toMatchObject({
+        state: 'Attached',
+        bus: 'virtio-blk',
+        source: { path: loop.path },
+      });
+      const detached = await run(['detach', withPod.id, 'pvc-loop-1']);
+      expect(detached.code).toBe(0);
+      await withPod.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+      expect((await client.getSandbox(withPod.id)).volumes).toEqual([]);
+    } finally {
+      await client.detach(withPod.id, 'pvc-loop-1').catch(() => {});
+      await loop.detach();
     }
   });
 
