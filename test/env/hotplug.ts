@@ -75,6 +75,8 @@ export interface AttachTimings {
   deviceAddMs: number;
   /** device_add sent -> the guest reported the disk. */
   guestSawMs: number;
+  /** First command sent -> the guest reported the disk: the whole attach as a caller sees it. */
+  totalMs: number;
 }
 
 export interface DetachTimings {
@@ -117,6 +119,7 @@ export async function hotAdd(
   opts: HotplugOptions = {},
 ): Promise<{ disk: GuestDisk; timings: AttachTimings }> {
   const co = callOpts(opts);
+  const started = performance.now();
   try {
     let secretMs: number | undefined;
     if (d.backend.kind === 'rbd') {
@@ -132,10 +135,12 @@ export async function hotAdd(
     const deviceAddMs = performance.now() - sent;
     const disk = await guest.waitForDisk((g) => g.serial === d.names.serial, { timeoutMs: co.timeoutMs });
     // seenAt is when the line arrived; the disk may also have been reported before we waited.
+    const seen = Math.max(disk.seenAt, sent);
     const timings: AttachTimings = {
       blockdevAddMs,
       deviceAddMs,
-      guestSawMs: Math.max(disk.seenAt, sent) - sent,
+      guestSawMs: seen - sent,
+      totalMs: seen - started,
     };
     if (secretMs !== undefined) timings.secretMs = secretMs;
     return { disk, timings };
