@@ -1,5 +1,5 @@
 import { type FSWatcher, watch } from 'node:fs';
-import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
+import { lstat, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import {
@@ -120,6 +120,8 @@ export class SandboxDiscovery implements SandboxDirectory {
   readonly #now: () => number;
   readonly #graceMs: number;
   #watcher: FSWatcher | undefined;
+  /** Inode of the directory the watcher is on: a removed and re-created monitor dir needs a new watch. */
+  #watchedIno: number | undefined;
   #timer: NodeJS.Timeout | undefined;
   #scanning: Promise<void> | undefined;
   #again = false;
@@ -222,19 +224,24 @@ export class SandboxDiscovery implements SandboxDirectory {
 
   async #scan(): Promise<void> {
     const { monitorDir, logger } = this.#opts;
-    this.#ensureWatch();
+    const dirStat = await stat(monitorDir).catch(() => undefined);
+    if (this.#watcher !== undefined && dirStat?.ino !== this.#watchedIno) {
+      this.#watcher.close();
+      this.#watcher = undefined;
+    }
+    if (dirStat?.isDirectory()) this.#ensureWatch(dirStat.ino);
     let names: string[];
+    let missing = false;
     try {
       const dirents = await readdir(monitorDir, { withFileTypes: true });
       // The wrapper refuses a symlinked per-sandbox entry, so only real directories count.
       names = dirents.filter((d) => d.isDirectory()).map((d) => d.name);
-      this.#health = { ok: true, detail: `${this.#entries.size} sandbox(es) under ${monitorDir}` };
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') {
         // No sandbox has started through the wrapper yet; it creates the directory.
         names = [];
-        this.#health = { ok: true, detail: `${monitorDir} does not exist yet (no sandbox started)` };
+        missing = true;
       } else {
         // Unreadable: keep what is known rather than declare every sandbox gone.
         if (this.#health.ok) logger.warn({ monitorDir, code }, 'cannot read the monitor directory');
@@ -265,12 +272,14 @@ export class SandboxDiscovery implements SandboxDirectory {
     }
     await Promise.allSettled([...this.#entries.values()].map((e) => this.#check(e)));
     this.#health = {
-      ok: this.#health.ok,
-      detail: this.#health.ok ? `${this.#entries.size} sandbox(es) under ${monitorDir}` : this.#health.detail,
+      ok: true,
+      detail: missing
+        ? `${monitorDir} does not exist yet (no sandbox started)`
+        : `${this.#entries.size} sandbox(es) under ${monitorDir}`,
     };
   }
 
-  #ensureWatch(): void {
+  #ensureWatch(ino: number): void {
     if (this.#watcher !== undefined || this.#stopper.signal.aborted) return;
     try {
       const w = watch(this.#opts.monitorDir, { persistent: false }, () => this.#soon());
@@ -281,6 +290,7 @@ export class SandboxDiscovery implements SandboxDirectory {
         this.#soon();
       });
       this.#watcher = w;
+      this.#watchedIno = ino;
     } catch {
       // Not there yet: the next rescan tries again.
     }

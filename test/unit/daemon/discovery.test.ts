@@ -16,7 +16,7 @@ import { memoryLogger } from './helpers.js';
 
 const sid = (s: string) => s as SandboxId;
 
-async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 5_000): Promise<T> {
+async function until<T>(what: string, probe: () => T | undefined | false, timeoutMs = 8_000): Promise<T> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const v = probe();
@@ -194,6 +194,13 @@ describe('SandboxDiscovery', () => {
       }),
     );
     await until('identity', () => d.get(sid('late-1'))?.pod?.uid === 'u');
+  });
+
+  it('fs.watch alone picks up a new sandbox (no rescan due)', async () => {
+    await mkdir(monitorDir, { recursive: true });
+    const d = await startDiscovery({ rescanIntervalMs: 600_000 });
+    await sandbox('watched');
+    await until('added by the watch', () => d.known().includes(sid('watched')));
   });
 
   it('ignores invalid ids, files and symlinked entries', async () => {
