@@ -36,7 +36,7 @@ const run = promisify(execFile);
 class Log implements OperationLogger {
   constructor(readonly lines: string[] = []) {}
   #push(level: string, obj: Record<string, unknown>, msg?: string): void {
-    this.lines.push(JSON.stringify({ level, ...obj, msg }));
+    this.lines.push(JSON.stringify({ level, t: Math.round(performance.now()), ...obj, msg }));
   }
   trace(o: Record<string, unknown>, m?: string): void {
     this.#push('trace', o, m);
@@ -181,12 +181,17 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
         loops.push(loop);
         spec = blockSpec(loop.path, { bus: c.bus });
       }
+      const sent = performance.now();
+      const mark = log.lines.length;
       const { created, attachment } = await engine.attach(sandboxId, volumeId, spec, ctx());
+      const attachMs = performance.now() - sent;
       expect(created).toBe(true);
       expect(attachment).toMatchObject({ state: 'Attached', bus: c.bus, mode: c.mode });
       const disk = await sandbox.guest.waitForDisk((d) => d.serial === attachment.serial, {
         timeoutMs: 30_000,
       });
+      const seenMs = disk.seenAt - sent;
+      if (process.env.VMPLUG_TRACE) console.log(Math.round(sent), log.lines.slice(mark).join('\n'));
       expect(disk.sizeBytes).toBe(c.size);
       expect(disk.readOnly).toBe(false);
       expect(disk.name).toMatch(c.bus === 'scsi' ? /^sd[a-z]+$/ : /^vd[a-z]+$/);
@@ -214,8 +219,14 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
       const after = await engine.get(sandboxId, volumeId, ctx());
       expect(after.stats?.wr_bytes ?? 0).toBeGreaterThan(0);
 
+      const detachSent = performance.now();
       await engine.detach(sandboxId, volumeId, ctx());
+      const detachMs = performance.now() - detachSent;
       await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+      console.log(
+        `${c.mode}/${c.bus}: engine attach ${Math.round(attachMs)} ms (guest saw it +${Math.round(seenMs)} ms), ` +
+          `detach ${Math.round(detachMs)} ms; steps ${attachment.timeline.map((t) => `${t.step} ${t.ms}`).join(', ')}`,
+      );
       expect(await vmplugNodes()).toEqual([]);
       expect(await vmplugSecrets()).toEqual([]);
       expect(await journal.load(sandboxId, volumeId)).toBeUndefined();
