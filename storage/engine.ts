@@ -105,7 +105,23 @@ export class AttachEngine implements AttachService {
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
     return this.#admit(sandboxId, ctx.signal, async () => {
       const sandbox = this.#present(sandboxId);
-      const existing = await this.#o.journal.load(sandboxId, volumeId);
+      let existing = await this.#o.journal.load(sandboxId, volumeId);
+      if (existing?.state === 'Attached' && existing.fingerprint === fingerprint) {
+        const q = { timeoutMs: this.#o.qmpTimeoutMs, signal: ctx.signal };
+        const present = await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
+          throw backendFailure('attach', err);
+        });
+        if (!present) {
+          // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
+          // back): answering "already attached" would be a lie. Clear what is left, attach anew.
+          log.warn(
+            { device: existing.names.device },
+            'attached volume has no device in QEMU; attaching it again',
+          );
+          await this.#clearLost(sandbox, existing, ctx.signal, log);
+          existing = undefined;
+        }
+      }
       if (existing !== undefined) {
         if (existing.fingerprint !== fingerprint) {
           throw new ConflictError(
@@ -197,6 +213,19 @@ export class AttachEngine implements AttachService {
       await this.#rollback(step, record.sandboxId, record.volumeId, failure, log);
       throw failure;
     }
+  }
+
+  async #clearLost(
+    sandbox: ManagedSandbox,
+    record: JournalRecord,
+    signal: AbortSignal,
+    log: OperationLogger,
+  ): Promise<void> {
+    const lost = transition(record, 'Detaching', {
+      error: { code: 'DEVICE_LOST', message: `device ${record.names.device} vanished from the sandbox` },
+    });
+    await this.#o.journal.save(lost);
+    await teardownSteps(this.#stepContext(sandbox, signal, log), lost, { waitMs: this.#o.detachTimeoutMs });
   }
 
   /** Undoes a failed attach: whatever exists goes, in reverse order, and the record with it. */

@@ -28,6 +28,7 @@ export type RepairAction =
   | 'finished-attach'
   | 'rolled-back-attach'
   | 'finished-detach'
+  | 'cleared-lost-attachment'
   | 'removed-stray-device'
   | 'removed-stray-node'
   | 'removed-stray-secret'
@@ -241,10 +242,16 @@ async function reconcileRecord(
   unplugWaitMs: number,
 ): Promise<RepairAction | undefined> {
   if (record.state === 'Attached') {
-    if (!objects.devices.has(record.names.device)) {
-      step.log.warn({ device: record.names.device }, 'reconcile: attached volume has no device in QEMU');
-    }
-    return undefined;
+    if (objects.devices.has(record.names.device)) return undefined;
+    // The guest lost the disk (QEMU restarted under the same sandbox, or someone deleted the
+    // device): the record would make a retried attach answer "already attached". Clear what is
+    // left; the CSI plugin's next attach then attaches it again.
+    const lost = transition(record, 'Detaching', {
+      error: { code: 'DEVICE_LOST', message: `device ${record.names.device} vanished from the sandbox` },
+    });
+    await step.journal.save(lost);
+    await teardownSteps(step, lost, { waitMs: unplugWaitMs });
+    return 'cleared-lost-attachment';
   }
   if (isAttachState(record.state)) {
     if (objects.devices.has(record.names.device)) {

@@ -158,6 +158,21 @@ describe('reconcile after a crash at each journal state', () => {
     expect((await bed.engine.attach(sb, vol('v'), rbdSpec(mon.address), bed.ctx)).created).toBe(false);
   });
 
+  it('an Attached record whose device vanished (QEMU restarted) is cleared, and a retry attaches anew', async () => {
+    const spec = rbdSpec(mon.address);
+    await leave(bed, bed.qemu, sb, vol('v'), spec, 'Attached', scsi0, { secret: true, node: true });
+    const summary = await bed.engine.reconcile();
+    expect(summary.repairs).toEqual([{ action: 'cleared-lost-attachment', sandboxId: sb, volumeId: 'v' }]);
+    expect(bed.qemu.vmplugState()).toEqual(clean);
+    expect(await bed.journal.list()).toEqual([]);
+
+    // Without a reconcile in between, the retried attach notices by itself.
+    await leave(bed, bed.qemu, sb, vol('w'), spec, 'Attached', scsi0, {});
+    const res = await bed.engine.attach(sb, vol('w'), spec, bed.ctx);
+    expect(res.created).toBe(true);
+    expect(bed.qemu.vmplugState().devices).toEqual([volumeNames(sb, vol('w')).device]);
+  });
+
   it('a retried attach resumes a half-done one itself (before any reconcile)', async () => {
     const spec = blockSpec('/dev/loop3');
     await leave(bed, bed.qemu, sb, vol('v'), spec, 'BlockdevAdded', scsi0, { node: true });
