@@ -82,14 +82,22 @@ export class VmplugApiError extends Error {
   /** True when the same call may succeed later unchanged (503, DETACH_PENDING, CEPH_UNREACHABLE...). */
   readonly retryable: boolean;
 
-  constructor(p: { status: number; code: string; detail: string; field?: string; requestId?: string }) {
+  constructor(p: {
+    status: number;
+    code: string;
+    detail: string;
+    field?: string;
+    requestId?: string;
+    retryable?: boolean;
+  }) {
     super(p.detail);
     this.name = 'VmplugApiError';
     this.status = p.status;
     this.code = p.code;
     this.field = p.field;
     this.requestId = p.requestId;
-    this.retryable = isRetryable(p.status, p.code);
+    // The daemon says so in the problem; older daemons did not, so fall back to status and code.
+    this.retryable = p.retryable ?? isRetryable(p.status, p.code);
   }
 }
 
@@ -268,13 +276,14 @@ function volumePath(sandboxId: string, volumeId: string): string {
 function apiError(res: RawResponse): VmplugApiError {
   const b = res.body as Record<string, unknown> | undefined;
   const isProblem = typeof b === 'object' && b !== null && typeof b.code === 'string';
-  const p: { status: number; code: string; detail: string; field?: string; requestId?: string } = {
+  const p: ConstructorParameters<typeof VmplugApiError>[0] = {
     status: res.status,
     code: isProblem ? (b.code as string) : `HTTP_${res.status}`,
     detail: isProblem && typeof b.detail === 'string' ? b.detail : `vmplugd answered HTTP ${res.status}`,
   };
   if (isProblem && typeof b.field === 'string') p.field = b.field;
   if (isProblem && typeof b.requestId === 'string') p.requestId = b.requestId;
+  if (isProblem && typeof b.retryable === 'boolean') p.retryable = b.retryable;
   return new VmplugApiError(p);
 }
 

@@ -25,6 +25,8 @@ export interface ProblemDetails {
   code: string;
   field?: string;
   requestId?: string;
+  /** True when the same request may succeed later unchanged (the CLI exits 5, a CSI plugin requeues). */
+  retryable?: boolean;
 }
 
 /** `urn:vmplug:error:body-too-large` for BODY_TOO_LARGE; the same rule as storage/errors.ts. */
@@ -67,6 +69,7 @@ export interface CodedError {
   status: number;
   message: string;
   field?: string | undefined;
+  retryable?: boolean;
   toProblem?: () => {
     type: string;
     title: string;
@@ -93,15 +96,20 @@ export function isCodedError(err: unknown): err is CodedError {
 }
 
 export function problemFromCoded(err: CodedError): ProblemDetails {
+  let out: ProblemDetails;
   if (typeof err.toProblem === 'function') {
     const p = err.toProblem();
-    const out = problem(p.status, p.code, p.detail, p.field);
+    out = problem(p.status, p.code, p.detail, p.field);
     // Keep the engine's own type and title (its error class names what went wrong).
     out.type = p.type;
     out.title = p.title;
-    return out;
+  } else {
+    out = problem(err.status, err.code, err.message, err.field);
   }
-  return problem(err.status, err.code, err.message, err.field);
+  // The engine knows (e.g. a sandbox whose monitor is briefly unreachable: 502, retryable); for
+  // the daemon's own errors a 503 is the retryable kind.
+  out.retryable = typeof err.retryable === 'boolean' ? err.retryable : err.status === 503;
+  return out;
 }
 
 /** Fastify's schema validation error entry (ajv's ErrorObject, the parts we read). */

@@ -221,6 +221,11 @@ export const problemSchema = {
     code: { type: 'string', description: 'stable error code' },
     field: { type: 'string', description: 'the offending request field' },
     requestId: { type: 'string' },
+    retryable: {
+      type: 'boolean',
+      description:
+        'the same request may succeed later unchanged (not ready, Ceph unreachable, detach pending...)',
+    },
   },
 } as const;
 

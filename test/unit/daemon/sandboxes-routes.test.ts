@@ -114,7 +114,7 @@ describe('sandbox routes', () => {
     expect(res.json()).toMatchObject({ id: 'sb1', state: 'running', volumes: [{ volumeId: 'vol1' }] });
     const missing = await app.inject({ method: 'GET', url: '/v1/sandboxes/nope' });
     expect(missing.statusCode).toBe(404);
-    expect(missing.json()).toMatchObject({ code: 'NOT_FOUND' });
+    expect(missing.json()).toMatchObject({ code: 'NOT_FOUND', retryable: false });
     const bad = await app.inject({ method: 'GET', url: '/v1/sandboxes/a..b' });
     expect(bad.statusCode).toBe(400);
     expect(bad.json()).toMatchObject({ code: 'INVALID_ID', field: 'sandboxId' });
