@@ -52,5 +52,5 @@ export const EXIT_CODES_HELP = `Exit codes:
   3  sandbox or volume not found (HTTP 404)
   4  conflict (HTTP 409): attached with another spec, no free lane, operation in the way
   5  retryable: try again unchanged (HTTP 503: not ready, shutting down, Ceph unreachable,
-     detach pending; timeouts; vmplugd not reachable on its socket)
+     detach pending; a sandbox monitor briefly unreachable; timeouts; vmplugd not reachable)
 `;
