@@ -6,7 +6,9 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
@@ -303,6 +305,53 @@ describe('libvirt binding (vmplug addon) with a real libvirtd', () => {
     await new Promise((r) => setTimeout(r, 200));
     expect(await (conn as Conn).isAlive()).toBe(true);
     expect(Array.isArray(await (conn as Conn).listSecrets())).toBe(true);
+  });
+
+  it('notices a libvirtd that stopped answering through keepalive, and fails the call in flight', async () => {
+    // A relay between the binding and libvirtd's socket that can go silent: a hung libvirtd as
+    // the client sees it, without touching the libvirtd other tests share.
+    const dir = await mkdtemp(join(tmpdir(), 'vmplug-lvproxy-'));
+    const relayPath = join(dir, 'libvirt-sock');
+    const pairs: net.Socket[][] = [];
+    const relay = net.createServer((client) => {
+      const upstream = net.connect('/run/libvirt/libvirt-sock');
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+      pairs.push([client, upstream]);
+    });
+    await new Promise<void>((r) => relay.listen(relayPath, r));
+    try {
+      const c3 = await LibvirtConnection.connect(`qemu+unix:///system?socket=${relayPath}`, {
+        keepAliveIntervalS: 1,
+        keepAliveCount: 2,
+      });
+      try {
+        expect(Array.isArray(await c3.listSecrets())).toBe(true);
+        const closed = c3.waitForEvent((e) => e.kind === 'closed', { timeoutMs: 30_000 });
+        for (const [client, upstream] of pairs) {
+          client?.unpipe();
+          upstream?.unpipe();
+          client?.pause();
+          upstream?.pause();
+        }
+        const t0 = performance.now();
+        const inFlight = c3.listDomains({ timeoutMs: 60_000 }).catch((e: unknown) => e);
+        const e = await closed;
+        const err = await inFlight;
+        log(`silent libvirtd (keepalive 1 s x 2) -> closed event ${Math.round(e.receivedAt - t0)} ms`);
+        expect(e).toMatchObject({ kind: 'closed', reason: 'keepalive' });
+        expect(err).toBeInstanceOf(LibvirtError);
+        expect((err as LibvirtError).code).toBe('LIBVIRT_CONNECTION_LOST');
+      } finally {
+        await c3.close();
+      }
+    } finally {
+      for (const s of pairs.flat()) s.destroy();
+      await new Promise((r) => relay.close(r));
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('reports a connection that libvirtd closed, and refuses calls after close()', async () => {
