@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyError, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from './logger.js';
 import {
   DaemonError,
@@ -59,6 +59,20 @@ export async function buildServer(deps: ServerDeps) {
     bodyLimit,
     // Answered with problem+json by the onRequest hook below instead of fastify's plain JSON.
     return503OnClosing: false,
+    // Path parameters are ids of at most 128 characters; anything longer (or a malformed URL) is
+    // answered here as problem+json, before the router would send its own plain-JSON 414/400.
+    frameworkErrors: (err, request, reply) => {
+      const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      const p = problem(
+        400,
+        'INVALID_REQUEST',
+        tooLong ? 'a path parameter is longer than any valid id' : 'the request URL is malformed',
+      );
+      p.requestId = request.id;
+      request.log.info({ status: 400, code: p.code, router: err.code }, `request refused: ${p.detail}`);
+      // The option's reply type is generic over schemas this hook never sees.
+      return (reply as FastifyReply).code(400).type(PROBLEM_CONTENT_TYPE).send(p);
+    },
     ajv: {
       // Reject, never rewrite: a typo such as `readonly` must not be dropped silently, and a
       // string must not become a number.
