@@ -240,6 +240,54 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
     });
   }
 
+  it('read-only attachments on both frontends: the guest sees them read-only and cannot write', async () => {
+    for (const bus of ['scsi', 'virtio-blk'] as const) {
+      const loop = await createLoopDevice(8 * MiB);
+      loops.push(loop);
+      const volumeId = parseVolumeId(`pvc-ro-${bus}`);
+      const { attachment } = await engine.attach(
+        sandboxId,
+        volumeId,
+        blockSpec(loop.path, { bus, readOnly: true }),
+        ctx(),
+      );
+      expect(attachment.readOnly).toBe(true);
+      const disk = await sandbox.guest.waitForDisk((d) => d.serial === attachment.serial, {
+        timeoutMs: 30_000,
+      });
+      expect(disk.readOnly).toBe(true);
+      const w = await sandbox.guest.run(`printf x | dd of=/dev/${disk.name} conv=fsync 2>/dev/null; echo $?`);
+      expect(w.stdout.trim()).not.toBe('0');
+      await engine.detach(sandboxId, volumeId, ctx());
+      await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+    }
+  });
+
+  it('concurrent attaches to one sandbox get distinct lanes; concurrent detaches remove them all', async () => {
+    const devs = await Promise.all([1, 2, 3, 4].map(() => createLoopDevice(4 * MiB)));
+    loops.push(...devs);
+    const ids = devs.map((_, i) => parseVolumeId(`pvc-par-${i}`));
+    const buses = ['scsi', 'virtio-blk', 'scsi', 'virtio-blk'] as const;
+    const results = await Promise.all(
+      devs.map((d, i) =>
+        engine.attach(sandboxId, ids[i] as (typeof ids)[0], blockSpec(d.path, { bus: buses[i] }), ctx()),
+      ),
+    );
+    const lanes = await Promise.all(
+      ids.map(async (id) => JSON.stringify((await journal.load(sandboxId, id))?.lane)),
+    );
+    expect(new Set(lanes).size).toBe(4);
+    const disks = await Promise.all(
+      results.map((r) =>
+        sandbox.guest.waitForDisk((d) => d.serial === r.attachment.serial, { timeoutMs: 30_000 }),
+      ),
+    );
+    expect(new Set(disks.map((d) => d.name)).size).toBe(4);
+    await Promise.all(ids.map((id) => engine.detach(sandboxId, id, ctx())));
+    for (const d of disks) await sandbox.guest.waitForDiskGone(d.name, { timeoutMs: 30_000 });
+    expect(await vmplugNodes()).toEqual([]);
+  });
+
   it('rbd: online expand with block_resize reaches the guest', async () => {
     const image = await newImage(16 * MiB);
     const volumeId = parseVolumeId('pvc-grow');
