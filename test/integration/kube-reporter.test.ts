@@ -3,16 +3,7 @@
  * source package). The project's CRD and RBAC are installed from deploy/, and the reporter runs
  * as the vmplugd service account with a TokenRequest token, so the RBAC rules are proven enough.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import {
-  KubeConfig,
-  type KubernetesObject,
-  KubernetesObjectApi,
-  loadAllYaml,
-  PatchStrategy,
-} from '@kubernetes/client-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createKubeHttp, type KubeHttp, type KubeRequest } from '../../daemon/report/kube-http.js';
 import {
@@ -22,8 +13,8 @@ import {
   type SnapshotProvider,
 } from '../../daemon/report/reporter.js';
 import type { NodeStatusSnapshot } from '../../daemon/report/status.js';
+import { applyDeployFiles, prepareVmplugCluster, until } from '../env/kube/manifests.js';
 import { type KubeApiserver, startKubeApiserver } from '../env/kube.js';
-import { repoRoot } from '../env/paths.js';
 
 const NODE = 'node-a';
 const NS = 'vmplug-system';
@@ -80,21 +71,6 @@ function counting(http: KubeHttp): KubeHttp & { statusWrites: number } {
   return w;
 }
 
-async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (last error: ${String(last)})`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 describe('Kubernetes reporter against a real kube-apiserver', () => {
   let kube: KubeApiserver;
   let admin: KubeHttp;
@@ -113,79 +89,9 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
   beforeAll(async () => {
     kube = await startKubeApiserver();
     console.info(`kube-apiserver ready in ${Math.round(kube.lastStartMs)} ms`);
-    admin = createKubeHttp({ kind: 'kubeconfig', path: kube.kubeconfigPath });
-
-    const kc = new KubeConfig();
-    kc.loadFromFile(kube.kubeconfigPath);
-    const objects = KubernetesObjectApi.makeApiClient(kc);
-    for (const file of ['crd-vmplugnode.yaml', 'rbac.yaml']) {
-      for (const doc of loadAllYaml(readFileSync(join(repoRoot, 'deploy', file), 'utf8'))) {
-        await objects.patch(
-          doc as KubernetesObject,
-          undefined,
-          undefined,
-          'vmplug-tests',
-          true,
-          PatchStrategy.ServerSideApply,
-        );
-      }
-    }
-    await until('the CRD to be established', async () => {
-      const crd = (
-        await admin.request({
-          method: 'GET',
-          path: '/apis/apiextensions.k8s.io/v1/customresourcedefinitions/vmplugnodes.vmplug.io',
-        })
-      ).body as { status?: { conditions?: { type: string; status: string }[] } };
-      return crd.status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True')
-        ? true
-        : undefined;
-    });
-    // The kind is served a moment after Established.
-    await until('the VmplugNode kind to be served', async () => {
-      await admin.request({ method: 'GET', path: '/apis/vmplug.io/v1alpha1/vmplugnodes' });
-      return true;
-    });
-
-    // The reporter runs as the DaemonSet's service account; no token controller runs here, so
-    // the token comes from the TokenRequest API (served by the apiserver itself).
-    const tr = (
-      await admin.request({
-        method: 'POST',
-        path: `/api/v1/namespaces/${NS}/serviceaccounts/vmplugd/token`,
-        body: {
-          apiVersion: 'authentication.k8s.io/v1',
-          kind: 'TokenRequest',
-          spec: { expirationSeconds: 3600 },
-        },
-      })
-    ).body as { status: { token: string } };
-    saKubeconfig = join(kube.dir, 'vmplugd.kubeconfig');
-    const cfg = JSON.parse(readFileSync(kube.kubeconfigPath, 'utf8'));
-    cfg.users = [{ name: 'vmplug-test-admin', user: { token: tr.status.token } }];
-    writeFileSync(saKubeconfig, JSON.stringify(cfg), { mode: 0o600 });
-
-    // No kubelet runs: the Pod is only an object to hang Events on. No controller makes the
-    // namespace's default ServiceAccount either, and Pod admission insists on it.
-    await admin.request({
-      method: 'POST',
-      path: '/api/v1/namespaces/default/serviceaccounts',
-      body: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'default' } },
-    });
-    await admin.request({
-      method: 'POST',
-      path: '/api/v1/namespaces/default/pods',
-      body: {
-        apiVersion: 'v1',
-        kind: 'Pod',
-        metadata: { name: 'vm-pod', namespace: 'default' },
-        // No token controller either: without this, admission waits for a token secret.
-        spec: {
-          automountServiceAccountToken: false,
-          containers: [{ name: 'c', image: 'example.invalid/vm:1' }],
-        },
-      },
-    });
+    const cluster = await prepareVmplugCluster(kube);
+    admin = cluster.admin;
+    saKubeconfig = cluster.serviceAccountKubeconfig;
   });
 
   afterAll(async () => {
@@ -210,19 +116,8 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
   }
 
   it('accepts the DaemonSet manifest (server-side dry run)', async () => {
-    const kc = new KubeConfig();
-    kc.loadFromFile(kube.kubeconfigPath);
-    const objects = KubernetesObjectApi.makeApiClient(kc);
-    const [ds] = loadAllYaml(readFileSync(join(repoRoot, 'deploy', 'daemonset.yaml'), 'utf8'));
-    const res = await objects.patch(
-      ds as KubernetesObject,
-      undefined,
-      'All',
-      'vmplug-tests',
-      true,
-      PatchStrategy.ServerSideApply,
-    );
-    expect(res.kind).toBe('DaemonSet');
+    const [res] = await applyDeployFiles(kube, ['daemonset.yaml'], { dryRun: true });
+    expect(res?.kind).toBe('DaemonSet');
   });
 
   it('creates the VmplugNode and keeps its status, sends a Pod event, renews the lease', async () => {
