@@ -159,6 +159,8 @@ export class Coalescer<T> {
         if (after > 0) this.#hooks.onRecovered?.(after);
       },
       (err: unknown) => {
+        // Aborted by stop(): not a failure of the remote end.
+        if (this.#stopped) return;
         this.#stats.failures++;
         this.#stats.consecutiveFailures++;
         this.#stats.lastError = err instanceof Error ? err.message : String(err);
