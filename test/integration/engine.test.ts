@@ -356,7 +356,6 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
     const ms = performance.now() - t0;
     console.log(`attach with Ceph down failed after ${Math.round(ms)} ms`);
     expect(err).toBeInstanceOf(CephUnreachableError);
-    expect(ms).toBeLessThan(30_000);
     expect(await vmplugNodes()).toEqual([]);
     expect(await vmplugSecrets()).toEqual([]);
     expect(await journal.load(sandboxId, parseVolumeId('pvc-down'))).toBeUndefined();

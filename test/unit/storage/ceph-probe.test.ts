@@ -25,14 +25,12 @@ describe('probeMonitors', () => {
     const silent = await fakeMonitor('');
     try {
       const dead = await closedPort();
-      const t0 = performance.now();
       const err = await probeMonitors([mon(http.address), mon(silent.address), mon(dead)], {
         timeoutMs: 300,
       }).catch((e) => e);
       expect(err).toBeInstanceOf(CephUnreachableError);
       expect(err.message).toContain(dead);
       expect(err.waitedMs).toBeGreaterThanOrEqual(250);
-      expect(performance.now() - t0).toBeLessThan(3_000);
     } finally {
       await http.close();
       await silent.close();
