@@ -46,7 +46,8 @@ export type Command =
   | { name: 'resize'; sandboxId: string; volumeId: string; sizeBytes: number }
   | { name: 'ls'; podUid?: string }
   | { name: 'show'; sandboxId: string; volumeId?: string }
-  | { name: 'node' };
+  | { name: 'node' }
+  | { name: 'doctor' };
 
 export interface ParsedCommandLine {
   global: GlobalOptions;
@@ -84,6 +85,7 @@ const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, numb
   ls: { options: { 'pod-uid': { type: 'string' } }, positionals: [0, 0] },
   show: { options: {}, positionals: [1, 2] },
   node: { options: {}, positionals: [0, 0] },
+  doctor: { options: {}, positionals: [0, 0] },
   help: { options: {}, positionals: [0, 1] },
 };
 
@@ -129,6 +131,8 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
             ? { name: 'show', sandboxId: p[0]! }
             : { name: 'show', sandboxId: p[0]!, volumeId: p[1] },
       };
+    case 'doctor':
+      return { global, command: { name: 'doctor' } };
     default:
       return { global, command: { name: 'node' } };
   }

@@ -46,6 +46,12 @@ Shows one sandbox, or one volume (state, QEMU names, guest hint, timeline, stats
 
 Shows the node facts vmplugd reports (GET /v1/node).
 `,
+  doctor: `Usage: vmplug doctor
+
+Checks the node: KVM, the QEMU binary (VMPLUG_QEMU) and its rbd block driver, Ceph config, the
+socket's permissions, vmplugd's readiness, sandbox discovery and the API server check.
+Exit code 1 when a check fails (warnings do not count).
+`,
 };
 
 export function helpText(topic?: string): string {
@@ -62,6 +68,7 @@ Commands:
   ls [--pod-uid <uid>]            sandboxes on this node
   show <sandbox> [volume]         one sandbox or volume
   node                            node facts
+  doctor                          check the node (KVM, QEMU, rbd driver, socket, discovery...)
   help [command]                  help of a command
 
 ${GLOBAL}

@@ -17,8 +17,16 @@ import {
   type RbdSourceArgs,
   UsageError,
 } from './args.js';
+import { doctorFailed, runDoctor } from './doctor.js';
 import { EXIT, type ExitCode, exitCodeFor, KeyFileError } from './exit-codes.js';
-import { attachedLine, attachmentDetails, nodeDetails, sandboxDetails, sandboxTable } from './format.js';
+import {
+  attachedLine,
+  attachmentDetails,
+  nodeDetails,
+  sandboxDetails,
+  sandboxTable,
+  table,
+} from './format.js';
 import { helpText } from './help.js';
 
 // `vmplug`: the command-line client of vmplugd. Exit codes in exit-codes.ts.
@@ -45,8 +53,7 @@ export async function main(io: CliIo): Promise<ExitCode> {
       socketPath: global.socket ?? io.env.VMPLUG_SOCKET ?? DEFAULT_SOCKET,
       ...(global.timeoutMs !== undefined ? { timeoutMs: global.timeoutMs } : {}),
     });
-    await run(parsed.command, client, global, io);
-    return EXIT.OK;
+    return await run(parsed.command, client, global, io);
   } catch (err) {
     const code = exitCodeFor(err);
     io.stderr.write(errorText(err, global.json));
@@ -54,7 +61,12 @@ export async function main(io: CliIo): Promise<ExitCode> {
   }
 }
 
-async function run(command: Command, client: VmplugClient, global: GlobalOptions, io: CliIo): Promise<void> {
+async function run(
+  command: Command,
+  client: VmplugClient,
+  global: GlobalOptions,
+  io: CliIo,
+): Promise<ExitCode> {
   const out = (text: string): void => {
     io.stdout.write(text);
   };
@@ -63,10 +75,10 @@ async function run(command: Command, client: VmplugClient, global: GlobalOptions
   switch (command.name) {
     case 'help':
       out(helpText(command.topic));
-      return;
+      return EXIT.OK;
     case 'version':
       out(`${io.version ?? '0.0.0'}\n`);
-      return;
+      return EXIT.OK;
     case 'attach': {
       const body: AttachRequest = { source: await sourceOf(command.source, io), readOnly: command.readOnly };
       // The mode follows from the source unless the PVC annotation is to decide it.
@@ -79,18 +91,18 @@ async function run(command: Command, client: VmplugClient, global: GlobalOptions
       const { created, attachment } = await client.attach(command.sandboxId, command.volumeId, body, call);
       if (global.json) json(attachment);
       else out(attachedLine(attachment, created));
-      return;
+      return EXIT.OK;
     }
     case 'detach':
       await client.detach(command.sandboxId, command.volumeId, call);
       if (global.json) json({ sandboxId: command.sandboxId, volumeId: command.volumeId, detached: true });
       else out(`detached ${command.volumeId} from ${command.sandboxId}\n`);
-      return;
+      return EXIT.OK;
     case 'resize': {
       const a = await client.resize(command.sandboxId, command.volumeId, command.sizeBytes, call);
       if (global.json) json(a);
       else out(`resized ${a.volumeId} in ${a.sandboxId} to ${command.sizeBytes} bytes\n`);
-      return;
+      return EXIT.OK;
     }
     case 'ls': {
       const list = await client.listSandboxes(
@@ -99,7 +111,7 @@ async function run(command: Command, client: VmplugClient, global: GlobalOptions
       );
       if (global.json) json(list);
       else out(sandboxTable(list));
-      return;
+      return EXIT.OK;
     }
     case 'show':
       if (command.volumeId === undefined) {
@@ -111,7 +123,7 @@ async function run(command: Command, client: VmplugClient, global: GlobalOptions
         if (global.json) json(a);
         else out(attachmentDetails(a));
       }
-      return;
+      return EXIT.OK;
     case 'node': {
       let facts: Record<string, unknown>;
       try {
@@ -128,7 +140,23 @@ async function run(command: Command, client: VmplugClient, global: GlobalOptions
       }
       if (global.json) json(facts);
       else out(nodeDetails(facts));
-      return;
+      return EXIT.OK;
+    }
+    case 'doctor': {
+      const checks = await runDoctor({
+        client,
+        socketPath: client.socketPath,
+        qemuPath: io.env.VMPLUG_QEMU ?? '/usr/bin/qemu-system-x86_64',
+      });
+      if (global.json) json(checks);
+      else
+        out(
+          table(
+            ['CHECK', 'STATUS', 'DETAIL'],
+            checks.map((c) => [c.name, c.status, c.detail]),
+          ),
+        );
+      return doctorFailed(checks) ? EXIT.OTHER : EXIT.OK;
     }
   }
 }

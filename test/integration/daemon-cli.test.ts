@@ -204,6 +204,17 @@ describe('vmplug CLI against vmplugd', () => {
     expect(down).toBe(5);
   });
 
+  it('doctor checks the node and the daemon', async () => {
+    const doctor = await run(['doctor']);
+    expect(doctor.stdout.split('\n')[0]).toMatch(/^CHECK\s+STATUS\s+DETAIL$/);
+    expect(doctor.stdout).toMatch(/socket\s+ok\s+.*mode 0660/);
+    expect(doctor.stdout).toMatch(/vmplugd\s+ok\s+ready/);
+    expect(doctor.stdout).toMatch(/qemu\s+ok\s+.*QEMU emulator version/);
+    expect(doctor.code).toBe(0);
+    const json = await run(['doctor', '--json']);
+    expect((JSON.parse(json.stdout) as { name: string }[]).map((c) => c.name)).toContain('qemu rbd driver');
+  });
+
   it('bin/vmplug.js as a process: exit code, stdout, key from stdin', async () => {
     const result = await new Promise<Run>((resolve) => {
       const child = execFile(

@@ -132,6 +132,7 @@ describe('vmplug argument parsing', () => {
       volumeId: 'v',
     });
     expect(parseCommandLine(['node', '--json']).command).toEqual({ name: 'node' });
+    expect(parseCommandLine(['doctor']).command).toEqual({ name: 'doctor' });
     expect(parseCommandLine([]).command).toEqual({ name: 'help' });
     expect(parseCommandLine(['--version']).command).toEqual({ name: 'version' });
     expect(parseCommandLine(['attach', '--help']).command).toEqual({ name: 'help', topic: 'attach' });
