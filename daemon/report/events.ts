@@ -148,7 +148,8 @@ export class EventSender {
   record(target: PodEventTarget, reason: string, message: string, type: EventType): void {
     if (this.#stopped) return;
     // Named as kubelet names events: the object's name and a unique suffix.
-    const name = `${target.podName}.${randomBytes(8).toString('hex')}`;
+    // (object names stop at 253 characters; the suffix takes 17).
+    const name = `${target.podName.slice(0, 236)}.${randomBytes(8).toString('hex')}`;
     this.#queue.push({ target, reason, message, type, at: this.#now(), name });
     if (!this.#timer && !this.#pumping) this.#kick(0);
   }
