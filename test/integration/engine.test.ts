@@ -455,6 +455,13 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
       data: 'aGVsbG8=',
       format: 'base64',
     });
+    // A stray disk the guest sees: a vmplug-named scsi-hd over a vmplug-named node.
+    const strayDisk = volumeNames(sandboxId, parseVolumeId('pvc-stray-disk'));
+    await qmp.execute('blockdev-add', { driver: 'null-co', 'node-name': strayDisk.node, size: 2 * MiB });
+    await qmp.execute('device_add', deviceArgs(strayDisk, { bus: 'scsi', scsiId: 200 }));
+    const strayGuestDisk = await sandbox.guest.waitForDisk((d) => d.serial === strayDisk.serial, {
+      timeoutMs: 30_000,
+    });
 
     // A crash after blockdev-add, before device_add: rolled back.
     const loopA = await createLoopDevice(8 * MiB);
@@ -504,11 +511,14 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
       [
         `finished-attach:${volB}`,
         `removed-stray-node:${stray.node}`,
+        `removed-stray-device:${strayDisk.device}`,
+        `removed-stray-node:${strayDisk.node}`,
         `removed-stray-secret:${stray.secret}`,
         `rolled-back-attach:${volA}`,
       ].sort(),
     );
     expect(summary.failures).toEqual([]);
+    await sandbox.guest.waitForDiskGone(strayGuestDisk.name, { timeoutMs: 30_000 });
     expect(await vmplugNodes()).toEqual([recB.names.node]);
     expect(await vmplugSecrets()).toEqual([]);
     expect(await journal.load(sandboxId, volA)).toBeUndefined();
