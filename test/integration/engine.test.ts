@@ -277,6 +277,8 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
       ids.map(async (id) => JSON.stringify((await journal.load(sandboxId, id))?.lane)),
     );
     expect(new Set(lanes).size).toBe(4);
+    // Lanes were read back from QEMU (qom parent_bus, scsi-id), not found by trial and error.
+    expect(log.lines.some((l) => l.includes('lane taken'))).toBe(false);
     const disks = await Promise.all(
       results.map((r) =>
         sandbox.guest.waitForDisk((d) => d.serial === r.attachment.serial, { timeoutMs: 30_000 }),
