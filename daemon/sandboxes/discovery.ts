@@ -128,6 +128,11 @@ export class SandboxDiscovery implements SandboxDirectory {
   #debounce: NodeJS.Timeout | undefined;
   #health: DiscoveryHealth = { ok: false, detail: 'not scanned yet' };
   readonly #skipped = new Set<string>();
+  /**
+   * Dead sandboxes whose directory could not be pruned (something else in it), by the directory's
+   * mtime then: not re-added (and re-declared gone every grace period) until the directory changes.
+   */
+  readonly #unprunable = new Map<SandboxId, number>();
 
   private constructor(opts: DiscoveryOptions) {
     this.#opts = opts;
@@ -263,6 +268,11 @@ export class SandboxDiscovery implements SandboxDirectory {
           );
         }
         continue;
+      }
+      if (this.#unprunable.has(name)) {
+        const mtime = (await stat(join(monitorDir, name)).catch(() => undefined))?.mtimeMs;
+        if (mtime === this.#unprunable.get(name)) continue;
+        this.#unprunable.delete(name);
       }
       seen.add(name);
       if (!this.#entries.has(name)) this.#add(name);
@@ -475,6 +485,8 @@ export class SandboxDiscovery implements SandboxDirectory {
         }
       },
     );
+    const left = await stat(e.dir).catch(() => undefined);
+    if (left !== undefined) this.#unprunable.set(e.id, left.mtimeMs);
     this.#remove(e, reason);
   }
 

@@ -281,6 +281,23 @@ describe('SandboxDiscovery', () => {
     expect(existsSync(join(monitorDir, 'nosock'))).toBe(false);
   });
 
+  it('a dead sandbox whose directory cannot be pruned is gone once, not re-added every round', async () => {
+    await mkdir(join(monitorDir, 'stuck'), { recursive: true });
+    await writeFile(join(monitorDir, 'stuck', 'operator-notes.txt'), 'x');
+    const d = await startDiscovery({ goneGraceMs: 200 });
+    await until('gone', () => d.lookup(sid('stuck')).state === 'gone');
+    await new Promise((r) => setTimeout(r, 800));
+    expect(d.known()).toEqual([]);
+    // Found by the first scan (before the listener), removed once, never re-added.
+    expect(events.filter((e) => e.type === 'removed')).toHaveLength(1);
+    expect(events.filter((e) => e.type === 'added')).toHaveLength(0);
+    expect(log.text()).toContain('cannot prune');
+    // A new QEMU under the same id changes the directory: it is found again.
+    const fake = await FakeQemu.startAt(join(monitorDir, 'stuck', 'qmp.sock'));
+    fakes.push(fake);
+    await until('back', () => d.lookup(sid('stuck')).state === 'present');
+  });
+
   it('a busy monitor (another client holds it) stays unreachable, never gone', async () => {
     const fake = await sandbox('busy');
     // Another client takes the monitor first; vmplug's session is parked and gets no greeting.
