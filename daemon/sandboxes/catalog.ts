@@ -27,3 +27,26 @@ export function discoveryCatalog(discovery: Pick<SandboxDiscovery, 'list' | 'get
     },
   };
 }
+
+/**
+ * Several sources as one catalog (Kata discovery, libvirt domains): listed together, sorted by
+ * kind then id; get() asks each in turn. Ids of different kinds never clash in practice (a Kata id
+ * is 64 hex digits), and when they would, the first source wins.
+ */
+export function combineCatalogs(...catalogs: SandboxCatalog[]): SandboxCatalog {
+  return {
+    list: () =>
+      catalogs
+        .flatMap((c) => c.list())
+        .sort((a, b) =>
+          a.kind === b.kind ? (a.id < b.id ? -1 : a.id > b.id ? 1 : 0) : a.kind < b.kind ? -1 : 1,
+        ),
+    get: (id: SandboxId) => {
+      for (const c of catalogs) {
+        const r = c.get(id);
+        if (r !== undefined) return r;
+      }
+      return undefined;
+    },
+  };
+}

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Attachment } from '../../../daemon/routes/attach-service.js';
 import type { SandboxCatalog, SandboxRecord } from '../../../daemon/routes/sandboxes.js';
-import { discoveryCatalog } from '../../../daemon/sandboxes/catalog.js';
+import { combineCatalogs, discoveryCatalog } from '../../../daemon/sandboxes/catalog.js';
 import type { DiscoveredSandbox } from '../../../daemon/sandboxes/discovery.js';
 import { buildServer, type VmplugServer } from '../../../daemon/server.js';
 import type { SandboxId } from '../../../storage/ids.js';
@@ -129,5 +129,22 @@ describe('sandbox routes', () => {
     });
     const res = await app.inject({ method: 'GET', url: '/v1/sandboxes' });
     expect(res.json()).toEqual({ items: [] });
+  });
+
+  it('combineCatalogs lists Kata sandboxes and libvirt domains together', () => {
+    const domains: SandboxCatalog = {
+      list: () => [
+        { id: 'vm-a', kind: 'libvirt', state: 'running', discoveredAt: '2026-01-01T00:00:00.000Z' },
+      ],
+      get: (id) =>
+        id === 'vm-a'
+          ? { id, kind: 'libvirt', state: 'running', discoveredAt: '2026-01-01T00:00:00.000Z' }
+          : undefined,
+    };
+    const both = combineCatalogs(catalog, domains);
+    expect(both.list().map((s) => `${s.kind}:${s.id}`)).toEqual(['kata:sb1', 'kata:sb2', 'libvirt:vm-a']);
+    expect(both.get('vm-a' as SandboxId)?.kind).toBe('libvirt');
+    expect(both.get('sb2' as SandboxId)?.state).toBe('unreachable');
+    expect(both.get('zz' as SandboxId)).toBeUndefined();
   });
 });
