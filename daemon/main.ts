@@ -2,7 +2,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Journal } from '../storage/journal.js';
+import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { createAttachService, type EngineDeps, type EngineHandle } from './attach-engine.js';
 import {
   ConfigError,
@@ -12,6 +12,7 @@ import {
   kataSbsRootOf,
   loadConfig,
 } from './config.js';
+import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
 import { createLogger, type Logger } from './logger.js';
 import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
@@ -119,6 +120,8 @@ export interface VmplugdOptions {
   config: DaemonConfig;
   logger: Logger;
   version?: string;
+  /** Runs around each journal write (the crash failpoints, daemon/failpoints.ts). */
+  onJournalWrite?: JournalWriteHook;
   /** Replaces createAttachService (tests run the daemon with a stub engine). */
   createEngine?: (deps: EngineDeps) => Promise<EngineHandle>;
   /** Discovery tuning beyond the config (tests shorten the QMP backoff). */
@@ -146,7 +149,11 @@ export interface Vmplugd {
 export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   const { config, logger } = opts;
   await prepareStateDir(config.stateDir);
-  const journal = new Journal({ stateDir: config.stateDir, logger: logger.child({ component: 'journal' }) });
+  const journal = new Journal({
+    stateDir: config.stateDir,
+    logger: logger.child({ component: 'journal' }),
+    ...(opts.onJournalWrite !== undefined ? { onWrite: opts.onJournalWrite } : {}),
+  });
   const discovery = await SandboxDiscovery.start({
     monitorDir: config.monitorDir,
     kata: { vmRoot: config.kataVmRoot, sbsRoot: kataSbsRootOf(config) },
@@ -292,9 +299,21 @@ export async function main(io: MainIo): Promise<number> {
   );
   if (config.kubeconfig === null) logger.info('no kubeconfig configured');
 
+  const failpoint = parseFailpoint(io.env[FAILPOINT_ENV]);
+  if (failpoint instanceof Error) {
+    io.stderr.write(`vmplugd: configuration error: ${failpoint.message}\n`);
+    return 2;
+  }
+  const onJournalWrite = failpointHook(failpoint, logger);
+
   let vmplugd: Vmplugd;
   try {
-    vmplugd = await startVmplugd({ config, logger, version });
+    vmplugd = await startVmplugd({
+      config,
+      logger,
+      version,
+      ...(onJournalWrite !== undefined ? { onJournalWrite } : {}),
+    });
   } catch (err) {
     logger.fatal({ err }, 'vmplugd could not start');
     return 1;

@@ -185,13 +185,22 @@ export interface QuarantinedRecord {
 
 const MAX_RECORD_BYTES = 1 << 20;
 
+export type JournalWriteHook = (record: JournalRecord, phase: 'before' | 'after') => void;
+
 export class Journal {
   readonly root: string;
   readonly #logger: JournalLogger;
+  readonly #onWrite: JournalWriteHook | undefined;
 
-  constructor(opts: { stateDir: string; logger: JournalLogger }) {
+  /**
+   * `onWrite` runs just before each record write starts and just after it is durable: the
+   * daemon's crash tests hang their failpoints there (die between a side effect and the write
+   * that records it, or between the write and the next side effect).
+   */
+  constructor(opts: { stateDir: string; logger: JournalLogger; onWrite?: JournalWriteHook }) {
     this.root = join(opts.stateDir, 'journal');
     this.#logger = opts.logger;
+    this.#onWrite = opts.onWrite;
   }
 
   pathOf(sandboxId: SandboxId, volumeId: VolumeId): string {
@@ -203,6 +212,7 @@ export class Journal {
     const data = `${JSON.stringify(record, null, 2)}\n`;
     // Never write what load() would reject: a bug must fail here, not after a crash.
     parseRecord(JSON.parse(data), record.sandboxId, record.volumeId, 'save');
+    this.#onWrite?.(record, 'before');
     const dir = join(this.root, record.sandboxId);
     const final = join(dir, `${record.volumeId}.json`);
     const tmp = join(dir, `.${record.volumeId}.json.${randomBytes(6).toString('hex')}.tmp`);
@@ -224,6 +234,7 @@ export class Journal {
     } finally {
       if (!renamed) await unlink(tmp).catch(() => undefined);
     }
+    this.#onWrite?.(record, 'after');
   }
 
   /**

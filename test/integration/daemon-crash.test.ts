@@ -1,0 +1,212 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { QmpClient } from '../../qmp/index.js';
+import { parseSandboxId, parseVolumeId } from '../../storage/ids.js';
+import type { VolumeState } from '../../storage/journal.js';
+import { volumeNames } from '../../storage/naming.js';
+import { attachCeph, type CephCluster } from '../env/ceph.js';
+import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
+
+// kill -9 of vmplugd in the middle of attach and of detach, then a restart: the start-up
+// reconcile must leave the sandbox either fully attached or fully clean, never a leak. The
+// failpoints (daemon/failpoints.ts) kill the daemon exactly between a side effect and the journal
+// write around it, for every step in turn.
+
+const MiB = 1024 * 1024;
+
+interface Attachment {
+  state: string;
+  serial: string;
+  deviceId: string;
+}
+
+/** The QEMU objects vmplug made for one volume (names are a hash of sandbox and volume ids). */
+async function objectsOf(qmp: QmpClient, sandboxId: string, volumeId: string): Promise<string[]> {
+  const n = volumeNames(parseSandboxId(sandboxId), parseVolumeId(volumeId));
+  const mine = new Set([n.node, n.format, n.device, n.secret]);
+  return (await vmplugObjects(qmp)).filter((o) => mine.has(o));
+}
+
+async function vmplugObjects(qmp: QmpClient): Promise<string[]> {
+  const nodes = (await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes')).map(
+    (n) => n['node-name'],
+  );
+  const devices = (await qmp.execute<{ name: string }[]>('qom-list', { path: '/machine/peripheral' })).map(
+    (p) => p.name,
+  );
+  const objects = (await qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' })).map(
+    (p) => p.name,
+  );
+  return [...nodes, ...devices, ...objects].filter((n) => /^vmp[fds]?-/.test(n)).sort();
+}
+
+describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
+  let root: TestRoot;
+  let sandbox: KataSandbox;
+  let ceph: CephCluster;
+  let dir: string;
+  let inspector: QmpClient;
+  let daemon: DaemonProcess | undefined;
+  const images: string[] = [];
+
+  beforeAll(async () => {
+    ceph = attachCeph(inject('ceph'));
+    root = await createTestRoot();
+    dir = await mkdtemp(join(tmpdir(), 'vmpc-'));
+    sandbox = await startKataSandbox(root, { inspectMonitor: true });
+    inspector = await QmpClient.connect(sandbox.inspectQmpPath ?? '');
+  });
+
+  afterEach(async () => {
+    await daemon?.stop();
+    daemon = undefined;
+  });
+
+  afterAll(async () => {
+    await daemon?.stop();
+    // Every test detached what it attached: nothing of vmplug's is left in this QEMU.
+    if (inspector) expect(await vmplugObjects(inspector)).toEqual([]);
+    await inspector?.close();
+    await sandbox?.stop();
+    await root?.cleanup();
+    const existing = new Set(ceph ? await ceph.listImages() : []);
+    for (const i of images) if (existing.has(i)) await ceph.removeImage(i);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Same state dir every time: the restarted daemon must find the crashed one's journal. */
+  async function start(failpoint?: string): Promise<DaemonProcess> {
+    const d = await startDaemonProcess({
+      dir,
+      monitorDir: root.monitorDir,
+      kataVmRoot: root.kataVmRoot,
+      logLevel: 'info',
+      ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
+    });
+    // Ready = discovery settled and the start-up reconcile ran.
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const ready = await d.call('GET', '/readyz');
+      const found = await d.call('GET', `/v1/sandboxes/${sandbox.id}`);
+      if (ready.status === 200 && found.status === 200) return d;
+      if (Date.now() > deadline) throw new Error(`vmplugd not ready: ${JSON.stringify(ready.body)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  async function newImage(): Promise<string> {
+    const name = `crash-${randomBytes(4).toString('hex')}`;
+    images.push(name);
+    await ceph.createImage(name, 32 * MiB);
+    return name;
+  }
+
+  const rbdBody = (image: string) => ({
+    mode: 'rbd',
+    bus: 'scsi',
+    source: {
+      type: 'rbd',
+      pool: ceph.pool,
+      image,
+      monitors: ceph.monitors,
+      user: ceph.clientUser,
+      key: ceph.clientKey,
+    },
+  });
+
+  /** Sends the call; true when the daemon died answering it (the failpoint fired). */
+  async function diesOn(d: DaemonProcess, method: string, path: string, body?: unknown): Promise<boolean> {
+    try {
+      await d.call(method, path, body, 30_000);
+      return false;
+    } catch {
+      await d.crash();
+      return true;
+    }
+  }
+
+  /** Either fully attached (the guest has it) or fully clean (nothing in QEMU, nothing in the guest). */
+  async function expectAttachedOrClean(d: DaemonProcess, volumeId: string, serial: string | undefined) {
+    const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
+    const got = await d.call<Attachment>('GET', volPath);
+    if (got.status === 200) {
+      expect(got.body.state).toBe('Attached');
+      await sandbox.guest.waitForDisk((g) => g.serial === got.body.serial, { timeoutMs: 20_000 });
+      return 'attached' as const;
+    }
+    expect(got.status).toBe(404);
+    expect(await objectsOf(inspector, sandbox.id, volumeId)).toEqual([]);
+    if (serial !== undefined) {
+      const seen = sandbox.guest.disks().find((g) => g.serial === serial);
+      if (seen) await sandbox.guest.waitForDiskGone(seen.name, { timeoutMs: 20_000 });
+    }
+    return 'clean' as const;
+  }
+
+  async function detachAndExpectClean(d: DaemonProcess, volumeId: string): Promise<void> {
+    const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
+    expect((await d.call('DELETE', volPath)).status).toBe(204);
+    expect((await d.call('GET', volPath)).status).toBe(404);
+    expect(await objectsOf(inspector, sandbox.id, volumeId)).toEqual([]);
+  }
+
+  // Attach writes Pending, then adds the secret, SecretAdded, the node, BlockdevAdded, the device,
+  // then DeviceAdded+Attached in one write (nothing happens between them).
+  const attachPoints: [string, VolumeState][] = [
+    ['kill-after', 'Pending'],
+    ['kill-after', 'SecretAdded'],
+    ['kill-after', 'BlockdevAdded'],
+    ['kill-before', 'Attached'],
+  ];
+  for (const [kind, state] of attachPoints) {
+    it(`attach killed ${kind.slice(5)} writing ${state}: restart leaves it attached or clean`, async () => {
+      const image = await newImage();
+      const volumeId = `a-${kind}-${state.toLowerCase()}`;
+      const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
+      daemon = await start(`${kind}:${state}`);
+      const died = await diesOn(daemon, 'PUT', volPath, rbdBody(image));
+      expect(died, `the failpoint ${kind}:${state} fired`).toBe(true);
+
+      daemon = await start();
+      const outcome = await expectAttachedOrClean(daemon, volumeId, undefined);
+      // Whatever the outcome, a retry of the attach converges and a detach leaves nothing.
+      const retry = await daemon.call<Attachment>('PUT', volPath, rbdBody(image));
+      expect([200, 201], `${outcome}: ${JSON.stringify(retry.body)}`).toContain(retry.status);
+      await sandbox.guest.waitForDisk((g) => g.serial === retry.body.serial, { timeoutMs: 20_000 });
+      await detachAndExpectClean(daemon, volumeId);
+    });
+  }
+
+  const detachPoints: [string, VolumeState][] = [
+    ['kill-after', 'Detaching'],
+    ['kill-before', 'DeviceDeleted'],
+    ['kill-after', 'DeviceDeleted'],
+    ['kill-after', 'BlockdevDeleted'],
+  ];
+  for (const [kind, state] of detachPoints) {
+    it(`detach killed ${kind.slice(5)} writing ${state}: restart leaves it attached or clean`, async () => {
+      const image = await newImage();
+      const volumeId = `d-${kind}-${state.toLowerCase()}`;
+      const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
+      daemon = await start(`${kind}:${state}`);
+      const put = await daemon.call<Attachment>('PUT', volPath, rbdBody(image));
+      expect(put.status, JSON.stringify(put.body)).toBe(201);
+      const disk = await sandbox.guest.waitForDisk((g) => g.serial === put.body.serial, {
+        timeoutMs: 20_000,
+      });
+      const died = await diesOn(daemon, 'DELETE', volPath);
+      expect(died, `the failpoint ${kind}:${state} fired`).toBe(true);
+
+      daemon = await start();
+      const outcome = await expectAttachedOrClean(daemon, volumeId, put.body.serial);
+      if (outcome === 'clean') await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 20_000 });
+      // The CSI plugin retries the detach: it must succeed and leave nothing.
+      await detachAndExpectClean(daemon, volumeId);
+      expect(sandbox.guest.disks().some((g) => g.serial === put.body.serial)).toBe(false);
+    });
+  }
+});
