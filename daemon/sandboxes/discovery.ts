@@ -12,7 +12,13 @@ import {
 } from '../../qmp/index.js';
 import { isSandboxId, type SandboxId } from '../../storage/ids.js';
 import type { SandboxDirectory, SandboxPresence } from '../../storage/sandbox-directory.js';
-import { type KataFiles, type KataIdentity, type PodIdentity, readKataIdentity } from './identity.js';
+import {
+  identityStamp,
+  type KataFiles,
+  type KataIdentity,
+  type PodIdentity,
+  readKataIdentity,
+} from './identity.js';
 
 // Finds the Kata sandboxes vmplug can drive: every `<monitor-dir>/<sandbox-id>/qmp.sock` made by
 // bin/vmplug-qemu (DESIGN section 3). It keeps one reconnecting QMP session per sandbox on that
@@ -100,6 +106,8 @@ interface Entry {
   qemuStatus: RunState | undefined;
   identity: KataIdentity;
   identityComplete: boolean;
+  /** identityStamp() of the files the identity was read from. */
+  identityStamp: string | undefined;
   /** The socket file has been seen at least once. */
   socketSeen: boolean;
   /** Since when the directory has no socket (never seen one yet). */
@@ -331,6 +339,7 @@ export class SandboxDiscovery implements SandboxDirectory {
       qemuStatus: undefined,
       identity: {},
       identityComplete: false,
+      identityStamp: undefined,
       socketSeen: false,
       socketMissingSince: undefined,
       refusingSince: undefined,
@@ -444,8 +453,13 @@ export class SandboxDiscovery implements SandboxDirectory {
   }
 
   async #loadIdentity(e: Entry): Promise<void> {
+    // Sandboxes without a full pod identity (not Kubernetes, or Kata not done writing) are looked
+    // at every rescan: only re-read when Kata's files changed.
+    const stamp = await identityStamp(this.#opts.kata, e.id);
+    if (stamp === e.identityStamp) return;
     const identity = await readKataIdentity(this.#opts.kata, e.id, this.#stopper.signal);
     if (e.removed) return;
+    e.identityStamp = stamp;
     const before = JSON.stringify(e.identity);
     e.identity = identity;
     e.identityComplete =

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SandboxId } from '../../storage/ids.js';
 
@@ -64,6 +64,22 @@ export async function readKataIdentity(
     if (pid !== undefined) out.qemuPid = pid;
   }
   return out;
+}
+
+/**
+ * Changes whenever one of the files readKataIdentity reads changes (their mtimes and sizes), so a
+ * caller can skip re-reading files that did not change.
+ */
+export async function identityStamp(files: KataFiles, id: SandboxId): Promise<string> {
+  const parts = await Promise.all(
+    [join(files.sbsRoot, id, 'persist.json'), join(files.vmRoot, id, 'pid')].map((p) =>
+      stat(p).then(
+        (st) => `${st.mtimeMs}:${st.size}`,
+        () => '-',
+      ),
+    ),
+  );
+  return parts.join('|');
 }
 
 /** The identity in a persist.json text; pure, for tests. */
