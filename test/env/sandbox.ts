@@ -358,7 +358,9 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     '-initrd',
     image.initrd,
     '-append',
-    'console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init',
+    // The busybox guest has no udev: hot-added memory must come up online by itself (a Kata
+    // guest's agent onlines it). Movable, so the guest can give a DIMM back on unplug.
+    'console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init memhp_default_state=online_movable',
     '-chardev',
     `file,id=vmplug-console,path=${consoleLog}`,
     '-serial',
