@@ -7,6 +7,7 @@ import {
   type QmpError,
   QmpSession,
   type QmpSessionOptions,
+  type QmpSessionStateChange,
   queryStatus,
   type RunState,
 } from '../../qmp/index.js';
@@ -85,6 +86,7 @@ export interface DiscoveryOptions {
 }
 
 export type DiscoveryListener = (event: DiscoveryEvent) => void;
+export type SessionStateListener = (id: SandboxId, change: QmpSessionStateChange) => void;
 
 export interface DiscoveryHealth {
   ok: boolean;
@@ -124,6 +126,7 @@ export class SandboxDiscovery implements SandboxDirectory {
   readonly #opts: DiscoveryOptions;
   readonly #entries = new Map<SandboxId, Entry>();
   readonly #listeners = new Set<DiscoveryListener>();
+  readonly #sessionListeners = new Set<SessionStateListener>();
   readonly #stopper = new AbortController();
   readonly #now: () => number;
   readonly #graceMs: number;
@@ -200,6 +203,12 @@ export class SandboxDiscovery implements SandboxDirectory {
   onChange(listener: DiscoveryListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /** Every state change of every sandbox's monitor session, failed attempts included (metrics). */
+  onSessionState(listener: SessionStateListener): () => void {
+    this.#sessionListeners.add(listener);
+    return () => this.#sessionListeners.delete(listener);
   }
 
   /** Scans now; concurrent calls share one scan and ask for one more after it. */
@@ -351,6 +360,7 @@ export class SandboxDiscovery implements SandboxDirectory {
     e.unsubscribe.push(
       session.onStateChange((change) => {
         if (e.removed) return;
+        for (const l of [...this.#sessionListeners]) l(id, change);
         e.settled = true;
         if (change.state === 'ready') {
           e.refusingSince = undefined;
