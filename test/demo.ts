@@ -1,37 +1,35 @@
 /**
- * `npm run demo`: vmplug's foundation at work, for a newcomer, in about 20 seconds.
+ * `npm run demo`: vmplug at work, for a newcomer, in about 30 seconds.
  *
  * Boots a Kata-shaped guest (QEMU through bin/vmplug-qemu, Kata's own monitor held as the Kata
- * shim holds it) and a throwaway single-node Ceph cluster, then, with vmplug's QMP client on the
- * private monitor the wrapper made:
- *   - `block` mode: a loop device (a host block device) as scsi-hd on vmplug-scsi0;
- *   - `rbd` mode: an RBD image opened by QEMU's librbd (cephx key in a secret object) as
- *     virtio-blk-pci on the reserved root port vmplug-rp0;
- * shows what the guest sees, writes data in the guest and finds it on the host side, hot-removes
- * both, and cleans up everything (also on Ctrl-C or an error).
+ * shim holds it) and a throwaway single-node Ceph cluster, starts vmplugd as a child process on a
+ * temp socket and state dir watching the sandbox's monitor dir, waits until it discovers the
+ * sandbox, and then, through vmplugd's REST API with the typed client a CSI plugin would use:
+ *   - `rbd` mode: an RBD image (mode from the PVC annotation volume.katacontainers.io/direct-mode),
+ *     opened by QEMU's librbd, on the frontend vmplugd picks (scsi);
+ *   - `block` mode: a loop device (a host block device) on virtio-blk;
+ * shows what the guest sees (events with timings, a small lsblk), writes data in the guest, shows
+ * the attachment as GET returns it (with the `vmplug` CLI), detaches both, finds the data on the
+ * host side, and cleans up everything (also on Ctrl-C or an error). The cephx key is never shown.
  */
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { type CallOptions, type QmpExecutor, queryNamedBlockNodes } from '../qmp/index.js';
-import { parseSandboxId, parseVolumeId } from '../storage/ids.js';
-import { rootPortId, SCSI_BUS, volumeNames } from '../storage/naming.js';
-import { rbdConf } from '../storage/qemu-args.js';
-import { parseMonitors, Secret } from '../storage/volume-spec.js';
+import { fileURLToPath } from 'node:url';
+import { type Attachment, type AttachRequest, VmplugClient } from '../daemon/client.js';
+import { queryNamedBlockNodes } from '../qmp/index.js';
+import { DIRECT_MODE_ANNOTATION } from '../storage/volume-spec.js';
+import { type DaemonProcess, startDaemonProcess } from './env/daemon.js';
 import { type DemoBed, startDemoBed } from './env/demo-bed.js';
-import type { GuestAgent, GuestEvent } from './env/guest.js';
-import {
-  type HotplugDisk,
-  hotAdd,
-  hotRemove,
-  readInGuest,
-  removeLeftovers,
-  writeInGuest,
-} from './env/hotplug.js';
-import { createLoopDevice } from './env/loop.js';
+import type { GuestAgent, GuestDisk, GuestEvent } from './env/guest.js';
+import { readInGuest, writeInGuest } from './env/hotplug.js';
+import { createLoopDevice, type LoopDevice } from './env/loop.js';
 
 const MiB = 1024 * 1024;
+const VMPLUG_CLI = fileURLToPath(new URL('../bin/vmplug.js', import.meta.url));
+const POD = { uid: '7c1e2a9b-0000-4000-8000-00000000de30', name: 'web-0', namespace: 'shop' };
 const t0 = performance.now();
 
 function say(line: string): void {
@@ -41,40 +39,26 @@ function say(line: string): void {
 
 const ms = (x: number): string => `${x < 10 ? x.toFixed(1) : Math.round(x)} ms`;
 
-/**
- * Shows each QMP command as it goes to QEMU, with the secret's data (the cephx key) blanked:
- * what the demo does is exactly what goes over the monitor.
- */
-function traced(qmp: QmpExecutor): QmpExecutor {
-  return {
-    execute: async <T>(command: string, args?: object, opts?: CallOptions): Promise<T> => {
-      const shown =
-        args && 'qom-type' in args && (args as { 'qom-type': unknown })['qom-type'] === 'secret'
-          ? { ...args, data: '<cephx key, base64>' }
-          : args;
-      const started = performance.now();
-      const r = await qmp.execute<T>(command, args, opts);
-      say(
-        `   qmp> ${command}${shown ? ` ${JSON.stringify(shown)}` : ''}  (${ms(performance.now() - started)})`,
-      );
-      return r;
-    },
-    subscribe: (name, listener) => qmp.subscribe(name, listener),
-    waitFor: (name, predicate, opts) => qmp.waitFor(name, predicate, opts),
-  };
+/** What the demo made, so that one teardown (also after an error) can undo it in order. */
+interface Made {
+  daemon?: DaemonProcess;
+  client?: VmplugClient;
+  loop?: LoopDevice;
+  image?: string;
+  attached: Set<string>;
 }
 
 function describeEvent(e: GuestEvent): string | undefined {
   switch (e.type) {
     case 'disk-add':
-      return `guest> disk appeared: /dev/${e.disk.name}, ${e.disk.sizeBytes / MiB} MiB, serial ${e.disk.serial ?? '-'}`;
+      return `disk appeared: /dev/${e.disk.name}, ${e.disk.sizeBytes / MiB} MiB, serial ${e.disk.serial ?? '-'}`;
     case 'disk-del':
-      return `guest> disk gone: /dev/${e.name}`;
+      return `disk gone: /dev/${e.name}`;
     case 'disk-size':
       // A SCSI disk on its way out reports size 0 first.
       return e.sizeBytes === 0
-        ? `guest> /dev/${e.name} is going: size 0`
-        : `guest> /dev/${e.name} is now ${e.sizeBytes / MiB} MiB`;
+        ? `/dev/${e.name} is going: size 0`
+        : `/dev/${e.name} is now ${e.sizeBytes / MiB} MiB`;
     default:
       return undefined;
   }
@@ -104,134 +88,260 @@ async function showGuestDisks(guest: GuestAgent): Promise<void> {
   }
 }
 
-async function writeAndVerify(
-  guest: GuestAgent,
-  name: string,
-  where: string,
-  readHost: (offset: number, length: number) => Promise<Buffer>,
-): Promise<void> {
-  const pattern = `hello-from-the-guest:${name}:${randomBytes(4).toString('hex')}`;
-  const offset = 1 * MiB;
-  await writeInGuest(guest, name, offset, pattern);
-  const inGuest = (await readInGuest(guest, name, offset, pattern.length)).toString();
-  const onHost = (await readHost(offset, pattern.length)).toString();
-  const ok = inGuest === pattern && onHost === pattern;
-  say(`   guest wrote "${pattern}" to /dev/${name} at 1 MiB (dd + fsync)`);
-  say(`   ${where} holds: "${onHost}"  ${ok ? 'OK' : 'MISMATCH'}`);
-  if (!ok) throw new Error(`data check failed on /dev/${name}`);
+/** The CLI as a user would type it, its output indented. */
+function cli(socket: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      [VMPLUG_CLI, ...args, '--socket', socket],
+      { timeout: 60_000, encoding: 'utf8' },
+      (err, stdout, stderr) =>
+        err ? reject(new Error(`vmplug ${args[0]}: ${stderr || err.message}`)) : resolve(stdout),
+    );
+  });
 }
 
-async function runDemo(bed: DemoBed): Promise<void> {
+async function waitDiscovered(client: VmplugClient, sandboxId: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const found = await client.getSandbox(sandboxId, { timeoutMs: 5000 }).catch(() => undefined);
+    if (found?.state === 'running') return;
+    if (Date.now() > deadline) throw new Error(`vmplugd did not discover sandbox ${sandboxId} within 60 s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * PUT through the client, then waits for the guest to report the disk (by its serial): the REST
+ * answer and the guest's view, each timed from the moment the request was sent.
+ */
+async function attach(
+  made: Made,
+  guest: GuestAgent,
+  sandboxId: string,
+  volumeId: string,
+  body: AttachRequest,
+): Promise<{ a: Attachment; disk: GuestDisk }> {
+  const client = made.client as VmplugClient;
+  const sent = performance.now();
+  made.attached.add(volumeId);
+  const { created, attachment: a } = await client.attach(sandboxId, volumeId, body, {
+    requestId: `demo-${volumeId}`,
+  });
+  const replied = performance.now() - sent;
+  say(
+    `   vmplugd: ${created ? '201 Created' : '200 OK'} in ${ms(replied)}: state ${a.state}, ${a.mode} mode on ${a.bus}, device ${a.deviceId}, serial ${a.serial}`,
+  );
+  const disk = await guest.waitForDisk((d) => d.serial === a.serial, { timeoutMs: 30_000 });
+  say(`   guest saw /dev/${disk.name} ${ms(Math.max(disk.seenAt, sent) - sent)} after the PUT was sent`);
+  return { a, disk };
+}
+
+async function writeFromGuest(guest: GuestAgent, disk: GuestDisk): Promise<string> {
+  const pattern = `hello-from-the-guest:${disk.name}:${randomBytes(4).toString('hex')}`;
+  await writeInGuest(guest, disk.name, 1 * MiB, pattern);
+  const back = (await readInGuest(guest, disk.name, 1 * MiB, pattern.length)).toString();
+  say(
+    `   guest$ dd ... of=/dev/${disk.name} seek=1MiB conv=fsync  <- "${pattern}" (read back: ${back === pattern ? 'same' : 'DIFFERENT'})`,
+  );
+  if (back !== pattern) throw new Error(`guest read back something else on /dev/${disk.name}`);
+  return pattern;
+}
+
+async function detach(made: Made, guest: GuestAgent, sandboxId: string, volumeId: string, disk: GuestDisk) {
+  const client = made.client as VmplugClient;
+  let lostAt: number | undefined;
+  const off = guest.onEvent((e) => {
+    if (e.type === 'disk-del' && e.name === disk.name) lostAt ??= e.at;
+  });
+  try {
+    const sent = performance.now();
+    await client.detach(sandboxId, volumeId, { requestId: `demo-del-${volumeId}` });
+    const replied = performance.now() - sent;
+    made.attached.delete(volumeId);
+    const gone = await guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+    say(
+      `   DELETE ${volumeId}: 204 in ${ms(replied)}; guest lost /dev/${disk.name} ${ms((lostAt ?? gone.at) - sent)} after it was sent`,
+    );
+  } finally {
+    off();
+  }
+}
+
+/** Every file under dir (the journal), for the "no key anywhere" check. */
+async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => [])) {
+    if (e.isFile()) out.push(join(e.parentPath, e.name));
+  }
+  return out;
+}
+
+async function runDemo(bed: DemoBed, made: Made): Promise<void> {
   const { sandbox, ceph } = bed;
-  const guest = sandbox.guest;
-  const qmp = traced(bed.qmp);
   if (!ceph) throw new Error('the demo needs Ceph');
+  const guest = sandbox.guest;
   const off = guest.onEvent((e) => {
     const line = describeEvent(e);
-    if (line) say(`   ${line}`);
+    if (line) say(`   guest> ${line}`);
   });
   bed.defer(async () => off());
-  const sid = parseSandboxId(sandbox.id);
 
   say('The guest before any hot-plug:');
   await showGuestDisks(guest);
 
+  // vmplugd as a node would run it, but on a temp socket and state dir inside the test root.
+  say('');
+  say(
+    'starting vmplugd (a child process) on a temp socket, watching the monitor dir the wrapper writes to...',
+  );
+  const daemon = await startDaemonProcess({
+    dir: join(bed.root.dir, 'vmplugd'),
+    monitorDir: bed.root.monitorDir,
+    kataVmRoot: bed.root.kataVmRoot,
+    logLevel: 'info',
+  });
+  made.daemon = daemon;
+  // Whatever way this process ends, vmplugd goes with it (the test bed's guards do the rest).
+  process.once('exit', () => {
+    try {
+      process.kill(daemon.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  });
+  const client = new VmplugClient({ socketPath: daemon.socketPath, timeoutMs: 60_000 });
+  made.client = client;
+  say(`   vmplugd pid ${daemon.pid}, socket ${daemon.socketPath}`);
+  const td = performance.now();
+  await waitDiscovered(client, sandbox.id);
+  const sb = await client.getSandbox(sandbox.id);
+  say(
+    `   discovered sandbox ${sb.id} in ${ms(performance.now() - td)}: ${sb.kind}, ${sb.state}, pod ${sb.pod?.namespace}/${sb.pod?.name}, QEMU pid ${sb.pid}`,
+  );
+
+  // rbd mode: the CSI plugin passes the PVC's annotation; QEMU opens the image with librbd and
+  // the key travels only inside the request body and QMP.
+  const image = `demo-${randomBytes(4).toString('hex')}`;
+  made.image = image;
+  await ceph.createImage(image, 128 * MiB);
+  say('');
+  say(`PUT /v1/sandboxes/${sandbox.id}/volumes/pvc-rbd  (RBD image ${ceph.pool}/${image}, 128 MiB)`);
+  say(`   annotation ${DIRECT_MODE_ANNOTATION}: rbd, bus auto, key: <cephx key, in the body only>`);
+  const rbd = await attach(made, guest, sandbox.id, 'pvc-rbd', {
+    source: {
+      type: 'rbd',
+      pool: ceph.pool,
+      image,
+      monitors: ceph.monitors,
+      user: ceph.clientUser,
+      key: ceph.clientKey,
+    },
+    annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
+  });
+
   // block mode: a host block device, here a loop device over a sparse file.
   const loop = await createLoopDevice(64 * MiB);
-  bed.defer(() => loop.detach());
-  const block: HotplugDisk = {
-    names: volumeNames(sid, parseVolumeId('demo-block')),
-    backend: { kind: 'hostDevice', path: loop.path },
-    lane: { bus: 'scsi', scsiId: 0 },
-  };
-  // Registered after the loop device, so it runs before the device is detached.
-  bed.defer(() => removeLeftovers(bed.qmp, block.names));
+  made.loop = loop;
   say('');
-  say(`block mode: host block device ${loop.path} (64 MiB loop device) -> scsi-hd on ${SCSI_BUS}`);
-  const a = await hotAdd(qmp, guest, block);
-  say(`   device_add -> guest saw /dev/${a.disk.name}: ${ms(a.timings.guestSawMs)}`);
-
-  // rbd mode: QEMU opens the image itself with librbd; the key travels only inside QMP.
-  const image = `demo-${randomBytes(4).toString('hex')}`;
-  await ceph.createImage(image, 128 * MiB);
-  bed.defer(() => ceph.removeImage(image));
-  const confPath = join(bed.root.dir, 'rbd-demo.conf');
-  await writeFile(confPath, rbdConf(), { mode: 0o600 });
-  const rbd: HotplugDisk = {
-    names: volumeNames(sid, parseVolumeId('demo-rbd')),
-    backend: {
-      kind: 'rbd',
-      source: {
-        type: 'rbd',
-        pool: ceph.pool,
-        image,
-        monitors: parseMonitors(ceph.monitors),
-        user: ceph.clientUser,
-      },
-      key: new Secret(ceph.clientKey),
-      confPath,
-    },
-    lane: { bus: 'virtio-blk', port: rootPortId(0) },
-  };
-  bed.defer(() => removeLeftovers(bed.qmp, rbd.names));
-  say('');
-  say(`rbd mode: image ${ceph.pool}/${image} (128 MiB) via librbd -> virtio-blk-pci on ${rootPortId(0)}`);
-  say(`   (the conf file holds only client_mount_timeout: a dead Ceph fails blockdev-add in seconds)`);
-  const b = await hotAdd(qmp, guest, rbd);
-  say(`   device_add -> guest saw /dev/${b.disk.name}: ${ms(b.timings.guestSawMs)}`);
+  say(
+    `PUT /v1/sandboxes/${sandbox.id}/volumes/pvc-block  (host block device ${loop.path}, 64 MiB loop device)`,
+  );
+  say('   mode block, bus virtio-blk');
+  const blk = await attach(made, guest, sandbox.id, 'pvc-block', {
+    mode: 'block',
+    bus: 'virtio-blk',
+    source: { type: 'hostDevice', path: loop.path },
+  });
 
   say('');
   say('What the guest sees now:');
   await showGuestDisks(guest);
 
   say('');
-  say('Data written in the guest lands on the host side:');
-  await writeAndVerify(guest, a.disk.name, `${loop.backingFile} (the loop device's file)`, (o, l) =>
-    loop.readBacking(o, l),
-  );
-  await writeAndVerify(guest, b.disk.name, `RBD image ${image} (read with rados)`, (o, l) =>
-    ceph.readImage(image, o, l),
+  say('The guest writes to both disks:');
+  const rbdPattern = await writeFromGuest(guest, rbd.disk);
+  const blkPattern = await writeFromGuest(guest, blk.disk);
+
+  say('');
+  say(`GET of the attachment, with the CLI: vmplug show ${sandbox.id} pvc-rbd`);
+  for (const line of (await cli(daemon.socketPath, ['show', sandbox.id, 'pvc-rbd'])).trimEnd().split('\n'))
+    say(`   | ${line}`);
+  const got = await client.get(sandbox.id, 'pvc-block');
+  say(
+    `and through the client, pvc-block: state ${got.state}, guest ${got.guestHint}, timeline ${got.timeline.map((t) => `${t.step} ${t.ms} ms`).join(' -> ')}`,
   );
 
   say('');
-  say('Hot-remove (device_del with DEVICE_DELETED armed first, then blockdev-del, object-del):');
-  for (const [d, name] of [
-    [block, a.disk.name],
-    [rbd, b.disk.name],
-  ] as const) {
-    const t = await hotRemove(qmp, guest, d, name);
-    say(
-      `   /dev/${name}: DEVICE_DELETED after ${ms(t.deviceDeletedMs)}, guest lost it after ${ms(t.guestLostMs)}`,
-    );
-  }
+  say('Detach both (DELETE answers once QEMU deleted the device and released the block node):');
+  await detach(made, guest, sandbox.id, 'pvc-rbd', rbd.disk);
+  await detach(made, guest, sandbox.id, 'pvc-block', blk.disk);
+
+  say('');
+  say('The data is on the host side:');
+  const inImage = (await ceph.readImage(image, 1 * MiB, rbdPattern.length)).toString();
+  const onLoop = (await loop.readBacking(1 * MiB, blkPattern.length)).toString();
+  say(
+    `   RBD image ${image} at 1 MiB (read with rados): "${inImage}"  ${inImage === rbdPattern ? 'OK' : 'MISMATCH'}`,
+  );
+  say(`   ${loop.backingFile} at 1 MiB: "${onLoop}"  ${onLoop === blkPattern ? 'OK' : 'MISMATCH'}`);
+  if (inImage !== rbdPattern || onLoop !== blkPattern) throw new Error('data check failed');
+
   const left = (await queryNamedBlockNodes(bed.qmp)).filter((n) => n['node-name']?.startsWith('vmp'));
-  say(`The guest after: ${guest.disks().length} hot-plugged disks; QEMU: ${left.length} vmplug block nodes`);
+  const after = await client.getSandbox(sandbox.id);
+  say(
+    `QEMU now holds ${left.length} vmplug block nodes; vmplugd lists ${after.volumes.length} volumes; the guest:`,
+  );
   await showGuestDisks(guest);
+
+  // The key went over the socket and into QMP: it must be nowhere else.
+  const key = ceph.clientKey;
+  const files = await filesUnder(daemon.stateDir);
+  let inFiles = 0;
+  for (const f of files) if ((await readFile(f, 'utf8').catch(() => '')).includes(key)) inFiles++;
+  const inLogs = daemon.lines.filter((l) => l.includes(key)).length;
+  const inArgv = (await daemon.cmdline()).includes(key);
+  say(
+    `cephx key found in ${inLogs} of ${daemon.lines.length} vmplugd log lines, ${inFiles} of ${files.length} state files, argv: ${inArgv ? 'YES' : 'no'}`,
+  );
+  if (inLogs + inFiles > 0 || inArgv) throw new Error('the cephx key leaked');
+}
+
+/** Undoes what runDemo made, in order: volumes (through vmplugd), vmplugd, image, loop device. */
+async function teardown(bed: DemoBed, made: Made): Promise<void> {
+  for (const v of made.attached) {
+    await made.client?.detach(bed.sandbox.id, v, { timeoutMs: 30_000 }).catch(() => {});
+  }
+  await made.daemon?.stop().catch(() => {});
+  if (made.image !== undefined) await bed.ceph?.removeImage(made.image).catch(() => {});
+  await made.loop?.detach().catch(() => {});
 }
 
 async function main(): Promise<number> {
-  // Ctrl-C: say so; the test bed's own exit guards then kill QEMU and Ceph, detach the loop
-  // device and remove the temp dirs synchronously, and re-raise the signal.
+  // Ctrl-C: say so; the test bed's own exit guards then kill vmplugd, QEMU and Ceph, detach the
+  // loop device and remove the temp dirs synchronously.
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.once(sig, () => {
       process.stdout.write(
-        `\n${sig}: stopping QEMU and Ceph, detaching the loop device, removing temp files\n`,
+        `\n${sig}: stopping vmplugd, QEMU and Ceph, detaching the loop device, removing temp files\n`,
       );
       // Should no guard be installed yet, leave anyway (the 'exit' guards still run).
       setImmediate(() => process.exit(130));
     });
   }
-  say("vmplug foundation demo: a Kata-shaped guest, a test Ceph, and vmplug's QMP client hot-plugging disks");
+  say('vmplug demo: vmplugd hot-plugs an RBD image and a host block device into a Kata-shaped guest');
   say('starting a single-node Ceph (mon, mgr, OSD on loopback) and booting the guest...');
-  const bed = await startDemoBed({ ceph: true, log: (l) => say(l) });
-  say(`Kata's monitor ${bed.sandbox.kataQmpPath} stays held (like the Kata shim); vmplug uses its own:`);
-  say(`   ${bed.sandbox.vmplugQmpPath}`);
+  const bed = await startDemoBed({ ceph: true, forDaemon: true, pod: POD, log: (l) => say(l) });
+  say(`Kata's monitor ${bed.sandbox.kataQmpPath} stays held (like the Kata shim);`);
+  say(`vmplugd will use the private one the wrapper made: ${bed.sandbox.vmplugQmpPath}`);
+  const made: Made = { attached: new Set() };
+  bed.defer(() => teardown(bed, made));
   try {
     say('');
-    await runDemo(bed);
+    await runDemo(bed, made);
   } finally {
     say('');
-    say('cleaning up: guest, loop device, RBD image, Ceph, temp files...');
+    say('cleaning up: vmplugd, guest, loop device, RBD image, Ceph, temp files...');
     await bed.close();
   }
   say(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -8,12 +8,21 @@
 import { performance } from 'node:perf_hooks';
 import { QmpSession, queryStatus } from '../../qmp/index.js';
 import { type CephCluster, startCeph } from './ceph.js';
-import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from './sandbox.js';
+import {
+  createTestRoot,
+  type KataSandbox,
+  type PodIdentity,
+  startKataSandbox,
+  type TestRoot,
+} from './sandbox.js';
 
 export interface DemoBed {
   root: TestRoot;
   sandbox: KataSandbox;
-  /** On vmplug's private monitor (Kata's own stays held by the launcher, as the Kata shim holds it). */
+  /**
+   * On vmplug's private monitor (Kata's own stays held by the launcher, as the Kata shim holds
+   * it); with `forDaemon`, on the test-only inspect monitor instead, so vmplugd gets the private one.
+   */
   qmp: QmpSession;
   /** Present when started with `ceph: true`. */
   ceph: CephCluster | undefined;
@@ -29,6 +38,13 @@ export interface DemoBedOptions {
   signal?: AbortSignal;
   /** Told of each milestone (for a demo's narration). */
   log?: (line: string) => void;
+  /**
+   * vmplugd will drive the sandbox: leave its private monitor free (QEMU serves one client at a
+   * time) and open the bed's session on a test-only inspect monitor, to look at QEMU.
+   */
+  forDaemon?: boolean;
+  /** The pod the sandbox belongs to (Kata's persist.json), as discovery reports it. */
+  pod?: PodIdentity;
 }
 
 export async function startDemoBed(opts: DemoBedOptions = {}): Promise<DemoBed> {
@@ -44,7 +60,11 @@ export async function startDemoBed(opts: DemoBedOptions = {}): Promise<DemoBed> 
           return { c, ms: performance.now() - t0 };
         })
       : Promise.resolve(undefined),
-    startKataSandbox(root, signalOpt).then((s) => {
+    startKataSandbox(root, {
+      ...signalOpt,
+      ...(opts.forDaemon ? { inspectMonitor: true } : {}),
+      ...(opts.pod ? { pod: opts.pod } : {}),
+    }).then((s) => {
       log(`sandbox ${s.id} booted in ${(s.bootMs / 1000).toFixed(1)} s (QEMU pid ${s.pid}, TCG)`);
       return s;
     }),
@@ -58,7 +78,14 @@ export async function startDemoBed(opts: DemoBedOptions = {}): Promise<DemoBed> 
       : (sandboxResult as PromiseRejectedResult).reason;
   }
   const sandbox = sandboxResult.value;
-  const qmp = QmpSession.start(sandbox.vmplugQmpPath, { defaultTimeoutMs: 30_000 });
+  const monitor = opts.forDaemon ? sandbox.inspectQmpPath : sandbox.vmplugQmpPath;
+  if (monitor === undefined) {
+    await sandbox.stop().catch(() => {});
+    await root.cleanup().catch(() => {});
+    await ceph?.stop().catch(() => {});
+    throw new Error('the sandbox has no inspect monitor');
+  }
+  const qmp = QmpSession.start(monitor, { defaultTimeoutMs: 30_000 });
   const deferred: Array<() => Promise<unknown>> = [];
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
@@ -76,7 +103,8 @@ export async function startDemoBed(opts: DemoBedOptions = {}): Promise<DemoBed> 
     const status = await queryStatus(qmp);
     const v = qmp.greeting?.QMP.version.qemu;
     const qemuVersion = v ? `${v.major}.${v.minor}.${v.micro}` : 'unknown';
-    log(`QMP session on vmplug's private monitor: QEMU ${qemuVersion}, guest ${status.status}`);
+    const which = opts.forDaemon ? 'the test-only inspect monitor' : "vmplug's private monitor";
+    log(`QMP session on ${which}: QEMU ${qemuVersion}, guest ${status.status}`);
     const timings: DemoBed['timings'] = { sandboxBootMs: sandbox.bootMs };
     if (cephResult.value) timings.cephReadyMs = cephResult.value.ms;
     return {
