@@ -14,8 +14,10 @@ import {
   type SchemaIssue,
   schemaIssueMessage,
 } from './problem.js';
+import type { ResourceService } from './resources/service.js';
 import type { AttachService } from './routes/attach-service.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
+import { resourceRoutes } from './routes/resources.js';
 import { emptyCatalog, type ListVolumes, type SandboxCatalog, sandboxRoutes } from './routes/sandboxes.js';
 import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
 import { volumeRoutes } from './routes/volumes.js';
@@ -28,6 +30,8 @@ export interface ServerDeps {
   catalog?: SandboxCatalog;
   /** The engine's volumes of a sandbox; none when absent. */
   listVolumes?: ListVolumes;
+  /** Guest hot-resize (vCPUs, memory); 503 NOT_READY when absent. */
+  resources?: ResourceService;
   /** Aborted when the daemon stops waiting for in-flight operations (handed to the engine). */
   shutdownSignal?: AbortSignal;
   /** Largest accepted request body; an attach body is well under 4 KiB. */
@@ -149,6 +153,10 @@ export async function buildServer(deps: ServerDeps) {
     listVolumes: deps.listVolumes ?? (async () => []),
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
   });
+  await app.register(resourceRoutes, {
+    service: deps.resources ?? unavailableResources,
+    shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
+  });
   await app.register(volumeRoutes, {
     service: deps.attachService,
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
@@ -187,6 +195,15 @@ function problemFor(err: FastifyError, request: FastifyRequest, bodyLimit: numbe
     `internal error; the daemon log has the details under request id ${request.id}`,
   );
 }
+
+const unavailableResources: ResourceService = {
+  get: async () => {
+    throw new DaemonError(503, 'NOT_READY', 'guest resize is not available in this daemon');
+  },
+  resize: async () => {
+    throw new DaemonError(503, 'NOT_READY', 'guest resize is not available in this daemon');
+  },
+};
 
 function clip(s: string, max: number): string {
   return s.length > max ? `${s.slice(0, max)}…` : s;
