@@ -17,6 +17,7 @@ import {
 import type { ResourceService } from './resources/service.js';
 import type { AttachService } from './routes/attach-service.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
+import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
 import { resourceRoutes } from './routes/resources.js';
 import { emptyCatalog, type ListVolumes, type SandboxCatalog, sandboxRoutes } from './routes/sandboxes.js';
 import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
@@ -32,6 +33,10 @@ export interface ServerDeps {
   listVolumes?: ListVolumes;
   /** Guest hot-resize (vCPUs, memory); 503 NOT_READY when absent. */
   resources?: ResourceService;
+  /** GET /v1/node; 503 when absent. */
+  nodeFacts?: NodeRoutesOptions['facts'];
+  /** GET /metrics; 503 when absent. */
+  metrics?: NodeRoutesOptions['metrics'];
   /** Aborted when the daemon stops waiting for in-flight operations (handed to the engine). */
   shutdownSignal?: AbortSignal;
   /** Largest accepted request body; an attach body is well under 4 KiB. */
@@ -137,7 +142,8 @@ export async function buildServer(deps: ServerDeps) {
       tags: [
         { name: 'sandboxes', description: 'the VM sandboxes on this node' },
         { name: 'volumes', description: 'hot-attach and detach of volumes' },
-        { name: 'health', description: 'liveness and readiness' },
+        { name: 'node', description: 'facts about this node' },
+        { name: 'health', description: 'liveness, readiness and metrics' },
       ],
     },
   });
@@ -148,6 +154,10 @@ export async function buildServer(deps: ServerDeps) {
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.register(healthRoutes, { readiness: deps.readiness });
+  await app.register(nodeRoutes, {
+    ...(deps.nodeFacts !== undefined ? { facts: deps.nodeFacts } : {}),
+    ...(deps.metrics !== undefined ? { metrics: deps.metrics } : {}),
+  });
   await app.register(sandboxRoutes, {
     catalog: deps.catalog ?? emptyCatalog,
     listVolumes: deps.listVolumes ?? (async () => []),

@@ -7,8 +7,10 @@ import {
 } from '../../../daemon/node-facts.js';
 
 // Shapes as systeminformation 5 returns them on this machine (Debian 12, virtio disk, one NIC).
-function fakeSystem(over: Partial<SystemInfo> = {}): SystemInfo & { memFree: number; disks: string[] } {
-  const state = {
+type FakeSystem = SystemInfo & { memFree: number; disks: string[] };
+
+function fakeSystem(over: Partial<SystemInfo> = {}): FakeSystem {
+  const state: FakeSystem = {
     memFree: 22_000_000_000,
     disks: ['vda'],
     cpu: async () => ({ manufacturer: 'Intel', brand: 'Xeon® Processor', cores: 2, physicalCores: 2 }),
