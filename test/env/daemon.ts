@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir, readFile } from 'node:fs/promises';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -144,6 +145,52 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
       }
     },
   };
+}
+
+/**
+ * A request whose body the server may refuse before reading it (413): node:http gives up on the
+ * whole call when its write fails with EPIPE, although the server's answer is already in the
+ * socket. Here the request is written raw, write errors are ignored, and the answer is read to
+ * the end (a unix socket keeps what the server wrote readable after it closed).
+ */
+export function apiCallOversized(
+  socketPath: string,
+  method: string,
+  path: string,
+  body: string,
+  timeoutMs = 60_000,
+): Promise<ApiResponse> {
+  return new Promise((resolve, reject) => {
+    const sock = connect(socketPath);
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no answer to ${method} ${path} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    sock.on('error', () => undefined);
+    sock.on('data', (c: Buffer) => chunks.push(c));
+    sock.on('close', () => {
+      clearTimeout(timer);
+      const text = Buffer.concat(chunks).toString('utf8');
+      const head = text.slice(0, text.indexOf('\r\n\r\n'));
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
+      if (status === 0) return reject(new Error(`no HTTP answer to ${method} ${path}`));
+      const contentType = /^content-type:\s*(.*)$/im.exec(head)?.[1]?.trim() ?? '';
+      const rest = text.slice(head.length + 4);
+      let parsed: unknown = rest;
+      try {
+        parsed = JSON.parse(rest);
+      } catch {
+        // not JSON
+      }
+      resolve({ status, contentType, body: parsed });
+    });
+    sock.write(
+      `${method} ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n` +
+        `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n`,
+    );
+    sock.write(body);
+  });
 }
 
 /** One REST call over a unix socket; JSON in, JSON (or text) out. */

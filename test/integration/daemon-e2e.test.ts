@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { QmpClient } from '../../qmp/index.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
-import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { type ApiResponse, apiCallOversized, type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
@@ -184,7 +184,14 @@ describe('vmplugd end to end (REST socket, real QEMU, Ceph, loop devices)', () =
     const image = await newImage('bad');
     const good = rbdBody(image);
     const src = good.source;
-    const cases: { what: string; path: string; body: unknown; status?: number; field?: string }[] = [
+    const cases: {
+      what: string;
+      path: string;
+      body: unknown;
+      status?: number;
+      field?: string;
+      oversized?: boolean;
+    }[] = [
       { what: 'sandbox id with ..', path: volPath('v1', '..'), body: good },
       { what: 'sandbox id with an encoded /', path: volPath('v1', 'a%2Fb'), body: good },
       { what: 'volume id with ..', path: volPath('a..b'), body: good },
@@ -228,11 +235,19 @@ describe('vmplugd end to end (REST socket, real QEMU, Ceph, loop devices)', () =
       { what: 'mode and source disagree', path: volPath('v1'), body: { ...good, mode: 'block' } },
       { what: 'unknown bus', path: volPath('v1'), body: { ...good, bus: 'ide' }, field: 'bus' },
       { what: 'not JSON', path: volPath('v1'), body: '{"mode": ' },
-      { what: 'huge body', path: volPath('v1'), body: { ...good, pad: 'x'.repeat(2 * MiB) }, status: 413 },
+      {
+        what: 'huge body',
+        path: volPath('v1'),
+        body: JSON.stringify({ ...good, pad: 'x'.repeat(2 * MiB) }),
+        status: 413,
+        oversized: true,
+      },
       { what: 'unknown sandbox', path: volPath('v1', 'no-such-sandbox'), body: good, status: 404 },
     ];
     for (const c of cases) {
-      const r = await daemon.call<Problem>('PUT', c.path, c.body);
+      const r = c.oversized
+        ? ((await apiCallOversized(daemon.socketPath, 'PUT', c.path, String(c.body))) as ApiResponse<Problem>)
+        : await daemon.call<Problem>('PUT', c.path, c.body);
       expect(r.status, `${c.what}: ${JSON.stringify(r.body)}`).toBeGreaterThanOrEqual(400);
       expect(r.status, c.what).toBeLessThan(500);
       if (c.status !== undefined) expect(r.status, c.what).toBe(c.status);

@@ -210,7 +210,7 @@ describe('libvirt binding (vmplug addon) with a real libvirtd', () => {
     const r = await d.guest.run(
       'for i in $(seq 100); do [ -e /sys/devices/system/cpu/cpu1/online ] && break; sleep 0.1; done; ' +
         'echo 1 > /sys/devices/system/cpu/cpu1/online && grep -c ^processor /proc/cpuinfo',
-      { timeoutMs: 30_000 },
+      { timeoutMs: 90_000 },
     );
     expect(r.exitCode).toBe(0);
     expect(r.stdout.trim()).toBe('2');
