@@ -57,7 +57,14 @@ export interface AttachResponse {
   attachment: Attachment;
 }
 
-export type SandboxState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'unknown' | 'unreachable';
+export type SandboxState =
+  | 'running'
+  | 'paused'
+  | 'shutdown'
+  | 'shutoff'
+  | 'crashed'
+  | 'unknown'
+  | 'unreachable';
 
 export interface Sandbox {
   id: string;

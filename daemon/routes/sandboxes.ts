@@ -8,7 +8,14 @@ import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from './sch
 // with the volumes the engine has attached to each.
 
 /** The API's coarse state of a sandbox. */
-export type SandboxState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'unknown' | 'unreachable';
+export type SandboxState =
+  | 'running'
+  | 'paused'
+  | 'shutdown'
+  | 'shutoff'
+  | 'crashed'
+  | 'unknown'
+  | 'unreachable';
 
 export interface SandboxPod {
   uid?: string;

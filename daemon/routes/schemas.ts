@@ -182,7 +182,7 @@ export const sandboxSchema = {
     kind: { type: 'string', enum: ['kata', 'libvirt'] },
     state: {
       type: 'string',
-      enum: ['running', 'paused', 'shutdown', 'crashed', 'unknown', 'unreachable'],
+      enum: ['running', 'paused', 'shutdown', 'shutoff', 'crashed', 'unknown', 'unreachable'],
       description: "unreachable: known, but vmplug's monitor does not answer right now",
     },
     reason: { type: 'string', description: 'why it is unreachable' },
