@@ -27,6 +27,8 @@ export interface DaemonConfig {
   nodeName: string;
   /** null: in-cluster service account if present, else no cluster. */
   kubeconfig: string | null;
+  /** Namespace of the node's heartbeat Lease. */
+  leaseNamespace: string;
   maxConcurrentOps: number;
   /** How long shutdown waits for in-flight requests before aborting them. */
   shutdownTimeoutMs: number;
@@ -212,6 +214,17 @@ const SPECS: Specs = {
     env: 'KUBECONFIG',
     default: () => null,
     parse: (v) => (v === null || v === '' ? null : absolutePath(v)),
+  },
+  leaseNamespace: {
+    flag: 'lease-namespace',
+    env: 'VMPLUG_LEASE_NAMESPACE',
+    default: () => 'vmplug-system',
+    parse: (v) => {
+      const s = str(v);
+      if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(s))
+        throw new BadValue('must be a Kubernetes namespace name (lower-case DNS label)');
+      return s;
+    },
   },
   maxConcurrentOps: {
     flag: 'max-concurrent-ops',

@@ -37,6 +37,7 @@ describe('resolveConfig', () => {
       socketGroup: null,
       socketMode: 0o660,
       kubeconfig: null,
+      leaseNamespace: 'vmplug-system',
       maxConcurrentOps: 8,
       shutdownTimeoutMs: 25_000,
     });
@@ -62,6 +63,18 @@ describe('resolveConfig', () => {
     const { config } = resolveConfig({}, { NODE_NAME: 'worker-1', KUBECONFIG: '/root/.kube/config' }, null);
     expect(config.nodeName).toBe('worker-1');
     expect(config.kubeconfig).toBe('/root/.kube/config');
+  });
+
+  it('takes the Lease namespace from --lease-namespace, VMPLUG_LEASE_NAMESPACE or the file', () => {
+    expect(resolveConfig({}, { VMPLUG_LEASE_NAMESPACE: 'kube-node-lease' }, null).config.leaseNamespace).toBe(
+      'kube-node-lease',
+    );
+    expect(
+      resolveConfig({ leaseNamespace: 'a' }, {}, file({ leaseNamespace: 'b' })).config.leaseNamespace,
+    ).toBe('a');
+    expect(configError(() => resolveConfig({}, { VMPLUG_LEASE_NAMESPACE: 'Bad_NS' }, null)).message).toMatch(
+      /^VMPLUG_LEASE_NAMESPACE: must be a Kubernetes namespace name/,
+    );
   });
 
   it('names the key and the source of a bad value', () => {
