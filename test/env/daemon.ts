@@ -148,10 +148,11 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
 }
 
 /**
- * A request whose body the server may refuse before reading it (413): node:http gives up on the
- * whole call when its write fails with EPIPE, although the server's answer is already in the
- * socket. Here the request is written raw, write errors are ignored, and the answer is read to
- * the end (a unix socket keeps what the server wrote readable after it closed).
+ * A request whose body the server refuses from its content-length (413) without reading it. Like
+ * a client sending `Expect: 100-continue`, it writes the headers, waits a moment for an early
+ * answer, and writes the body only if none came: racing a 2 MiB body against the server's close
+ * loses the answer (node:http drops it on EPIPE, and a unix socket closed with unread data resets
+ * the peer).
  */
 export function apiCallOversized(
   socketPath: string,
@@ -167,10 +168,15 @@ export function apiCallOversized(
       sock.destroy();
       reject(new Error(`no answer to ${method} ${path} within ${timeoutMs} ms`));
     }, timeoutMs);
+    let bodyTimer: NodeJS.Timeout | undefined;
     sock.on('error', () => undefined);
-    sock.on('data', (c: Buffer) => chunks.push(c));
+    sock.on('data', (c: Buffer) => {
+      clearTimeout(bodyTimer);
+      chunks.push(c);
+    });
     sock.on('close', () => {
       clearTimeout(timer);
+      clearTimeout(bodyTimer);
       const text = Buffer.concat(chunks).toString('utf8');
       const head = text.slice(0, text.indexOf('\r\n\r\n'));
       const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0);
@@ -189,7 +195,7 @@ export function apiCallOversized(
       `${method} ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n` +
         `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n`,
     );
-    sock.write(body);
+    bodyTimer = setTimeout(() => sock.write(body), 1_000);
   });
 }
 
