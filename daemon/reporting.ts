@@ -1,0 +1,190 @@
+import type { SandboxId } from '../storage/ids.js';
+import type { EngineHandle } from './attach-engine.js';
+import type { DaemonConfig } from './config.js';
+import type { Logger } from './logger.js';
+import { DaemonMetrics, measuredReconcile } from './metrics.js';
+import { NodeFactsCache } from './node-facts.js';
+import { NodeSnapshot } from './node-snapshot.js';
+import { observeAttachService, type VolumeOperation } from './observed-service.js';
+import { createReporter, type Reporter } from './report/reporter.js';
+import type { AttachService } from './routes/attach-service.js';
+import type { Readiness } from './routes/health.js';
+import type { SandboxCatalog } from './routes/sandboxes.js';
+import type { SandboxDiscovery } from './sandboxes/discovery.js';
+
+// What vmplugd tells the outside about its node, wired around the engine and discovery without
+// either knowing: Prometheus metrics, node facts, and the Kubernetes reporter (VmplugNode status,
+// Pod events, Lease). Everything here observes; nothing here can fail an attach.
+
+export interface ReportingDeps {
+  config: DaemonConfig;
+  logger: Logger;
+  version?: string;
+  discovery: Pick<SandboxDiscovery, 'onChange' | 'onSessionState'>;
+  /** Every sandbox and domain the REST API shows. */
+  catalog: SandboxCatalog;
+  engine: EngineHandle;
+  /** Replaces the systeminformation-backed cache (tests). */
+  nodeFacts?: NodeFactsCache;
+  /** Where the reporter looks for KUBECONFIG and the in-cluster variables (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Reporter tuning beyond the config (tests shorten the Lease period). */
+  reporter?: { leaseRenewMs?: number; minWriteIntervalMs?: number };
+  /** How often every sandbox's volume list is re-read for the status (default 30 s). */
+  resyncMs?: number;
+}
+
+export interface Reporting {
+  /** The engine's service, observed (metrics, events, status). Serve this one. */
+  service: AttachService;
+  /** The engine's reconcile, measured, refreshing the status after each run. */
+  reconcile?: (signal: AbortSignal) => Promise<unknown>;
+  metrics: DaemonMetrics;
+  nodeFacts: NodeFactsCache;
+  reporter: Reporter;
+  /** Starts the status provider and the reporter once readiness can be asked. */
+  start(readiness: () => Readiness): void;
+  /** Flushes (bounded) and stops the reporter, then the rest. */
+  stop(): Promise<void>;
+}
+
+/** Throws KubeError KUBE_CONFIG when a named kubeconfig cannot be loaded. */
+export function createReporting(deps: ReportingDeps): Reporting {
+  const { config, logger, catalog, engine } = deps;
+  const log = logger.child({ component: 'report' });
+  const nodeFacts =
+    deps.nodeFacts ??
+    new NodeFactsCache({
+      onError: (part, err) => log.debug({ part, err: err.message }, 'node fact not gathered'),
+    });
+  const metrics = new DaemonMetrics({ sandboxes: () => catalog.list() });
+  let snapshot: NodeSnapshot | undefined;
+  const provider = {
+    snapshot: () => {
+      if (snapshot === undefined) throw new Error('the node snapshot is read before start()');
+      return snapshot.snapshot();
+    },
+    subscribe: (listener: () => void) => {
+      if (snapshot === undefined) throw new Error('subscribed before start()');
+      return snapshot.subscribe(listener);
+    },
+  };
+  const reporter = createReporter({
+    nodeName: config.nodeName,
+    provider,
+    logger: log,
+    ...(config.kubeconfig !== null ? { kubeconfigPath: config.kubeconfig } : {}),
+    env: deps.env ?? process.env,
+    leaseNamespace: config.leaseNamespace,
+    ...deps.reporter,
+  });
+
+  const onOperation = (op: VolumeOperation): void => {
+    metrics.observeOperation(op);
+    if (snapshot !== undefined) {
+      snapshot.changed();
+      void snapshot.refreshVolumes(op.sandboxId);
+    }
+    podEvent(op);
+  };
+
+  const podEvent = (op: VolumeOperation): void => {
+    // An idempotent repeat of a done attach, or a detach of a volume never seen, is not news.
+    if (op.ok && op.op === 'attach' && !op.created) return;
+    if (op.ok && op.op === 'detach' && op.mode === 'unknown') return;
+    const pod = catalog.get(op.sandboxId)?.pod;
+    if (pod?.name === undefined || pod.namespace === undefined) return;
+    const target = {
+      podName: pod.name,
+      namespace: pod.namespace,
+      ...(pod.uid !== undefined ? { podUid: pod.uid } : {}),
+    };
+    const ms = Math.round(op.ms);
+    if (op.ok && op.op === 'attach') {
+      const a = op.attachment;
+      reporter.recordPodEvent(
+        target,
+        'VolumeAttached',
+        `volume ${op.volumeId} attached (${a.mode}, ${a.bus}${a.readOnly ? ', read-only' : ''}) as ${a.guestHint} in ${ms} ms`,
+      );
+    } else if (op.ok) {
+      reporter.recordPodEvent(target, 'VolumeDetached', `volume ${op.volumeId} detached in ${ms} ms`);
+    } else {
+      reporter.recordPodEvent(
+        target,
+        op.op === 'attach' ? 'VolumeAttachFailed' : 'VolumeDetachFailed',
+        `${op.op} of volume ${op.volumeId} failed after ${ms} ms: ${op.code}: ${op.message}`,
+        'Warning',
+      );
+    }
+  };
+
+  const service = observeAttachService(engine.service, {
+    onOperation,
+    describe: (sandboxId, volumeId) => snapshot?.describe(sandboxId, volumeId),
+  });
+
+  const unsubscribe: (() => void)[] = [];
+  let resync: NodeJS.Timeout | undefined;
+  let stopping: Promise<void> | undefined;
+
+  const reconcile =
+    engine.reconcile === undefined
+      ? undefined
+      : (() => {
+          const measured = measuredReconcile(engine.reconcile, metrics);
+          return async (signal: AbortSignal) => {
+            try {
+              return await measured(signal);
+            } finally {
+              void snapshot?.refreshAll();
+            }
+          };
+        })();
+
+  return {
+    service,
+    ...(reconcile !== undefined ? { reconcile } : {}),
+    metrics,
+    nodeFacts,
+    reporter,
+    start(readiness) {
+      if (snapshot !== undefined || stopping !== undefined) return;
+      const s = new NodeSnapshot({
+        catalog,
+        listVolumes: engine.listVolumes,
+        facts: () => nodeFacts.current(),
+        readiness,
+        log,
+        ...(deps.version !== undefined ? { vmplugVersion: deps.version } : {}),
+      });
+      snapshot = s;
+      unsubscribe.push(
+        deps.discovery.onChange((event) => {
+          if (event.type === 'removed') s.forget(event.id);
+          else void s.refreshVolumes(event.sandbox.id);
+          s.changed();
+        }),
+        deps.discovery.onSessionState((_id: SandboxId, change) => metrics.observeQmpState(change)),
+        nodeFacts.onChange(() => s.changed()),
+      );
+      void nodeFacts.start();
+      void s.refreshAll();
+      // Catalogs without change events (libvirt domains) and volume changes made behind the
+      // REST API's back are caught up by this slow resync.
+      resync = setInterval(() => void s.refreshAll(), deps.resyncMs ?? 30_000);
+      resync.unref();
+      reporter.start();
+    },
+    stop() {
+      stopping ??= (async () => {
+        clearInterval(resync);
+        for (const u of unsubscribe) u();
+        await reporter.stop();
+        snapshot?.close();
+        nodeFacts.close();
+      })();
+      return stopping;
+    },
+  };
+}
