@@ -45,7 +45,7 @@ import {
 } from '../test/env/hotplug.js';
 import { createLoopDevice, type LoopDevice } from '../test/env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../test/env/sandbox.js';
-import { hostContext, type Summary, summarize } from './figures.js';
+import { hostContext, printTable, type Summary, summarize } from './figures.js';
 
 const MiB = 1024 * 1024;
 
@@ -362,7 +362,8 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
             annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
           }
         : { mode: 'block', source: { type: 'hostDevice', path: (loop as LoopDevice).path } };
-    return { sandbox, volumeId, body, serial: '', guestName: '' };
+    const mode: 'rbd' | 'block' = i < nRbd ? 'rbd' : 'block';
+    return { sandbox, volumeId, body, mode, serial: '', guestName: '', attachMs: NaN, detachMs: NaN };
   });
 
   await new Promise((r) => setTimeout(r, 2000));
@@ -388,7 +389,7 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
         const r = await client.attach(j.sandbox.id, j.volumeId, j.body, { timeoutMs: 300_000 });
         if (r.attachment.state !== 'Attached') throw new Error(`${j.volumeId}: state ${r.attachment.state}`);
         j.serial = r.attachment.serial;
-        return performance.now();
+        j.attachMs = performance.now() - a0;
       }),
     );
     const aReplied = performance.now() - a0;
@@ -409,7 +410,10 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
     // Detach: all at once.
     const d0 = performance.now();
     const dels = await Promise.allSettled(
-      jobs.map((j) => client.detach(j.sandbox.id, j.volumeId, { timeoutMs: 300_000 })),
+      jobs.map(async (j) => {
+        await client.detach(j.sandbox.id, j.volumeId, { timeoutMs: 300_000 });
+        j.detachMs = performance.now() - d0;
+      }),
     );
     const dReplied = performance.now() - d0;
     const dFailed = dels.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
@@ -436,11 +440,22 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
       `  detach: all ${attachCount} replies in ${secs(dReplied)} = ${(attachCount / (dReplied / 1000)).toFixed(1)} detaches/s; ` +
         `every guest lost every disk after ${secs(dGone)}; failures: ${dFailed.length} REST, ${goneFailed} still in the guest; volumes left in vmplugd: ${left}`,
     );
+    const ok = (xs: number[]) => xs.filter((x) => Number.isFinite(x));
+    printTable(
+      'each request, sent together with all the others -> its reply (ms)',
+      (['rbd', 'block'] as const).flatMap((m) => [
+        [`attach ${m}`, summarize(ok(jobs.filter((j) => j.mode === m).map((j) => j.attachMs)))] as const,
+        [`detach ${m}`, summarize(ok(jobs.filter((j) => j.mode === m).map((j) => j.detachMs)))] as const,
+      ]),
+      ['n', 'min', 'median', 'p99', 'max'],
+    );
     for (const f of [...aFailed, ...dFailed].slice(0, 5))
       out(`  failure: ${String(f.reason?.message ?? f.reason)}`);
     out(
       `  vmplugd memory: idle VmRSS ${mib(idle.rssKiB)}; with ${attachCount} attached VmRSS ${mib(attachMem.rssKiB)}; ` +
-        `peak sampled VmRSS ${mib(peakRss)}; VmHWM ${mib(after.hwmKiB)}; after detaching all VmRSS ${mib(after.rssKiB)}`,
+        `peak sampled VmRSS ${mib(peakRss)}; VmHWM ${mib(after.hwmKiB)}` +
+        `${after.hwmKiB === idle.hwmKiB ? ' (unchanged by the load: reached at start-up, tsx compiling the sources in-process)' : ''}` +
+        `; after detaching all VmRSS ${mib(after.rssKiB)}`,
     );
   } finally {
     clearInterval(sampler);
@@ -520,7 +535,7 @@ async function main(): Promise<void> {
     out(
       `${sandboxCount} sandboxes${sandboxCount < 20 ? " rather than the issue's 20" : ''}: each TCG guest costs ~13% of a core` +
         ' idle and 256 MiB, so 20 would keep this 2-core host near saturation with guests alone and boot for' +
-        ' minutes; 10 leave headroom for vmplugd, the QEMU main loops and Ceph, so the figures show vmplugd rather' +
+        ' minutes; the default 10 leave headroom for vmplugd, the QEMU main loops and Ceph, so the figures show vmplugd rather' +
         ' than a thrashing host. Change with --sandboxes / --attaches.',
     );
     const tb = performance.now();
