@@ -1,12 +1,17 @@
+import { dirname } from 'node:path';
 import { AttachEngine } from '../storage/engine.js';
 import { type Journal, loadFingerprintKey } from '../storage/journal.js';
+import type { ReconcileSummary } from '../storage/reconcile.js';
 import type { SandboxDirectory } from '../storage/sandbox-directory.js';
+import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
 import type { DaemonConfig } from './config.js';
+import { LibvirtAttachService } from './libvirt/attach.js';
+import { LibvirtDomains } from './libvirt/domains.js';
 import type { Logger } from './logger.js';
 import { DaemonError } from './problem.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { ReadinessCheck } from './routes/health.js';
-import type { ListVolumes } from './routes/sandboxes.js';
+import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
 
 // THE one place where vmplugd constructs its attach engine (storage/). Everything the daemon needs
 // from the engine goes through EngineHandle: the REST service, the volume list of a sandbox, the
@@ -28,6 +33,12 @@ export interface EngineHandle {
   reconcile?: (signal: AbortSignal) => Promise<unknown>;
   /** For /readyz. */
   readiness(): ReadinessCheck;
+  /** Sandboxes the engine manages beyond discovery's (libvirt domains), for GET /v1/sandboxes. */
+  catalog?: SandboxCatalog;
+  /** Reported on /readyz without gating readiness (libvirtd away must not stop Kata attaches). */
+  optionalReadiness?: () => Record<string, ReadinessCheck>;
+  /** Which hypervisor runs a sandbox (resize and NIC code use it to reach libvirt). */
+  resolveSandbox?: SandboxResolver;
   /** After the REST server has drained: let the engine's own work settle. */
   close(): Promise<void>;
 }
@@ -47,12 +58,65 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     logger: logger.child({ component: 'engine' }),
     maxConcurrentOps: config.maxConcurrentOps,
   });
+  const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
+  if (config.libvirtUri === null) {
+    return {
+      service: engine,
+      listVolumes: kataVolumes,
+      reconcile: (signal) => engine.reconcile({ signal }),
+      readiness: () => ({ ok: true, detail: `${engine.inFlight} operation(s) in flight` }),
+      resolveSandbox: createSandboxResolver(sandboxes),
+      close: () => engine.close(),
+    };
+  }
+  // libvirt domains: connected in the background (a node without libvirtd starts all the same).
+  const domains = LibvirtDomains.start({
+    uri: config.libvirtUri,
+    logger: logger.child({ component: 'libvirt' }),
+  });
+  const libvirt = new LibvirtAttachService({
+    journal,
+    domains,
+    fingerprintKey,
+    logger: logger.child({ component: 'libvirt-engine' }),
+    // Next to the monitor dir (/run/vmplug/libvirt by default): QEMU, running as libvirt's
+    // unprivileged user, must reach these files, which the 0700 state dir does not allow.
+    cephConfBase: `${dirname(config.monitorDir)}/libvirt`,
+    maxConcurrentOps: config.maxConcurrentOps,
+  });
+  const router = new AttachRouter({
+    kata: engine,
+    kataVolumes,
+    kataSandboxes: sandboxes,
+    libvirt,
+    domains,
+  });
   return {
-    service: engine,
-    listVolumes: (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal }),
-    reconcile: (signal) => engine.reconcile({ signal }),
-    readiness: () => ({ ok: true, detail: `${engine.inFlight} operation(s) in flight` }),
-    close: () => engine.close(),
+    service: router,
+    listVolumes: router.listVolumes,
+    reconcile: async (signal): Promise<ReconcileSummary> => {
+      const k = await engine.reconcile({ signal });
+      const l = await libvirt.reconcile({ signal });
+      return {
+        sandboxes: k.sandboxes + l.sandboxes,
+        repairs: [...k.repairs, ...l.repairs],
+        skipped: [...k.skipped, ...l.skipped],
+        pending: [...k.pending, ...l.pending],
+        failures: [...k.failures, ...l.failures],
+      };
+    },
+    readiness: () => ({
+      ok: true,
+      detail: `${engine.inFlight + libvirt.inFlight} operation(s) in flight`,
+    }),
+    catalog: domains.catalog(),
+    optionalReadiness: () => ({ libvirt: domains.health() }),
+    resolveSandbox: createSandboxResolver(sandboxes, domains),
+    close: async () => {
+      await engine.close();
+      await libvirt.close();
+      await domains.close();
+    },
   };
 }
 

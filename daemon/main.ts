@@ -20,7 +20,7 @@ import { ReconcileLoop } from './reconcile-loop.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { ReadinessCheck, ReadinessProbe } from './routes/health.js';
 import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
-import { discoveryCatalog } from './sandboxes/catalog.js';
+import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { buildServer, type VmplugServer } from './server.js';
 import { listenOnUnixSocket, type UnixListener } from './unix-socket.js';
@@ -190,14 +190,19 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
         attachEngine: e.readiness(),
       };
       if (l !== undefined) checks.reconcile = l.readiness();
-      return { ready: Object.values(checks).every((c) => c.ok), checks };
+      const ready = Object.values(checks).every((c) => c.ok);
+      // Shown, but not gating: libvirtd being away must not stop Kata attaches.
+      return { ready, checks: { ...checks, ...e.optionalReadiness?.() } };
     };
     const daemon = await startDaemon({
       config,
       logger,
       attachService: e.service,
       readiness,
-      catalog: discoveryCatalog(discovery),
+      catalog:
+        e.catalog !== undefined
+          ? combineCatalogs(discoveryCatalog(discovery), e.catalog)
+          : discoveryCatalog(discovery),
       listVolumes: e.listVolumes,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
     });

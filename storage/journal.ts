@@ -130,14 +130,15 @@ export function newRecord(init: NewRecord, at: Date = new Date()): JournalRecord
 }
 
 export function canTransition(
-  record: Pick<JournalRecord, 'state' | 'spec' | 'lane'>,
+  record: Pick<JournalRecord, 'state' | 'spec' | 'lane'> & { kind?: SandboxKind },
   to: VolumeState,
 ): boolean {
   if (!TRANSITIONS[record.state].includes(to)) return false;
   // rbd adds its secret first; block mode has no secret step at all.
   if (record.state === 'Pending' && to === 'BlockdevAdded' && record.spec.mode === 'rbd') return false;
   if (to === 'SecretAdded' && record.spec.mode !== 'rbd') return false;
-  if (to === 'DeviceAdded' && record.lane === undefined) return false;
+  // libvirt picks the slot of a domain's disk itself: its records carry no lane.
+  if (to === 'DeviceAdded' && record.lane === undefined && record.kind !== 'libvirt') return false;
   return true;
 }
 

@@ -124,7 +124,8 @@ async function reconcileSandbox(
     );
     return;
   }
-  const records = await o.journal.list(sandboxId);
+  // libvirt domains' records are reconciled through libvirt (daemon/libvirt/attach.ts).
+  const records = (await o.journal.list(sandboxId)).filter((r) => r.kind === 'kata');
   if (presence.state === 'gone') {
     for (const r of records) {
       await removeConfFile(o.stateDir, r.names);
