@@ -19,6 +19,8 @@ export interface DaemonProcessOptions {
   monitorDir: string;
   /** Kata's vm root of the test root (identity only). */
   kataVmRoot: string;
+  /** libvirt URI to manage domains at (e.g. a test domain's uri); default '' (none). */
+  libvirtUri?: string;
   /** Extra flags, e.g. ['--reconcile-interval-ms', '2000']. */
   extraArgs?: string[];
   env?: Record<string, string>;
@@ -68,7 +70,7 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
     '--kata-vm-root',
     opts.kataVmRoot,
     '--libvirt-uri',
-    '',
+    opts.libvirtUri ?? '',
     '--log-level',
     opts.logLevel ?? 'debug',
     ...(opts.extraArgs ?? []),

@@ -9,7 +9,7 @@
  * Timings are printed, never asserted.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, rm, unlink } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -20,7 +20,7 @@ import { createLogger } from '../../daemon/logger.js';
 import { startVmplugd, type Vmplugd } from '../../daemon/main.js';
 import type { Attachment } from '../../daemon/routes/attach-service.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
-import { apiCall } from '../env/daemon.js';
+import { apiCall, startDaemonProcess } from '../env/daemon.js';
 import { startTestDomain, type TestDomain, virsh } from '../env/libvirt.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
 
@@ -280,5 +280,43 @@ describe('libvirt domains through vmplugd', () => {
     expect(after.repairs.map((r) => r.action)).toContain('dropped-record');
     expect(await vmplugSecrets()).toEqual([]);
     expect((await call('DELETE', volPath('vol-kept'))).status).toBe(204);
+  });
+});
+
+describe('vmplugd without libvirtd', () => {
+  it('starts, serves and is ready while --libvirt-uri does not answer, and /readyz says so', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmplv0-'));
+    try {
+      await mkdir(join(dir, 'mon'), { recursive: true });
+      const uri = `qemu:///system?socket=${join(dir, 'no-libvirtd.sock')}`;
+      const d = await startDaemonProcess({
+        dir,
+        monitorDir: join(dir, 'mon'),
+        kataVmRoot: join(dir, 'vc', 'vm'),
+        libvirtUri: uri,
+      });
+      try {
+        const deadline = Date.now() + 30_000;
+        let ready = await d.call<{ checks?: Record<string, { ok: boolean; detail?: string }> }>(
+          'GET',
+          '/readyz',
+        );
+        while (ready.status !== 200 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 200));
+          ready = await d.call('GET', '/readyz');
+        }
+        expect(ready.status, JSON.stringify(ready.body)).toBe(200);
+        expect(ready.body.checks?.libvirt?.ok).toBe(false);
+        expect(ready.body.checks?.libvirt?.detail).toMatch(/not reachable/);
+        const list = await d.call<{ items: unknown[] }>('GET', '/v1/sandboxes');
+        expect(list.status).toBe(200);
+        expect(list.body.items).toEqual([]);
+        expect((await d.call('GET', '/v1/sandboxes/some-domain/volumes/v1')).status).toBe(404);
+      } finally {
+        await d.stop();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
