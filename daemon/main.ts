@@ -17,8 +17,10 @@ import { createLogger, type Logger } from './logger.js';
 import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
 import { ReconcileLoop } from './reconcile-loop.js';
+import { createReporting, type Reporting, type ReportingDeps } from './reporting.js';
 import type { AttachService } from './routes/attach-service.js';
-import type { ReadinessCheck, ReadinessProbe } from './routes/health.js';
+import type { Readiness, ReadinessCheck, ReadinessProbe } from './routes/health.js';
+import type { NodeRoutesOptions } from './routes/node.js';
 import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
@@ -36,6 +38,8 @@ export interface DaemonOptions {
   readiness: ReadinessProbe;
   catalog?: SandboxCatalog;
   listVolumes?: ListVolumes;
+  nodeFacts?: NodeRoutesOptions['facts'];
+  metrics?: NodeRoutesOptions['metrics'];
   version?: string;
 }
 
@@ -66,6 +70,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     shutdownSignal: shutdown.signal,
     ...(opts.catalog !== undefined ? { catalog: opts.catalog } : {}),
     ...(opts.listVolumes !== undefined ? { listVolumes: opts.listVolumes } : {}),
+    ...(opts.nodeFacts !== undefined ? { nodeFacts: opts.nodeFacts } : {}),
+    ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
     ...(opts.version !== undefined ? { version: opts.version } : {}),
   });
   const listener: UnixListener = await listenOnUnixSocket(app, {
@@ -126,6 +132,8 @@ export interface VmplugdOptions {
   createEngine?: (deps: EngineDeps) => Promise<EngineHandle>;
   /** Discovery tuning beyond the config (tests shorten the QMP backoff). */
   discovery?: Partial<Omit<DiscoveryOptions, 'monitorDir' | 'kata' | 'logger'>>;
+  /** Metrics/node facts/Kubernetes reporter tuning (tests inject node facts, shorten periods). */
+  reporting?: Partial<Pick<ReportingDeps, 'nodeFacts' | 'env' | 'reporter' | 'resyncMs'>>;
 }
 
 const STARTUP_SETTLE_MS = 5_000;
@@ -136,7 +144,9 @@ export interface Vmplugd {
   discovery: SandboxDiscovery;
   engine: EngineHandle;
   journal: Journal;
-  /** The REST server drains first, then the reconcile loop, the engine and discovery stop. */
+  /** Metrics, node facts and the Kubernetes reporter. */
+  reporting: Reporting;
+  /** The REST server drains first, then the reconcile loop, the engine, the reporter (flushed) and discovery stop. */
   stop(): Promise<StopResult>;
 }
 
@@ -164,6 +174,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   });
   let engine: EngineHandle | undefined;
   let loop: ReconcileLoop | undefined;
+  let reporting: Reporting | undefined;
   try {
     // vvv the attach engine is constructed here, and only here (daemon/attach-engine.ts) vvv
     engine = await (opts.createEngine ?? createAttachService)({
@@ -173,8 +184,22 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       sandboxes: discovery,
     });
     const e = engine;
-    if (e.reconcile !== undefined) {
-      const reconcile = e.reconcile;
+    const catalog =
+      e.catalog !== undefined
+        ? combineCatalogs(discoveryCatalog(discovery), e.catalog)
+        : discoveryCatalog(discovery);
+    const r = createReporting({
+      config,
+      logger,
+      discovery,
+      catalog,
+      engine: e,
+      ...(opts.version !== undefined ? { version: opts.version } : {}),
+      ...opts.reporting,
+    });
+    reporting = r;
+    if (r.reconcile !== undefined) {
+      const reconcile = r.reconcile;
       loop = new ReconcileLoop({
         reconcile,
         intervalMs: config.reconcileIntervalMs,
@@ -183,7 +208,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     }
     const l = loop;
     const journalCheck: ReadinessCheck = { ok: true, detail: config.stateDir };
-    const readiness: ReadinessProbe = () => {
+    const readiness = (): Readiness => {
       const checks: Record<string, ReadinessCheck> = {
         journal: journalCheck,
         discovery: discovery.health(),
@@ -197,32 +222,34 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     const daemon = await startDaemon({
       config,
       logger,
-      attachService: e.service,
+      attachService: r.service,
       readiness,
-      catalog:
-        e.catalog !== undefined
-          ? combineCatalogs(discoveryCatalog(discovery), e.catalog)
-          : discoveryCatalog(discovery),
+      catalog,
       listVolumes: e.listVolumes,
+      nodeFacts: (signal) => r.nodeFacts.get({ signal }),
+      metrics: r.metrics,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
     });
     // Let the monitors found by the first scan connect, so the start-up reconcile can act on them
     // instead of skipping them as unreachable (bounded: a wedged QEMU must not delay start-up).
     if (l !== undefined) void discovery.settled(STARTUP_SETTLE_MS).then(() => l.start());
+    r.start(readiness);
     let stopping: Promise<StopResult> | undefined;
     const stop = (): Promise<StopResult> => {
       stopping ??= (async () => {
         const result = await daemon.stop();
         await l?.stop();
         await e.close();
+        await r.stop();
         await discovery.close();
         return result;
       })();
       return stopping;
     };
-    return { daemon, discovery, engine: e, journal, stop };
+    return { daemon, discovery, engine: e, journal, reporting: r, stop };
   } catch (err) {
     await loop?.stop();
+    await reporting?.stop();
     await engine?.close().catch(() => {});
     await discovery.close();
     throw err;
