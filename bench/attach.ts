@@ -176,6 +176,8 @@ interface LatencyCase {
   bare: HotplugDisk;
   vmplug: CaseSamples;
   qmp: CaseSamples;
+  /** Sum of the attach timeline's step durations (the QMP side effects, as vmplugd timed them). */
+  steps: number[];
 }
 
 async function restRound(client: VmplugClient, sandbox: KataSandbox, c: LatencyCase): Promise<void> {
@@ -183,6 +185,7 @@ async function restRound(client: VmplugClient, sandbox: KataSandbox, c: LatencyC
   const sent = performance.now();
   const { attachment } = await client.attach(sandbox.id, c.rest.volumeId, c.rest.body);
   c.vmplug.attachReply.push(performance.now() - sent);
+  c.steps.push(attachment.timeline.reduce((sum, t) => sum + t.ms, 0));
   const disk = await guest.waitForDisk((d) => d.serial === attachment.serial, { timeoutMs: 60_000 });
   c.vmplug.attachGuest.push(Math.max(disk.seenAt, sent) - sent);
   const lost = armLost(guest, disk.name);
@@ -284,6 +287,7 @@ async function latencyPhase(
         bare,
         vmplug: emptySamples(),
         qmp: emptySamples(),
+        steps: [],
       });
     }
   }
@@ -317,6 +321,16 @@ async function latencyPhase(
     cases,
     (s) => s.attachReply,
   );
+  const med = (xs: number[]): string => summarize(xs).median.toFixed(1).padStart(10);
+  out("\nwhere vmplugd's attach reply time goes (medians, ms): its timeline steps (secret, blockdev-add,");
+  out(
+    'device_add, as vmplugd timed them) vs everything else (HTTP, validation, lane lookup in QEMU, journal)',
+  );
+  out(`  ${'case'.padEnd(20)}${'reply'.padStart(10)}${'steps'.padStart(10)}${'other'.padStart(10)}`);
+  for (const c of cases) {
+    const other = c.vmplug.attachReply.map((r, i) => r - (c.steps[i] ?? 0));
+    out(`  ${c.label.padEnd(20)}${med(c.vmplug.attachReply)}${med(c.steps)}${med(other)}`);
+  }
   printComparison(
     'attach -> guest sees the disk (from the PUT / the first command)',
     cases,
