@@ -1,10 +1,4 @@
-import {
-  deviceAdd,
-  deviceDelAndWait,
-  queryHotpluggableCpus,
-  queryMemorySizeSummary,
-} from '../../qmp/commands.js';
-import { QmpTimeoutError } from '../../qmp/errors.js';
+import { deviceAdd, queryHotpluggableCpus, queryMemorySizeSummary } from '../../qmp/commands.js';
 import type { QmpExecutor } from '../../qmp/executor.js';
 import type { HotpluggableCpu } from '../../qmp/types.js';
 import { ResizeError } from './errors.js';
@@ -26,6 +20,8 @@ const MEM_PREFIX = 'vmpmem-';
 const DIMM_ID = /^vmpdimm-(\d+)$/;
 const DEFAULT_CALL_TIMEOUT_MS = 10_000;
 const DEFAULT_UNPLUG_TIMEOUT_MS = 20_000;
+/** Between checks while the guest ejects; the events cut it short. */
+const POLL_MS = 200;
 
 interface MachineMemory {
   size: number;
@@ -46,16 +42,24 @@ interface ObjectPropertyInfo {
 export interface QmpResizerOptions {
   /** Bound on each QMP command. */
   callTimeoutMs?: number;
+  /**
+   * Remove vCPUs also when QEMU runs without KVM. Off by default: QEMU 7.2 under TCG was seen to
+   * segfault shortly after a vCPU it had unplugged was gone (the guest had released it cleanly),
+   * killing the sandbox; a resize must never do that.
+   */
+  vcpuUnplugWithoutKvm?: boolean;
 }
 
 export class QmpResizer implements GuestResizer {
   readonly kind = 'kata' as const;
   readonly #qmp: QmpExecutor;
   readonly #timeoutMs: number;
+  readonly #unplugWithoutKvm: boolean;
 
   constructor(qmp: QmpExecutor, opts: QmpResizerOptions = {}) {
     this.#qmp = qmp;
     this.#timeoutMs = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.#unplugWithoutKvm = opts.vcpuUnplugWithoutKvm ?? false;
   }
 
   #call(opts: ResizeCallOptions): { timeoutMs: number; signal?: AbortSignal } {
@@ -68,6 +72,9 @@ export class QmpResizer implements GuestResizer {
     const plugged = cpus.filter((c) => c['qom-path'] !== undefined);
     const vcpus = sumCpus(plugged);
     const mine = plugged.filter(isVmplugCpu);
+    const kvm = this.#unplugWithoutKvm
+      ? { enabled: true }
+      : await this.#qmp.execute<{ enabled: boolean }>('query-kvm', undefined, call);
     const machine = await this.#qmp.execute<MachineMemory>(
       'qom-get',
       { path: '/machine', property: 'memory' },
@@ -89,6 +96,12 @@ export class QmpResizer implements GuestResizer {
       memoryStepMiB: MEMORY_STEP_MIB,
       freeMemorySlots: Math.max(0, machine.slots - dimms.length),
       minVcpus: vcpus - sumCpus(mine),
+      ...(kvm.enabled
+        ? {}
+        : {
+            vcpuShrinkBlocked:
+              'QEMU runs without KVM (TCG), where removing a vCPU can crash QEMU (seen with QEMU 7.2); vCPUs are only added',
+          }),
       removableDimmsMiB: removable.map((d) => d.sizeMiB),
     };
   }
@@ -119,7 +132,18 @@ export class QmpResizer implements GuestResizer {
     for (const cpu of mine) {
       if (now <= target) break;
       const id = (cpu['qom-path'] as string).slice('/machine/peripheral/'.length);
-      await this.#unplug(id, 'vcpus', `vCPU ${id}`, now, view.vcpus, opts);
+      const slot = cpu.props;
+      await this.#unplug(
+        id,
+        'vcpus',
+        `vCPU ${id}`,
+        { now, before: view.vcpus },
+        async () => {
+          const after = await queryHotpluggableCpus(this.#qmp, call);
+          return after.some((c) => sameSlot(c.props, slot) && c['qom-path'] === undefined);
+        },
+        opts,
+      );
       now -= cpu['vcpus-count'];
     }
   }
@@ -171,7 +195,14 @@ export class QmpResizer implements GuestResizer {
     let now = view.memoryMiB;
     for (const dimm of mine) {
       const id = `${DIMM_PREFIX}${dimm.index}`;
-      await this.#unplug(id, 'memoryMiB', `DIMM ${id} (${dimm.size / MiB} MiB)`, now, view.memoryMiB, opts);
+      await this.#unplug(
+        id,
+        'memoryMiB',
+        `DIMM ${id} (${dimm.size / MiB} MiB)`,
+        { now, before: view.memoryMiB },
+        async () => !(await this.#memoryDevices(call)).some((d) => d.data.id === id),
+        opts,
+      );
       now -= dimm.size / MiB;
       const memdev = dimm.memdev?.replace(/^\/objects\//, '') ?? `${MEM_PREFIX}${dimm.index}`;
       await this.#qmp.execute('object-del', { id: memdev }, call).catch(() => {
@@ -180,34 +211,82 @@ export class QmpResizer implements GuestResizer {
     }
   }
 
-  /** device_del, then DEVICE_DELETED within the unplug bound: the guest must release it (ACPI eject). */
+  /**
+   * device_del, then waits (bounded) until `isGone` says QEMU no longer has the device: the guest
+   * must release it (ACPI eject). Not DEVICE_DELETED alone: for a CPU, QEMU 7.2 reports only its
+   * `lapic` child (a path, no `device`) when the guest ejects it, so the event only cuts the wait
+   * short and the query decides. An _OST failure of the eject (ACPI_DEVICE_OST, source 3) is the
+   * guest saying no: answered at once rather than at the bound.
+   */
   async #unplug(
     id: string,
     field: 'vcpus' | 'memoryMiB',
     what: string,
-    now: number,
-    before: number,
+    progress: { now: number; before: number },
+    isGone: () => Promise<boolean>,
     opts: ResizeCallOptions,
   ): Promise<void> {
     const timeoutMs = opts.unplugTimeoutMs ?? DEFAULT_UNPLUG_TIMEOUT_MS;
+    const unit = field === 'vcpus' ? '' : ' MiB';
+    const where =
+      progress.now === progress.before
+        ? 'nothing was removed'
+        : `it went from ${progress.before}${unit} to ${progress.now}${unit}`;
+    let wake: () => void = () => {};
+    let refusedStatus: number | undefined;
+    const offDeleted = this.#qmp.subscribe('DEVICE_DELETED', (e) => {
+      const d = e.data as { device?: string; path?: string };
+      if (d.device === id || d.path?.startsWith(`/machine/peripheral/${id}/`)) wake();
+    });
+    const offOst = this.#qmp.subscribe('ACPI_DEVICE_OST', (e) => {
+      const info = (e.data as { info?: { device?: string; source?: number; status?: number } }).info;
+      // Source 3 is an eject request; 0 is success and 0x84 "ejection in progress".
+      if (info?.device === id && info.source === 3 && info.status !== 0 && info.status !== 0x84) {
+        refusedStatus = info.status;
+        wake();
+      }
+    });
     try {
-      await deviceDelAndWait(this.#qmp, id, opts.signal ? { timeoutMs, signal: opts.signal } : { timeoutMs });
-    } catch (err) {
-      const unit = field === 'vcpus' ? '' : ' MiB';
-      const where = now === before ? 'nothing was removed' : `it went from ${before}${unit} to ${now}${unit}`;
-      if (err instanceof QmpTimeoutError)
+      try {
+        await this.#qmp.execute('device_del', { id }, this.#call(opts));
+      } catch (err) {
         throw new ResizeError(
-          'GUEST_REFUSED_UNPLUG',
-          `the guest did not release ${what} within ${timeoutMs} ms; it stays plugged (${where}; the guest may still let go, GET shows the truth)`,
+          'RESIZE_FAILED',
+          `QEMU refused to remove ${what} (${where}): ${(err as Error).message}`,
           field,
-          { cause: err },
+          {
+            cause: err,
+          },
         );
-      throw new ResizeError(
-        'RESIZE_FAILED',
-        `QEMU refused to remove ${what} (${where}): ${(err as Error).message}`,
-        field,
-        { cause: err },
-      );
+      }
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {
+        if (await isGone()) return;
+        if (refusedStatus !== undefined)
+          throw new ResizeError(
+            'GUEST_REFUSED_UNPLUG',
+            `the guest refused to release ${what} (ACPI _OST status 0x${refusedStatus.toString(16)}); it stays plugged (${where})`,
+            field,
+          );
+        const left = deadline - performance.now();
+        if (left <= 0)
+          throw new ResizeError(
+            'GUEST_REFUSED_UNPLUG',
+            `the guest did not release ${what} within ${timeoutMs} ms; it stays plugged (${where}; the guest may still let go, GET shows the truth)`,
+            field,
+          );
+        if (opts.signal?.aborted) throw opts.signal.reason;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.min(POLL_MS, left));
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+    } finally {
+      offDeleted();
+      offOst();
     }
   }
 
@@ -227,6 +306,11 @@ export class QmpResizer implements GuestResizer {
         await this.#qmp.execute('object-del', { id: o.name }, call).catch(() => {});
     }
   }
+}
+
+function sameSlot(a: HotpluggableCpu['props'], b: HotpluggableCpu['props']): boolean {
+  const keys = ['node-id', 'socket-id', 'die-id', 'cluster-id', 'core-id', 'thread-id'] as const;
+  return keys.every((k) => a[k] === b[k]);
 }
 
 function sumCpus(cpus: HotpluggableCpu[]): number {

@@ -22,6 +22,8 @@ export interface ResourceView extends GuestResources {
   freeMemorySlots: number;
   /** The lowest vCPU count reachable by removing what vmplug added. */
   minVcpus: number;
+  /** Why vCPUs cannot be removed at all on this guest, when that is the case. */
+  vcpuShrinkBlocked?: string;
   /** Sizes of the DIMMs vmplug added, newest first: shrinking removes them in this order. */
   removableDimmsMiB: number[];
 }

@@ -20,6 +20,12 @@ export function planResize(request: ResizeRequest, view: ResourceView): ResizePl
         `vcpus must be an integer from 1 to ${view.maxVcpus} (the guest's maxcpus), got ${v}`,
         'vcpus',
       );
+    if (v < view.vcpus && view.vcpuShrinkBlocked !== undefined)
+      throw new ResizeError(
+        'SHRINK_UNSUPPORTED',
+        `vcpus cannot go below the current ${view.vcpus}: ${view.vcpuShrinkBlocked}`,
+        'vcpus',
+      );
     if (v < view.minVcpus)
       throw new ResizeError(
         'SHRINK_UNSUPPORTED',
