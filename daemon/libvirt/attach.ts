@@ -53,7 +53,13 @@ import {
 } from '../../storage/rbd-conf-files.js';
 import type { ReconcileSummary, Repair } from '../../storage/reconcile.js';
 import { type AttachSpec, specFingerprint, toStoredSpec } from '../../storage/volume-spec.js';
-import { DomainModify, type LibvirtConnection, type LibvirtEvent, type LibvirtUuid } from './binding.js';
+import {
+  DomainModify,
+  type LibvirtConnection,
+  type LibvirtEvent,
+  type LibvirtUuid,
+  type SecretRef,
+} from './binding.js';
 import {
   deviceOfAlias,
   diskAlias,
@@ -593,24 +599,30 @@ export class LibvirtAttachService implements AttachService {
       }
     }
     // Secrets and conf files no record explains (a crash between creating one and its record).
+    // Both are listed before the records: an attach saves its record before it creates either,
+    // so one created meanwhile by an attach in flight is always explained.
+    let secrets: SecretRef[] = [];
+    try {
+      secrets = await conn.listSecrets({ timeoutMs: this.#o.callTimeoutMs, signal });
+    } catch (err) {
+      const e = failure('listSecrets', err);
+      summary.failures.push({ sandboxId: '', code: e.code, message: e.message });
+    }
     const explained = new Set((await this.#o.journal.list()).map((r) => r.names.hash));
     for (const q of await this.#o.journal.quarantined())
       explained.add(volumeNames(q.sandboxId, q.volumeId).hash);
-    try {
-      for (const s of await conn.listSecrets({ timeoutMs: this.#o.callTimeoutMs, signal })) {
-        const name = s.usageType === 'ceph' ? secretOfUsage(s.usageId) : undefined;
-        const hash = name === undefined ? undefined : parseVmplugName(name)?.hash;
-        if (hash === undefined || explained.has(hash)) continue;
-        await conn
-          .secretUndefine(s.uuid, { timeoutMs: this.#o.callTimeoutMs, signal })
-          .catch((err: unknown) => {
-            if (!isLibvirt(err, 'LIBVIRT_NO_SECRET')) throw err;
-          });
+    for (const s of secrets) {
+      const name = s.usageType === 'ceph' ? secretOfUsage(s.usageId) : undefined;
+      const hash = name === undefined ? undefined : parseVmplugName(name)?.hash;
+      if (hash === undefined || explained.has(hash)) continue;
+      try {
+        await conn.secretUndefine(s.uuid, { timeoutMs: this.#o.callTimeoutMs, signal });
         repair({ action: 'removed-stray-secret', name: s.usageId });
+      } catch (err) {
+        if (isLibvirt(err, 'LIBVIRT_NO_SECRET')) continue;
+        const e = failure('secretUndefine', err);
+        summary.failures.push({ sandboxId: '', name: s.usageId, code: e.code, message: e.message });
       }
-    } catch (err) {
-      const e = failure('reconcile secrets', err);
-      summary.failures.push({ sandboxId: '', code: e.code, message: e.message });
     }
     for (const hash of confHashes) {
       if (explained.has(hash) || this.#o.cephConfBase === undefined) continue;
