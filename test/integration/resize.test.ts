@@ -6,13 +6,16 @@
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unavailableAttachService } from '../../daemon/attach-engine.js';
+import { LibvirtConnection } from '../../daemon/libvirt/index.js';
 import { createLogger } from '../../daemon/logger.js';
+import { LibvirtResizer } from '../../daemon/resources/libvirt-resizer.js';
 import { QmpResizer } from '../../daemon/resources/qmp-resizer.js';
 import { createResourceService, type ResolveResizer } from '../../daemon/resources/service.js';
 import type { GuestResources } from '../../daemon/resources/types.js';
 import { buildServer, type VmplugServer } from '../../daemon/server.js';
 import { QmpClient } from '../../qmp/index.js';
 import type { GuestAgent } from '../env/guest.js';
+import { startTestDomain, type TestDomain } from '../env/libvirt.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 const waitMs = 60_000;
@@ -29,7 +32,10 @@ async function serverOver(resolve: ResolveResizer): Promise<VmplugServer> {
 
 async function patch(app: VmplugServer, id: string, body: object) {
   const res = await app.inject({ method: 'PATCH', url: `/v1/sandboxes/${id}/resources`, payload: body });
-  return { status: res.statusCode, body: res.json() as GuestResources & { code?: string; field?: string } };
+  return {
+    status: res.statusCode,
+    body: res.json() as GuestResources & { code?: string; field?: string; status?: number; detail?: string },
+  };
 }
 
 async function get(app: VmplugServer, id: string): Promise<GuestResources> {
@@ -208,5 +214,96 @@ describe('vCPU removal on a Kata-shaped sandbox (opted in under TCG)', () => {
       new Promise<string>((r) => setTimeout(() => r('QEMU still running 3 s after the unplug'), 3_000)),
     ]);
     console.log(`kata vCPU removal under ${kvm ? 'KVM' : 'TCG'}: ${fate}`);
+  });
+});
+
+describe('guest hot-resize of a libvirt domain', () => {
+  let domain: TestDomain;
+  let conn: LibvirtConnection;
+  let app: VmplugServer;
+
+  beforeAll(async () => {
+    domain = await startTestDomain({
+      vcpus: 1,
+      maxVcpus: 4,
+      memoryMiB: 256,
+      maxMemoryMiB: 1024,
+      memorySlots: 4,
+    });
+    conn = await LibvirtConnection.connect(domain.uri);
+    const { uuid } = await conn.lookupByName(domain.name);
+    const resizer = new LibvirtResizer(conn, uuid);
+    app = await serverOver((id) => (id === domain.name ? { state: 'present', resizer } : { state: 'gone' }));
+  }, 180_000);
+
+  afterAll(async () => {
+    await app?.close();
+    await conn?.close().catch(() => {});
+    await domain?.destroy();
+  });
+
+  it('reports the domain XML, refuses what it cannot have', async () => {
+    expect(await get(app, domain.name)).toEqual({
+      vcpus: 1,
+      maxVcpus: 4,
+      memoryMiB: 256,
+      maxMemoryMiB: 1024,
+    });
+    for (const [body, code, field] of [
+      [{ vcpus: 5 }, 'RESOURCE_OUT_OF_RANGE', 'vcpus'],
+      [{ memoryMiB: 1152 }, 'RESOURCE_OUT_OF_RANGE', 'memoryMiB'],
+      [{ memoryMiB: 320 }, 'MEMORY_MISALIGNED', 'memoryMiB'],
+      [{ memoryMiB: 128 }, 'SHRINK_UNSUPPORTED', 'memoryMiB'],
+    ] as const) {
+      const res = await patch(app, domain.name, body);
+      expect(res.status, JSON.stringify(body)).toBe(422);
+      expect(res.body).toMatchObject({ code, field });
+    }
+  });
+
+  it('setVcpus live 1 -> 2: the guest onlines the new CPU', async () => {
+    const t0 = performance.now();
+    const up = await patch(app, domain.name, { vcpus: 2 });
+    expect(up.status, JSON.stringify(up.body)).toBe(200);
+    expect(up.body).toMatchObject({ vcpus: 2, maxVcpus: 4 });
+    const replied = ms(t0);
+    await until(domain.guest, onlineCpus, (o) => o === '2', '2 CPUs in /proc/cpuinfo');
+    console.log(`libvirt vCPU 1->2: reply ${replied}, guest shows 2 CPUs (after onlining) ${ms(t0)}`);
+    const down = await patch(app, domain.name, { vcpus: 1 });
+    if (kvm) expect(down.status).toBe(200);
+    else expect(down.body).toMatchObject({ status: 422, code: 'SHRINK_UNSUPPORTED', field: 'vcpus' });
+  });
+
+  it('a DIMM added through libvirt shows in the guest; removal is answered truthfully', async () => {
+    const beforeKiB = Number((await domain.guest.run(memTotalKiB)).stdout.trim());
+    const t0 = performance.now();
+    const up = await patch(app, domain.name, { memoryMiB: 512 });
+    expect(up.status, JSON.stringify(up.body)).toBe(200);
+    expect(up.body).toMatchObject({ memoryMiB: 512, maxMemoryMiB: 1024 });
+    const replied = ms(t0);
+    const grown = await until(
+      domain.guest,
+      memTotalKiB,
+      (o) => Number(o) >= beforeKiB + 250 * 1024,
+      'MemTotal grown by 256 MiB',
+    );
+    console.log(
+      `libvirt memory 256->512 MiB: reply ${replied}, guest MemTotal ${beforeKiB} -> ${grown} KiB ${ms(t0)}`,
+    );
+
+    const t1 = performance.now();
+    const down = await patch(app, domain.name, { memoryMiB: 256 });
+    if (down.status === 200) {
+      expect(down.body.memoryMiB).toBe(256);
+      console.log(`libvirt memory 512->256 MiB: the guest released the DIMM, ${ms(t1)}`);
+    } else {
+      // This domain onlines hot-added memory as normal (not movable) memory: the kernel may keep it.
+      expect(down.status, JSON.stringify(down.body)).toBe(409);
+      expect(down.body).toMatchObject({ code: 'GUEST_REFUSED_UNPLUG', field: 'memoryMiB' });
+      expect((await get(app, domain.name)).memoryMiB).toBe(512);
+      console.log(
+        `libvirt memory 512->256 MiB: the guest kept the DIMM (409 after ${ms(t1)}): ${down.body.detail}`,
+      );
+    }
   });
 });
