@@ -18,6 +18,8 @@ import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
 import { ReconcileLoop } from './reconcile-loop.js';
 import { createReporting, type Reporting, type ReportingDeps } from './reporting.js';
+import { resizerResolver } from './resources/resolve.js';
+import { createResourceService, type ResourceService } from './resources/service.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { Readiness, ReadinessCheck, ReadinessProbe } from './routes/health.js';
 import type { NodeRoutesOptions } from './routes/node.js';
@@ -40,6 +42,8 @@ export interface DaemonOptions {
   listVolumes?: ListVolumes;
   nodeFacts?: NodeRoutesOptions['facts'];
   metrics?: NodeRoutesOptions['metrics'];
+  /** Guest hot-resize; the route answers 503 without it. */
+  resources?: ResourceService;
   version?: string;
 }
 
@@ -72,6 +76,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     ...(opts.listVolumes !== undefined ? { listVolumes: opts.listVolumes } : {}),
     ...(opts.nodeFacts !== undefined ? { nodeFacts: opts.nodeFacts } : {}),
     ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
+    ...(opts.resources !== undefined ? { resources: opts.resources } : {}),
     ...(opts.version !== undefined ? { version: opts.version } : {}),
   });
   const listener: UnixListener = await listenOnUnixSocket(app, {
@@ -228,6 +233,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       listVolumes: e.listVolumes,
       nodeFacts: (signal) => r.nodeFacts.get({ signal }),
       metrics: r.metrics,
+      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
     });
     // Let the monitors found by the first scan connect, so the start-up reconcile can act on them
