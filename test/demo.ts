@@ -265,8 +265,18 @@ async function runDemo(bed: DemoBed, made: Made): Promise<void> {
 
   say('');
   say(`GET of the attachment, with the CLI: vmplug show ${sandbox.id} pvc-rbd`);
-  for (const line of (await cli(daemon.socketPath, ['show', sandbox.id, 'pvc-rbd'])).trimEnd().split('\n'))
-    say(`   | ${line}`);
+  const shown = (await cli(daemon.socketPath, ['show', sandbox.id, 'pvc-rbd'])).trimEnd().split('\n');
+  // The block statistics (query-blockstats) follow the timeline: two of them say enough here.
+  const statsAt = shown.findIndex((l) => l.startsWith('STAT'));
+  const head = statsAt < 0 ? shown : shown.slice(0, statsAt);
+  while (head.at(-1) === '') head.pop();
+  for (const line of head) say(`   | ${line}`);
+  if (statsAt >= 0) {
+    const stat = (k: string) => shown.find((l) => l.startsWith(`${k} `))?.split(/\s+/)[1] ?? '?';
+    say(
+      `   | (then ${shown.length - statsAt - 1} block statistics, e.g. wr_bytes ${stat('wr_bytes')}, flush_operations ${stat('flush_operations')})`,
+    );
+  }
   const got = await client.get(sandbox.id, 'pvc-block');
   say(
     `and through the client, pvc-block: state ${got.state}, guest ${got.guestHint}, timeline ${got.timeline.map((t) => `${t.step} ${t.ms} ms`).join(' -> ')}`,
