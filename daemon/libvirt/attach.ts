@@ -451,7 +451,29 @@ export class LibvirtAttachService implements AttachService {
         ? new NotFoundError('sandbox', sandboxId)
         : new NotFoundError('volume', volumeId);
     }
-    return this.#view(record);
+    const attachment = this.#view(record);
+    if (record.state === 'Attached') {
+      try {
+        const size = await this.#size(sandboxId, record, ctx.signal);
+        if (size !== undefined) attachment.stats = { size_bytes: size };
+      } catch (err) {
+        // The size is a nicety: the record still answers the question.
+        ctx.log.warn({ sandboxId, volumeId, error: (err as Error).message }, 'getBlockInfo failed');
+      }
+    }
+    return attachment;
+  }
+
+  async #size(sandboxId: SandboxId, record: JournalRecord, signal: AbortSignal): Promise<number | undefined> {
+    const t = await this.#target(sandboxId, signal, false);
+    if (t === undefined) return undefined;
+    const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
+    if (disk === undefined) return undefined;
+    const info = await t.conn.getBlockInfo(t.uuid, disk.targetDev, {
+      timeoutMs: this.#o.callTimeoutMs,
+      signal,
+    });
+    return info.capacity;
   }
 
   async list(sandboxId: SandboxId, ctx?: Pick<OperationContext, 'signal'>): Promise<Attachment[]> {
@@ -462,14 +484,44 @@ export class LibvirtAttachService implements AttachService {
   async resize(
     sandboxId: SandboxId,
     volumeId: VolumeId,
-    _sizeBytes: number,
+    sizeBytes: number,
     ctx: OperationContext,
   ): Promise<Attachment> {
-    await this.get(sandboxId, volumeId, ctx);
-    throw new BackendError(
-      'blockResize',
-      'online resize of a libvirt domain disk is not available yet (the binding has no virDomainBlockResize)',
-    );
+    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+      throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
+    }
+    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, kind: 'libvirt' });
+    return this.#admit(sandboxId, ctx.signal, async () => {
+      const t = await this.#target(sandboxId, ctx.signal, true);
+      const record = await this.#o.journal.load(sandboxId, volumeId);
+      if (record === undefined || record.kind !== 'libvirt') throw new NotFoundError('volume', volumeId);
+      if (record.state !== 'Attached') {
+        throw new ConflictError(
+          `volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`,
+        );
+      }
+      const disk = (await this.#disks(t, ctx.signal)).find((d) => d.alias === diskAlias(record.names));
+      if (disk === undefined) {
+        throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
+      }
+      const call = { timeoutMs: this.#o.callTimeoutMs, signal: ctx.signal };
+      try {
+        const before = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
+        if (sizeBytes < before.capacity) {
+          throw new ValidationError(
+            'sizeBytes',
+            `must be at least the current size ${before.capacity}: shrinking is refused`,
+          );
+        }
+        // rbd: libvirt (QEMU) grows the image itself; block: the host device must have grown first.
+        await t.conn.blockResize(t.uuid, disk.targetDev, sizeBytes, call);
+        const after = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
+        log.info({ sizeBytes, target: disk.targetDev }, 'resized');
+        return { ...this.#view(record), stats: { size_bytes: after.capacity } };
+      } catch (err) {
+        throw failure('blockResize', err);
+      }
+    });
   }
 
   async close(): Promise<void> {

@@ -89,6 +89,14 @@ export interface DomainInfo {
   cpuTimeNs: number;
 }
 
+/** virDomainBlockInfo of one disk, in bytes. */
+export interface BlockInfo {
+  /** The size the guest sees. */
+  capacity: number;
+  allocation: number;
+  physical: number;
+}
+
 export interface SecretRef {
   uuid: LibvirtUuid;
   usageType: SecretUsageType | 'unknown';
@@ -162,6 +170,8 @@ interface NativeConnection {
   detachDeviceAlias(uuid: string, alias: string, flags: number): Promise<void>;
   setVcpusFlags(uuid: string, vcpus: number, flags: number): Promise<void>;
   setMemoryFlags(uuid: string, kib: number, flags: number): Promise<void>;
+  blockResize(uuid: string, disk: string, sizeBytes: number, flags: number): Promise<void>;
+  getBlockInfo(uuid: string, disk: string): Promise<BlockInfo>;
   suspend(uuid: string): Promise<void>;
   resume(uuid: string): Promise<void>;
   destroy(uuid: string): Promise<void>;
@@ -469,6 +479,19 @@ export class LibvirtConnection {
   /** Balloon target (LIVE) or configured memory, in KiB; flags from MemoryFlags. */
   setMemoryFlags(uuid: LibvirtUuid, memoryKiB: number, flags: number, opts?: CallOptions): Promise<void> {
     return this.#call('setMemoryFlags', () => this.#native.setMemoryFlags(uuid, memoryKiB, flags), opts);
+  }
+
+  /**
+   * Online resize of a domain's disk to `sizeBytes` (virDomainBlockResize with
+   * VIR_DOMAIN_BLOCK_RESIZE_BYTES). `disk` is its target name (sda, vdb) or source path.
+   */
+  blockResize(uuid: LibvirtUuid, disk: string, sizeBytes: number, opts?: CallOptions): Promise<void> {
+    return this.#call('blockResize', () => this.#native.blockResize(uuid, disk, sizeBytes, 0), opts);
+  }
+
+  /** Capacity, allocation and physical size of a domain's disk (target name or source path). */
+  getBlockInfo(uuid: LibvirtUuid, disk: string, opts?: CallOptions): Promise<BlockInfo> {
+    return this.#call('getBlockInfo', () => this.#native.getBlockInfo(uuid, disk), opts);
   }
 
   suspend(uuid: LibvirtUuid, opts?: CallOptions): Promise<void> {

@@ -220,6 +220,24 @@ describe('libvirt domains through vmplugd', () => {
     expect((await call('PUT', volPath('vol-rbd'), body)).status).toBe(200);
     expect((await call('PUT', volPath('vol-rbd'), { ...body, bus: 'scsi' })).status).toBe(409);
 
+    // Online expand through libvirt: the image grows in Ceph and the guest sees the new size.
+    const shrink = await call<{ field?: string }>('POST', `${volPath('vol-rbd')}/resize`, {
+      sizeBytes: 32 * MiB,
+    });
+    expect(shrink.status).toBe(422);
+    const t2 = performance.now();
+    const grown = await call<Attachment>('POST', `${volPath('vol-rbd')}/resize`, { sizeBytes: 128 * MiB });
+    expect(grown.status, JSON.stringify(grown.body)).toBe(200);
+    expect(grown.body.stats?.size_bytes).toBe(128 * MiB);
+    const bigger = await domain.guest.waitForDisk((d) => d.name === disk.name && d.sizeBytes === 128 * MiB, {
+      timeoutMs: 30_000,
+    });
+    log(
+      `rbd resize: POST ${Math.round(performance.now() - t2)} ms, guest saw the size ${Math.round(bigger.seenAt - t2)} ms`,
+    );
+    expect(await ceph.imageSize(image)).toBe(128 * MiB);
+    expect((await call<Attachment>('GET', volPath('vol-rbd'))).body.stats?.size_bytes).toBe(128 * MiB);
+
     const pattern = `vmplug-lv-rbd-${randomBytes(4).toString('hex')}`;
     const w = await domain.guest.run(`printf '%s' '${pattern}' > /dev/${disk.name} && sync`);
     expect(w.exitCode, w.stderr).toBe(0);

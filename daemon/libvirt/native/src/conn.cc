@@ -204,6 +204,8 @@ Napi::Function Connection::Define(Napi::Env env) {
                          InstanceMethod<&Connection::DetachDeviceAlias>("detachDeviceAlias"),
                          InstanceMethod<&Connection::SetVcpusFlags>("setVcpusFlags"),
                          InstanceMethod<&Connection::SetMemoryFlags>("setMemoryFlags"),
+                         InstanceMethod<&Connection::BlockResize>("blockResize"),
+                         InstanceMethod<&Connection::GetBlockInfo>("getBlockInfo"),
                          InstanceMethod<&Connection::Suspend>("suspend"),
                          InstanceMethod<&Connection::Resume>("resume"),
                          InstanceMethod<&Connection::Destroy>("destroy"),
@@ -451,6 +453,43 @@ Napi::Value Connection::SetMemoryFlags(const Napi::CallbackInfo& info) {
   unsigned int flags = ArgFlags(info, 2);
   return DomainOp(info.Env(), "virDomainSetMemoryFlags", state_, uuid,
                   [kib, flags](virDomainPtr d) { return virDomainSetMemoryFlags(d, kib, flags); });
+}
+
+// `disk` is a target name (sda, vdb) or a source path, as virsh blockresize takes it. The size is
+// in bytes (VIR_DOMAIN_BLOCK_RESIZE_BYTES is always added).
+Napi::Value Connection::BlockResize(const Napi::CallbackInfo& info) {
+  std::string uuid = ArgString(info, 0, "uuid");
+  std::string disk = ArgString(info, 1, "disk");
+  auto bytes = static_cast<unsigned long long>(ArgInt(info, 2, "sizeBytes", 1, int64_t{1} << 53));
+  unsigned int flags = ArgFlags(info, 3) | VIR_DOMAIN_BLOCK_RESIZE_BYTES;
+  return DomainOp(info.Env(), "virDomainBlockResize", state_, uuid, [disk, bytes, flags](virDomainPtr d) {
+    return virDomainBlockResize(d, disk.c_str(), bytes, flags);
+  });
+}
+
+Napi::Value Connection::GetBlockInfo(const Napi::CallbackInfo& info) {
+  std::string uuid = ArgString(info, 0, "uuid");
+  std::string disk = ArgString(info, 1, "disk");
+  auto st = state_;
+  auto out = std::make_shared<virDomainBlockInfo>();
+  return Job::Start(
+      info.Env(), "getBlockInfo",
+      [st, uuid, disk, out](Failure& f) {
+        return WithDomain(st, uuid, f, [&](virConnectPtr, virDomainPtr d) {
+          if (virDomainGetBlockInfo(d, disk.c_str(), out.get(), 0) < 0) {
+            f = CaptureLibvirtError("virDomainGetBlockInfo");
+            return false;
+          }
+          return true;
+        });
+      },
+      [out](Napi::Env env) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("capacity", static_cast<double>(out->capacity));
+        o.Set("allocation", static_cast<double>(out->allocation));
+        o.Set("physical", static_cast<double>(out->physical));
+        return o;
+      });
 }
 
 Napi::Value Connection::Suspend(const Napi::CallbackInfo& info) {

@@ -45,6 +45,8 @@ class Connection : public Napi::ObjectWrap<Connection> {
   Napi::Value DetachDeviceAlias(const Napi::CallbackInfo& info);
   Napi::Value SetVcpusFlags(const Napi::CallbackInfo& info);
   Napi::Value SetMemoryFlags(const Napi::CallbackInfo& info);
+  Napi::Value BlockResize(const Napi::CallbackInfo& info);
+  Napi::Value GetBlockInfo(const Napi::CallbackInfo& info);
   Napi::Value Suspend(const Napi::CallbackInfo& info);
   Napi::Value Resume(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
