@@ -39,6 +39,8 @@ export interface EngineHandle {
   optionalReadiness?: () => Record<string, ReadinessCheck>;
   /** Which hypervisor runs a sandbox (resize and NIC code use it to reach libvirt). */
   resolveSandbox?: SandboxResolver;
+  /** The libvirt domains (onChange for reporting), when --libvirt-uri is set. */
+  libvirtDomains?: LibvirtDomains;
   /** After the REST server has drained: let the engine's own work settle. */
   close(): Promise<void>;
 }
@@ -112,6 +114,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     catalog: domains.catalog(),
     optionalReadiness: () => ({ libvirt: domains.health() }),
     resolveSandbox: createSandboxResolver(sandboxes, domains),
+    libvirtDomains: domains,
     close: async () => {
       await engine.close();
       await libvirt.close();
