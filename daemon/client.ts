@@ -9,6 +9,13 @@ import type { Attachment } from '../storage/attach-service.js';
 
 export type { Attachment, AttachmentSource } from '../storage/attach-service.js';
 
+export interface GuestResources {
+  vcpus: number;
+  maxVcpus: number;
+  memoryMiB: number;
+  maxMemoryMiB: number;
+}
+
 export const DEFAULT_SOCKET = '/run/vmplug/vmplug.sock';
 export const DEFAULT_TIMEOUT_MS = 60_000;
 /** Answers larger than this are refused (a sandbox list of a busy node is well under 1 MiB). */
@@ -181,6 +188,22 @@ export class VmplugClient {
   ): Promise<Attachment> {
     const res = await this.#call('POST', `${volumePath(sandboxId, volumeId)}/resize`, { sizeBytes }, opts);
     return res.body as Attachment;
+  }
+
+  /** A guest's vCPUs and memory (GET .../resources). */
+  async guestResources(sandboxId: string, opts: CallOptions = {}): Promise<GuestResources> {
+    const path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/resources`;
+    return (await this.#call('GET', path, undefined, opts)).body as GuestResources;
+  }
+
+  /** Hot-resize of a guest in place (PATCH .../resources); absent fields stay as they are. */
+  async resizeGuest(
+    sandboxId: string,
+    target: { vcpus?: number; memoryMiB?: number },
+    opts: CallOptions = {},
+  ): Promise<GuestResources> {
+    const path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/resources`;
+    return (await this.#call('PATCH', path, target, opts)).body as GuestResources;
   }
 
   async listSandboxes(filter: { podUid?: string } = {}, opts: CallOptions = {}): Promise<Sandbox[]> {

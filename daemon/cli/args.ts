@@ -44,6 +44,7 @@ export type Command =
     }
   | { name: 'detach'; sandboxId: string; volumeId: string }
   | { name: 'resize'; sandboxId: string; volumeId: string; sizeBytes: number }
+  | { name: 'resize-guest'; sandboxId: string; vcpus?: number; memoryMiB?: number }
   | { name: 'ls'; podUid?: string }
   | { name: 'show'; sandboxId: string; volumeId?: string }
   | { name: 'node' }
@@ -61,6 +62,11 @@ const GLOBAL_OPTIONS: OptionSpec = {
   json: { type: 'boolean' },
   'timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+};
+
+const RESIZE_GUEST_OPTIONS: OptionSpec = {
+  vcpus: { type: 'string' },
+  'memory-mib': { type: 'string' },
 };
 
 const ATTACH_OPTIONS: OptionSpec = {
@@ -82,6 +88,7 @@ const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, numb
   attach: { options: ATTACH_OPTIONS, positionals: [2, 2] },
   detach: { options: {}, positionals: [2, 2] },
   resize: { options: {}, positionals: [3, 3] },
+  'resize-guest': { options: RESIZE_GUEST_OPTIONS, positionals: [1, 1] },
   ls: { options: { 'pod-uid': { type: 'string' } }, positionals: [0, 0] },
   show: { options: {}, positionals: [1, 2] },
   node: { options: {}, positionals: [0, 0] },
@@ -119,6 +126,19 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
         global,
         command: { name: 'resize', sandboxId: p[0]!, volumeId: p[1]!, sizeBytes: parseSize(p[2]!) },
       };
+    case 'resize-guest': {
+      const vcpus = positiveInt(values.vcpus, '--vcpus');
+      const memoryMiB = positiveInt(values['memory-mib'], '--memory-mib');
+      return {
+        global,
+        command: {
+          name: 'resize-guest',
+          sandboxId: p[0]!,
+          ...(vcpus !== undefined ? { vcpus } : {}),
+          ...(memoryMiB !== undefined ? { memoryMiB } : {}),
+        },
+      };
+    }
     case 'ls': {
       const podUid = str(values['pod-uid']);
       return { global, command: podUid === undefined ? { name: 'ls' } : { name: 'ls', podUid } };
@@ -142,10 +162,22 @@ const GLOBAL_OPTIONS_WITH_VERSION: OptionSpec = { ...GLOBAL_OPTIONS, version: { 
 
 /** Options of every command that take a value, so their values are not taken for the command. */
 const VALUE_OPTIONS = new Set(
-  Object.entries({ ...GLOBAL_OPTIONS, ...ATTACH_OPTIONS, 'pod-uid': { type: 'string' } })
+  Object.entries({
+    ...GLOBAL_OPTIONS,
+    ...ATTACH_OPTIONS,
+    ...RESIZE_GUEST_OPTIONS,
+    'pod-uid': { type: 'string' },
+  })
     .filter(([, o]) => o.type === 'string')
     .map(([k]) => `--${k}`),
 );
+
+function positiveInt(value: Values[string], option: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^[1-9][0-9]{0,8}$/.test(value))
+    throw new UsageError(`${option} takes a positive whole number, got "${clip(String(value))}"`);
+  return Number(value);
+}
 
 function commandIndex(args: string[]): number | undefined {
   for (let i = 0; i < args.length; i++) {

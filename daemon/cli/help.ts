@@ -34,6 +34,12 @@ Exit code 5 with DETACH_PENDING: the guest has not released the disk yet; run it
 Online expand of an attached volume. <size> in bytes, or with K, M, G, T (binary, also KiB...)
 or KB, MB, GB, TB (decimal). Shrinking is refused.
 `,
+  'resize-guest': `Usage: vmplug resize-guest <sandbox> [--vcpus <n>] [--memory-mib <MiB>]
+
+Hot-resize a guest in place (CPU and DIMM hot-plug). Without options, prints its vCPUs and memory
+and their maxima. Memory changes in 128 MiB steps; only what vmplug added can be taken back, and
+only when the guest releases it (exit 4 when it does not; GET shows what the guest kept).
+`,
   ls: `Usage: vmplug ls [--pod-uid <uid>]
 
 Lists the sandboxes vmplugd sees, with state, pod and attached volumes.
@@ -65,6 +71,8 @@ Commands:
   attach <sandbox> <volume> ...   hot-attach a volume (block: --device; rbd: --pool/--image/...)
   detach <sandbox> <volume>       hot-detach a volume
   resize <sandbox> <volume> <size> online expand
+  resize-guest <sandbox> [--vcpus <n>] [--memory-mib <MiB>]
+                                  hot-resize a guest's vCPUs / memory
   ls [--pod-uid <uid>]            sandboxes on this node
   show <sandbox> [volume]         one sandbox or volume
   node                            node facts

@@ -104,6 +104,20 @@ async function run(
       else out(`resized ${a.volumeId} in ${a.sandboxId} to ${command.sizeBytes} bytes\n`);
       return EXIT.OK;
     }
+    case 'resize-guest': {
+      const target = {
+        ...(command.vcpus !== undefined ? { vcpus: command.vcpus } : {}),
+        ...(command.memoryMiB !== undefined ? { memoryMiB: command.memoryMiB } : {}),
+      };
+      const r =
+        Object.keys(target).length === 0
+          ? await client.guestResources(command.sandboxId, call)
+          : await client.resizeGuest(command.sandboxId, target, call);
+      if (global.json) json(r);
+      else
+        out(`${command.sandboxId}: ${r.vcpus}/${r.maxVcpus} vCPUs, ${r.memoryMiB}/${r.maxMemoryMiB} MiB\n`);
+      return EXIT.OK;
+    }
     case 'ls': {
       const list = await client.listSandboxes(
         command.podUid === undefined ? {} : { podUid: command.podUid },

@@ -41,7 +41,8 @@ export class ResizeError extends Error {
     super(message, options);
     this.name = 'ResizeError';
     this.status = statusOf[code];
-    // A guest that refused may let go later; an unreachable sandbox may come back.
-    this.retryable = code === 'GUEST_REFUSED_UNPLUG' || code === 'SANDBOX_UNAVAILABLE';
+    // An unreachable sandbox may come back. A guest that refused an unplug would most likely
+    // refuse the same request again: a conflict for the caller to resolve, not a retry loop.
+    this.retryable = code === 'SANDBOX_UNAVAILABLE';
   }
 }

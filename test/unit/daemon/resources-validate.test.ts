@@ -98,7 +98,7 @@ describe('shrink steps', () => {
 
 describe('ResizeError', () => {
   it('is retryable only where the same request may later succeed', () => {
-    expect(new ResizeError('GUEST_REFUSED_UNPLUG', 'x', 'vcpus').retryable).toBe(true);
+    expect(new ResizeError('GUEST_REFUSED_UNPLUG', 'x', 'vcpus').retryable).toBe(false);
     expect(new ResizeError('SANDBOX_UNAVAILABLE', 'x').retryable).toBe(true);
     expect(new ResizeError('MEMORY_MISALIGNED', 'x', 'memoryMiB').retryable).toBe(false);
   });
