@@ -351,34 +351,42 @@ async function latencyPhase(
 async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: KataSandbox[]): Promise<void> {
   const ceph = stage.ceph as CephCluster;
   const daemon = stage.daemon as DaemonProcess;
-  const nRbd = Math.floor(attachCount / 2);
+  // Each sandbox gets rbd and block volumes in turn, so neither mode queues behind the other.
+  const modeOf = (i: number): 'rbd' | 'block' =>
+    Math.floor(i / sandboxes.length) % 2 === 0 ? 'rbd' : 'block';
+  const modes = Array.from({ length: attachCount }, (_, i) => modeOf(i));
+  const nRbd = modes.filter((m) => m === 'rbd').length;
   const t = performance.now();
   const images = await Promise.all(Array.from({ length: nRbd }, (_, i) => stage.image(`c${i}`, 16 * MiB)));
   const loops: LoopDevice[] = [];
   for (let i = nRbd; i < attachCount; i++) loops.push(await stage.loop(16 * MiB));
   out(`made ${nRbd} RBD images and ${loops.length} loop devices in ${secs(performance.now() - t)}`);
 
-  const jobs = Array.from({ length: attachCount }, (_, i) => {
+  let nextImage = 0;
+  let nextLoop = 0;
+  const jobs = modes.map((mode, i) => {
     const sandbox = sandboxes[i % sandboxes.length] as KataSandbox;
     const volumeId = `conc-${i}`;
-    const loop = loops[i - nRbd];
     const body: AttachRequest =
-      i < nRbd
+      mode === 'rbd'
         ? {
             source: {
               type: 'rbd',
               pool: ceph.pool,
-              image: images[i] as string,
+              image: images[nextImage++] as string,
               monitors: ceph.monitors,
               user: ceph.clientUser,
               key: ceph.clientKey,
             },
             annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
           }
-        : { mode: 'block', source: { type: 'hostDevice', path: (loop as LoopDevice).path } };
-    const mode: 'rbd' | 'block' = i < nRbd ? 'rbd' : 'block';
+        : { mode: 'block', source: { type: 'hostDevice', path: (loops[nextLoop++] as LoopDevice).path } };
     return { sandbox, volumeId, body, mode, serial: '', guestName: '', attachMs: NaN, detachMs: NaN };
   });
+  // The daemon's own bound on operations in flight shapes the figures below.
+  const started = daemon.lines.find((l) => l.includes('"maxConcurrentOps"'));
+  const maxOps = started ? (/"maxConcurrentOps":(\d+)/.exec(started)?.[1] ?? '?') : '?';
+  out(`vmplugd runs at most ${maxOps} operations at once (maxConcurrentOps) and one at a time per sandbox`);
 
   await new Promise((r) => setTimeout(r, 2000));
   const idle = await memory(daemon.pid);
@@ -468,7 +476,7 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
     out(
       `  vmplugd memory: idle VmRSS ${mib(idle.rssKiB)}; with ${attachCount} attached VmRSS ${mib(attachMem.rssKiB)}; ` +
         `peak sampled VmRSS ${mib(peakRss)}; VmHWM ${mib(after.hwmKiB)}` +
-        `${after.hwmKiB === idle.hwmKiB ? ' (unchanged by the load: reached at start-up, tsx compiling the sources in-process)' : ''}` +
+        `${after.hwmKiB === idle.hwmKiB ? ' (unchanged by the load: reached at start-up, loading and compiling modules)' : ''}` +
         `; after detaching all VmRSS ${mib(after.rssKiB)}`,
     );
   } finally {
