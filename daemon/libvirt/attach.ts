@@ -97,6 +97,8 @@ export interface LibvirtAttachOptions {
   clientMountTimeoutS?: number;
   /** How long reconcile waits for an unplug before leaving it for the next round; default 1 s. */
   reconcileUnplugWaitMs?: number;
+  /** How long the first reconcile waits for libvirtd's connection; default 5 s. */
+  startupConnectWaitMs?: number;
 }
 
 interface Target {
@@ -129,6 +131,7 @@ export class LibvirtAttachService implements AttachService {
   #closed = false;
   /** Whether QEMU can reach files under cephConfBase (checked once). */
   #confCheck: Promise<boolean> | undefined;
+  #reconciledOnce = false;
 
   constructor(opts: LibvirtAttachOptions) {
     this.#o = {
@@ -138,6 +141,7 @@ export class LibvirtAttachService implements AttachService {
       cephProbeTimeoutMs: DEFAULT_CEPH_PROBE_TIMEOUT_MS,
       clientMountTimeoutS: 5,
       reconcileUnplugWaitMs: 1_000,
+      startupConnectWaitMs: 5_000,
       ...opts,
     };
     this.#gate = new OperationGate(this.#o.maxConcurrentOps);
@@ -618,6 +622,12 @@ export class LibvirtAttachService implements AttachService {
     const signal = opts.signal ?? new AbortController().signal;
     const log = opts.log ?? this.#o.logger;
     const summary: ReconcileSummary = { sandboxes: 0, repairs: [], skipped: [], pending: [], failures: [] };
+    // The start-up round waits (bounded) for the connection being opened in the background, so
+    // that a restart after a crash converges at once rather than one interval later.
+    if (this.#o.domains.connection === undefined && !this.#reconciledOnce) {
+      await this.#o.domains.connected(this.#o.startupConnectWaitMs);
+    }
+    this.#reconciledOnce = true;
     const conn = this.#o.domains.connection;
     const confHashes = this.#o.cephConfBase !== undefined ? await listConfHashes(this.#o.cephConfBase) : [];
     const records = (await this.#o.journal.list()).filter((r) => r.kind === 'libvirt');
