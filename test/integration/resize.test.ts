@@ -3,7 +3,12 @@
 // domain through vmplug's binding (setVcpusFlags live, DIMM device XML). Each change is checked
 // where it counts: in the guest's /proc/cpuinfo and /proc/meminfo. Timings are printed, never
 // asserted.
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unavailableAttachService } from '../../daemon/attach-engine.js';
 import { LibvirtConnection } from '../../daemon/libvirt/index.js';
@@ -14,6 +19,7 @@ import { createResourceService, type ResolveResizer } from '../../daemon/resourc
 import type { GuestResources } from '../../daemon/resources/types.js';
 import { buildServer, type VmplugServer } from '../../daemon/server.js';
 import { QmpClient } from '../../qmp/index.js';
+import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import type { GuestAgent } from '../env/guest.js';
 import { startTestDomain, type TestDomain } from '../env/libvirt.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
@@ -306,4 +312,89 @@ describe('guest hot-resize of a libvirt domain', () => {
       );
     }
   });
+});
+
+const VMPLUG = fileURLToPath(new URL('../../bin/vmplug.js', import.meta.url));
+
+function vmplug(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [VMPLUG, ...args], { timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('vmplug resize-guest through vmplugd (Kata sandbox and libvirt domain)', () => {
+  let root: TestRoot;
+  let dir: string;
+  let sandbox: KataSandbox;
+  let domain: TestDomain;
+  let daemon: DaemonProcess;
+
+  beforeAll(async () => {
+    root = await createTestRoot();
+    dir = await mkdtemp(join(tmpdir(), 'vmp-rsz-'));
+    [sandbox, domain] = await Promise.all([
+      startKataSandbox(root, { vcpus: 1, maxVcpus: 2 }),
+      startTestDomain({ vcpus: 1, maxVcpus: 2 }),
+    ]);
+    daemon = await startDaemonProcess({
+      dir,
+      monitorDir: root.monitorDir,
+      kataVmRoot: root.kataVmRoot,
+      libvirtUri: domain.uri,
+      logLevel: 'info',
+    });
+    // Both are discovered (the monitor connected, the domain listed) before the tests run.
+    const deadline = performance.now() + waitMs;
+    for (const id of [sandbox.id, domain.name]) {
+      for (;;) {
+        const r = await daemon.call<{ state?: string }>('GET', `/v1/sandboxes/${id}`);
+        if (r.status === 200 && r.body.state === 'running') break;
+        if (performance.now() > deadline)
+          throw new Error(`vmplugd never showed ${id} running: ${JSON.stringify(r.body)}`);
+        await new Promise((res) => setTimeout(res, 200));
+      }
+    }
+  }, 240_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await Promise.allSettled([root?.cleanup(), domain?.destroy()]);
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it.each(['kata', 'libvirt'] as const)(
+    '%s: shows, grows memory and a vCPU, refuses over the limit',
+    async (kind) => {
+      const id = kind === 'kata' ? sandbox.id : domain.name;
+      const guest = kind === 'kata' ? sandbox.guest : domain.guest;
+      const socket = ['--socket', daemon.socketPath];
+
+      const shown = await vmplug(['resize-guest', id, '--json', ...socket]);
+      expect(shown.code, shown.stderr).toBe(0);
+      expect(JSON.parse(shown.stdout)).toEqual({ vcpus: 1, maxVcpus: 2, memoryMiB: 256, maxMemoryMiB: 1024 });
+
+      const beforeKiB = Number((await guest.run(memTotalKiB)).stdout.trim());
+      const grown = await vmplug(['resize-guest', id, '--vcpus', '2', '--memory-mib', '384', ...socket]);
+      expect(grown.code, grown.stderr).toBe(0);
+      expect(grown.stdout).toBe(`${id}: 2/2 vCPUs, 384/1024 MiB\n`);
+      await until(guest, onlineCpus, (o) => o === '2', '2 CPUs in /proc/cpuinfo');
+      await until(
+        guest,
+        memTotalKiB,
+        (o) => Number(o) >= beforeKiB + 120 * 1024,
+        'MemTotal grown by 128 MiB',
+      );
+
+      const over = await vmplug(['resize-guest', id, '--memory-mib', '2048', '--json', ...socket]);
+      expect(over.code).toBe(2);
+      expect(JSON.parse(over.stderr)).toMatchObject({
+        status: 422,
+        code: 'RESOURCE_OUT_OF_RANGE',
+        field: 'memoryMiB',
+      });
+    },
+  );
 });
