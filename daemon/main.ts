@@ -3,6 +3,8 @@ import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
+import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
+import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
 import { createAttachService, type EngineDeps, type EngineHandle } from './attach-engine.js';
 import {
   ConfigError,
@@ -27,7 +29,7 @@ import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { buildServer, type VmplugServer } from './server.js';
-import { listenOnUnixSocket, type UnixListener } from './unix-socket.js';
+import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './unix-socket.js';
 
 export { unavailableAttachService } from './attach-engine.js';
 
@@ -45,6 +47,8 @@ export interface DaemonOptions {
   /** Guest hot-resize; the route answers 503 without it. */
   resources?: ResourceService;
   version?: string;
+  /** A listening socket passed by systemd (socket activation): served instead of binding config.socket. */
+  inheritedSocketFd?: number;
 }
 
 export interface StopResult {
@@ -79,12 +83,15 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     ...(opts.resources !== undefined ? { resources: opts.resources } : {}),
     ...(opts.version !== undefined ? { version: opts.version } : {}),
   });
-  const listener: UnixListener = await listenOnUnixSocket(app, {
-    path: config.socket,
-    mode: config.socketMode,
-    group: config.socketGroup,
-    log: logger,
-  });
+  const listener: UnixListener =
+    opts.inheritedSocketFd !== undefined
+      ? await listenOnInheritedSocket(app, { fd: opts.inheritedSocketFd, path: config.socket, log: logger })
+      : await listenOnUnixSocket(app, {
+          path: config.socket,
+          mode: config.socketMode,
+          group: config.socketGroup,
+          log: logger,
+        });
 
   let stopping: Promise<StopResult> | undefined;
   const stop = (): Promise<StopResult> => {
@@ -139,6 +146,8 @@ export interface VmplugdOptions {
   discovery?: Partial<Omit<DiscoveryOptions, 'monitorDir' | 'kata' | 'logger'>>;
   /** Metrics/node facts/Kubernetes reporter tuning (tests inject node facts, shorten periods). */
   reporting?: Partial<Pick<ReportingDeps, 'nodeFacts' | 'env' | 'reporter' | 'resyncMs'>>;
+  /** Serve this inherited listening fd (systemd socket activation) instead of binding config.socket. */
+  inheritedSocketFd?: number;
 }
 
 const STARTUP_SETTLE_MS = 5_000;
@@ -151,6 +160,8 @@ export interface Vmplugd {
   journal: Journal;
   /** Metrics, node facts and the Kubernetes reporter. */
   reporting: Reporting;
+  /** Resolves once the start-up reconcile has run (either way): the moment systemd hears READY=1. */
+  startupDone: Promise<void>;
   /** The REST server drains first, then the reconcile loop, the engine, the reporter (flushed) and discovery stop. */
   stop(): Promise<StopResult>;
 }
@@ -235,6 +246,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       metrics: r.metrics,
       resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
+      ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });
     // Let the monitors found by the first scan connect, so the start-up reconcile can act on them
     // instead of skipping them as unreachable (bounded: a wedged QEMU must not delay start-up).
@@ -252,7 +264,8 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       })();
       return stopping;
     };
-    return { daemon, discovery, engine: e, journal, reporting: r, stop };
+    const startupDone = l !== undefined ? l.firstRun() : Promise.resolve();
+    return { daemon, discovery, engine: e, journal, reporting: r, startupDone, stop };
   } catch (err) {
     await loop?.stop();
     await reporting?.stop();
@@ -344,6 +357,20 @@ export async function main(io: MainIo): Promise<number> {
   }
   const onJournalWrite = failpointHook(failpoint, logger);
 
+  const systemd = systemdFromEnv(io.env, logger);
+  if (systemd instanceof Error) {
+    io.stderr.write(`vmplugd: configuration error: ${systemd.message}\n`);
+    return 2;
+  }
+  const { notifier, inheritedSocketFd } = systemd;
+  if (notifier !== undefined && !(await canSendAsParent().catch(() => false))) {
+    logger.warn(
+      'no CAP_SYS_ADMIN: systemd-notify will send from its own pid, which NotifyAccess=main rejects (use NotifyAccess=all)',
+    );
+  }
+  // Pinged from the start: a start-up that wedges the event loop is caught too.
+  notifier?.startWatchdog();
+
   let vmplugd: Vmplugd;
   try {
     vmplugd = await startVmplugd({
@@ -351,10 +378,19 @@ export async function main(io: MainIo): Promise<number> {
       logger,
       version,
       ...(onJournalWrite !== undefined ? { onJournalWrite } : {}),
+      ...(inheritedSocketFd !== undefined ? { inheritedSocketFd } : {}),
     });
   } catch (err) {
     logger.fatal({ err }, 'vmplugd could not start');
+    notifier?.close();
     return 1;
+  }
+  let signalledYet = false;
+  if (notifier !== undefined) {
+    void notifier.status('start-up reconcile running');
+    void vmplugd.startupDone.then(() => {
+      if (!signalledYet) void notifier.ready(`serving on ${config.socket}`);
+    });
   }
 
   const signalled = await new Promise<NodeJS.Signals>((resolve) => {
@@ -373,7 +409,37 @@ export async function main(io: MainIo): Promise<number> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  signalledYet = true;
   logger.info({ signal: signalled }, 'signal received');
+  await notifier?.stopping('finishing in-flight operations');
   const result = await vmplugd.stop();
+  notifier?.close();
   return result.clean ? 0 : 1;
+}
+
+/**
+ * systemd's part of the environment: the notifier when NOTIFY_SOCKET is set, and the listening
+ * socket when systemd passed exactly one for this process. An Error for malformed values.
+ */
+export function systemdFromEnv(
+  env: Readonly<Record<string, string | undefined>>,
+  logger: Logger,
+  pid = process.pid,
+): { notifier?: SystemdNotifier; inheritedSocketFd?: number } | Error {
+  try {
+    const notify = parseNotifyEnv(env, pid);
+    const fds = parseListenFds(env, pid);
+    if (fds.kind === 'inherited' && fds.fds.length !== 1) {
+      return new ListenFdsError(
+        `systemd passed ${fds.fds.length} sockets (LISTEN_FDS); vmplugd serves exactly one (ListenStream= once)`,
+      );
+    }
+    return {
+      ...(notify !== null ? { notifier: new SystemdNotifier({ env: notify, log: logger }) } : {}),
+      ...(fds.kind === 'inherited' ? { inheritedSocketFd: fds.fds[0] } : {}),
+    };
+  } catch (err) {
+    if (err instanceof NotifyEnvError || err instanceof ListenFdsError) return err;
+    throw err;
+  }
 }

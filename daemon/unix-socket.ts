@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { fstatSync } from 'node:fs';
 import { chmod, chown, link, lstat, mkdir, readFile, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { basename, dirname, join } from 'node:path';
@@ -11,7 +12,11 @@ import type { VmplugServer } from './server.js';
 // when the name exists). A socket file left by a dead daemon is removed only after nobody
 // answered on it.
 
-export type SocketSetupCode = 'ALREADY_RUNNING' | 'SOCKET_PATH_OCCUPIED' | 'SOCKET_GROUP_UNKNOWN';
+export type SocketSetupCode =
+  | 'ALREADY_RUNNING'
+  | 'SOCKET_PATH_OCCUPIED'
+  | 'SOCKET_GROUP_UNKNOWN'
+  | 'INHERITED_SOCKET_INVALID';
 
 export class SocketSetupError extends Error {
   constructor(
@@ -92,6 +97,43 @@ export async function listenOnUnixSocket(app: VmplugServer, opts: UnixSocketOpti
       }
     },
   };
+}
+
+/**
+ * Serves on a listening socket systemd passed (socket activation). systemd created it with the
+ * unit's SocketMode/SocketGroup and owns its path: vmplugd neither changes its permissions nor
+ * removes it at shutdown, so the next start (or a connection queued meanwhile) finds it intact.
+ * `path` is what --socket says, shown in logs only.
+ */
+export async function listenOnInheritedSocket(
+  app: VmplugServer,
+  opts: { fd: number; path: string; log: Logger },
+): Promise<UnixListener> {
+  let isSocket = false;
+  try {
+    isSocket = fstatSync(opts.fd).isSocket();
+  } catch {
+    // EBADF: nothing there
+  }
+  if (!isSocket) {
+    throw new SocketSetupError(
+      'INHERITED_SOCKET_INVALID',
+      `LISTEN_FDS says fd ${opts.fd} is a socket systemd passed, but it is not an open socket`,
+    );
+  }
+  // fastify's own listen() cannot log an fd-backed server (it has no address): route registration
+  // is finished by ready(), then the http server takes the fd directly. fastify's close() closes it.
+  await app.ready();
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    app.server.once('error', onError);
+    app.server.listen({ fd: opts.fd }, () => {
+      app.server.off('error', onError);
+      resolve();
+    });
+  });
+  opts.log.info({ socket: opts.path, fd: opts.fd }, 'listening on the socket passed by systemd');
+  return { path: opts.path, close: () => app.close() };
 }
 
 /**
