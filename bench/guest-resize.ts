@@ -10,7 +10,7 @@
  * Guest-side times include the guest command round trip (a few ms). Prints min / median / max;
  * asserts nothing.
  *
- *   npx tsx bench/guest-resize.ts [<rounds>] [--vcpu-unplug] [--no-libvirt]   (default 5)
+ *   npm run bench:guest-resize -- [<rounds>] [--vcpu-unplug] [--no-libvirt]   (default 5)
  */
 import { performance } from 'node:perf_hooks';
 import { LibvirtConnection } from '../daemon/libvirt/index.js';
