@@ -381,7 +381,17 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
             annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
           }
         : { mode: 'block', source: { type: 'hostDevice', path: (loops[nextLoop++] as LoopDevice).path } };
-    return { sandbox, volumeId, body, mode, serial: '', guestName: '', attachMs: NaN, detachMs: NaN };
+    return {
+      sandbox,
+      volumeId,
+      body,
+      mode,
+      serial: '',
+      guestName: '',
+      attachMs: NaN,
+      detachMs: NaN,
+      stepsMs: NaN,
+    };
   });
   // The daemon's own bound on operations in flight shapes the figures below.
   const started = daemon.lines.find((l) => l.includes('"maxConcurrentOps"'));
@@ -412,6 +422,7 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
         if (r.attachment.state !== 'Attached') throw new Error(`${j.volumeId}: state ${r.attachment.state}`);
         j.serial = r.attachment.serial;
         j.attachMs = performance.now() - a0;
+        j.stepsMs = r.attachment.timeline.reduce((sum, e) => sum + e.ms, 0);
       }),
     );
     const aReplied = performance.now() - a0;
@@ -467,6 +478,10 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
       'each request, sent together with all the others -> its reply (ms)',
       (['rbd', 'block'] as const).flatMap((m) => [
         [`attach ${m}`, summarize(ok(jobs.filter((j) => j.mode === m).map((j) => j.attachMs)))] as const,
+        [
+          `  its timeline steps`,
+          summarize(ok(jobs.filter((j) => j.mode === m).map((j) => j.stepsMs))),
+        ] as const,
         [`detach ${m}`, summarize(ok(jobs.filter((j) => j.mode === m).map((j) => j.detachMs)))] as const,
       ]),
       ['n', 'min', 'median', 'p99', 'max'],
