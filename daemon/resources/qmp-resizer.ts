@@ -22,6 +22,8 @@ const DEFAULT_CALL_TIMEOUT_MS = 10_000;
 const DEFAULT_UNPLUG_TIMEOUT_MS = 20_000;
 /** Between checks while the guest ejects; the events cut it short. */
 const POLL_MS = 200;
+/** QEMU's answer to device_del while the guest has not answered the previous one. */
+const PENDING_UNPLUG = /already in the process of unplug/i;
 
 interface MachineMemory {
   size: number;
@@ -250,14 +252,17 @@ export class QmpResizer implements GuestResizer {
       try {
         await this.#qmp.execute('device_del', { id }, this.#call(opts));
       } catch (err) {
-        throw new ResizeError(
-          'RESIZE_FAILED',
-          `QEMU refused to remove ${what} (${where}): ${(err as Error).message}`,
-          field,
-          {
-            cause: err,
-          },
-        );
+        // An earlier request the guest has not answered yet is still pending: wait for it again
+        // rather than fail (a retried shrink after a timeout).
+        if (!PENDING_UNPLUG.test((err as Error).message))
+          throw new ResizeError(
+            'RESIZE_FAILED',
+            `QEMU refused to remove ${what} (${where}): ${(err as Error).message}`,
+            field,
+            {
+              cause: err,
+            },
+          );
       }
       const deadline = performance.now() + timeoutMs;
       for (;;) {
