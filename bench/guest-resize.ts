@@ -42,7 +42,9 @@ interface Samples {
 }
 
 function add(s: Samples, key: string, ms: number): void {
-  (s[key] ??= []).push(ms);
+  const list = s[key] ?? [];
+  list.push(ms);
+  s[key] = list;
 }
 
 async function measure(label: string, resizer: GuestResizer, guest: GuestAgent, s: Samples): Promise<void> {
