@@ -85,6 +85,11 @@ describe('vmplug CLI against vmplugd', () => {
       logger: log.logger,
       attachService: service,
       readiness: () => ({ ready: true, checks: {} }),
+      nodeFacts: async () => ({
+        hostname: 'cli-node',
+        cpu: { model: 'Test CPU', cores: 2, threads: 2 },
+        virtualization: { cpuFlag: null, kvmDevice: 'missing' },
+      }),
       catalog,
       listVolumes: async (id: SandboxId): Promise<Attachment[]> => {
         const out: Attachment[] = [];
@@ -184,8 +189,9 @@ describe('vmplug CLI against vmplugd', () => {
     expect(resize).toMatchObject({ code: 0 });
     expect(resize.stdout).toMatch(/resized blk in sb1 to 2147483648 bytes/);
     const node = await run(['node']);
-    expect(node.code).toBe(1);
-    expect(node.stderr).toMatch(/does not serve node facts/);
+    expect(node.code).toBe(0);
+    expect(node.stdout).toMatch(/hostname:\s+cli-node/);
+    expect(node.stdout).toMatch(/"kvmDevice":"missing"/);
     service.fail = new DetachPendingError('vmpd-x', 10_000);
     const pending = await run(['detach', 'sb1', 'blk']);
     service.fail = undefined;
