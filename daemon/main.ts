@@ -2,6 +2,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { NicEngine } from '../net/index.js';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
@@ -24,6 +25,7 @@ import { resizerResolver } from './resources/resolve.js';
 import { createResourceService, type ResourceService } from './resources/service.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { Readiness, ReadinessCheck, ReadinessProbe } from './routes/health.js';
+import type { NicService } from './routes/nics.js';
 import type { NodeRoutesOptions } from './routes/node.js';
 import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
@@ -46,6 +48,8 @@ export interface DaemonOptions {
   metrics?: NodeRoutesOptions['metrics'];
   /** Guest hot-resize; the route answers 503 without it. */
   resources?: ResourceService;
+  /** NIC hot-plug; the routes answer 503 without it. */
+  nics?: NicService;
   version?: string;
   /** A listening socket passed by systemd (socket activation): served instead of binding config.socket. */
   inheritedSocketFd?: number;
@@ -81,6 +85,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     ...(opts.nodeFacts !== undefined ? { nodeFacts: opts.nodeFacts } : {}),
     ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
     ...(opts.resources !== undefined ? { resources: opts.resources } : {}),
+    ...(opts.nics !== undefined ? { nics: opts.nics } : {}),
     ...(opts.version !== undefined ? { version: opts.version } : {}),
   });
   const listener: UnixListener =
@@ -157,6 +162,8 @@ export interface Vmplugd {
   daemon: Daemon;
   discovery: SandboxDiscovery;
   engine: EngineHandle;
+  /** NIC hot-plug (net/), journalled under <stateDir>/nics. */
+  nics: NicEngine;
   journal: Journal;
   /** Metrics, node facts and the Kubernetes reporter. */
   reporting: Reporting;
@@ -188,6 +195,12 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     goneGraceMs: config.sandboxGoneGraceMs,
     ...opts.discovery,
   });
+  // Kata sandboxes only: libvirt domains would get NICs through libvirt's device XML (not built).
+  const nics = new NicEngine({
+    stateDir: config.stateDir,
+    sandboxes: discovery,
+    logger: logger.child({ component: 'nic' }),
+  });
   let engine: EngineHandle | undefined;
   let loop: ReconcileLoop | undefined;
   let reporting: Reporting | undefined;
@@ -217,7 +230,13 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     if (r.reconcile !== undefined) {
       const reconcile = r.reconcile;
       loop = new ReconcileLoop({
-        reconcile,
+        // Volumes and NICs each converge even when the other fails; the run fails if either did.
+        reconcile: async (signal) => {
+          const [volumes, nicRun] = await Promise.allSettled([reconcile(signal), nics.reconcile({ signal })]);
+          if (volumes.status === 'rejected') throw volumes.reason;
+          if (nicRun.status === 'rejected') throw nicRun.reason;
+          return volumes.value;
+        },
         intervalMs: config.reconcileIntervalMs,
         logger: logger.child({ component: 'reconcile' }),
       });
@@ -245,6 +264,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       nodeFacts: (signal) => r.nodeFacts.get({ signal }),
       metrics: r.metrics,
       resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
+      nics,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });
@@ -257,7 +277,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       stopping ??= (async () => {
         const result = await daemon.stop();
         await l?.stop();
-        await e.close();
+        await Promise.all([e.close(), nics.close()]);
         await r.stop();
         await discovery.close();
         return result;
@@ -265,11 +285,12 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       return stopping;
     };
     const startupDone = l !== undefined ? l.firstRun() : Promise.resolve();
-    return { daemon, discovery, engine: e, journal, reporting: r, startupDone, stop };
+    return { daemon, discovery, engine: e, nics, journal, reporting: r, startupDone, stop };
   } catch (err) {
     await loop?.stop();
     await reporting?.stop();
     await engine?.close().catch(() => {});
+    await nics.close();
     await discovery.close();
     throw err;
   }

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import { isNetSandboxId } from '../net/index.js';
 import type { Logger } from './logger.js';
 import {
   DaemonError,
@@ -17,9 +18,16 @@ import {
 import type { ResourceService } from './resources/service.js';
 import type { AttachService } from './routes/attach-service.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
+import { type NicService, nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
 import { resourceRoutes } from './routes/resources.js';
-import { emptyCatalog, type ListVolumes, type SandboxCatalog, sandboxRoutes } from './routes/sandboxes.js';
+import {
+  emptyCatalog,
+  type ListNics,
+  type ListVolumes,
+  type SandboxCatalog,
+  sandboxRoutes,
+} from './routes/sandboxes.js';
 import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
 import { volumeRoutes } from './routes/volumes.js';
 
@@ -33,6 +41,8 @@ export interface ServerDeps {
   listVolumes?: ListVolumes;
   /** Guest hot-resize (vCPUs, memory); 503 NOT_READY when absent. */
   resources?: ResourceService;
+  /** NIC hot-plug (net/); 503 NOT_READY when absent, and sandboxes show no NICs. */
+  nics?: NicService;
   /** GET /v1/node; 503 when absent. */
   nodeFacts?: NodeRoutesOptions['facts'];
   /** GET /metrics; 503 when absent. */
@@ -142,6 +152,7 @@ export async function buildServer(deps: ServerDeps) {
       tags: [
         { name: 'sandboxes', description: 'the VM sandboxes on this node' },
         { name: 'volumes', description: 'hot-attach and detach of volumes' },
+        { name: 'nics', description: 'hot-plug and unplug of virtio-net NICs' },
         { name: 'node', description: 'facts about this node' },
         { name: 'health', description: 'liveness, readiness and metrics' },
       ],
@@ -149,6 +160,7 @@ export async function buildServer(deps: ServerDeps) {
   });
   app.addSchema(problemSchema);
   app.addSchema(attachmentSchema);
+  app.addSchema(nicSchema);
   app.addSchema(sandboxSchema);
   app.addSchema(sandboxListSchema);
 
@@ -161,10 +173,15 @@ export async function buildServer(deps: ServerDeps) {
   await app.register(sandboxRoutes, {
     catalog: deps.catalog ?? emptyCatalog,
     listVolumes: deps.listVolumes ?? (async () => []),
+    ...(deps.nics !== undefined ? { listNics: listNicsOf(deps.nics) } : {}),
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
   });
   await app.register(resourceRoutes, {
     service: deps.resources ?? unavailableResources,
+    shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
+  });
+  await app.register(nicRoutes, {
+    service: deps.nics ?? unavailableNicService,
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
   });
   await app.register(volumeRoutes, {
@@ -214,6 +231,11 @@ const unavailableResources: ResourceService = {
     throw new DaemonError(503, 'NOT_READY', 'guest resize is not available in this daemon');
   },
 };
+
+/** A sandbox's NICs for its view; libvirt domains and ids net/ refuses simply have none. */
+function listNicsOf(nics: NicService): ListNics {
+  return async (sandboxId) => (isNetSandboxId(sandboxId) ? nics.list(sandboxId) : []);
+}
 
 function clip(s: string, max: number): string {
   return s.length > max ? `${s.slice(0, max)}…` : s;

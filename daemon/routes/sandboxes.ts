@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { NicView } from '../../net/index.js';
 import { NotFoundError } from '../../storage/errors.js';
 import { parseSandboxId, type SandboxId } from '../../storage/ids.js';
 import type { Attachment, OperationContext } from './attach-service.js';
@@ -40,6 +41,8 @@ export interface SandboxRecord {
 
 export interface SandboxView extends SandboxRecord {
   volumes: Attachment[];
+  /** NICs vmplug hot-plugged (net/); absent when the daemon serves no NIC engine. */
+  nics?: NicView[];
 }
 
 /** Where sandboxes come from (discovery; a composite once libvirt domains join). */
@@ -51,22 +54,27 @@ export interface SandboxCatalog {
 /** The engine's volumes of a sandbox. */
 export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
 
+/** The NIC engine's NICs of a sandbox. */
+export type ListNics = (sandboxId: string) => Promise<NicView[]>;
+
 export interface SandboxRoutesOptions {
   catalog: SandboxCatalog;
   listVolumes: ListVolumes;
+  listNics?: ListNics;
   shutdownSignal: AbortSignal;
 }
 
 export const emptyCatalog: SandboxCatalog = { list: () => [], get: () => undefined };
 
 export const sandboxRoutes: FastifyPluginAsync<SandboxRoutesOptions> = async (app, opts) => {
-  const { catalog, listVolumes, shutdownSignal } = opts;
+  const { catalog, listVolumes, listNics, shutdownSignal } = opts;
   const ctx = (request: FastifyRequest): OperationContext => ({ signal: shutdownSignal, log: request.log });
 
-  const withVolumes = async (record: SandboxRecord, request: FastifyRequest): Promise<SandboxView> => ({
-    ...record,
-    volumes: await listVolumes(record.id as SandboxId, ctx(request)),
-  });
+  const withVolumes = async (record: SandboxRecord, request: FastifyRequest): Promise<SandboxView> => {
+    const view: SandboxView = { ...record, volumes: await listVolumes(record.id as SandboxId, ctx(request)) };
+    if (listNics !== undefined) view.nics = await listNics(record.id);
+    return view;
+  };
 
   app.get(
     '/v1/sandboxes',

@@ -196,6 +196,7 @@ export const sandboxSchema = {
     pid: { type: 'integer', description: 'hypervisor process id, where known' },
     discoveredAt: { type: 'string', format: 'date-time' },
     volumes: { type: 'array', items: { $ref: 'Attachment#' } },
+    nics: { type: 'array', items: { $ref: 'Nic#' }, description: 'NICs vmplug hot-plugged' },
   },
 } as const;
 
