@@ -2,7 +2,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { NicEngine } from '../net/index.js';
+import { isNetSandboxId, NicEngine, type NicView } from '../net/index.js';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
@@ -20,6 +20,7 @@ import { createLogger, type Logger } from './logger.js';
 import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
 import { ReconcileLoop } from './reconcile-loop.js';
+import type { NicStatus } from './report/status.js';
 import { createReporting, type Reporting, type ReportingDeps } from './reporting.js';
 import { resizerResolver } from './resources/resolve.js';
 import { createResourceService, type ResourceService } from './resources/service.js';
@@ -196,10 +197,12 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     ...opts.discovery,
   });
   // Kata sandboxes only: libvirt domains would get NICs through libvirt's device XML (not built).
+  let nicsChanged: (sandboxId: string) => void = () => {};
   const nics = new NicEngine({
     stateDir: config.stateDir,
     sandboxes: discovery,
     logger: logger.child({ component: 'nic' }),
+    onChange: (id) => nicsChanged(id),
   });
   let engine: EngineHandle | undefined;
   let loop: ReconcileLoop | undefined;
@@ -223,10 +226,12 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       discovery,
       catalog,
       engine: e,
+      listNics: async (id) => (isNetSandboxId(id) ? (await nics.list(id)).map(nicStatus) : []),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...opts.reporting,
     });
     reporting = r;
+    nicsChanged = (id) => r.nicsChanged(id);
     if (r.reconcile !== undefined) {
       const reconcile = r.reconcile;
       loop = new ReconcileLoop({
@@ -294,6 +299,10 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     await discovery.close();
     throw err;
   }
+}
+
+function nicStatus(n: NicView): NicStatus {
+  return { id: n.nicId, mac: n.mac, tap: n.tap, model: 'virtio-net-pci', state: n.state };
 }
 
 /** The state directory must exist and be writable before anything is attached (0700: it holds the journal). */
@@ -369,7 +378,6 @@ export async function main(io: MainIo): Promise<number> {
     },
     'vmplugd starting',
   );
-  if (config.kubeconfig === null) logger.info('no kubeconfig configured');
 
   const failpoint = parseFailpoint(io.env[FAILPOINT_ENV]);
   if (failpoint instanceof Error) {
