@@ -16,7 +16,9 @@
  *
  * Concurrency phase: N attaches at once across S sandboxes (half rbd images, half loop devices,
  * bus auto), then N detaches at once; throughput, failures, time until every guest saw (lost)
- * every disk; vmplugd's VmRSS / VmHWM idle and sampled under that load.
+ * every disk; vmplugd's VmRSS / VmHWM idle and sampled under that load. Then vmplugd is stopped
+ * and the same volumes go to the same sandboxes as bare QMP (one at a time per sandbox, like
+ * vmplugd), for the host's own throughput under the same load.
  *
  * Prints figures; asserts nothing. Everything (guests, Ceph, images, loop devices, vmplugd, temp
  * dirs) is removed however it ends.
@@ -28,15 +30,24 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type AttachRequest, VmplugClient } from '../daemon/client.js';
-import { QmpSession } from '../qmp/index.js';
+import {
+  blockdevAdd,
+  blockdevDel,
+  deviceAdd,
+  deviceDelAndWait,
+  objectAdd,
+  objectDel,
+  QmpSession,
+} from '../qmp/index.js';
 import { parseSandboxId, parseVolumeId } from '../storage/ids.js';
 import { rootPortId, volumeNames } from '../storage/naming.js';
-import { type Lane, rbdConf } from '../storage/qemu-args.js';
+import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
 import { type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import {
+  blockdevOf,
   type DiskBackend,
   type HotplugDisk,
   hotAdd,
@@ -348,7 +359,26 @@ async function latencyPhase(
   );
 }
 
-async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: KataSandbox[]): Promise<void> {
+interface ConcurrentJob {
+  sandbox: KataSandbox;
+  volumeId: string;
+  body: AttachRequest;
+  /** The same volume for the bare QMP run. */
+  backend: DiskBackend;
+  mode: 'rbd' | 'block';
+  serial: string;
+  guestName: string;
+  attachMs: number;
+  detachMs: number;
+  stepsMs: number;
+}
+
+async function concurrencyPhase(
+  stage: Stage,
+  client: VmplugClient,
+  sandboxes: KataSandbox[],
+  confPath: string,
+): Promise<ConcurrentJob[]> {
   const ceph = stage.ceph as CephCluster;
   const daemon = stage.daemon as DaemonProcess;
   // Each sandbox gets rbd and block volumes in turn, so neither mode queues behind the other.
@@ -364,33 +394,53 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
 
   let nextImage = 0;
   let nextLoop = 0;
-  const jobs = modes.map((mode, i) => {
+  const jobs = modes.map((mode, i): ConcurrentJob => {
     const sandbox = sandboxes[i % sandboxes.length] as KataSandbox;
     const volumeId = `conc-${i}`;
-    const body: AttachRequest =
-      mode === 'rbd'
-        ? {
-            source: {
-              type: 'rbd',
-              pool: ceph.pool,
-              image: images[nextImage++] as string,
-              monitors: ceph.monitors,
-              user: ceph.clientUser,
-              key: ceph.clientKey,
-            },
-            annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
-          }
-        : { mode: 'block', source: { type: 'hostDevice', path: (loops[nextLoop++] as LoopDevice).path } };
-    return {
+    const common = {
       sandbox,
       volumeId,
-      body,
       mode,
       serial: '',
       guestName: '',
       attachMs: NaN,
       detachMs: NaN,
       stepsMs: NaN,
+    };
+    if (mode === 'block') {
+      const path = (loops[nextLoop++] as LoopDevice).path;
+      return {
+        ...common,
+        body: { mode: 'block', source: { type: 'hostDevice', path } },
+        backend: { kind: 'hostDevice', path },
+      };
+    }
+    const image = images[nextImage++] as string;
+    return {
+      ...common,
+      body: {
+        source: {
+          type: 'rbd',
+          pool: ceph.pool,
+          image,
+          monitors: ceph.monitors,
+          user: ceph.clientUser,
+          key: ceph.clientKey,
+        },
+        annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
+      },
+      backend: {
+        kind: 'rbd',
+        source: {
+          type: 'rbd',
+          pool: ceph.pool,
+          image,
+          monitors: parseMonitors(ceph.monitors),
+          user: ceph.clientUser,
+        },
+        key: new Secret(ceph.clientKey),
+        confPath,
+      },
     };
   });
   // The daemon's own bound on operations in flight shapes the figures below.
@@ -497,6 +547,100 @@ async function concurrencyPhase(stage: Stage, client: VmplugClient, sandboxes: K
   } finally {
     clearInterval(sampler);
   }
+  return jobs;
+}
+
+/**
+ * The same volumes on the same sandboxes, sent as bare QMP by a minimal script once vmplugd is
+ * stopped: per sandbox one disk at a time (as vmplugd does), all sandboxes at once (no global
+ * bound), replies only; then the guests are waited for, as above.
+ */
+async function bareConcurrencyPhase(
+  stage: Stage,
+  jobs: ConcurrentJob[],
+  sandboxes: KataSandbox[],
+): Promise<void> {
+  const sessions = new Map<string, QmpSession>();
+  for (const sb of sandboxes) {
+    const q = QmpSession.start(sb.vmplugQmpPath, { defaultTimeoutMs: 120_000 });
+    stage.sessions.push(q);
+    sessions.set(sb.id, q);
+  }
+  await Promise.all([...sessions.values()].map((q) => q.ready({ timeoutMs: 30_000 })));
+  const disks = jobs.map((j, i) => {
+    const k = Math.floor(i / sandboxes.length);
+    const d: HotplugDisk = {
+      names: volumeNames(parseSandboxId(j.sandbox.id), parseVolumeId(j.volumeId)),
+      backend: j.backend,
+      lane: { bus: 'scsi', scsiId: k },
+    };
+    return { j, d, qmp: sessions.get(j.sandbox.id) as QmpSession, guestName: '' };
+  });
+  const bySandbox = sandboxes.map((sb) => disks.filter((x) => x.j.sandbox.id === sb.id));
+  let failures = 0;
+  try {
+    const a0 = performance.now();
+    await Promise.all(
+      bySandbox.map(async (list) => {
+        for (const x of list) {
+          try {
+            if (x.d.backend.kind === 'rbd') await objectAdd(x.qmp, secretObject(x.d.names, x.d.backend.key));
+            await blockdevAdd(x.qmp, blockdevOf(x.d));
+            await deviceAdd(x.qmp, deviceArgs(x.d.names, x.d.lane));
+          } catch {
+            failures++;
+          }
+        }
+      }),
+    );
+    const aReplied = performance.now() - a0;
+    const seen = await Promise.allSettled(
+      disks.map(async (x) => {
+        const g = await x.j.sandbox.guest.waitForDisk((d) => d.serial === x.d.names.serial, {
+          timeoutMs: 120_000,
+        });
+        x.guestName = g.name;
+        return g.seenAt;
+      }),
+    );
+    const aSeen = Math.max(...seen.map((r) => (r.status === 'fulfilled' ? r.value : 0))) - a0;
+    const d0 = performance.now();
+    await Promise.all(
+      bySandbox.map(async (list) => {
+        for (const x of list) {
+          try {
+            await deviceDelAndWait(x.qmp, x.d.names.device);
+            await blockdevDel(x.qmp, x.d.names.node);
+            if (x.d.backend.kind === 'rbd') await objectDel(x.qmp, x.d.names.secret);
+          } catch {
+            failures++;
+          }
+        }
+      }),
+    );
+    const dReplied = performance.now() - d0;
+    const gone = await Promise.allSettled(
+      disks
+        .filter((x) => x.guestName !== '')
+        .map((x) => x.j.sandbox.guest.waitForDiskGone(x.guestName, { timeoutMs: 120_000 })),
+    );
+    const dGone = Math.max(...gone.map((r) => (r.status === 'fulfilled' ? r.value.at : 0))) - d0;
+    const notSeen = seen.filter((r) => r.status === 'rejected').length;
+    const notGone = gone.filter((r) => r.status === 'rejected').length;
+    out();
+    out(
+      `the same ${jobs.length} volumes as bare QMP (vmplugd stopped; one at a time per sandbox, all sandboxes at once):`,
+    );
+    out(
+      `  attach: all done in ${secs(aReplied)} = ${(jobs.length / (aReplied / 1000)).toFixed(1)} attaches/s; every guest saw every disk after ${secs(aSeen)}`,
+    );
+    out(
+      `  detach: all done in ${secs(dReplied)} = ${(jobs.length / (dReplied / 1000)).toFixed(1)} detaches/s; every guest lost every disk after ${secs(dGone)}`,
+    );
+    out(`  failures: ${failures} QMP, ${notSeen} not seen in the guest, ${notGone} still in the guest`);
+  } finally {
+    for (const x of disks) await removeLeftovers(x.qmp, x.d.names).catch(() => {});
+  }
 }
 
 async function main(): Promise<void> {
@@ -586,7 +730,13 @@ async function main(): Promise<void> {
       `booted ${more.length} more sandboxes (${bootBatch} at a time) in ${secs(performance.now() - tb)}; vmplugd lists all ${all.length} (${secs(discoveredMs)} after the last boot)`,
     );
     out(hostContext());
-    await concurrencyPhase(stage, client, all);
+    const confA = join(rootA.dir, 'rbd.conf');
+    await writeFile(confA, rbdConf(), { mode: 0o600 });
+    const jobs = await concurrencyPhase(stage, client, all, confA);
+    // The bare run needs the private monitors vmplugd holds.
+    await stage.daemon.stop();
+    out(hostContext());
+    await bareConcurrencyPhase(stage, jobs, all);
   } finally {
     out();
     out('cleaning up: vmplugd, guests, RBD images, loop devices, Ceph, temp dirs...');
