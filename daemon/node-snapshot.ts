@@ -2,7 +2,13 @@ import type { SandboxId } from '../storage/ids.js';
 import type { NodeFacts } from './node-facts.js';
 import { statusNodeFacts } from './node-facts.js';
 import type { Frontend } from './observed-service.js';
-import type { Condition, NodeStatusSnapshot, SandboxStatus, VolumeStatus } from './report/status.js';
+import type {
+  Condition,
+  NicStatus,
+  NodeStatusSnapshot,
+  SandboxStatus,
+  VolumeStatus,
+} from './report/status.js';
 import type { Attachment, OperationLogger } from './routes/attach-service.js';
 import type { Readiness } from './routes/health.js';
 import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
@@ -16,6 +22,8 @@ import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
 export interface NodeSnapshotOptions {
   catalog: SandboxCatalog;
   listVolumes: ListVolumes;
+  /** The NICs vmplug hot-plugged into a sandbox (net/); none when absent. */
+  listNics?: (sandboxId: string) => Promise<NicStatus[]>;
   facts: () => NodeFacts;
   readiness: () => Readiness;
   log: OperationLogger;
@@ -29,6 +37,7 @@ export interface NodeSnapshotOptions {
 export class NodeSnapshot {
   readonly #o: NodeSnapshotOptions;
   readonly #volumes = new Map<string, VolumeStatus[]>();
+  readonly #nics = new Map<string, NicStatus[]>();
   readonly #listeners = new Set<() => void>();
   readonly #refreshing = new Map<string, Promise<void>>();
   readonly #again = new Set<string>();
@@ -51,8 +60,7 @@ export class NodeSnapshot {
         kind: r.kind,
         state: r.state,
         volumes: this.#volumes.get(r.id) ?? [],
-        // NIC hot-plug is not implemented yet: nothing vmplug plugged.
-        nics: [],
+        nics: this.#nics.get(r.id) ?? [],
       };
       if (r.reason !== undefined) s.reason = r.reason;
       if (r.pod !== undefined && Object.keys(r.pod).length > 0) s.pod = { ...r.pod };
@@ -106,7 +114,7 @@ export class NodeSnapshot {
       try {
         do {
           this.#again.delete(sandboxId);
-          await this.#readVolumes(sandboxId);
+          await Promise.all([this.#readVolumes(sandboxId), this.#readNics(sandboxId)]);
         } while (this.#again.has(sandboxId) && !this.#stopper.signal.aborted);
       } finally {
         this.#refreshing.delete(sandboxId);
@@ -120,9 +128,10 @@ export class NodeSnapshot {
   async refreshAll(): Promise<void> {
     const ids = new Set(this.#o.catalog.list().map((r) => r.id));
     let dropped = false;
-    for (const id of [...this.#volumes.keys()]) {
+    for (const id of new Set([...this.#volumes.keys(), ...this.#nics.keys()])) {
       if (!ids.has(id)) {
         this.#volumes.delete(id);
+        this.#nics.delete(id);
         dropped = true;
       }
     }
@@ -132,7 +141,8 @@ export class NodeSnapshot {
 
   /** Forget a sandbox that is gone. */
   forget(sandboxId: string): void {
-    if (this.#volumes.delete(sandboxId)) this.changed();
+    const had = this.#nics.delete(sandboxId);
+    if (this.#volumes.delete(sandboxId) || had) this.changed();
   }
 
   /** The mode and frontend of a volume as last read (labels for a detach). */
@@ -166,6 +176,21 @@ export class NodeSnapshot {
     const before = this.#volumes.get(sandboxId);
     if (next.length === 0) this.#volumes.delete(sandboxId);
     else this.#volumes.set(sandboxId, next);
+    if (JSON.stringify(before ?? []) !== JSON.stringify(next)) this.changed();
+  }
+
+  async #readNics(sandboxId: string): Promise<void> {
+    if (this.#o.listNics === undefined) return;
+    let next: NicStatus[];
+    try {
+      next = await this.#o.listNics(sandboxId);
+    } catch (err) {
+      this.#o.log.debug({ sandboxId, err }, 'NIC list not read for the node status; kept the last one');
+      return;
+    }
+    const before = this.#nics.get(sandboxId);
+    if (next.length === 0) this.#nics.delete(sandboxId);
+    else this.#nics.set(sandboxId, next);
     if (JSON.stringify(before ?? []) !== JSON.stringify(next)) this.changed();
   }
 

@@ -6,7 +6,9 @@ import { DaemonMetrics, measuredReconcile } from './metrics.js';
 import { NodeFactsCache } from './node-facts.js';
 import { NodeSnapshot } from './node-snapshot.js';
 import { observeAttachService, type VolumeOperation } from './observed-service.js';
+import type { KubeHttp } from './report/kube-http.js';
 import { createReporter, type Reporter } from './report/reporter.js';
+import type { NicStatus } from './report/status.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { Readiness } from './routes/health.js';
 import type { SandboxCatalog } from './routes/sandboxes.js';
@@ -29,9 +31,11 @@ export interface ReportingDeps {
   /** Where the reporter looks for KUBECONFIG and the in-cluster variables (default process.env). */
   env?: NodeJS.ProcessEnv;
   /** Reporter tuning beyond the config (tests shorten the Lease period). */
-  reporter?: { leaseRenewMs?: number; minWriteIntervalMs?: number };
+  reporter?: { leaseRenewMs?: number; minWriteIntervalMs?: number; http?: KubeHttp };
   /** How often every sandbox's volume list is re-read for the status (default 30 s). */
   resyncMs?: number;
+  /** The NICs of a sandbox for the status (net/); none when absent. */
+  listNics?: (sandboxId: string) => Promise<NicStatus[]>;
 }
 
 export interface Reporting {
@@ -46,6 +50,8 @@ export interface Reporting {
   start(readiness: () => Readiness): void;
   /** Flushes (bounded) and stops the reporter, then the rest. */
   stop(): Promise<void>;
+  /** A sandbox's NICs may have changed: re-read them for the status. */
+  nicsChanged(sandboxId: string): void;
 }
 
 /** Throws KubeError KUBE_CONFIG when a named kubeconfig cannot be loaded. */
@@ -153,6 +159,7 @@ export function createReporting(deps: ReportingDeps): Reporting {
       const s = new NodeSnapshot({
         catalog,
         listVolumes: engine.listVolumes,
+        ...(deps.listNics !== undefined ? { listNics: deps.listNics } : {}),
         facts: () => nodeFacts.current(),
         readiness,
         log,
@@ -175,6 +182,9 @@ export function createReporting(deps: ReportingDeps): Reporting {
       resync = setInterval(() => void s.refreshAll(), deps.resyncMs ?? 30_000);
       resync.unref();
       reporter.start();
+    },
+    nicsChanged(sandboxId) {
+      if (snapshot !== undefined) void snapshot.refreshVolumes(sandboxId);
     },
     stop() {
       stopping ??= (async () => {

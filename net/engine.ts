@@ -99,6 +99,8 @@ export interface NicEngineOptions {
   detachTimeoutMs?: number;
   /** The same, inside reconcile (a pending unplug is left for the next round); default 1 s. */
   reconcileUnplugWaitMs?: number;
+  /** Told after a sandbox's NICs may have changed (attach, detach, a repair): status reporting. */
+  onChange?: (sandboxId: string) => void;
 }
 
 export function toNicView(r: NicRecord): NicView {
@@ -128,7 +130,8 @@ function backend(operation: string, err: unknown): NetError {
 }
 
 export class NicEngine {
-  readonly #o: Required<Omit<NicEngineOptions, 'host' | 'instance'>>;
+  readonly #o: Required<Omit<NicEngineOptions, 'host' | 'instance' | 'onChange'>>;
+  readonly #onChange: (sandboxId: string) => void;
   readonly #host: HostNetwork;
   readonly #alias: string;
   readonly #journal: NicJournal;
@@ -145,6 +148,13 @@ export class NicEngine {
       ...opts,
     };
     this.#host = opts.host ?? new IpHostNetwork();
+    this.#onChange = (id) => {
+      try {
+        opts.onChange?.(id);
+      } catch {
+        // an observer's bug must not fail the operation
+      }
+    };
     const instance =
       opts.instance ?? createHash('sha256').update(resolve(opts.stateDir)).digest('hex').slice(0, 12);
     this.#alias = tapAlias(instance);
@@ -167,87 +177,105 @@ export class NicEngine {
     ctx: NicContext,
   ): Promise<NicAttachResult> {
     const log = ctx.log.child({ op: 'nic-attach', sandboxId, nicId });
-    return this.#exclusive(sandboxId, ctx.signal, async () => {
-      const qmp = this.#present(sandboxId);
-      const q = this.#q(ctx.signal);
-      let existing = await this.#journal.load(sandboxId, nicId);
-      const fresh = newNicRecord(sandboxId, nicId, spec);
-      if (existing !== undefined && existing.fingerprint !== fresh.fingerprint) {
-        throw new NicConflictError(
-          `NIC ${nicId} of sandbox ${sandboxId} exists with a different spec; detach it first`,
-        );
-      }
-      if (existing?.state === 'Attached') {
-        const devices = await listDevices(qmp, q).catch((e: unknown) => {
-          throw backend('attach', e);
-        });
-        if (devices.has(existing.names.device)) return { created: false, nic: toNicView(existing) };
-        // QEMU lost the device (restarted, or deleted behind vmplug's back): clear what is left
-        // and attach anew rather than answer "attached" for a NIC the guest does not have.
-        log.warn({ device: existing.names.device }, 'attached NIC has no device in QEMU; attaching it again');
-        existing = advance(existing, 'Detaching', {
-          error: { code: 'DEVICE_LOST', message: `device ${existing.names.device} vanished` },
-        });
-        await this.#journal.save(existing);
-        await this.#teardown(qmp, existing, ctx.signal, this.#o.detachTimeoutMs);
-        existing = undefined;
-      }
-      if (existing !== undefined && !isNicAttachState(existing.state)) {
-        throw new NicConflictError(
-          `NIC ${nicId} of sandbox ${sandboxId} is being detached (${existing.state}); finish the detach first`,
-        );
-      }
-      let record: NicRecord;
-      if (existing !== undefined) {
-        log.info({ state: existing.state }, 'resuming a half-done NIC attach');
-        record = existing;
-      } else {
-        await this.#checkHostSide(spec, ctx.signal);
-        record = fresh;
-        await this.#journal.save(record);
-      }
-      try {
-        const done = await this.#attachSteps(qmp, record, ctx.signal, log);
-        log.info(
-          { device: done.names.device, port: done.port, tap: done.tap, mac: done.spec.mac },
-          'NIC attached',
-        );
-        return { created: true, nic: toNicView(done) };
-      } catch (err) {
-        const failure = backend('attach', err);
-        await this.#rollback(qmp, sandboxId, nicId, failure, log);
-        throw failure;
-      }
-    });
+    return this.#observed(
+      sandboxId,
+      this.#exclusive(sandboxId, ctx.signal, async () => {
+        const qmp = this.#present(sandboxId);
+        const q = this.#q(ctx.signal);
+        let existing = await this.#journal.load(sandboxId, nicId);
+        const fresh = newNicRecord(sandboxId, nicId, spec);
+        if (existing !== undefined && existing.fingerprint !== fresh.fingerprint) {
+          throw new NicConflictError(
+            `NIC ${nicId} of sandbox ${sandboxId} exists with a different spec; detach it first`,
+          );
+        }
+        if (existing?.state === 'Attached') {
+          const devices = await listDevices(qmp, q).catch((e: unknown) => {
+            throw backend('attach', e);
+          });
+          if (devices.has(existing.names.device)) return { created: false, nic: toNicView(existing) };
+          // QEMU lost the device (restarted, or deleted behind vmplug's back): clear what is left
+          // and attach anew rather than answer "attached" for a NIC the guest does not have.
+          log.warn(
+            { device: existing.names.device },
+            'attached NIC has no device in QEMU; attaching it again',
+          );
+          existing = advance(existing, 'Detaching', {
+            error: { code: 'DEVICE_LOST', message: `device ${existing.names.device} vanished` },
+          });
+          await this.#journal.save(existing);
+          await this.#teardown(qmp, existing, ctx.signal, this.#o.detachTimeoutMs);
+          existing = undefined;
+        }
+        if (existing !== undefined && !isNicAttachState(existing.state)) {
+          throw new NicConflictError(
+            `NIC ${nicId} of sandbox ${sandboxId} is being detached (${existing.state}); finish the detach first`,
+          );
+        }
+        let record: NicRecord;
+        if (existing !== undefined) {
+          log.info({ state: existing.state }, 'resuming a half-done NIC attach');
+          record = existing;
+        } else {
+          await this.#checkHostSide(spec, ctx.signal);
+          record = fresh;
+          await this.#journal.save(record);
+        }
+        try {
+          const done = await this.#attachSteps(qmp, record, ctx.signal, log);
+          log.info(
+            { device: done.names.device, port: done.port, tap: done.tap, mac: done.spec.mac },
+            'NIC attached',
+          );
+          return { created: true, nic: toNicView(done) };
+        } catch (err) {
+          const failure = backend('attach', err);
+          await this.#rollback(qmp, sandboxId, nicId, failure, log);
+          throw failure;
+        }
+      }),
+    );
   }
 
   async detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<void> {
     const log = ctx.log.child({ op: 'nic-detach', sandboxId, nicId });
-    await this.#exclusive(sandboxId, ctx.signal, async () => {
-      let record = await this.#journal.load(sandboxId, nicId);
-      if (record === undefined) return;
-      const presence = this.#o.sandboxes.lookup(sandboxId);
-      if (presence.state === 'gone') {
-        await this.#dropGone(record, ctx.signal);
-        log.info({}, 'sandbox gone; removed its NIC record and tap');
-        return;
-      }
-      if (presence.state === 'unreachable') {
-        throw new NicBackendError(
-          'detach',
-          `the monitor of sandbox ${sandboxId} does not answer (${presence.reason})`,
-          {
-            retryable: true,
-          },
-        );
-      }
-      if (isNicAttachState(record.state)) {
-        record = advance(record, 'Detaching');
-        await this.#journal.save(record);
-      }
-      await this.#teardown(presence.sandbox.qmp, record, ctx.signal, this.#o.detachTimeoutMs);
-      log.info({}, 'NIC detached');
-    });
+    await this.#observed(
+      sandboxId,
+      this.#exclusive(sandboxId, ctx.signal, async () => {
+        let record = await this.#journal.load(sandboxId, nicId);
+        if (record === undefined) return;
+        const presence = this.#o.sandboxes.lookup(sandboxId);
+        if (presence.state === 'gone') {
+          await this.#dropGone(record, ctx.signal);
+          log.info({}, 'sandbox gone; removed its NIC record and tap');
+          return;
+        }
+        if (presence.state === 'unreachable') {
+          throw new NicBackendError(
+            'detach',
+            `the monitor of sandbox ${sandboxId} does not answer (${presence.reason})`,
+            {
+              retryable: true,
+            },
+          );
+        }
+        if (isNicAttachState(record.state)) {
+          record = advance(record, 'Detaching');
+          await this.#journal.save(record);
+        }
+        await this.#teardown(presence.sandbox.qmp, record, ctx.signal, this.#o.detachTimeoutMs);
+        log.info({}, 'NIC detached');
+      }),
+    );
+  }
+
+  /** Tells the observer once `op` settles, either way (a failed attach may have rolled back). */
+  async #observed<T>(sandboxId: string, op: Promise<T>): Promise<T> {
+    try {
+      return await op;
+    } finally {
+      this.#onChange(sandboxId);
+    }
   }
 
   async get(sandboxId: NetSandboxId, nicId: NicId): Promise<NicView> {
@@ -317,6 +345,11 @@ export class NicEngine {
       } catch (err) {
         summary.errors.push({ message: (err as Error).message });
       }
+    }
+    for (const id of new Set(
+      summary.repairs.flatMap((r) => (r.sandboxId !== undefined ? [r.sandboxId] : [])),
+    )) {
+      this.#onChange(id);
     }
     return summary;
   }
