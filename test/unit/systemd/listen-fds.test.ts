@@ -1,6 +1,9 @@
+import { closeSync, openSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../../../daemon/logger.js';
 import { systemdFromEnv } from '../../../daemon/main.js';
+import type { VmplugServer } from '../../../daemon/server.js';
+import { listenOnInheritedSocket } from '../../../daemon/unix-socket.js';
 import { ListenFdsError, parseListenFds } from '../../../systemd/listen-fds.js';
 
 describe('parseListenFds', () => {
@@ -47,5 +50,25 @@ describe('systemdFromEnv', () => {
   it('refuses more than one passed socket and malformed values', () => {
     expect(systemdFromEnv({ LISTEN_FDS: '2', LISTEN_PID: '42' }, logger, 42)).toBeInstanceOf(ListenFdsError);
     expect(systemdFromEnv({ NOTIFY_SOCKET: '/n', WATCHDOG_USEC: 'x' }, logger, 42)).toBeInstanceOf(Error);
+  });
+});
+
+describe('listenOnInheritedSocket', () => {
+  const log = createLogger({ level: 'silent' });
+  // Refused before the server is touched.
+  const app = {} as VmplugServer;
+
+  it('refuses an fd that is not an open socket (a unit passing the wrong thing must fail loudly)', async () => {
+    const fd = openSync('/dev/null', 'r');
+    try {
+      await expect(listenOnInheritedSocket(app, { fd, path: '/run/x.sock', log })).rejects.toMatchObject({
+        code: 'INHERITED_SOCKET_INVALID',
+      });
+    } finally {
+      closeSync(fd);
+    }
+    await expect(listenOnInheritedSocket(app, { fd: 4000, path: '/run/x.sock', log })).rejects.toMatchObject({
+      code: 'INHERITED_SOCKET_INVALID',
+    });
   });
 });

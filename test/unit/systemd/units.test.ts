@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { resolveConfig } from '../../../daemon/config.js';
@@ -11,6 +13,7 @@ import { resolveConfig } from '../../../daemon/config.js';
 const dir = fileURLToPath(new URL('../../../systemd/', import.meta.url));
 const service = `${dir}vmplugd.service`;
 const socket = `${dir}vmplugd.socket`;
+const sysusers = `${dir}vmplug.sysusers`;
 
 /** Directive -> values, in file order (a key may repeat, e.g. Environment=). */
 async function directives(path: string): Promise<Map<string, string[]>> {
@@ -37,17 +40,17 @@ function seconds(v: string): number {
   return Number(m[1]) * (m[2] === 'min' ? 60 : 1);
 }
 
+function run(file: string, args: string[]): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    execFile(file, args, { timeout: 30_000, encoding: 'utf8' }, (err, stdout, stderr) =>
+      err === null ? resolve(`${stdout}${stderr}`) : reject(new Error(`${err.message}\n${stderr}`)),
+    );
+  });
+}
+
 describe('systemd units', () => {
   it('pass systemd-analyze verify without a warning', async () => {
-    const output = await new Promise<string>((resolve, reject) => {
-      execFile(
-        'systemd-analyze',
-        ['verify', service, socket],
-        { timeout: 30_000, encoding: 'utf8' },
-        (err, stdout, stderr) =>
-          err === null ? resolve(`${stdout}${stderr}`) : reject(new Error(`${err.message}\n${stderr}`)),
-      );
-    });
+    const output = await run('systemd-analyze', ['verify', service, socket]);
     // verify exits 0 on unknown keys and bad values: it only prints them.
     expect(output).toBe('');
   });
@@ -87,5 +90,20 @@ describe('systemd units', () => {
     expect(one(s, 'DirectoryMode')).toBe(one(d, 'RuntimeDirectoryMode'));
     expect(config.monitorDir.startsWith(`/run/${one(d, 'RuntimeDirectory')}/`)).toBe(true);
     expect(config.stateDir).toBe(`/var/lib/${one(d, 'StateDirectory')}`);
+  });
+
+  it('create, with systemd-sysusers, the group the socket is given to', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'vmplug-sysusers-'));
+    try {
+      await mkdir(join(root, 'etc'));
+      // --root: writes only below the scratch root, never the host's /etc.
+      await run('systemd-sysusers', [`--root=${root}`, sysusers]);
+      const groups = (await readFile(join(root, 'etc', 'group'), 'utf8'))
+        .split('\n')
+        .map((l) => l.split(':')[0]);
+      expect(groups).toContain(one(await directives(socket), 'SocketGroup'));
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
