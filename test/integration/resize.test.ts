@@ -183,44 +183,68 @@ describe('guest hot-resize of a Kata-shaped sandbox', () => {
 
 describe('vCPU removal on a Kata-shaped sandbox (opted in under TCG)', () => {
   let root: TestRoot;
-  let sandbox: KataSandbox;
-  let qmp: QmpClient;
-  let app: VmplugServer;
 
   beforeAll(async () => {
     root = await createTestRoot();
-    sandbox = await startKataSandbox(root, { vcpus: 1, maxVcpus: 2 });
-    qmp = await QmpClient.connect(sandbox.vmplugQmpPath, { timeoutMs: 10_000 });
-    const resizer = new QmpResizer(qmp, { vcpuUnplugWithoutKvm: true });
-    app = await serverOver((id) => (id === sandbox.id ? { state: 'present', resizer } : { state: 'gone' }));
-  }, 180_000);
+  });
 
   afterAll(async () => {
-    await app?.close();
-    await qmp?.close().catch(() => {});
     await root?.cleanup();
   });
 
+  /** One sandbox: add a vCPU, remove it; 'crashed' when QEMU died under us (the TCG bug). */
+  async function attempt(): Promise<'done' | 'crashed'> {
+    const sandbox = await startKataSandbox(root, { vcpus: 1, maxVcpus: 2 });
+    const qmp = await QmpClient.connect(sandbox.vmplugQmpPath, { timeoutMs: 10_000 });
+    const resizer = new QmpResizer(qmp, { vcpuUnplugWithoutKvm: true });
+    const app = await serverOver((id) =>
+      id === sandbox.id ? { state: 'present', resizer } : { state: 'gone' },
+    );
+    let removed = false;
+    try {
+      expect((await patch(app, sandbox.id, { vcpus: 2 })).status).toBe(200);
+      await until(sandbox.guest, onlineCpus, (o) => o === '2', '2 CPUs in /proc/cpuinfo');
+      const t0 = performance.now();
+      const down = await patch(app, sandbox.id, { vcpus: 1 });
+      expect(down.status, JSON.stringify(down.body)).toBe(200);
+      expect(down.body.vcpus).toBe(1);
+      removed = true;
+      const replied = ms(t0);
+      await until(sandbox.guest, cpuCount, (o) => o === '1', '1 CPU in /proc/cpuinfo');
+      console.log(`kata vCPU 2->1 (ACPI eject): reply ${replied}, guest shows 1 CPU ${ms(t0)}`);
+      // The boot CPU is not vmplug's to remove.
+      expect((await patch(app, sandbox.id, { vcpus: 1 })).body.vcpus).toBe(1);
+      // What QEMU 7.2 under TCG does next is why removal is off there by default: printed.
+      const fate = await Promise.race([
+        sandbox.exited.then((e) => `QEMU exited (${e.signal ?? e.code}) after the unplug`),
+        new Promise<string>((r) => setTimeout(() => r('QEMU still running 3 s after the unplug'), 3_000)),
+      ]);
+      console.log(`kata vCPU removal under ${kvm ? 'KVM' : 'TCG'}: ${fate}`);
+      return 'done';
+    } catch (err) {
+      // Only QEMU dying by a signal after the unplug counts as the known crash; anything else fails.
+      const exit = await Promise.race([
+        sandbox.exited,
+        new Promise<null>((r) => setTimeout(() => r(null), 1_000)),
+      ]);
+      if (removed && !kvm && exit?.signal) {
+        console.log(
+          `kata vCPU removal under TCG: QEMU died (${exit.signal}) before the guest was read; again`,
+        );
+        return 'crashed';
+      }
+      throw err;
+    } finally {
+      await app.close();
+      await qmp.close().catch(() => {});
+      await sandbox.stop();
+    }
+  }
+
   it("the guest releases the vCPU vmplug added (2 -> 1 in /proc/cpuinfo); only vmplug's CPUs go", async () => {
-    expect((await patch(app, sandbox.id, { vcpus: 2 })).status).toBe(200);
-    await until(sandbox.guest, onlineCpus, (o) => o === '2', '2 CPUs in /proc/cpuinfo');
-    const t0 = performance.now();
-    const down = await patch(app, sandbox.id, { vcpus: 1 });
-    expect(down.status, JSON.stringify(down.body)).toBe(200);
-    expect(down.body.vcpus).toBe(1);
-    const replied = ms(t0);
-    await until(sandbox.guest, cpuCount, (o) => o === '1', '1 CPU in /proc/cpuinfo');
-    console.log(`kata vCPU 2->1 (ACPI eject): reply ${replied}, guest shows 1 CPU ${ms(t0)}`);
-    // The boot CPU is not vmplug's to remove.
-    const below = await patch(app, sandbox.id, { vcpus: 1 });
-    expect(below.status).toBe(200);
-    // What QEMU 7.2 under TCG does next is why removal is off there by default: printed, not asserted.
-    const fate = await Promise.race([
-      sandbox.exited.then((e) => `QEMU exited (${e.signal ?? e.code}) after the unplug`),
-      new Promise<string>((r) => setTimeout(() => r('QEMU still running 3 s after the unplug'), 3_000)),
-    ]);
-    console.log(`kata vCPU removal under ${kvm ? 'KVM' : 'TCG'}: ${fate}`);
-  });
+    for (let i = 0; i < 3; i++) if ((await attempt()) === 'done') return;
+    throw new Error('QEMU crashed after every vCPU removal (3 sandboxes): the guest could not be read');
+  }, 600_000);
 });
 
 describe('guest hot-resize of a libvirt domain', () => {
