@@ -1,0 +1,140 @@
+import { describe, expect, it, vi } from 'vitest';
+import { resolveConfig } from '../../../daemon/config.js';
+import { NodeFactsCache } from '../../../daemon/node-facts.js';
+import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube-http.js';
+import { createReporting } from '../../../daemon/reporting.js';
+import type { SandboxRecord } from '../../../daemon/routes/sandboxes.js';
+import type { SandboxId, VolumeId } from '../../../storage/ids.js';
+import type { AttachSpec } from '../../../storage/volume-spec.js';
+import { FakeAttachService, memoryLogger } from './helpers.js';
+
+const spec: AttachSpec = {
+  mode: 'block',
+  source: { type: 'hostDevice', path: '/dev/loop7' },
+  readOnly: false,
+  bus: 'virtio-blk',
+};
+
+function harness(opts: { kube?: boolean } = {}) {
+  const log = memoryLogger('debug');
+  const { config } = resolveConfig({ nodeName: 'node-a', leaseNamespace: 'ops' }, {}, null);
+  const records: SandboxRecord[] = [
+    {
+      id: 'sb1',
+      kind: 'kata',
+      state: 'running',
+      discoveredAt: '2026-01-01T00:00:00.000Z',
+      pod: { uid: 'u1', name: 'web-0', namespace: 'shop' },
+    },
+    { id: 'sb2', kind: 'kata', state: 'running', discoveredAt: '2026-01-01T00:00:00.000Z' },
+  ];
+  const fake = new FakeAttachService();
+  const ctx = { signal: new AbortController().signal, log: log.logger };
+  const requests: KubeRequest[] = [];
+  const http: KubeHttp = {
+    server: 'https://fake',
+    request: async (req) => {
+      requests.push(req);
+      return { status: 200, body: {} };
+    },
+  };
+  const nodeFacts = new NodeFactsCache({
+    system: {
+      cpu: async () => ({ manufacturer: '', brand: 'cpu', cores: 2, physicalCores: 2 }),
+      cpuFlags: async () => 'vmx',
+      osInfo: async () => ({ distro: 'd', release: '1', kernel: 'k', arch: 'x64', hostname: 'h' }),
+      networkInterfaces: async () => [],
+      mem: async () => ({ total: 1, free: 1, available: 1 }),
+      blockDevices: async () => [],
+      kvmDevice: async () => 'missing',
+    },
+  });
+  const reporting = createReporting({
+    config,
+    logger: log.logger,
+    discovery: { onChange: () => () => {}, onSessionState: () => () => {} },
+    catalog: { list: () => records, get: (id) => records.find((r) => r.id === id) },
+    engine: {
+      service: fake,
+      listVolumes: async (id) => {
+        const out = [];
+        for (const v of ['v1']) {
+          try {
+            out.push(await fake.get(id, v as VolumeId, ctx));
+          } catch {
+            // not attached
+          }
+        }
+        return out;
+      },
+      readiness: () => ({ ok: true }),
+      close: async () => {},
+    },
+    nodeFacts,
+    env: {},
+    ...(opts.kube ? { reporter: { http, leaseRenewMs: 60_000 } } : {}),
+  });
+  reporting.start(() => ({ ready: true, checks: {} }));
+  const events = () =>
+    requests
+      .filter((r) => r.method === 'POST' && r.path.endsWith('/events'))
+      .map((r) => r.body as { reason: string; type: string; involvedObject: { name: string; uid?: string } });
+  return { reporting, log, ctx, fake, requests, events };
+}
+
+describe('createReporting', () => {
+  it('without a cluster: a disabled reporter that says so once, metrics still counted', async () => {
+    const h = harness();
+    expect(h.reporting.reporter.enabled).toBe(false);
+    await h.reporting.service.attach('sb1' as SandboxId, 'v1' as VolumeId, spec, h.ctx);
+    expect(h.log.lines().filter((l) => /no Kubernetes cluster configured/.test(String(l.msg)))).toHaveLength(
+      1,
+    );
+    expect(await h.reporting.metrics.text()).toMatch(
+      /^vmplug_attach_total\{mode="block",frontend="virtio-blk",result="ok"\} 1$/m,
+    );
+    await h.reporting.stop();
+  });
+
+  it('Pod events for a new attach, a detach and a failure of a sandbox with a pod; none without one', async () => {
+    const h = harness({ kube: true });
+    const sb1 = 'sb1' as SandboxId;
+    const v1 = 'v1' as VolumeId;
+    await h.reporting.service.attach(sb1, v1, spec, h.ctx);
+    await h.reporting.service.attach(sb1, v1, spec, h.ctx); // idempotent repeat: no news
+    await h.reporting.service.attach('sb2' as SandboxId, v1, spec, h.ctx); // no pod: no event
+    await h.reporting.reporter.flush();
+    // The detach is labelled from the volume list read after the attach.
+    await vi.waitFor(
+      () =>
+        expect(
+          h.requests.some(
+            (r) =>
+              r.method === 'PATCH' &&
+              r.path.endsWith('/status') &&
+              JSON.stringify(r.body).includes('"volumeId":"v1"'),
+          ),
+        ).toBe(true),
+      { timeout: 20_000 },
+    );
+    await h.reporting.service.detach(sb1, v1, h.ctx);
+    h.fake.fail = Object.assign(new Error('lanes full'), { code: 'LANES_FULL' });
+    await expect(h.reporting.service.attach(sb1, 'v9' as VolumeId, spec, h.ctx)).rejects.toThrow();
+    await h.reporting.reporter.flush();
+    expect(
+      h.events().map((e) => `${e.reason}/${e.type}/${e.involvedObject.name}/${e.involvedObject.uid}`),
+    ).toEqual([
+      'VolumeAttached/Normal/web-0/u1',
+      'VolumeDetached/Normal/web-0/u1',
+      'VolumeAttachFailed/Warning/web-0/u1',
+    ]);
+    const metrics = await h.reporting.metrics.text();
+    expect(metrics).toMatch(/^vmplug_detach_total\{mode="block",frontend="virtio-blk",result="ok"\} 1$/m);
+    expect(metrics).toMatch(/^vmplug_operation_errors_total\{op="attach",code="LANES_FULL"\} 1$/m);
+    // The Lease goes to the configured namespace.
+    expect(
+      h.requests.some((r) => r.path.startsWith('/apis/coordination.k8s.io/v1/namespaces/ops/leases/')),
+    ).toBe(true);
+    await h.reporting.stop();
+  });
+});
