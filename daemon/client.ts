@@ -1,4 +1,5 @@
 import { request } from 'node:http';
+import type { NicView as Nic } from '../net/engine.js';
 import type { Attachment } from '../storage/attach-service.js';
 
 // A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
@@ -73,6 +74,17 @@ export type SandboxState =
   | 'unknown'
   | 'unreachable';
 
+/** A NIC as vmplugd shows it (net/engine.ts NicView). */
+export type { NicView as Nic } from '../net/engine.js';
+
+/** PUT .../nics/{nicId} body: exactly one of hostInterface.name and hostInterface.bridge. */
+export interface NicRequest {
+  mac?: string;
+  hostInterface: { type: 'tap'; name?: string; bridge?: string };
+  mtu?: number;
+  queues?: 1;
+}
+
 export interface Sandbox {
   id: string;
   kind: 'kata' | 'libvirt';
@@ -83,6 +95,7 @@ export interface Sandbox {
   pid?: number;
   discoveredAt: string;
   volumes: Attachment[];
+  nics?: Nic[];
 }
 
 /** The daemon answered with an error (problem+json). */
@@ -188,6 +201,26 @@ export class VmplugClient {
   ): Promise<Attachment> {
     const res = await this.#call('POST', `${volumePath(sandboxId, volumeId)}/resize`, { sizeBytes }, opts);
     return res.body as Attachment;
+  }
+
+  /** PUT: idempotent NIC hot-plug. */
+  async attachNic(
+    sandboxId: string,
+    nicId: string,
+    body: NicRequest,
+    opts: CallOptions = {},
+  ): Promise<{ created: boolean; nic: Nic }> {
+    const res = await this.#call('PUT', nicPath(sandboxId, nicId), body, opts);
+    return { created: res.status === 201, nic: res.body as Nic };
+  }
+
+  /** DELETE: idempotent NIC unplug (also fine when the NIC is unknown). */
+  async detachNic(sandboxId: string, nicId: string, opts: CallOptions = {}): Promise<void> {
+    await this.#call('DELETE', nicPath(sandboxId, nicId), undefined, opts);
+  }
+
+  async getNic(sandboxId: string, nicId: string, opts: CallOptions = {}): Promise<Nic> {
+    return (await this.#call('GET', nicPath(sandboxId, nicId), undefined, opts)).body as Nic;
   }
 
   /** A guest's vCPUs and memory (GET .../resources). */
@@ -301,6 +334,10 @@ export class VmplugClient {
 
 function volumePath(sandboxId: string, volumeId: string): string {
   return `/v1/sandboxes/${encodeURIComponent(sandboxId)}/volumes/${encodeURIComponent(volumeId)}`;
+}
+
+function nicPath(sandboxId: string, nicId: string): string {
+  return `/v1/sandboxes/${encodeURIComponent(sandboxId)}/nics/${encodeURIComponent(nicId)}`;
 }
 
 function apiError(res: RawResponse): VmplugApiError {

@@ -43,6 +43,16 @@ export type Command =
       annotations?: Record<string, string>;
     }
   | { name: 'detach'; sandboxId: string; volumeId: string }
+  | {
+      name: 'nic-attach';
+      sandboxId: string;
+      nicId: string;
+      bridge?: string;
+      tap?: string;
+      mac?: string;
+      mtu?: number;
+    }
+  | { name: 'nic-detach'; sandboxId: string; nicId: string }
   | { name: 'resize'; sandboxId: string; volumeId: string; sizeBytes: number }
   | { name: 'resize-guest'; sandboxId: string; vcpus?: number; memoryMiB?: number }
   | { name: 'ls'; podUid?: string }
@@ -84,7 +94,16 @@ const ATTACH_OPTIONS: OptionSpec = {
   annotation: { type: 'string', multiple: true },
 };
 
+const NIC_OPTIONS: OptionSpec = {
+  bridge: { type: 'string' },
+  tap: { type: 'string' },
+  mac: { type: 'string' },
+  mtu: { type: 'string' },
+};
+
 const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, number] }> = {
+  'nic-attach': { options: NIC_OPTIONS, positionals: [2, 2] },
+  'nic-detach': { options: {}, positionals: [2, 2] },
   attach: { options: ATTACH_OPTIONS, positionals: [2, 2] },
   detach: { options: {}, positionals: [2, 2] },
   resize: { options: {}, positionals: [3, 3] },
@@ -121,6 +140,10 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
       return { global, command: attachCommand(p[0]!, p[1]!, values) };
     case 'detach':
       return { global, command: { name: 'detach', sandboxId: p[0]!, volumeId: p[1]! } };
+    case 'nic-attach':
+      return { global, command: nicAttachCommand(p[0]!, p[1]!, values) };
+    case 'nic-detach':
+      return { global, command: { name: 'nic-detach', sandboxId: p[0]!, nicId: p[1]! } };
     case 'resize':
       return {
         global,
@@ -166,6 +189,7 @@ const VALUE_OPTIONS = new Set(
     ...GLOBAL_OPTIONS,
     ...ATTACH_OPTIONS,
     ...RESIZE_GUEST_OPTIONS,
+    ...NIC_OPTIONS,
     'pod-uid': { type: 'string' },
   })
     .filter(([, o]) => o.type === 'string')
@@ -296,6 +320,24 @@ function attachCommand(sandboxId: string, volumeId: string, v: Values): Command 
     }
     cmd.annotations = annotations;
   }
+  return cmd;
+}
+
+function nicAttachCommand(sandboxId: string, nicId: string, v: Values): Command {
+  const bridge = str(v.bridge);
+  const tap = str(v.tap);
+  if ((bridge === undefined) === (tap === undefined)) {
+    throw new UsageError(
+      'nic-attach: give either --bridge <bridge> (vmplug creates the tap) or --tap <existing tap>',
+    );
+  }
+  const cmd: Command & { name: 'nic-attach' } = { name: 'nic-attach', sandboxId, nicId };
+  if (bridge !== undefined) cmd.bridge = bridge;
+  if (tap !== undefined) cmd.tap = tap;
+  const mac = str(v.mac);
+  if (mac !== undefined) cmd.mac = mac;
+  const mtu = positiveInt(v.mtu, '--mtu');
+  if (mtu !== undefined) cmd.mtu = mtu;
   return cmd;
 }
 

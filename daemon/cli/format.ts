@@ -61,6 +61,13 @@ export function sandboxDetails(s: Sandbox): string {
           ['VOLUME', 'MODE', 'BUS', 'STATE', 'RO', 'GUEST'],
           s.volumes.map((v) => [v.volumeId, v.mode, v.bus, v.state, v.readOnly ? 'yes' : 'no', v.guestHint]),
         );
+  if (s.nics !== undefined && s.nics.length > 0) {
+    out += '\n';
+    out += table(
+      ['NIC', 'MAC', 'TAP', 'STATE', 'PORT'],
+      s.nics.map((n) => [n.nicId, n.mac, n.tapOwned ? n.tap : `${n.tap} (given)`, n.state, n.port ?? '-']),
+    );
+  }
   return out;
 }
 

@@ -29,6 +29,19 @@ Hot-attaches a volume into a running sandbox (idempotent: the same spec again su
 Hot-detaches a volume (idempotent: an unknown or already detached volume succeeds).
 Exit code 5 with DETACH_PENDING: the guest has not released the disk yet; run it again.
 `,
+  'nic-attach': `Usage: vmplug nic-attach <sandbox> <nic> (--bridge <bridge> | --tap <tap>) [--mac M] [--mtu N]
+
+Hot-plugs a virtio-net NIC (idempotent: the same spec again succeeds, another is a conflict).
+  --bridge <bridge>   vmplug creates a tap vmpt<hash>, enslaves it to this existing bridge, and
+                      deletes it on nic-detach
+  --tap <tap>         use this existing tap as it is; vmplug never deletes it
+  --mac <mac>         unicast MAC (default: derived from sandbox and NIC id, locally administered)
+  --mtu <n>           MTU of the tap, offered to the guest driver too
+`,
+  'nic-detach': `Usage: vmplug nic-detach <sandbox> <nic>
+
+Hot-unplugs a NIC (idempotent). Exit code 5 with DETACH_PENDING: the guest has not released it yet.
+`,
   resize: `Usage: vmplug resize <sandbox> <volume> <size>
 
 Online expand of an attached volume. <size> in bytes, or with K, M, G, T (binary, also KiB...)
@@ -70,6 +83,9 @@ Client of vmplugd's REST API on its unix socket.
 Commands:
   attach <sandbox> <volume> ...   hot-attach a volume (block: --device; rbd: --pool/--image/...)
   detach <sandbox> <volume>       hot-detach a volume
+  nic-attach <sandbox> <nic> --bridge <br> | --tap <tap> [--mac M] [--mtu N]
+                                  hot-plug a virtio-net NIC
+  nic-detach <sandbox> <nic>      hot-unplug a NIC
   resize <sandbox> <volume> <size> online expand
   resize-guest <sandbox> [--vcpus <n>] [--memory-mib <MiB>]
                                   hot-resize a guest's vCPUs / memory

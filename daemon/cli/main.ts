@@ -6,6 +6,7 @@ import {
   type AttachSourceRequest,
   type CallOptions,
   DEFAULT_SOCKET,
+  type NicRequest,
   VmplugApiError,
   VmplugClient,
   VmplugTransportError,
@@ -97,6 +98,28 @@ async function run(
       await client.detach(command.sandboxId, command.volumeId, call);
       if (global.json) json({ sandboxId: command.sandboxId, volumeId: command.volumeId, detached: true });
       else out(`detached ${command.volumeId} from ${command.sandboxId}\n`);
+      return EXIT.OK;
+    case 'nic-attach': {
+      const body: NicRequest = {
+        hostInterface:
+          command.bridge !== undefined
+            ? { type: 'tap', bridge: command.bridge }
+            : { type: 'tap', name: command.tap as string },
+      };
+      if (command.mac !== undefined) body.mac = command.mac;
+      if (command.mtu !== undefined) body.mtu = command.mtu;
+      const { created, nic } = await client.attachNic(command.sandboxId, command.nicId, body, call);
+      if (global.json) json(nic);
+      else
+        out(
+          `${created ? 'attached' : 'already attached'} NIC ${nic.nicId} to ${nic.sandboxId}: mac ${nic.mac}, tap ${nic.tap}, device ${nic.deviceId} on ${nic.port ?? '-'}\n`,
+        );
+      return EXIT.OK;
+    }
+    case 'nic-detach':
+      await client.detachNic(command.sandboxId, command.nicId, call);
+      if (global.json) json({ sandboxId: command.sandboxId, nicId: command.nicId, detached: true });
+      else out(`detached NIC ${command.nicId} from ${command.sandboxId}\n`);
       return EXIT.OK;
     case 'resize': {
       const a = await client.resize(command.sandboxId, command.volumeId, command.sizeBytes, call);
