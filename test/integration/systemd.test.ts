@@ -1,18 +1,16 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { link, lstat, mkdir, mkdtemp, rm, unlink } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { lstat, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { apiCall, type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import { type NotifyReceiver, startNotifyReceiver } from '../env/notify.js';
+import { type SocketActivator, startSocketActivator } from '../env/socket-activator.js';
 
 // vmplugd under systemd's two protocols, spoken to directly (there is no systemd as PID 1 here):
-// sd_notify, with a datagram socket standing in for the manager's, and socket activation, with the
-// test passing a listening socket as fd 3 the way systemd does.
+// sd_notify, with a datagram socket standing in for the manager's, and socket activation, with a
+// small activator holding the listening socket and starting vmplugd with it on fd 3 as systemd does.
 
 const VMPLUGD = fileURLToPath(new URL('../../bin/vmplugd.js', import.meta.url));
 
@@ -101,83 +99,55 @@ describe('sd_notify', () => {
 });
 
 describe('socket activation', () => {
-  let child: ChildProcess | undefined;
-  let parentServer: Server | undefined;
+  let activator: SocketActivator | undefined;
 
   afterAll(async () => {
-    if (child !== undefined && child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
-      await once(child, 'exit');
-    }
-    parentServer?.close();
+    await activator?.close();
   });
 
-  it('serves on the socket passed as fd 3 and leaves it in place at shutdown', async () => {
+  it('serves on the socket passed as fd 3, never unlinks it, and a request made across a restart is answered', async () => {
     const home = join(dir, 'activated');
     await mkdir(join(home, 'state'), { recursive: true });
     const systemdSocket = join(home, 'systemd.sock');
     const ownSocket = join(home, 'own.sock');
+    const log = join(home, 'vmplugd.log');
+    activator = await startSocketActivator(systemdSocket, log, [
+      process.execPath,
+      VMPLUGD,
+      '--socket',
+      ownSocket,
+      '--state-dir',
+      join(home, 'state'),
+      '--monitor-dir',
+      join(dir, 'monitors'),
+      '--kata-vm-root',
+      join(dir, 'vc'),
+      '--libvirt-uri',
+      '',
+    ]);
+    const a = activator;
 
-    // Bound like systemd would, under a temporary name linked to the real one: the test process
-    // closes its copy after the spawn (so it never accepts a connection meant for the daemon), and
-    // Node unlinks a unix socket's bound path on close.
-    const temp = join(home, 'bind.sock');
-    const server = createServer();
-    parentServer = server;
-    await new Promise<void>((resolve) => server.listen(temp, resolve));
-    await link(temp, systemdSocket);
-    const fd = (server as unknown as { _handle: { fd: number } })._handle.fd;
-
-    // systemd sets LISTEN_PID in the child after fork; spawn cannot know the pid beforehand, so a
-    // two-line sh does the same: export its own pid, then exec node (which keeps that pid).
-    const lines: string[] = [];
-    child = spawn(
-      '/bin/sh',
-      [
-        '-c',
-        'LISTEN_PID=$$; export LISTEN_PID; exec "$@"',
-        'sh',
-        process.execPath,
-        VMPLUGD,
-        '--socket',
-        ownSocket,
-        '--state-dir',
-        join(home, 'state'),
-        '--monitor-dir',
-        join(dir, 'monitors'),
-        '--kata-vm-root',
-        join(dir, 'vc'),
-        '--libvirt-uri',
-        '',
-      ],
-      {
-        env: { ...process.env, LISTEN_FDS: '1', LISTEN_FDNAMES: 'vmplugd.socket' },
-        stdio: ['ignore', 'pipe', 'pipe', fd],
-      },
-    );
-    const c = child;
-    for (const stream of [c.stdout, c.stderr]) {
-      stream?.setEncoding('utf8');
-      stream?.on('data', (chunk: string) => lines.push(...chunk.split('\n').filter((l) => l !== '')));
-    }
-    parentServer = undefined;
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    expect(existsSync(temp)).toBe(false);
-    expect((await lstat(systemdSocket)).isSocket()).toBe(true);
-
-    // A request sent before the daemon listens waits in the socket's backlog, as with systemd.
-    const health = await apiCall<{ status: string }>(systemdSocket, 'GET', '/healthz', undefined, 60_000);
-    expect(health.status).toBe(200);
-    expect(lines.some((l) => l.includes('listening on the socket passed by systemd'))).toBe(true);
+    // The socket listens before vmplugd runs: this request waits in the backlog until it serves.
+    const first = apiCall<{ status: string }>(systemdSocket, 'GET', '/healthz', undefined, 60_000);
+    const pid1 = await a.start();
+    expect((await first).status).toBe(200);
+    expect(await readFile(log, 'utf8')).toContain('listening on the socket passed by systemd');
     expect(existsSync(ownSocket)).toBe(false);
 
-    const exited = once(c, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
-    c.kill('SIGTERM');
-    const [code] = await exited;
-    expect(code).toBe(0);
-    // systemd's socket stays: the next start (or the socket unit's stop) deals with it.
+    process.kill(pid1, 'SIGTERM');
+    expect(await a.exited(pid1)).toEqual({ code: 0, signal: null });
+    // systemd's socket is left in place and keeps listening (the activator holds it).
+    expect((await lstat(systemdSocket)).isSocket()).toBe(true);
+
+    // Made while no vmplugd runs, answered by the next one.
+    const acrossRestart = apiCall<{ status: string }>(systemdSocket, 'GET', '/healthz', undefined, 60_000);
+    const pid2 = await a.start();
+    expect(pid2).not.toBe(pid1);
+    expect((await acrossRestart).status).toBe(200);
+
+    process.kill(pid2, 'SIGTERM');
+    expect(await a.exited(pid2)).toEqual({ code: 0, signal: null });
     expect((await lstat(systemdSocket)).isSocket()).toBe(true);
     expect(existsSync(ownSocket)).toBe(false);
-    await unlink(systemdSocket);
   });
 });
