@@ -21,6 +21,12 @@ import {
 import { advance, newNicRecord } from '../../net/journal.js';
 import { listVmplugNetdevs } from '../../net/qemu.js';
 import { netdevAdd, QmpSession, qomList } from '../../qmp/index.js';
+import { AttachEngine } from '../../storage/engine.js';
+import { parseSandboxId, parseVolumeId } from '../../storage/ids.js';
+import { Journal, loadFingerprintKey } from '../../storage/journal.js';
+import type { SandboxPresence } from '../../storage/sandbox-directory.js';
+import { parseAttachRequest } from '../../storage/volume-spec.js';
+import { createLoopDevice, type LoopDevice } from '../env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // NIC hot-plug on a real Kata-shaped sandbox (QEMU 7.2 through bin/vmplug-qemu, TCG guest with
@@ -279,5 +285,65 @@ describe('NIC hot-plug on a real sandbox', () => {
     expect(await engine.journal.sandboxes()).toEqual([]);
     // A third round finds nothing to do.
     expect((await engine.reconcile({ log })).repairs).toEqual([]);
+  });
+
+  it('NICs and virtio-blk disks share the vmplug root ports: each engine takes a free one', async () => {
+    let loop: LoopDevice | undefined;
+    const storageDir = await mkdtemp(join(tmpdir(), 'vmplug-nic-st-'));
+    const sid = parseSandboxId(sandbox.id);
+    const present: SandboxPresence = { state: 'present', sandbox: { id: sid, kind: 'kata', qmp } };
+    const storage = new AttachEngine({
+      journal: new Journal({ stateDir: storageDir, logger: log as never }),
+      sandboxes: { lookup: (id) => (id === sid ? present : { state: 'gone' }), known: () => [sid] },
+      fingerprintKey: await loadFingerprintKey(storageDir),
+      stateDir: storageDir,
+      logger: log as never,
+    });
+    const nicA = parseNicId('eth-port-a');
+    const nicB = parseNicId('eth-port-b');
+    try {
+      const a = await engine.attach(
+        sandboxId(),
+        nicA,
+        parseNicSpec({ hostInterface: { type: 'tap', bridge } }, sandboxId(), nicA),
+        ctx(),
+      );
+      tapsToClean.add(a.nic.tap);
+      // storage/lanes.ts counts only its own devices as using a port, so it first tries the
+      // NIC's port, is told "slot not available" and moves on (its retry); the disk must land.
+      loop = await createLoopDevice(16 * 1024 * 1024);
+      const vol = await storage.attach(
+        sid,
+        parseVolumeId('pvc-beside-nic'),
+        parseAttachRequest({
+          mode: 'block',
+          source: { type: 'hostDevice', path: loop.path },
+          bus: 'virtio-blk',
+        }),
+        { signal: AbortSignal.timeout(60_000), log: log as never },
+      );
+      expect(vol.attachment.bus).toBe('virtio-blk');
+      // And a NIC after the disk skips the disk's port (query-pci shows it occupied).
+      const b = await engine.attach(
+        sandboxId(),
+        nicB,
+        parseNicSpec({ hostInterface: { type: 'tap', bridge } }, sandboxId(), nicB),
+        ctx(),
+      );
+      tapsToClean.add(b.nic.tap);
+      const ports = new Set([a.nic.port, b.nic.port]);
+      expect(ports.size).toBe(2);
+      await storage.detach(sid, parseVolumeId('pvc-beside-nic'), {
+        signal: AbortSignal.timeout(60_000),
+        log: log as never,
+      });
+    } finally {
+      await engine.detach(sandboxId(), nicA, ctx()).catch(() => undefined);
+      await engine.detach(sandboxId(), nicB, ctx()).catch(() => undefined);
+      await storage.close();
+      await loop?.detach();
+      await rm(storageDir, { recursive: true, force: true });
+    }
+    expect(await vmplugDevices()).toEqual([]);
   });
 });
