@@ -73,6 +73,25 @@ describe('systemd units', () => {
     expect(seconds(one(d, 'TimeoutStopSec'))).toBeGreaterThanOrEqual(grace + 3 + 10);
   });
 
+  it('harden without cutting vmplugd off devices or the paths it shares with QEMU', async () => {
+    const d = await directives(service);
+    // Each of these either hides /dev (host block devices, /dev/net/tun) or turns the device cgroup
+    // into an allow list (ProtectClock implies DeviceAllow=char-rtc r), or gives vmplugd a /tmp or
+    // network QEMU does not see.
+    for (const key of [
+      'PrivateDevices',
+      'DevicePolicy',
+      'DeviceAllow',
+      'ProtectClock',
+      'PrivateTmp',
+      'PrivateNetwork',
+    ]) {
+      expect(d.has(key), key).toBe(false);
+    }
+    expect(one(d, 'NoNewPrivileges')).toBe('yes');
+    expect(one(d, 'ProtectSystem')).toBe('full');
+  });
+
   it('give the daemon settings it accepts, and the socket path and mode the socket unit makes', async () => {
     const d = await directives(service);
     const s = await directives(socket);
