@@ -87,10 +87,10 @@ export function createReporting(deps: ReportingDeps): Reporting {
 
   const onOperation = (op: VolumeOperation): void => {
     metrics.observeOperation(op);
-    if (snapshot !== undefined) {
-      snapshot.changed();
-      void snapshot.refreshVolumes(op.sandboxId);
-    }
+    // Told once the volume list is re-read: a notice before it would spend the next write (and
+    // its 1 s bound) on the old list.
+    const s = snapshot;
+    if (s !== undefined) void s.refreshVolumes(op.sandboxId).then(() => s.changed());
     podEvent(op);
   };
 
