@@ -175,10 +175,21 @@ export function createReporting(deps: ReportingDeps): Reporting {
         deps.discovery.onSessionState((_id: SandboxId, change) => metrics.observeQmpState(change)),
         nodeFacts.onChange(() => s.changed()),
       );
+      // libvirt domains: state changes come as events (the catalog is read live by snapshot()).
+      const domains = engine.libvirtDomains;
+      if (domains !== undefined) {
+        unsubscribe.push(
+          domains.onChange((c) => {
+            if (c.kind === 'updated') void s.refreshVolumes(c.domain.name);
+            else if (c.kind === 'removed') s.forget(c.name);
+            s.changed();
+          }),
+        );
+      }
       void nodeFacts.start();
       void s.refreshAll();
-      // Catalogs without change events (libvirt domains) and volume changes made behind the
-      // REST API's back are caught up by this slow resync.
+      // Volume changes made behind the REST API's back (other than by reconcile runs, which
+      // refresh on their own) are caught up by this slow resync.
       resync = setInterval(() => void s.refreshAll(), deps.resyncMs ?? 30_000);
       resync.unref();
       reporter.start();

@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { resolveConfig } from '../../../daemon/config.js';
+import type { DomainChange, LibvirtDomains } from '../../../daemon/libvirt/domains.js';
 import { NodeFactsCache } from '../../../daemon/node-facts.js';
 import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube-http.js';
 import { createReporting } from '../../../daemon/reporting.js';
@@ -15,7 +16,7 @@ const spec: AttachSpec = {
   bus: 'virtio-blk',
 };
 
-function harness(opts: { kube?: boolean } = {}) {
+function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) {
   const log = memoryLogger('debug');
   const { config } = resolveConfig({ nodeName: 'node-a', leaseNamespace: 'ops' }, {}, null);
   const records: SandboxRecord[] = [
@@ -69,6 +70,7 @@ function harness(opts: { kube?: boolean } = {}) {
       },
       readiness: () => ({ ok: true }),
       close: async () => {},
+      ...(opts.domains !== undefined ? { libvirtDomains: opts.domains } : {}),
     },
     nodeFacts,
     env: {},
@@ -79,7 +81,7 @@ function harness(opts: { kube?: boolean } = {}) {
     requests
       .filter((r) => r.method === 'POST' && r.path.endsWith('/events'))
       .map((r) => r.body as { reason: string; type: string; involvedObject: { name: string; uid?: string } });
-  return { reporting, log, ctx, fake, requests, events };
+  return { reporting, log, ctx, fake, requests, events, records };
 }
 
 describe('createReporting', () => {
@@ -136,5 +138,36 @@ describe('createReporting', () => {
       h.requests.some((r) => r.path.startsWith('/apis/coordination.k8s.io/v1/namespaces/ops/leases/')),
     ).toBe(true);
     await h.reporting.stop();
+  });
+
+  it('a libvirt domain change reaches the status without waiting for a resync', async () => {
+    const listeners = new Set<(c: DomainChange) => void>();
+    const domains = {
+      onChange: (l: (c: DomainChange) => void) => {
+        listeners.add(l);
+        return () => listeners.delete(l);
+      },
+    } as unknown as LibvirtDomains;
+    const h = harness({ kube: true, domains });
+    const wrote = (needle: string) =>
+      h.requests.some(
+        (r) => r.method === 'PATCH' && r.path.endsWith('/status') && JSON.stringify(r.body).includes(needle),
+      );
+    await vi.waitFor(() => expect(wrote('"id":"sb1"')).toBe(true), { timeout: 20_000 });
+    h.records.push({
+      id: 'dom-1',
+      kind: 'libvirt',
+      state: 'paused',
+      discoveredAt: '2026-01-01T00:00:00.000Z',
+    });
+    for (const l of listeners) {
+      l({
+        kind: 'updated',
+        domain: { name: 'dom-1', uuid: '00000000-0000-4000-8000-000000000001', state: 'paused' },
+      } as unknown as DomainChange);
+    }
+    await vi.waitFor(() => expect(wrote('"id":"dom-1"')).toBe(true), { timeout: 20_000 });
+    await h.reporting.stop();
+    expect(listeners.size).toBe(0);
   });
 });
