@@ -17,6 +17,7 @@ import {
 } from './config.js';
 import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
 import { createLogger, type Logger } from './logger.js';
+import { observeNicService } from './observed-nics.js';
 import { openApiText } from './openapi.js';
 import { DaemonError } from './problem.js';
 import { ReconcileLoop } from './reconcile-loop.js';
@@ -269,7 +270,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       nodeFacts: (signal) => r.nodeFacts.get({ signal }),
       metrics: r.metrics,
       resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
-      nics,
+      nics: observeNicService(nics, (op) => r.nicOperation(op)),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });

@@ -5,6 +5,7 @@ import type { Logger } from './logger.js';
 import { DaemonMetrics, measuredReconcile } from './metrics.js';
 import { NodeFactsCache } from './node-facts.js';
 import { NodeSnapshot } from './node-snapshot.js';
+import type { NicOperation } from './observed-nics.js';
 import { observeAttachService, type VolumeOperation } from './observed-service.js';
 import type { KubeHttp } from './report/kube-http.js';
 import { createReporter, type Reporter } from './report/reporter.js';
@@ -52,6 +53,8 @@ export interface Reporting {
   stop(): Promise<void>;
   /** A sandbox's NICs may have changed: re-read them for the status. */
   nicsChanged(sandboxId: string): void;
+  /** A NIC attach or detach had an outcome: a Pod event where the sandbox maps to a pod. */
+  nicOperation(op: NicOperation): void;
 }
 
 /** Throws KubeError KUBE_CONFIG when a named kubeconfig cannot be loaded. */
@@ -193,6 +196,35 @@ export function createReporting(deps: ReportingDeps): Reporting {
       resync = setInterval(() => void s.refreshAll(), deps.resyncMs ?? 30_000);
       resync.unref();
       reporter.start();
+    },
+    nicOperation(op) {
+      // An idempotent repeat, or a detach of a NIC never seen, is not news.
+      if (op.ok && ((op.op === 'attach' && !op.created) || (op.op === 'detach' && !op.detached))) return;
+      // Ids net/ accepted pass storage's rule too (the same rule, restated there).
+      const pod = catalog.get(op.sandboxId as string as SandboxId)?.pod;
+      if (pod?.name === undefined || pod.namespace === undefined) return;
+      const target = {
+        podName: pod.name,
+        namespace: pod.namespace,
+        ...(pod.uid !== undefined ? { podUid: pod.uid } : {}),
+      };
+      const ms = Math.round(op.ms);
+      if (op.ok && op.op === 'attach') {
+        reporter.recordPodEvent(
+          target,
+          'NicAttached',
+          `NIC ${op.nicId} attached (mac ${op.nic.mac}, tap ${op.nic.tap}) in ${ms} ms`,
+        );
+      } else if (op.ok) {
+        reporter.recordPodEvent(target, 'NicDetached', `NIC ${op.nicId} detached in ${ms} ms`);
+      } else {
+        reporter.recordPodEvent(
+          target,
+          op.op === 'attach' ? 'NicAttachFailed' : 'NicDetachFailed',
+          `${op.op} of NIC ${op.nicId} failed after ${ms} ms: ${op.code}: ${op.message}`,
+          'Warning',
+        );
+      }
     },
     nicsChanged(sandboxId) {
       if (snapshot !== undefined) void snapshot.refreshVolumes(sandboxId);

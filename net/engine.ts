@@ -237,18 +237,19 @@ export class NicEngine {
     );
   }
 
-  async detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<void> {
+  /** Resolves true when there was a NIC to detach, false when there was none (also fine). */
+  async detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<boolean> {
     const log = ctx.log.child({ op: 'nic-detach', sandboxId, nicId });
-    await this.#observed(
+    return this.#observed(
       sandboxId,
       this.#exclusive(sandboxId, ctx.signal, async () => {
         let record = await this.#journal.load(sandboxId, nicId);
-        if (record === undefined) return;
+        if (record === undefined) return false;
         const presence = this.#o.sandboxes.lookup(sandboxId);
         if (presence.state === 'gone') {
           await this.#dropGone(record, ctx.signal);
           log.info({}, 'sandbox gone; removed its NIC record and tap');
-          return;
+          return true;
         }
         if (presence.state === 'unreachable') {
           throw new NicBackendError(
@@ -265,6 +266,7 @@ export class NicEngine {
         }
         await this.#teardown(presence.sandbox.qmp, record, ctx.signal, this.#o.detachTimeoutMs);
         log.info({}, 'NIC detached');
+        return true;
       }),
     );
   }

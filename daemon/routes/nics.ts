@@ -20,7 +20,8 @@ import { ID_PATTERN, problemResponses } from './schemas.js';
 /** What the routes need of the NIC engine (net/engine.ts NicEngine fits). */
 export interface NicService {
   attach(sandboxId: NetSandboxId, nicId: NicId, spec: NicSpec, ctx: NicContext): Promise<NicAttachResult>;
-  detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<void>;
+  /** True when there was a NIC to detach. */
+  detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<boolean>;
   get(sandboxId: NetSandboxId, nicId: NicId): Promise<NicView>;
   list(sandboxId: NetSandboxId): Promise<NicView[]>;
 }
