@@ -357,7 +357,7 @@ export class GuestAgent {
     return new Promise<GuestRunResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        if (this.closedReason === null) this.commands.write(`KILL ${id}\n`);
+        if (this.closedReason === null) this.commands.write(`\nKILL ${id}\n`);
         reject(new GuestTimeoutError(`guest command ${id} did not finish within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, {
@@ -370,7 +370,10 @@ export class GuestAgent {
           reject(e);
         },
       });
-      this.commands.write(`RUN ${id} ${Buffer.from(command, 'utf8').toString('base64')}\n`);
+      // The leading newline ends whatever partial line the port may hold: a probe sent while the
+      // guest was still booting can leave half a line in the tty (its UART is reset when the
+      // driver starts), and the next command glued to it would never be recognised.
+      this.commands.write(`\nRUN ${id} ${Buffer.from(command, 'utf8').toString('base64')}\n`);
     });
   }
 
@@ -497,7 +500,12 @@ export class GuestAgent {
     }
   }
 
-  private onCommandLine(line: string): void {
+  private onCommandLine(raw: string): void {
+    // Take the answer from wherever it starts: bytes the tty echoed while the guest booted (before
+    // its command loop turned echo off) can sit in front of it without a newline of their own.
+    const at = raw.lastIndexOf('VMPLUG RESULT ');
+    if (at === -1) return;
+    const line = raw.slice(at).trimEnd();
     const f = line.split(' ');
     if (f[0] !== 'VMPLUG' || f[1] !== 'RESULT') return;
     const [, , id, code, out = '', err = ''] = f;
