@@ -53,7 +53,7 @@ async function main(): Promise<void> {
       current = snapshot(marker);
       for (const l of listeners) l();
     };
-    const reporter = createReporter({
+    const reporter = await createReporter({
       nodeName: NODE,
       provider,
       logger: { debug() {}, info() {}, warn() {} },

@@ -221,7 +221,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       e.catalog !== undefined
         ? combineCatalogs(discoveryCatalog(discovery), e.catalog)
         : discoveryCatalog(discovery);
-    const r = createReporting({
+    const r = await createReporting({
       config,
       logger,
       discovery,

@@ -58,7 +58,7 @@ export interface Reporting {
 }
 
 /** Throws KubeError KUBE_CONFIG when a named kubeconfig cannot be loaded. */
-export function createReporting(deps: ReportingDeps): Reporting {
+export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
   const { config, logger, catalog, engine } = deps;
   const log = logger.child({ component: 'report' });
   const nodeFacts =
@@ -78,7 +78,7 @@ export function createReporting(deps: ReportingDeps): Reporting {
       return snapshot.subscribe(listener);
     },
   };
-  const reporter = createReporter({
+  const reporter = await createReporter({
     nodeName: config.nodeName,
     provider,
     logger: log,

@@ -90,11 +90,11 @@ export interface Reporter {
  * that does nothing and says so once. Throws KubeError KUBE_CONFIG when a kubeconfig is named but
  * cannot be loaded: an operator's explicit setting that does not work should stop the start.
  */
-export function createReporter(o: NodeReporterOptions): Reporter {
+export async function createReporter(o: NodeReporterOptions): Promise<Reporter> {
   if (o.http) return new NodeReporter(o, o.http);
   const source: ClusterSource = resolveClusterSource(o.kubeconfigPath, o.env);
   if (source.kind === 'none') return new DisabledReporter(o.logger, source.why);
-  const http = createKubeHttp(source, o.requestTimeoutMs ?? 10_000);
+  const http = await createKubeHttp(source, o.requestTimeoutMs ?? 10_000);
   o.logger.info({ server: http.server, source: source.kind, node: o.nodeName }, 'reporting to Kubernetes');
   return new NodeReporter(o, http);
 }

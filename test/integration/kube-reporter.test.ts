@@ -99,8 +99,8 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
     await kube?.stop();
   });
 
-  function startReporter(provider: SnapshotProvider, http?: KubeHttp): Reporter {
-    const r = createReporter({
+  async function startReporter(provider: SnapshotProvider, http?: KubeHttp): Promise<Reporter> {
+    const r = await createReporter({
       nodeName: NODE,
       provider,
       logger: quiet,
@@ -122,8 +122,8 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
 
   it('creates the VmplugNode and keeps its status, sends a Pod event, renews the lease', async () => {
     const provider = new FakeProvider(snapshot(['vol-a']));
-    const sa = createKubeHttp({ kind: 'kubeconfig', path: saKubeconfig });
-    const reporter = startReporter(provider, sa);
+    const sa = await createKubeHttp({ kind: 'kubeconfig', path: saKubeconfig });
+    const reporter = await startReporter(provider, sa);
 
     const node = await until('the status', async () => {
       const n = await getNode();
@@ -211,8 +211,8 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
 
   it('coalesces a burst of 50 changes into a few writes, ending on the last status', async () => {
     const provider = new FakeProvider(snapshot(['vol-a']));
-    const http = counting(createKubeHttp({ kind: 'kubeconfig', path: saKubeconfig }));
-    const reporter = startReporter(provider, http);
+    const http = counting(await createKubeHttp({ kind: 'kubeconfig', path: saKubeconfig }));
+    const reporter = await startReporter(provider, http);
     await reporter.flush();
     const before = http.statusWrites;
     const rvBefore = Number((await getNode()).metadata.resourceVersion);
@@ -246,7 +246,7 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
 
   it('survives an API server restart and catches up with the latest status and queued events', async () => {
     const provider = new FakeProvider(snapshot(['vol-a']));
-    const reporter = startReporter(provider);
+    const reporter = await startReporter(provider);
     await reporter.flush();
 
     await kube.stopApiserver();
@@ -280,7 +280,7 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
 
   it('recreates a deleted VmplugNode', async () => {
     const provider = new FakeProvider(snapshot(['vol-a']));
-    const reporter = startReporter(provider);
+    const reporter = await startReporter(provider);
     await reporter.flush();
     await admin.request({ method: 'DELETE', path: `/apis/vmplug.io/v1alpha1/vmplugnodes/${NODE}` });
     provider.set(snapshot(['vol-after-delete']));
@@ -297,7 +297,7 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
       info: (_o, m) => lines.push(m),
       warn: (_o, m) => lines.push(m),
     };
-    const r = createReporter({
+    const r = await createReporter({
       nodeName: NODE,
       provider: new FakeProvider(snapshot([])),
       logger: log,

@@ -78,7 +78,7 @@ export interface VmplugTestCluster {
  * token for the vmplugd service account and creates a Pod to hang Events on.
  */
 export async function prepareVmplugCluster(kube: KubeApiserver): Promise<VmplugTestCluster> {
-  const admin = createKubeHttp({ kind: 'kubeconfig', path: kube.kubeconfigPath });
+  const admin = await createKubeHttp({ kind: 'kubeconfig', path: kube.kubeconfigPath });
   await applyDeployFiles(kube, ['crd-vmplugnode.yaml', 'rbac.yaml']);
   await until('the CRD to be established', async () => {
     const crd = (

@@ -69,7 +69,7 @@ describe('NIC reporting', () => {
       get: async (sandboxId) => nicView(sandboxId),
       list: async (sandboxId) => (attached.has(sandboxId) ? [nicView(sandboxId)] : []),
     };
-    const reporting = createReporting({
+    const reporting = await createReporting({
       config,
       logger: log.logger,
       discovery: { onChange: () => () => {}, onSessionState: () => () => {} },

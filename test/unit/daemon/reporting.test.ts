@@ -16,7 +16,7 @@ const spec: AttachSpec = {
   bus: 'virtio-blk',
 };
 
-function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) {
+async function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) {
   const log = memoryLogger('debug');
   const { config } = resolveConfig({ nodeName: 'node-a', leaseNamespace: 'ops' }, {}, null);
   const records: SandboxRecord[] = [
@@ -50,7 +50,7 @@ function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) {
       kvmDevice: async () => 'missing',
     },
   });
-  const reporting = createReporting({
+  const reporting = await createReporting({
     config,
     logger: log.logger,
     discovery: { onChange: () => () => {}, onSessionState: () => () => {} },
@@ -86,7 +86,7 @@ function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) {
 
 describe('createReporting', () => {
   it('without a cluster: a disabled reporter that says so once, metrics still counted', async () => {
-    const h = harness();
+    const h = await harness();
     expect(h.reporting.reporter.enabled).toBe(false);
     await h.reporting.service.attach('sb1' as SandboxId, 'v1' as VolumeId, spec, h.ctx);
     expect(h.log.lines().filter((l) => /no Kubernetes cluster configured/.test(String(l.msg)))).toHaveLength(
@@ -99,7 +99,7 @@ describe('createReporting', () => {
   });
 
   it('Pod events for a new attach, a detach and a failure of a sandbox with a pod; none without one', async () => {
-    const h = harness({ kube: true });
+    const h = await harness({ kube: true });
     const sb1 = 'sb1' as SandboxId;
     const v1 = 'v1' as VolumeId;
     await h.reporting.service.attach(sb1, v1, spec, h.ctx);
@@ -148,7 +148,7 @@ describe('createReporting', () => {
         return () => listeners.delete(l);
       },
     } as unknown as LibvirtDomains;
-    const h = harness({ kube: true, domains });
+    const h = await harness({ kube: true, domains });
     const wrote = (needle: string) =>
       h.requests.some(
         (r) => r.method === 'PATCH' && r.path.endsWith('/status') && JSON.stringify(r.body).includes(needle),

@@ -68,7 +68,7 @@ describe('NodeReporter', () => {
     const warn = vi.fn();
     const info = vi.fn();
     const p = provider(snap('running'));
-    const r = createReporter({
+    const r = await createReporter({
       nodeName: 'n1',
       provider: p,
       logger: { debug() {}, info, warn },
@@ -104,7 +104,7 @@ describe('NodeReporter', () => {
   it('stops without hanging while the server is away', async () => {
     const api = new FakeApiserver();
     api.up = false;
-    const r = createReporter({
+    const r = await createReporter({
       nodeName: 'n1',
       provider: provider(snap('running')),
       logger: { debug() {}, info() {}, warn() {} },
