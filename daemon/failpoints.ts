@@ -1,4 +1,4 @@
-import type { JournalWriteHook, VolumeState } from '../storage/journal.js';
+import { type JournalWriteHook, VOLUME_STATES, type VolumeState } from '../storage/journal.js';
 import type { Logger } from './logger.js';
 
 // Crash failpoints for vmplug's own crash tests: `VMPLUG_FAILPOINT=kill-after:<State>` makes
@@ -9,19 +9,6 @@ import type { Logger } from './logger.js';
 // when one is armed. An environment variable rather than a flag, so it never shows in --help.
 
 export const FAILPOINT_ENV = 'VMPLUG_FAILPOINT';
-
-const STATES: readonly VolumeState[] = [
-  'Pending',
-  'SecretAdded',
-  'BlockdevAdded',
-  'DeviceAdded',
-  'Attached',
-  'Detaching',
-  'DetachPending',
-  'DeviceDeleted',
-  'BlockdevDeleted',
-  'Detached',
-];
 
 export interface Failpoint {
   kind: 'kill-before' | 'kill-after';
@@ -34,9 +21,9 @@ export function parseFailpoint(value: string | undefined): Failpoint | undefined
   const m = /^(kill-before|kill-after):([A-Za-z]+)$/.exec(value);
   const kind = m?.[1] as Failpoint['kind'] | undefined;
   const state = m?.[2] as VolumeState | undefined;
-  if (kind === undefined || state === undefined || !STATES.includes(state)) {
+  if (kind === undefined || state === undefined || !VOLUME_STATES.includes(state)) {
     return new Error(
-      `${FAILPOINT_ENV} must be kill-before:<State> or kill-after:<State>, State one of ${STATES.join(', ')}`,
+      `${FAILPOINT_ENV} must be kill-before:<State> or kill-after:<State>, State one of ${VOLUME_STATES.join(', ')}`,
     );
   }
   return { kind, state };

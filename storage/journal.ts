@@ -34,7 +34,8 @@ export type AttachState = 'Pending' | 'SecretAdded' | 'BlockdevAdded' | 'DeviceA
 export type DetachState = 'Detaching' | 'DetachPending' | 'DeviceDeleted' | 'BlockdevDeleted' | 'Detached';
 export type VolumeState = AttachState | DetachState;
 
-const STATES: readonly VolumeState[] = [
+/** Every state, attach ones first, in the order an operation goes through them. */
+export const VOLUME_STATES: readonly VolumeState[] = [
   'Pending',
   'SecretAdded',
   'BlockdevAdded',
@@ -64,7 +65,7 @@ const TRANSITIONS: Readonly<Record<VolumeState, readonly VolumeState[]>> = {
 };
 
 export function isAttachState(s: VolumeState): s is AttachState {
-  return STATES.indexOf(s) < STATES.indexOf('Detaching');
+  return VOLUME_STATES.indexOf(s) < VOLUME_STATES.indexOf('Detaching');
 }
 
 export type SandboxKind = 'kata' | 'libvirt';
@@ -520,7 +521,7 @@ export function parseRecord(
   const bus = o.bus as FrontendBus;
   let lane: Lane | undefined;
   if (o.lane !== undefined) lane = parseLane(o.lane, bus) ?? bad('bad lane');
-  if (typeof o.state !== 'string' || !STATES.includes(o.state as VolumeState)) bad('bad state');
+  if (typeof o.state !== 'string' || !VOLUME_STATES.includes(o.state as VolumeState)) bad('bad state');
   const state = o.state as VolumeState;
   if (!Array.isArray(o.timeline) || o.timeline.length === 0 || o.timeline.length > TIMELINE_MAX)
     bad('bad timeline');
@@ -602,7 +603,7 @@ function parseLane(v: unknown, bus: FrontendBus): Lane | undefined {
 
 function parseTimelineEntry(v: unknown): TimelineEntry | undefined {
   const o = obj(v);
-  if (!o || !STATES.includes(o.step as VolumeState)) return undefined;
+  if (!o || !VOLUME_STATES.includes(o.step as VolumeState)) return undefined;
   if (typeof o.at !== 'string' || Number.isNaN(Date.parse(o.at))) return undefined;
   if (typeof o.ms !== 'number' || !Number.isFinite(o.ms) || o.ms < 0) return undefined;
   return { step: o.step as VolumeState, at: o.at, ms: o.ms };

@@ -4,11 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { QmpClient } from '../../qmp/index.js';
-import { parseSandboxId, parseVolumeId } from '../../storage/ids.js';
 import type { VolumeState } from '../../storage/journal.js';
-import { volumeNames } from '../../storage/naming.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { objectsOf, vmplugObjects } from '../env/inspect.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // kill -9 of vmplugd in the middle of attach and of detach, then a restart: the start-up
@@ -22,26 +21,6 @@ interface Attachment {
   state: string;
   serial: string;
   deviceId: string;
-}
-
-/** The QEMU objects vmplug made for one volume (names are a hash of sandbox and volume ids). */
-async function objectsOf(qmp: QmpClient, sandboxId: string, volumeId: string): Promise<string[]> {
-  const n = volumeNames(parseSandboxId(sandboxId), parseVolumeId(volumeId));
-  const mine = new Set([n.node, n.format, n.device, n.secret]);
-  return (await vmplugObjects(qmp)).filter((o) => mine.has(o));
-}
-
-async function vmplugObjects(qmp: QmpClient): Promise<string[]> {
-  const nodes = (await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes')).map(
-    (n) => n['node-name'],
-  );
-  const devices = (await qmp.execute<{ name: string }[]>('qom-list', { path: '/machine/peripheral' })).map(
-    (p) => p.name,
-  );
-  const objects = (await qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' })).map(
-    (p) => p.name,
-  );
-  return [...nodes, ...devices, ...objects].filter((n) => /^vmp[fds]?-/.test(n)).sort();
 }
 
 describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {

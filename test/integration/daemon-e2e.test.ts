@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { QmpClient } from '../../qmp/index.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { type ApiResponse, apiCallOversized, type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { vmplugObjects } from '../env/inspect.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
@@ -34,20 +35,6 @@ interface Problem {
   code: string;
   field?: string;
   detail?: string;
-}
-
-/** What vmplug owns in QEMU, read through the test-only inspect monitor. */
-async function vmplugObjects(qmp: QmpClient): Promise<string[]> {
-  const nodes = (await qmp.execute<{ 'node-name': string }[]>('query-named-block-nodes')).map(
-    (n) => n['node-name'],
-  );
-  const devices = (await qmp.execute<{ name: string }[]>('qom-list', { path: '/machine/peripheral' })).map(
-    (p) => p.name,
-  );
-  const objects = (await qmp.execute<{ name: string }[]>('qom-list', { path: '/objects' })).map(
-    (p) => p.name,
-  );
-  return [...nodes, ...devices, ...objects].filter((n) => /^vmp[fds]?-/.test(n)).sort();
 }
 
 describe('vmplugd end to end (REST socket, real QEMU, Ceph, loop devices)', () => {
