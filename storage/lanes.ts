@@ -1,6 +1,6 @@
 import type { CallOptions, QmpExecutor } from '../qmp/index.js';
 import { LanesFullError } from './errors.js';
-import { type FrontendBus, isVmplugName, parseRootPortId, SCSI_BUS, SCSI_CONTROLLER_ID } from './naming.js';
+import { type FrontendBus, parseRootPortId, SCSI_BUS, SCSI_CONTROLLER_ID } from './naming.js';
 import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
 import { listPeripherals, type PeripheralDevice, qomGet } from './qemu-view.js';
 import type { Bus } from './volume-spec.js';
@@ -16,7 +16,10 @@ export interface SandboxLanes {
   scsi: boolean;
   /** vmplug-rp<N> ids, in N order. */
   rootPorts: string[];
-  /** Lanes taken by vmplug's devices (vmpd-*), as QEMU reports them. */
+  /**
+   * Lanes taken, as QEMU reports them: by vmplug's disks, and by any other device someone put
+   * there (vmplug's NICs from net/ share the root ports; an operator may have added one too).
+   */
   used: Lane[];
 }
 
@@ -26,8 +29,10 @@ export async function inspectLanes(qmp: QmpExecutor, opts?: CallOptions): Promis
     .filter((d) => d.type === 'pcie-root-port' && parseRootPortId(d.id) !== undefined)
     .map((d) => d.id)
     .sort((a, b) => (parseRootPortId(a) as number) - (parseRootPortId(b) as number));
-  const mine = devices.filter((d) => isVmplugName(d.id));
-  const used = (await Promise.all(mine.map((d) => laneOfDevice(qmp, d, opts)))).filter(
+  // Every device that could sit on a lane, not only vmplug's disks: a port holding a NIC is as
+  // full as one holding a disk, and choosing it would cost a refused device_add per NIC.
+  const candidates = devices.filter((d) => d.type !== 'pcie-root-port' && d.id !== SCSI_CONTROLLER_ID);
+  const used = (await Promise.all(candidates.map((d) => laneOfDevice(qmp, d, opts)))).filter(
     (l): l is Lane => l !== undefined,
   );
   return { scsi: devices.some((d) => d.id === SCSI_CONTROLLER_ID), rootPorts, used };
@@ -43,7 +48,7 @@ export async function laneOfDevice(
   const parent = await qomGet<string>(qmp, path, 'parent_bus', opts);
   // "/machine/peripheral/vmplug-scsi0/virtio-backend/vmplug-scsi0.0", ".../vmplug-rp0/vmplug-rp0"
   const bus = typeof parent === 'string' ? parent.slice(parent.lastIndexOf('/') + 1) : '';
-  if (device.type === 'scsi-hd' && bus === SCSI_BUS) {
+  if (bus === SCSI_BUS) {
     const scsiId = await qomGet<number>(qmp, path, 'scsi-id', opts);
     return { bus: 'scsi', scsiId };
   }

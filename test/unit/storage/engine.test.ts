@@ -122,6 +122,17 @@ describe('AttachEngine, block mode', () => {
     expect(bed.qemu.nodes.get(a.attachment.nodeName)?.readOnly).toBe(true);
   });
 
+  it('skips a root port that holds another device (a vmplug NIC) without a refused device_add', async () => {
+    bed.qemu.devices.set('vmpnd-0123456789abcdef', {
+      id: 'vmpnd-0123456789abcdef',
+      type: 'virtio-net-pci',
+      bus: 'vmplug-rp0',
+    });
+    const a = await bed.engine.attach(sb, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx);
+    expect(bed.qemu.devices.get(a.attachment.deviceId)).toMatchObject({ bus: 'vmplug-rp1' });
+    expect(bed.qemu.calls.filter((c) => c.command === 'device_add')).toHaveLength(1);
+  });
+
   it("'auto' takes scsi when vmplug-scsi0 exists, virtio-blk when only root ports do", async () => {
     const a = await bed.engine.attach(sb, vol('a1'), blockSpec('/dev/loop1'), bed.ctx);
     expect(a.attachment.bus).toBe('scsi');
