@@ -1,6 +1,7 @@
 import { request } from 'node:http';
 import type { NicView as Nic } from '../net/engine.js';
 import type { Attachment } from '../storage/attach-service.js';
+import type { PodRef } from '../storage/volume-spec.js';
 
 // A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
 // node plugin written in TypeScript. Only node:http: importing it pulls in no server code. Every
@@ -9,6 +10,7 @@ import type { Attachment } from '../storage/attach-service.js';
 // VmplugTransportError, both with `retryable` so a caller knows whether trying again can help.
 
 export type { Attachment, AttachmentSource } from '../storage/attach-service.js';
+export type { PodRef } from '../storage/volume-spec.js';
 
 export interface GuestResources {
   vcpus: number;
@@ -57,6 +59,11 @@ export interface AttachRequest {
   readOnly?: boolean;
   bus?: 'auto' | 'scsi' | 'virtio-blk';
   annotations?: Record<string, string>;
+  /**
+   * The Pod the volume is for (a CSI plugin's NodePublish has it in the volume context when
+   * podInfoOnMount is set): Events go there when the runtime records no pod for the sandbox.
+   */
+  pod?: PodRef;
 }
 
 export interface AttachResponse {

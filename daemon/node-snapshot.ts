@@ -1,4 +1,5 @@
 import type { SandboxId } from '../storage/ids.js';
+import type { PodRef } from '../storage/volume-spec.js';
 import type { NodeFacts } from './node-facts.js';
 import { statusNodeFacts } from './node-facts.js';
 import type { Frontend } from './observed-service.js';
@@ -37,6 +38,8 @@ export interface NodeSnapshotOptions {
 export class NodeSnapshot {
   readonly #o: NodeSnapshotOptions;
   readonly #volumes = new Map<string, VolumeStatus[]>();
+  /** The Pod each volume's attach request named, by sandbox then volume (Events of a detach). */
+  readonly #pods = new Map<string, Map<string, PodRef>>();
   readonly #nics = new Map<string, NicStatus[]>();
   readonly #listeners = new Set<() => void>();
   readonly #refreshing = new Map<string, Promise<void>>();
@@ -131,6 +134,7 @@ export class NodeSnapshot {
     for (const id of new Set([...this.#volumes.keys(), ...this.#nics.keys()])) {
       if (!ids.has(id)) {
         this.#volumes.delete(id);
+        this.#pods.delete(id);
         this.#nics.delete(id);
         dropped = true;
       }
@@ -142,16 +146,22 @@ export class NodeSnapshot {
   /** Forget a sandbox that is gone. */
   forget(sandboxId: string): void {
     const had = this.#nics.delete(sandboxId);
+    this.#pods.delete(sandboxId);
     if (this.#volumes.delete(sandboxId) || had) this.changed();
   }
 
-  /** The mode and frontend of a volume as last read (labels for a detach). */
-  describe(sandboxId: string, volumeId: string): { mode: 'block' | 'rbd'; frontend: Frontend } | undefined {
+  /** The mode, frontend and pod of a volume as last read (labels and Event target of a detach). */
+  describe(
+    sandboxId: string,
+    volumeId: string,
+  ): { mode: 'block' | 'rbd'; frontend: Frontend; pod?: PodRef } | undefined {
     const v = this.#volumes.get(sandboxId)?.find((x) => x.volumeId === volumeId);
     if (v === undefined) return undefined;
+    const pod = this.#pods.get(sandboxId)?.get(volumeId);
     return {
       mode: v.mode === 'rbd' ? 'rbd' : 'block',
       frontend: v.bus === 'scsi' || v.bus === 'virtio-blk' ? v.bus : 'unknown',
+      ...(pod !== undefined ? { pod } : {}),
     };
   }
 
@@ -173,6 +183,10 @@ export class NodeSnapshot {
       return;
     }
     const next = list.map(volumeStatus);
+    // Kept beside the status, not in it: the VmplugNode status has no field for it.
+    const pods = new Map(list.flatMap((a) => (a.pod !== undefined ? [[a.volumeId, a.pod] as const] : [])));
+    if (pods.size === 0) this.#pods.delete(sandboxId);
+    else this.#pods.set(sandboxId, pods);
     const before = this.#volumes.get(sandboxId);
     if (next.length === 0) this.#volumes.delete(sandboxId);
     else this.#volumes.set(sandboxId, next);

@@ -1,4 +1,5 @@
 import type { SandboxId, VolumeId } from '../storage/ids.js';
+import type { PodRef } from '../storage/volume-spec.js';
 import type { Attachment, AttachService } from './routes/attach-service.js';
 
 // The attach engine as the daemon's observers see it: the AttachService wrapped so that every
@@ -15,6 +16,11 @@ interface OperationBase {
   frontend: Frontend;
   /** Wall time of the call. */
   ms: number;
+  /**
+   * The Pod the attach request named: the request's own for an attach, the one recorded with
+   * the volume (as last read) for a detach.
+   */
+  pod?: PodRef;
 }
 
 export type VolumeOperation =
@@ -29,7 +35,7 @@ export interface ObservedServiceOptions {
   describe?(
     sandboxId: SandboxId,
     volumeId: VolumeId,
-  ): { mode: 'block' | 'rbd'; frontend: Frontend } | undefined;
+  ): { mode: 'block' | 'rbd'; frontend: Frontend; pod?: PodRef } | undefined;
 }
 
 export function observeAttachService(inner: AttachService, o: ObservedServiceOptions): AttachService {
@@ -45,6 +51,7 @@ export function observeAttachService(inner: AttachService, o: ObservedServiceOpt
       const started = performance.now();
       try {
         const result = await inner.attach(sandboxId, volumeId, spec, ctx);
+        const pod = result.attachment.pod ?? spec.pod;
         tell({
           op: 'attach',
           ok: true,
@@ -55,6 +62,7 @@ export function observeAttachService(inner: AttachService, o: ObservedServiceOpt
           ms: performance.now() - started,
           created: result.created,
           attachment: result.attachment,
+          ...(pod !== undefined ? { pod } : {}),
         });
         return result;
       } catch (err) {
@@ -66,6 +74,7 @@ export function observeAttachService(inner: AttachService, o: ObservedServiceOpt
           mode: spec.mode,
           frontend: spec.bus,
           ms: performance.now() - started,
+          ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
           ...errorOf(err),
         });
         throw err;
@@ -73,7 +82,11 @@ export function observeAttachService(inner: AttachService, o: ObservedServiceOpt
     },
     async detach(sandboxId, volumeId, ctx) {
       const known = o.describe?.(sandboxId, volumeId);
-      const labels = { mode: known?.mode ?? 'unknown', frontend: known?.frontend ?? 'unknown' } as const;
+      const labels = {
+        mode: known?.mode ?? 'unknown',
+        frontend: known?.frontend ?? 'unknown',
+        ...(known?.pod !== undefined ? { pod: known.pod } : {}),
+      } as const;
       const started = performance.now();
       try {
         await inner.detach(sandboxId, volumeId, ctx);

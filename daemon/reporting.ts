@@ -1,4 +1,5 @@
 import type { SandboxId } from '../storage/ids.js';
+import type { PodRef } from '../storage/volume-spec.js';
 import type { EngineHandle } from './attach-engine.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './logger.js';
@@ -7,12 +8,13 @@ import { NodeFactsCache } from './node-facts.js';
 import { NodeSnapshot } from './node-snapshot.js';
 import type { NicOperation } from './observed-nics.js';
 import { observeAttachService, type VolumeOperation } from './observed-service.js';
+import type { PodEventTarget } from './report/events.js';
 import type { KubeHttp } from './report/kube-http.js';
 import { createReporter, type Reporter } from './report/reporter.js';
 import type { NicStatus } from './report/status.js';
 import type { AttachService } from './routes/attach-service.js';
 import type { Readiness } from './routes/health.js';
-import type { SandboxCatalog } from './routes/sandboxes.js';
+import type { SandboxCatalog, SandboxPod } from './routes/sandboxes.js';
 import type { SandboxDiscovery } from './sandboxes/discovery.js';
 
 // What vmplugd tells the outside about its node, wired around the engine and discovery without
@@ -101,13 +103,8 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
     // An idempotent repeat of a done attach, or a detach of a volume never seen, is not news.
     if (op.ok && op.op === 'attach' && !op.created) return;
     if (op.ok && op.op === 'detach' && op.mode === 'unknown') return;
-    const pod = catalog.get(op.sandboxId)?.pod;
-    if (pod?.name === undefined || pod.namespace === undefined) return;
-    const target = {
-      podName: pod.name,
-      namespace: pod.namespace,
-      ...(pod.uid !== undefined ? { podUid: pod.uid } : {}),
-    };
+    const target = podEventTarget(catalog.get(op.sandboxId)?.pod, op.pod);
+    if (target === undefined) return;
     const ms = Math.round(op.ms);
     if (op.ok && op.op === 'attach') {
       const a = op.attachment;
@@ -240,4 +237,31 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
       return stopping;
     },
   };
+}
+
+/**
+ * Where a volume's Pod event goes. The runtime's record of the sandbox (Kata's persist.json) is
+ * read from the sandbox itself, so it wins whenever it names the pod; the pod the attach request
+ * named (the CSI plugin's pod info) is the fallback for sandboxes whose runtime records none. The
+ * request only adds the uid to a runtime identity without one, and only when both name the same
+ * pod. An Event needs a name and a namespace: a pod known by its uid alone gets none.
+ */
+export function podEventTarget(
+  runtime: SandboxPod | undefined,
+  requested: PodRef | undefined,
+): PodEventTarget | undefined {
+  if (runtime?.name !== undefined && runtime.namespace !== undefined) {
+    const sameAsRequested =
+      requested !== undefined && requested.name === runtime.name && requested.namespace === runtime.namespace;
+    const uid = runtime.uid ?? (sameAsRequested ? requested.uid : undefined);
+    return {
+      podName: runtime.name,
+      namespace: runtime.namespace,
+      ...(uid !== undefined ? { podUid: uid } : {}),
+    };
+  }
+  if (requested?.name !== undefined && requested.namespace !== undefined) {
+    return { podName: requested.name, namespace: requested.namespace, podUid: requested.uid };
+  }
+  return undefined;
 }

@@ -1,7 +1,7 @@
 import type { SandboxId, VolumeId } from './ids.js';
 import type { JournalRecord, TimelineEntry, VolumeState } from './journal.js';
 import { guestHint } from './naming.js';
-import { type AttachSpec, formatMonitor, type Mode } from './volume-spec.js';
+import { type AttachSpec, formatMonitor, type Mode, type PodRef } from './volume-spec.js';
 
 // What the volume routes need from the attach engine. The engine (storage/) implements it; the
 // routes only translate HTTP to these calls and the answers back, so the engine can be tested
@@ -50,6 +50,8 @@ export interface Attachment {
   lastError?: { code: string; message: string; at: string };
   /** From query-blockstats, on GET. */
   stats?: Record<string, number>;
+  /** The Pod the attach request named (absent when it named none). */
+  pod?: PodRef;
 }
 
 /** The source in the request's own spelling, without the key. */
@@ -122,5 +124,6 @@ export function attachmentFromRecord(record: JournalRecord): Attachment {
     timeline: record.timeline.map((t) => ({ ...t })),
   };
   if (record.lastError !== undefined) a.lastError = { ...record.lastError };
+  if (record.pod !== undefined) a.pod = { ...record.pod };
   return a;
 }

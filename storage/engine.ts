@@ -164,6 +164,7 @@ export class AttachEngine implements AttachService {
         kind: 'kata',
         spec: toStoredSpec(spec),
         fingerprint,
+        ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
         bus: choice.bus,
         lane: choice.lane,
       });

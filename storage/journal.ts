@@ -15,10 +15,12 @@ import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
 import {
   type Bus,
   type Monitor,
+  type PodRef,
   parseCephName,
   parseCephUser,
   parseHostDevicePath,
   parseMonitor,
+  parsePodRef,
   type StoredSpec,
 } from './volume-spec.js';
 
@@ -99,6 +101,8 @@ export interface JournalRecord {
   state: VolumeState;
   timeline: TimelineEntry[];
   lastError?: RecordedError;
+  /** The Pod the attach request named (Events go there); absent in records written before it. */
+  pod?: PodRef;
 }
 
 export const TIMELINE_MAX = 64;
@@ -111,6 +115,7 @@ export interface NewRecord {
   fingerprint: string;
   bus: FrontendBus;
   lane?: Lane;
+  pod?: PodRef;
 }
 
 export function newRecord(init: NewRecord, at: Date = new Date()): JournalRecord {
@@ -127,6 +132,7 @@ export function newRecord(init: NewRecord, at: Date = new Date()): JournalRecord
     timeline: [{ step: 'Pending', at: at.toISOString(), ms: 0 }],
   };
   if (init.lane !== undefined) record.lane = init.lane;
+  if (init.pod !== undefined) record.pod = { ...init.pod };
   return record;
 }
 
@@ -546,6 +552,7 @@ export function parseRecord(
     }
     record.lastError = { code: e?.code as string, message: e?.message as string, at: e?.at as string };
   }
+  if (o.pod !== undefined) record.pod = guard(() => parsePodRef(o.pod), bad);
   return record;
 }
 

@@ -69,10 +69,22 @@ export interface RbdSource {
 
 export type VolumeSource = HostDeviceSource | RbdSource;
 
+/**
+ * The Pod a volume is attached for, as a CSI plugin knows it at NodePublish (the volume context
+ * `csi.storage.k8s.io/pod.uid|name|namespace` when the CSIDriver sets podInfoOnMount). It only
+ * says where Kubernetes Events go: it is not part of what is attached, so it stays out of the
+ * spec fingerprint and a retry that adds or drops it is the same attach.
+ */
+export interface PodRef {
+  uid: string;
+  name?: string;
+  namespace?: string;
+}
+
 /** Mode and source travel together so that `block` + `rbd` cannot be written down. */
 export type AttachSpec =
-  | { mode: 'block'; source: HostDeviceSource; readOnly: boolean; bus: Bus }
-  | { mode: 'rbd'; source: RbdSource; readOnly: boolean; bus: Bus };
+  | { mode: 'block'; source: HostDeviceSource; readOnly: boolean; bus: Bus; pod?: PodRef }
+  | { mode: 'rbd'; source: RbdSource; readOnly: boolean; bus: Bus; pod?: PodRef };
 
 /** What may be stored and shown: the spec without the key. */
 export type StoredSource = HostDeviceSource | Omit<RbdSource, 'key'>;
@@ -81,7 +93,10 @@ export type StoredSpec =
   | { mode: 'rbd'; source: Omit<RbdSource, 'key'>; readOnly: boolean; bus: Bus };
 
 export function toStoredSpec(spec: AttachSpec): StoredSpec {
-  if (spec.mode === 'block') return { ...spec, source: { ...spec.source } };
+  // The pod is kept beside the spec (journal record `pod`), not in it.
+  if (spec.mode === 'block') {
+    return { mode: 'block', source: { ...spec.source }, readOnly: spec.readOnly, bus: spec.bus };
+  }
   const { key: _key, ...source } = spec.source;
   return {
     mode: 'rbd',
@@ -97,9 +112,12 @@ export const LIMITS = {
   cephUser: 64,
   hostDevicePath: 255,
   hostname: 253,
+  podName: 253,
+  podNamespace: 63,
 } as const;
 
-const TOP_FIELDS = new Set(['mode', 'source', 'readOnly', 'bus', 'annotations']);
+const TOP_FIELDS = new Set(['mode', 'source', 'readOnly', 'bus', 'annotations', 'pod']);
+const POD_FIELDS = new Set(['uid', 'name', 'namespace']);
 const HOST_DEVICE_FIELDS = new Set(['type', 'path']);
 const RBD_FIELDS = new Set(['type', 'pool', 'namespace', 'image', 'snapshot', 'monitors', 'user', 'key']);
 
@@ -113,6 +131,9 @@ export function parseAttachRequest(body: unknown): AttachSpec {
   const mode = resolveMode(top.mode, top.annotations);
   const readOnly = optionalBoolean(top.readOnly, 'readOnly') ?? false;
   const bus = parseBus(top.bus);
+  const pod = top.pod === undefined || top.pod === null ? undefined : parsePodRef(top.pod);
+  const withPod = <T extends object>(spec: T): T & { pod?: PodRef } =>
+    pod === undefined ? spec : { ...spec, pod };
   const src = record(top.source, 'source');
   const type = src.type;
   if (type !== 'hostDevice' && type !== 'rbd') {
@@ -128,7 +149,12 @@ export function parseAttachRequest(body: unknown): AttachSpec {
   }
   if (type === 'hostDevice') {
     rejectUnknown(src, HOST_DEVICE_FIELDS, 'source.');
-    return { mode: 'block', source: { type, path: parseHostDevicePath(src.path) }, readOnly, bus };
+    return withPod({
+      mode: 'block' as const,
+      source: { type, path: parseHostDevicePath(src.path) },
+      readOnly,
+      bus,
+    });
   }
   rejectUnknown(src, RBD_FIELDS, 'source.');
   const source: RbdSource = {
@@ -147,7 +173,43 @@ export function parseAttachRequest(body: unknown): AttachSpec {
     // librbd opens snapshots read-only only; refuse rather than silently flip the flag.
     if (!readOnly) throw new ValidationError('readOnly', 'an RBD snapshot can only be attached read-only');
   }
-  return { mode: 'rbd', source, readOnly, bus };
+  return withPod({ mode: 'rbd' as const, source, readOnly, bus });
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const DNS1123_LABEL = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$/;
+
+/**
+ * The `pod` of an attach request (and of a stored record): a UUID as Kubernetes assigns it
+ * (lower-cased, so that one pod has one spelling), a name as Kubernetes allows for Pods
+ * (DNS-1123 subdomain) and a namespace (DNS-1123 label). Fields are named `<prefix>uid` etc.
+ */
+export function parsePodRef(v: unknown, prefix = 'pod'): PodRef {
+  const o = record(v, prefix);
+  rejectUnknown(o, POD_FIELDS, `${prefix}.`);
+  const uid = string(o.uid, `${prefix}.uid`);
+  if (!UUID.test(uid)) throw new ValidationError(`${prefix}.uid`, 'must be a UUID (RFC 4122)');
+  const pod: PodRef = { uid: uid.toLowerCase() };
+  if (o.name !== undefined && o.name !== null && o.name !== '') {
+    pod.name = dnsName(o.name, `${prefix}.name`, LIMITS.podName, DNS1123_SUBDOMAIN, 'subdomain');
+  }
+  if (o.namespace !== undefined && o.namespace !== null && o.namespace !== '') {
+    pod.namespace = dnsName(o.namespace, `${prefix}.namespace`, LIMITS.podNamespace, DNS1123_LABEL, 'label');
+  }
+  return pod;
+}
+
+function dnsName(v: unknown, field: string, max: number, shape: RegExp, kind: string): string {
+  const s = string(v, field);
+  if (s.length > max) throw new ValidationError(field, `must be at most ${max} characters`);
+  if (!shape.test(s)) {
+    throw new ValidationError(
+      field,
+      `must be a DNS-1123 ${kind} (lower-case letters, digits, "-"${kind === 'subdomain' ? ', "."' : ''})`,
+    );
+  }
+  return s;
 }
 
 function resolveMode(mode: unknown, annotations: unknown): Mode {

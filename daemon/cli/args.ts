@@ -41,6 +41,7 @@ export type Command =
       bus?: 'auto' | 'scsi' | 'virtio-blk';
       readOnly: boolean;
       annotations?: Record<string, string>;
+      pod?: { uid: string; name?: string; namespace?: string };
     }
   | { name: 'detach'; sandboxId: string; volumeId: string }
   | {
@@ -92,6 +93,9 @@ const ATTACH_OPTIONS: OptionSpec = {
   bus: { type: 'string' },
   'read-only': { type: 'boolean' },
   annotation: { type: 'string', multiple: true },
+  'pod-uid': { type: 'string' },
+  'pod-name': { type: 'string' },
+  'pod-namespace': { type: 'string' },
 };
 
 const NIC_OPTIONS: OptionSpec = {
@@ -319,6 +323,20 @@ function attachCommand(sandboxId: string, volumeId: string, v: Values): Command 
       annotations[s.slice(0, eq)] = s.slice(eq + 1);
     }
     cmd.annotations = annotations;
+  }
+  // Checked by the daemon (one rule set); here only that a name comes with the uid it belongs to.
+  const podUid = str(v['pod-uid']);
+  const podName = str(v['pod-name']);
+  const podNamespace = str(v['pod-namespace']);
+  if (podUid === undefined && (podName !== undefined || podNamespace !== undefined)) {
+    throw new UsageError('attach: --pod-name and --pod-namespace need --pod-uid');
+  }
+  if (podUid !== undefined) {
+    cmd.pod = {
+      uid: podUid,
+      ...(podName !== undefined ? { name: podName } : {}),
+      ...(podNamespace !== undefined ? { namespace: podNamespace } : {}),
+    };
   }
   return cmd;
 }

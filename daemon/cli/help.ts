@@ -14,6 +14,7 @@ const COMMANDS: Record<string, string> = {
   vmplug attach <sandbox> <volume> --device <path> [--mode block] [--bus B] [--read-only]
   vmplug attach <sandbox> <volume> [--mode rbd] --pool P [--namespace N] --image I [--snapshot S]
                 --monitors host:port[,host:port...] --user U --key-file <path|-> [--bus B] [--read-only]
+  (either form also takes [--annotation k=v] [--pod-uid U --pod-name N --pod-namespace NS])
 
 Hot-attaches a volume into a running sandbox (idempotent: the same spec again succeeds).
   --device <path>       block mode: a host block device (e.g. /dev/rbd0, a loop device)
@@ -23,6 +24,9 @@ Hot-attaches a volume into a running sandbox (idempotent: the same spec again su
   --read-only           attach read-only (needed with --snapshot)
   --annotation k=v      PVC annotation (repeatable); volume.katacontainers.io/direct-mode may
                         stand in for --mode
+  --pod-uid U [--pod-name N --pod-namespace NS]
+                        the Pod the volume is for: its Kubernetes Events go there when the
+                        runtime records no pod for the sandbox
 `,
   detach: `Usage: vmplug detach <sandbox> <volume>
 

@@ -89,6 +89,7 @@ async function run(
       if (mode !== undefined) body.mode = mode;
       if (command.bus !== undefined) body.bus = command.bus;
       if (command.annotations !== undefined) body.annotations = command.annotations;
+      if (command.pod !== undefined) body.pod = command.pod;
       const { created, attachment } = await client.attach(command.sandboxId, command.volumeId, body, call);
       if (global.json) json(attachment);
       else out(attachedLine(attachment, created));

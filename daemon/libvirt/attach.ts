@@ -220,6 +220,7 @@ export class LibvirtAttachService implements AttachService {
         kind: 'libvirt',
         spec: toStoredSpec(spec),
         fingerprint,
+        ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
         bus,
       });
       await this.#o.journal.save(record);

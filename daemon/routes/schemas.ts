@@ -64,6 +64,20 @@ export const attachBodySchema = {
       additionalProperties: { type: 'string' },
       description: 'PVC annotations; vmplug reads volume.katacontainers.io/direct-mode',
     },
+    pod: {
+      type: ['object', 'null'],
+      description:
+        'The Pod the volume is for (a CSI plugin has it at NodePublish from the volume context csi.storage.k8s.io/pod.uid|name|namespace when its CSIDriver sets podInfoOnMount). Kubernetes Events go to this Pod when the runtime records none for the sandbox. Not part of the spec: a retry that adds or leaves it out is the same attach.',
+      properties: {
+        uid: { type: 'string', description: 'RFC 4122 UUID' },
+        name: { type: ['string', 'null'], maxLength: LIMITS.podName, description: 'DNS-1123 subdomain' },
+        namespace: {
+          type: ['string', 'null'],
+          maxLength: LIMITS.podNamespace,
+          description: 'DNS-1123 label',
+        },
+      },
+    },
   },
 } as const;
 
@@ -155,6 +169,13 @@ export const attachmentSchema = {
       properties: { code: { type: 'string' }, message: { type: 'string' }, at: { type: 'string' } },
     },
     stats: { type: 'object', additionalProperties: { type: 'number' }, description: 'query-blockstats' },
+    pod: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['uid'],
+      description: 'The Pod the attach request named',
+      properties: { uid: { type: 'string' }, name: { type: 'string' }, namespace: { type: 'string' } },
+    },
   },
 } as const;
 

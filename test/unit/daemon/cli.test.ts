@@ -33,6 +33,18 @@ describe('vmplug argument parsing', () => {
     });
   });
 
+  it('passes the pod of --pod-uid/--pod-name/--pod-namespace; a name needs the uid', () => {
+    const uid = '5f0c3b1e-9d2a-4c7b-8e6f-1a2b3c4d5e6f';
+    const base = ['attach', 'sb1', 'vol1', '--device', '/dev/loop3'];
+    const cmd = (extra: string[]) => parseCommandLine([...base, ...extra]).command;
+    expect(cmd(['--pod-uid', uid, '--pod-name', 'web-0', '--pod-namespace', 'shop'])).toMatchObject({
+      pod: { uid, name: 'web-0', namespace: 'shop' },
+    });
+    expect(cmd(['--pod-uid', uid])).toMatchObject({ pod: { uid } });
+    expect('pod' in cmd([])).toBe(false);
+    expect(() => cmd(['--pod-name', 'web-0'])).toThrow(UsageError);
+  });
+
   it('parses an rbd attach; the key is a file to read, never a value', () => {
     const { command } = parseCommandLine([
       'attach',

@@ -92,6 +92,7 @@ export class FakeAttachService implements AttachService {
       spec: toStoredSpec(spec),
       fingerprint,
       bus: spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi',
+      ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
     });
     record.state = 'Attached';
     record.timeline.push({ step: 'Attached', at: new Date().toISOString(), ms: 12 });

@@ -3,7 +3,7 @@ import { resolveConfig } from '../../../daemon/config.js';
 import type { DomainChange, LibvirtDomains } from '../../../daemon/libvirt/domains.js';
 import { NodeFactsCache } from '../../../daemon/node-facts.js';
 import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube-http.js';
-import { createReporting } from '../../../daemon/reporting.js';
+import { createReporting, podEventTarget } from '../../../daemon/reporting.js';
 import type { SandboxRecord } from '../../../daemon/routes/sandboxes.js';
 import type { SandboxId, VolumeId } from '../../../storage/ids.js';
 import type { AttachSpec } from '../../../storage/volume-spec.js';
@@ -138,6 +138,66 @@ describe('createReporting', () => {
       h.requests.some((r) => r.path.startsWith('/apis/coordination.k8s.io/v1/namespaces/ops/leases/')),
     ).toBe(true);
     await h.reporting.stop();
+  });
+
+  it("the request's pod gets the events of a sandbox whose runtime records none; the runtime's wins", async () => {
+    const h = await harness({ kube: true });
+    const uid = '5f0c3b1e-9d2a-4c7b-8e6f-1a2b3c4d5e6f';
+    const sb2 = 'sb2' as SandboxId;
+    const v1 = 'v1' as VolumeId;
+    const withPod: AttachSpec = { ...spec, pod: { uid, name: 'db-0', namespace: 'data' } };
+    await h.reporting.service.attach(sb2, v1, withPod, h.ctx);
+    // The detach names only ids: its pod is the one recorded with the volume, as last read.
+    await vi.waitFor(
+      () =>
+        expect(
+          h.requests.some(
+            (r) =>
+              r.method === 'PATCH' &&
+              r.path.endsWith('/status') &&
+              /"id":"sb2".*"volumeId":"v1"/.test(JSON.stringify(r.body)),
+          ),
+        ).toBe(true),
+      { timeout: 20_000 },
+    );
+    await h.reporting.service.detach(sb2, v1, h.ctx);
+    // sb1's runtime names web-0: it wins over what the request says.
+    await h.reporting.service.attach('sb1' as SandboxId, v1, withPod, h.ctx);
+    // A pod known by uid alone cannot be an Event's object.
+    await h.reporting.service.attach(sb2, 'v2' as VolumeId, { ...spec, pod: { uid } }, h.ctx);
+    await h.reporting.reporter.flush();
+    expect(
+      h
+        .events()
+        .map(
+          (e) =>
+            `${e.reason}/${e.involvedObject.name}/${(e as { involvedObject: { namespace?: string } }).involvedObject.namespace}/${e.involvedObject.uid}`,
+        ),
+    ).toEqual([
+      `VolumeAttached/db-0/data/${uid}`,
+      `VolumeDetached/db-0/data/${uid}`,
+      'VolumeAttached/web-0/shop/u1',
+    ]);
+    await h.reporting.stop();
+  });
+
+  it('podEventTarget: runtime first, the request as fallback, the uid added only for the same pod', () => {
+    const req = { uid: 'u-req', name: 'a', namespace: 'n' };
+    expect(podEventTarget({ name: 'a', namespace: 'n' }, req)).toEqual({
+      podName: 'a',
+      namespace: 'n',
+      podUid: 'u-req',
+    });
+    expect(podEventTarget({ name: 'b', namespace: 'n' }, req)).toEqual({ podName: 'b', namespace: 'n' });
+    expect(podEventTarget({ uid: 'u-rt', name: 'a', namespace: 'n' }, req)).toEqual({
+      podName: 'a',
+      namespace: 'n',
+      podUid: 'u-rt',
+    });
+    expect(podEventTarget({ uid: 'u-rt' }, req)).toEqual({ podName: 'a', namespace: 'n', podUid: 'u-req' });
+    expect(podEventTarget(undefined, req)).toEqual({ podName: 'a', namespace: 'n', podUid: 'u-req' });
+    expect(podEventTarget(undefined, { uid: 'u-req' })).toBeUndefined();
+    expect(podEventTarget(undefined, undefined)).toBeUndefined();
   });
 
   it('a libvirt domain change reaches the status without waiting for a resync', async () => {
