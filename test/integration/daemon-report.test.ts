@@ -3,8 +3,10 @@
  * the vmplugd service account's token (deploy/rbac.yaml's rights only) beside a real Kata-shaped
  * sandbox that belongs to a Pod (Kata's persist.json). The VmplugNode status shows the node facts
  * and the sandbox with its pod; a block-mode attach of a loop device shows up in the status and as
- * an Event on the Pod; the Lease is renewed; GET /v1/node and /metrics answer.
+ * an Event on the Pod; the Lease is renewed; GET /v1/node and /metrics answer. A second sandbox
+ * without persist.json gets its Events on the pod its attach request names (CSI podInfoOnMount).
  */
+import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -62,6 +64,7 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
   let daemonDir: string;
   let daemon: DaemonProcess;
   let loop: LoopDevice;
+  let podless: KataSandbox | undefined;
 
   const status = async (): Promise<NodeStatus | undefined> => {
     const r = await admin.request({ method: 'GET', path: `/apis/vmplug.io/v1alpha1/vmplugnodes/${NODE}` });
@@ -69,10 +72,10 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
   };
   const mySandbox = async (): Promise<SandboxStatus | undefined> =>
     (await status())?.sandboxes?.find((s) => s.id === sandbox.id);
-  const podEvents = async (): Promise<KubeEvent[]> => {
+  const podEvents = async (podName = cluster.pod.name): Promise<KubeEvent[]> => {
     const r = await admin.request({ method: 'GET', path: '/api/v1/namespaces/default/events' });
     return ((r.body as { items: KubeEvent[] }).items ?? []).filter(
-      (e) => e.involvedObject.kind === 'Pod' && e.involvedObject.name === cluster.pod.name,
+      (e) => e.involvedObject.kind === 'Pod' && e.involvedObject.name === podName,
     );
   };
 
@@ -102,6 +105,7 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
 
   afterAll(async () => {
     await daemon?.stop();
+    await podless?.stop();
     await sandbox?.stop();
     await root?.cleanup();
     await loop?.detach().catch(() => undefined);
@@ -253,5 +257,41 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
     expect(text).toMatch(/^vmplug_sandboxes\{kind="kata",state="running"\} 1$/m);
     expect(text).toMatch(/^vmplug_reconcile_runs_total\{result="ok"\} [1-9]/m);
     expect(text).toMatch(/^process_resident_memory_bytes \d+/m);
+  });
+  // Last: the metrics test above counts this file's attaches and running sandboxes.
+  it("a sandbox whose runtime records no pod: Events go to the attach request's pod", async () => {
+    expect(cluster.pod.namespace).toBe('default');
+    podless = await startKataSandbox(root, {});
+    const id = podless.id;
+    await until('the pod-less sandbox to be served', async () => {
+      const r = await daemon.call('GET', `/v1/sandboxes/${id}`);
+      return r.status === 200 ? true : undefined;
+    });
+    const pod = { uid: randomUUID(), name: 'csi-pod-0', namespace: cluster.pod.namespace };
+    const path = `/v1/sandboxes/${id}/volumes/vol-csi`;
+    const put = await daemon.call<{ pod?: unknown }>('PUT', path, {
+      mode: 'block',
+      source: { type: 'hostDevice', path: loop.path },
+      pod,
+    });
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    expect(put.body.pod).toEqual(pod);
+    const attached = await until('the VolumeAttached event on the requested Pod', async () =>
+      (await podEvents(pod.name)).find((e) => e.reason === 'VolumeAttached'),
+    );
+    expect(attached.involvedObject).toMatchObject({ name: pod.name, namespace: pod.namespace, uid: pod.uid });
+    expect(attached.message).toContain('vol-csi');
+    // The detach names only ids: its Event finds the pod recorded with the volume, once the node
+    // snapshot has read it (the status showing the volume says it has).
+    await until('the volume in the VmplugNode status', async () => {
+      const sb = (await status())?.sandboxes?.find((x) => x.id === id);
+      return sb?.volumes?.some((v) => v.volumeId === 'vol-csi' && v.state === 'Attached') ? true : undefined;
+    });
+    const del = await daemon.call('DELETE', path);
+    expect(del.status).toBe(204);
+    const detached = await until('the VolumeDetached event on the requested Pod', async () =>
+      (await podEvents(pod.name)).find((e) => e.reason === 'VolumeDetached'),
+    );
+    expect(detached.involvedObject.uid).toBe(pod.uid);
   });
 });
