@@ -217,6 +217,16 @@ describe('LibvirtAttachService (fake libvirt)', () => {
     await service.detach(DOM, vol, ctx);
   });
 
+  it("records the request's pod and shows it; a retry without it is the same attach", async () => {
+    const pod = { uid: '5f0c3b1e-9d2a-4c7b-8e6f-1a2b3c4d5e6f', name: 'vm-0', namespace: 'vms' };
+    const first = await service.attach(DOM, vol, { ...blockSpec(), pod }, ctx);
+    expect(first.attachment.pod).toEqual(pod);
+    expect((await journal.load(DOM, vol))?.pod).toEqual(pod);
+    const again = await service.attach(DOM, vol, blockSpec(), ctx);
+    expect(again).toMatchObject({ created: false, attachment: { pod } });
+    expect((await service.list(DOM))[0]?.pod).toEqual(pod);
+  });
+
   it('re-attaches when the disk vanished behind its back', async () => {
     const first = await service.attach(DOM, vol, blockSpec(), ctx);
     lv.disks.clear();
