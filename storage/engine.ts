@@ -9,6 +9,7 @@ import type {
 import { attachmentFromRecord } from './attach-service.js';
 import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { BackendError, ConflictError, NotFoundError, ValidationError, VmplugError } from './errors.js';
+import { checkHostBlockDevice } from './host-device.js';
 import type { SandboxId, VolumeId } from './ids.js';
 import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes } from './lanes.js';
@@ -47,6 +48,8 @@ export interface AttachEngineOptions {
   scsiTargets?: number;
   /** How long reconcile waits for a pending unplug before leaving it for the next round; default 1 s. */
   reconcileUnplugWaitMs?: number;
+  /** Checks a block-mode path before anything is done; default: it must be a block device here. */
+  checkHostDevice?: (path: string) => Promise<void>;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -85,6 +88,7 @@ export class AttachEngine implements AttachService {
       cephProbeTimeoutMs: DEFAULT_CEPH_PROBE_TIMEOUT_MS,
       scsiTargets: DEFAULT_SCSI_TARGETS,
       reconcileUnplugWaitMs: 1_000,
+      checkHostDevice: checkHostBlockDevice,
       ...opts,
     };
     this.#gate = new OperationGate(this.#o.maxConcurrentOps);
@@ -142,6 +146,7 @@ export class AttachEngine implements AttachService {
         };
       }
 
+      if (spec.mode === 'block') await this.#o.checkHostDevice(spec.source.path);
       const step = this.#stepContext(sandbox, ctx.signal, log, spec);
       const lanes = await inspectLanes(sandbox.qmp, {
         timeoutMs: this.#o.qmpTimeoutMs,

@@ -137,6 +137,8 @@ export async function makeBed(
     reconcileUnplugWaitMs: 100,
     qmpTimeoutMs: 2_000,
     cephProbeTimeoutMs: 1_000,
+    // The fake's paths (/dev/loop1...) need not exist on the test host.
+    checkHostDevice: async () => {},
     ...opts.engine,
   });
   const ctx: OperationContext = { signal: new AbortController().signal, log };
