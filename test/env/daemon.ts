@@ -150,6 +150,39 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
 }
 
 /**
+ * Waits until vmplugd is ready (discovery settled, start-up reconcile run) and serves
+ * `sandboxId`: the moment a test may act on that sandbox through it.
+ */
+export async function waitServing(d: DaemonProcess, sandboxId: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ready = await d.call('GET', '/readyz');
+    const found = await d.call('GET', `/v1/sandboxes/${sandboxId}`);
+    if (ready.status === 200 && found.status === 200) return;
+    if (Date.now() > deadline) {
+      throw new Error(`vmplugd not ready with ${sandboxId} discovered: ${JSON.stringify(ready.body)}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Sends the call; true when the daemon died answering it (a crash failpoint fired), then reaped. */
+export async function diesOn(
+  d: DaemonProcess,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<boolean> {
+  try {
+    await d.call(method, path, body, 30_000);
+    return false;
+  } catch {
+    await d.crash();
+    return true;
+  }
+}
+
+/**
  * A request whose body the server refuses from its content-length (413) without reading it. Like
  * a client sending `Expect: 100-continue`, it writes the headers, waits a moment for an early
  * answer, and writes the body only if none came: racing a 2 MiB body against the server's close

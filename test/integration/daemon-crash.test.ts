@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { QmpClient } from '../../qmp/index.js';
 import type { VolumeState } from '../../storage/journal.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
-import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { type DaemonProcess, diesOn, startDaemonProcess, waitServing } from '../env/daemon.js';
 import { objectsOf, vmplugObjects } from '../env/inspect.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
@@ -67,14 +67,8 @@ describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
       ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
     });
     // Ready = discovery settled and the start-up reconcile ran.
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const ready = await d.call('GET', '/readyz');
-      const found = await d.call('GET', `/v1/sandboxes/${sandbox.id}`);
-      if (ready.status === 200 && found.status === 200) return d;
-      if (Date.now() > deadline) throw new Error(`vmplugd not ready: ${JSON.stringify(ready.body)}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    await waitServing(d, sandbox.id);
+    return d;
   }
 
   async function newImage(): Promise<string> {
@@ -96,17 +90,6 @@ describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
       key: ceph.clientKey,
     },
   });
-
-  /** Sends the call; true when the daemon died answering it (the failpoint fired). */
-  async function diesOn(d: DaemonProcess, method: string, path: string, body?: unknown): Promise<boolean> {
-    try {
-      await d.call(method, path, body, 30_000);
-      return false;
-    } catch {
-      await d.crash();
-      return true;
-    }
-  }
 
   /** Either fully attached (the guest has it) or fully clean (nothing in QEMU, nothing in the guest). */
   async function expectAttachedOrClean(d: DaemonProcess, volumeId: string, serial: string | undefined) {

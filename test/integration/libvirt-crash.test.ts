@@ -15,7 +15,7 @@ import { parseSandboxId, parseVolumeId } from '../../storage/ids.js';
 import type { VolumeState } from '../../storage/journal.js';
 import { volumeNames } from '../../storage/naming.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
-import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { type DaemonProcess, diesOn, startDaemonProcess, waitServing } from '../env/daemon.js';
 import { startTestDomain, type TestDomain } from '../env/libvirt.js';
 
 const MiB = 1024 * 1024;
@@ -86,15 +86,9 @@ describe('vmplugd killed mid-operation on a libvirt domain, then restarted', () 
       logLevel: 'info',
       ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
     });
-    // Ready = the start-up reconcile ran.
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const ready = await d.call('GET', '/readyz');
-      const found = await d.call('GET', `/v1/sandboxes/${domain.name}`);
-      if (ready.status === 200 && found.status === 200) return d;
-      if (Date.now() > deadline) throw new Error(`vmplugd not ready: ${JSON.stringify(ready.body)}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    // Ready = discovery settled and the start-up reconcile ran.
+    await waitServing(d, domain.name);
+    return d;
   }
 
   async function newImage(): Promise<string> {
@@ -115,17 +109,6 @@ describe('vmplugd killed mid-operation on a libvirt domain, then restarted', () 
       key: ceph.clientKey,
     },
   });
-
-  /** Sends the call; true when the daemon died answering it (the failpoint fired). */
-  async function diesOn(d: DaemonProcess, method: string, path: string, body?: unknown): Promise<boolean> {
-    try {
-      await d.call(method, path, body, 30_000);
-      return false;
-    } catch {
-      await d.crash();
-      return true;
-    }
-  }
 
   async function expectAttachedOrClean(d: DaemonProcess, volumeId: string): Promise<'attached' | 'clean'> {
     const n = namesOf(volumeId);

@@ -9,7 +9,7 @@ import { IpHostNetwork, type NicView, parseNetSandboxId, parseNicId, parseNicSpe
 import { advance, NicJournal, newNicRecord } from '../../net/journal.js';
 import { listVmplugNetdevs } from '../../net/qemu.js';
 import { netdevAdd, QmpClient, qomList } from '../../qmp/index.js';
-import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { type DaemonProcess, startDaemonProcess, waitServing } from '../env/daemon.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // NIC hot-plug through vmplugd's REST API (a real vmplugd process) into a real Kata-shaped
@@ -54,14 +54,8 @@ describe('NIC hot-plug through vmplugd', () => {
       monitorDir: root.monitorDir,
       kataVmRoot: root.kataVmRoot,
     });
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const ready = await d.call('GET', '/readyz');
-      const found = await d.call('GET', `/v1/sandboxes/${sandbox.id}`);
-      if (ready.status === 200 && found.status === 200) return d;
-      if (Date.now() > deadline) throw new Error('vmplugd not ready with the sandbox discovered');
-      await new Promise((res) => setTimeout(res, 200));
-    }
+    await waitServing(d, sandbox.id);
+    return d;
   };
 
   beforeAll(async () => {
