@@ -1,21 +1,8 @@
 #!/usr/bin/env node
-// `npx vmplug` entry point: the CLI client of vmplugd. Like bin/vmplugd.js, it runs the TypeScript
-// sources through tsx in a checkout and dist/ where only the build exists.
-import { existsSync } from 'node:fs';
+// `npx vmplug` entry point: the CLI client of vmplugd (see load-entry.js for sources vs dist/).
+import { loadEntry } from './load-entry.js';
 
-const source = new URL('../daemon/cli/main.ts', import.meta.url);
-const built = new URL('../dist/daemon/cli/main.js', import.meta.url);
-
-async function load() {
-  if (existsSync(source)) {
-    const tsx = await import('tsx/esm/api').catch(() => undefined);
-    if (tsx !== undefined) return tsx.tsImport(source.href, import.meta.url);
-  }
-  if (existsSync(built)) return import(built.href);
-  throw new Error(
-    'vmplug: neither the sources with tsx (run `npm ci`) nor dist/ (run `npm run build`) found',
-  );
-}
+const load = () => loadEntry('daemon/cli/main', 'vmplug');
 
 async function version() {
   try {

@@ -1,23 +1,8 @@
 #!/usr/bin/env node
-// `npx vmplugd` entry point. In a checkout (sources present and tsx installed by `npm ci`) it runs
-// the TypeScript sources directly, so there is no build step to forget and never a stale build;
-// where only the build exists (an image made with `npm run build` and `npm ci --omit=dev`) it
-// runs dist/.
-import { existsSync } from 'node:fs';
+// `npx vmplugd` entry point: the daemon (see load-entry.js for sources vs dist/).
+import { loadEntry } from './load-entry.js';
 
-const source = new URL('../daemon/main.ts', import.meta.url);
-const built = new URL('../dist/daemon/main.js', import.meta.url);
-
-async function load() {
-  if (existsSync(source)) {
-    const tsx = await import('tsx/esm/api').catch(() => undefined);
-    if (tsx !== undefined) return tsx.tsImport(source.href, import.meta.url);
-  }
-  if (existsSync(built)) return import(built.href);
-  throw new Error(
-    'vmplugd: neither the sources with tsx (run `npm ci`) nor dist/ (run `npm run build`) found',
-  );
-}
+const load = () => loadEntry('daemon/main', 'vmplugd');
 
 try {
   const { main } = await load();
