@@ -29,7 +29,8 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { type AttachRequest, VmplugClient } from '../daemon/client.js';
+import { type AttachRequest, VmplugClient } from '../cli/client.js';
+import { parseSandboxId, parseVolumeId } from '../core/ids.js';
 import {
   blockdevAdd,
   blockdevDel,
@@ -39,7 +40,6 @@ import {
   objectDel,
   QmpSession,
 } from '../qmp/index.js';
-import { parseSandboxId, parseVolumeId } from '../storage/ids.js';
 import { rootPortId, volumeNames } from '../storage/naming.js';
 import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';

@@ -13,10 +13,10 @@
  *   npm run bench:guest-resize -- [<rounds>] [--vcpu-unplug] [--no-libvirt]   (default 5)
  */
 import { performance } from 'node:perf_hooks';
-import { LibvirtConnection } from '../daemon/libvirt/index.js';
-import { LibvirtResizer } from '../daemon/resources/libvirt-resizer.js';
-import { QmpResizer } from '../daemon/resources/qmp-resizer.js';
-import type { GuestResizer } from '../daemon/resources/types.js';
+import { LibvirtResizer } from '../daemon/resize/libvirt-resizer.js';
+import { QmpResizer } from '../daemon/resize/qmp-resizer.js';
+import type { GuestResizer } from '../daemon/resize/types.js';
+import { LibvirtConnection } from '../libvirt/index.js';
 import { QmpClient } from '../qmp/index.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import { startTestDomain } from '../test/env/libvirt.js';

@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseSandboxId, parseVolumeId } from '../storage/ids.js';
+import { parseSandboxId, parseVolumeId } from '../core/ids.js';
 import { rootPortId, volumeNames } from '../storage/naming.js';
 import { type Lane, rbdConf } from '../storage/qemu-args.js';
 import { parseMonitors, Secret } from '../storage/volume-spec.js';

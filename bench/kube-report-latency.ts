@@ -10,8 +10,8 @@
  *   npm run bench:kube-report [-- <samples>]   (default 20)
  */
 import { performance } from 'node:perf_hooks';
-import { createReporter, type SnapshotProvider } from '../daemon/report/reporter.js';
-import type { NodeStatusSnapshot } from '../daemon/report/status.js';
+import { createReporter, type SnapshotProvider } from '../daemon/report/kube/reporter.js';
+import type { NodeStatusSnapshot } from '../daemon/report/kube/status.js';
 import { prepareVmplugCluster } from '../test/env/kube/manifests.js';
 import { startKubeApiserver } from '../test/env/kube.js';
 import { hostContext, printTable, summarize } from './figures.js';

@@ -8,7 +8,7 @@
 import { truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { DomainModify, LibvirtConnection, parseLibvirtUuid } from '../daemon/libvirt/index.js';
+import { DomainModify, LibvirtConnection, parseLibvirtUuid } from '../libvirt/index.js';
 import { ensureLibvirtd, startTestDomain } from '../test/env/libvirt.js';
 
 const rounds = Number(process.argv[2] ?? 10);

@@ -2,7 +2,7 @@
 // `npx vmplug` entry point: the CLI client of vmplugd (see load-entry.js for sources vs dist/).
 import { loadEntry } from './load-entry.js';
 
-const load = () => loadEntry('daemon/cli/main', 'vmplug');
+const load = () => loadEntry('cli/main', 'vmplug');
 
 async function version() {
   try {

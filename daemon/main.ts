@@ -6,7 +6,6 @@ import { isNetSandboxId, NicEngine, type NicView } from '../net/index.js';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
-import { createAttachService, type EngineDeps, type EngineHandle } from './attach-engine.js';
 import {
   ConfigError,
   type DaemonConfig,
@@ -16,26 +15,27 @@ import {
   loadConfig,
 } from './config.js';
 import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
+import { openApiText } from './http/openapi.js';
+import { DaemonError } from './http/problem.js';
+import type { AttachService } from './http/routes/attach-service.js';
+import type { Readiness, ReadinessCheck, ReadinessProbe } from './http/routes/health.js';
+import type { NicService } from './http/routes/nics.js';
+import type { NodeRoutesOptions } from './http/routes/node.js';
+import type { ListVolumes, SandboxCatalog } from './http/routes/sandboxes.js';
+import { buildServer, type VmplugServer } from './http/server.js';
+import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
 import { createLogger, type Logger } from './logger.js';
-import { observeNicService } from './observed-nics.js';
-import { openApiText } from './openapi.js';
-import { DaemonError } from './problem.js';
 import { ReconcileLoop } from './reconcile-loop.js';
-import type { NicStatus } from './report/status.js';
-import { createReporting, type Reporting, type ReportingDeps } from './reporting.js';
-import { resizerResolver } from './resources/resolve.js';
-import { createResourceService, type ResourceService } from './resources/service.js';
-import type { AttachService } from './routes/attach-service.js';
-import type { Readiness, ReadinessCheck, ReadinessProbe } from './routes/health.js';
-import type { NicService } from './routes/nics.js';
-import type { NodeRoutesOptions } from './routes/node.js';
-import type { ListVolumes, SandboxCatalog } from './routes/sandboxes.js';
+import type { NicStatus } from './report/kube/status.js';
+import { observeNicService } from './report/observed-nics.js';
+import { createReporting, type Reporting, type ReportingDeps } from './report/reporting.js';
+import { resizerResolver } from './resize/resolve.js';
+import { createResourceService, type ResourceService } from './resize/service.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
-import { buildServer, type VmplugServer } from './server.js';
-import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './unix-socket.js';
+import { createAttachService, type EngineDeps, type EngineHandle } from './volumes/attach-engine.js';
 
-export { unavailableAttachService } from './attach-engine.js';
+export { unavailableAttachService } from './volumes/attach-engine.js';
 
 // The vmplugd process: configuration, the REST server on its socket, and an orderly stop.
 
@@ -209,7 +209,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   let loop: ReconcileLoop | undefined;
   let reporting: Reporting | undefined;
   try {
-    // vvv the attach engine is constructed here, and only here (daemon/attach-engine.ts) vvv
+    // vvv the attach engine is constructed here, and only here (daemon/volumes/attach-engine.ts) vvv
     engine = await (opts.createEngine ?? createAttachService)({
       config,
       logger,

@@ -1,8 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { openApiText } from './http/openapi.js';
 import { packageVersion } from './main.js';
-import { openApiText } from './openapi.js';
 
 // `npm run openapi`: regenerates docs/openapi.json from the route schemas.
 

@@ -1,7 +1,7 @@
 import { InvalidNicSpecError } from './errors.js';
 
 // Ids reach journal file names, QEMU names (hashed) and logs, so they are checked at the edge and
-// carried branded. The rule is the one storage/ids.ts and bin/vmplug-qemu apply (1 to 128 of
+// carried branded. The rule is the one core/ids.ts and bin/vmplug-qemu apply (1 to 128 of
 // [A-Za-z0-9_.-], a letter or digit first, no ".."), restated here because net/ may import only
 // qmp/: a sandbox id valid for storage is valid here and the other way round.
 

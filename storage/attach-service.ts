@@ -1,4 +1,4 @@
-import type { SandboxId, VolumeId } from './ids.js';
+import type { SandboxId, VolumeId } from '../core/ids.js';
 import type { JournalRecord, TimelineEntry, VolumeState } from './journal.js';
 import { guestHint } from './naming.js';
 import { type AttachSpec, formatMonitor, type Mode, type PodRef } from './volume-spec.js';

@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { CephUnreachableError } from './errors.js';
+import { CephUnreachableError } from '../core/errors.js';
 import { formatMonitor, type Monitor } from './volume-spec.js';
 
 // Before an rbd blockdev-add, vmplug checks that a Ceph monitor answers: librbd's connect runs

@@ -1,3 +1,6 @@
+import { BackendError, ConflictError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
+import { OperationGate } from '../core/gate.js';
+import type { SandboxId, VolumeId } from '../core/ids.js';
 import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
 import type {
   Attachment,
@@ -8,12 +11,9 @@ import type {
 } from './attach-service.js';
 import { attachmentFromRecord } from './attach-service.js';
 import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
-import { BackendError, ConflictError, NotFoundError, ValidationError, VmplugError } from './errors.js';
 import { checkHostBlockDevice } from './host-device.js';
-import type { SandboxId, VolumeId } from './ids.js';
 import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes } from './lanes.js';
-import { OperationGate } from './locks.js';
 import { deviceExists } from './qemu-view.js';
 import { backendFailure } from './qmp-failure.js';
 import { removeConfFile } from './rbd-conf-files.js';

@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { ValidationError } from './errors.js';
+import { ValidationError } from '../core/errors.js';
 
 // Block mode hands QEMU a device node the CSI plugin mapped at NodeStage. Checking it here turns
 // the usual mistakes (the mapping is gone, a path to a file or a directory) into a 422 that names

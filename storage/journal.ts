@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readdir, readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { InvalidTransitionError, JournalCorruptError, JournalIoError } from './errors.js';
+import { InvalidTransitionError, JournalCorruptError, JournalIoError } from '../core/errors.js';
 import {
   isSandboxId,
   isVolumeId,
@@ -9,7 +9,7 @@ import {
   parseVolumeId,
   type SandboxId,
   type VolumeId,
-} from './ids.js';
+} from '../core/ids.js';
 import { type FrontendBus, parseRootPortId, type VolumeNames, volumeNames } from './naming.js';
 import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
 import {

@@ -1,5 +1,5 @@
+import { LanesFullError } from '../core/errors.js';
 import type { CallOptions, QmpExecutor } from '../qmp/index.js';
-import { LanesFullError } from './errors.js';
 import { type FrontendBus, parseRootPortId, SCSI_BUS, SCSI_CONTROLLER_ID } from './naming.js';
 import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
 import { listPeripherals, type PeripheralDevice, qomGet } from './qemu-view.js';

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { SandboxId, VolumeId } from './ids.js';
+import type { SandboxId, VolumeId } from '../core/ids.js';
 
 // Names vmplug gives the QEMU objects of one attachment. They derive from (sandbox, volume) alone,
 // so reconcile can recompute them from a journal file name, and a fixed prefix plus a fixed-length

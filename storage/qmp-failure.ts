@@ -1,5 +1,5 @@
+import { BackendError, type Redactable, VmplugError } from '../core/errors.js';
 import { QmpCommandError, QmpError } from '../qmp/index.js';
-import { BackendError, type Redactable, VmplugError } from './errors.js';
 
 // Turns whatever a QMP step threw into a storage error with a stable code. QEMU's own class and
 // description go into the message (they name nodes and ids, useful to an operator); anything that

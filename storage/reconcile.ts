@@ -1,7 +1,7 @@
+import { DetachPendingError } from '../core/errors.js';
+import type { SandboxId } from '../core/ids.js';
 import { blockdevDel, objectDel } from '../qmp/index.js';
 import type { OperationLogger } from './attach-service.js';
-import { DetachPendingError } from './errors.js';
-import type { SandboxId } from './ids.js';
 import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
 import { laneOfDevice } from './lanes.js';
 import { parseVmplugName, volumeNames } from './naming.js';
@@ -124,7 +124,7 @@ async function reconcileSandbox(
     );
     return;
   }
-  // libvirt domains' records are reconciled through libvirt (daemon/libvirt/attach.ts).
+  // libvirt domains' records are reconciled through libvirt (storage/libvirt/engine.ts).
   const records = (await o.journal.list(sandboxId)).filter((r) => r.kind === 'kata');
   if (presence.state === 'gone') {
     for (const r of records) {

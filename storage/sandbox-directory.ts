@@ -1,5 +1,5 @@
+import type { SandboxId } from '../core/ids.js';
 import type { QmpExecutor } from '../qmp/index.js';
-import type { SandboxId } from './ids.js';
 
 // The attach engine's view of the sandboxes on the node. Discovery (daemon/) implements it from
 // the private monitors under --monitor-dir; tests implement it over sandboxes they started.

@@ -1,3 +1,4 @@
+import { BackendError, CephUnreachableError, DetachPendingError, type Redactable } from '../core/errors.js';
 import {
   blockdevAdd,
   blockdevDel,
@@ -11,7 +12,6 @@ import {
   QmpTimeoutError,
 } from '../qmp/index.js';
 import type { OperationLogger } from './attach-service.js';
-import { BackendError, CephUnreachableError, DetachPendingError, type Redactable } from './errors.js';
 import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
 import { laneOfDevice, sameLane } from './lanes.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';

@@ -2,7 +2,7 @@ import { createHash, createHmac } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { posix } from 'node:path';
 import { inspect } from 'node:util';
-import { type Redactable, ValidationError } from './errors.js';
+import { type Redactable, ValidationError } from '../core/errors.js';
 
 // The attach request of DESIGN section 5 as types that cannot hold a bad state, and the one
 // parser that builds them. Every rejection names the field in the request's own spelling.

@@ -18,7 +18,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { type Attachment, type AttachRequest, VmplugClient } from '../daemon/client.js';
+import { type Attachment, type AttachRequest, VmplugClient } from '../cli/client.js';
 import { queryNamedBlockNodes } from '../qmp/index.js';
 import { DIRECT_MODE_ANNOTATION } from '../storage/volume-spec.js';
 import { type DaemonProcess, startDaemonProcess } from './env/daemon.js';

@@ -2,6 +2,7 @@ import { type FSWatcher, watch } from 'node:fs';
 import { lstat, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { isSandboxId, type SandboxId } from '../../core/ids.js';
 import {
   QmpConnectError,
   type QmpError,
@@ -11,7 +12,6 @@ import {
   queryStatus,
   type RunState,
 } from '../../qmp/index.js';
-import { isSandboxId, type SandboxId } from '../../storage/ids.js';
 import type { SandboxDirectory, SandboxPresence } from '../../storage/sandbox-directory.js';
 import {
   identityStamp,

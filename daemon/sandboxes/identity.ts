@@ -1,7 +1,7 @@
 import { constants } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { SandboxId } from '../../storage/ids.js';
+import type { SandboxId } from '../../core/ids.js';
 
 // Who a Kata sandbox belongs to, read from Kata's own files. Identity is a nicety for reporting
 // (which pod a disk went to): missing, unreadable, oversized or strangely shaped files mean "not

@@ -1,5 +1,5 @@
+import { parseSandboxId, parseVolumeId } from '../../core/ids.js';
 import type { QmpClient } from '../../qmp/index.js';
-import { parseSandboxId, parseVolumeId } from '../../storage/ids.js';
 import { volumeNames } from '../../storage/naming.js';
 
 // What vmplug owns in a sandbox's QEMU, read through the test-only inspect monitor

@@ -11,7 +11,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KubeHttp } from '../../daemon/report/kube-http.js';
+import type { KubeHttp } from '../../daemon/report/kube/kube-http.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import { prepareVmplugCluster, until, type VmplugTestCluster } from '../env/kube/manifests.js';
 import { type KubeApiserver, startKubeApiserver } from '../env/kube.js';

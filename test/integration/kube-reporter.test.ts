@@ -5,14 +5,14 @@
  */
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKubeHttp, type KubeHttp, type KubeRequest } from '../../daemon/report/kube-http.js';
+import { createKubeHttp, type KubeHttp, type KubeRequest } from '../../daemon/report/kube/kube-http.js';
 import {
   createReporter,
   type Reporter,
   type ReporterLogger,
   type SnapshotProvider,
-} from '../../daemon/report/reporter.js';
-import type { NodeStatusSnapshot } from '../../daemon/report/status.js';
+} from '../../daemon/report/kube/reporter.js';
+import type { NodeStatusSnapshot } from '../../daemon/report/kube/status.js';
 import { applyDeployFiles, prepareVmplugCluster, until } from '../env/kube/manifests.js';
 import { type KubeApiserver, startKubeApiserver } from '../env/kube.js';
 

@@ -24,7 +24,7 @@ import {
   MemoryFlags,
   parseLibvirtUuid,
   VcpuFlags,
-} from '../../daemon/libvirt/index.js';
+} from '../../libvirt/index.js';
 import { ensureLibvirtd, startTestDomain, type TestDomain, virsh } from '../env/libvirt.js';
 
 const run = promisify(execFile);
@@ -292,7 +292,7 @@ describe('libvirt binding (vmplug addon) with a real libvirtd', () => {
         setInterval(() => c.listDomains().catch(() => {}), 2);
         parentPort.postMessage('connected');
       });`;
-    const path = join(import.meta.dirname, '../../daemon/libvirt/native/build/Release/vmplug_libvirt.node');
+    const path = join(import.meta.dirname, '../../libvirt/native/build/Release/vmplug_libvirt.node');
     for (let i = 0; i < 3; i++) {
       const w = new Worker(code, { eval: true, workerData: { path, uri: (domain as TestDomain).uri } });
       await new Promise<void>((resolve, reject) => {

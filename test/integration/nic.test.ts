@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseSandboxId, parseVolumeId } from '../../core/ids.js';
 import {
   IpHostNetwork,
   type NicContext,
@@ -22,7 +23,6 @@ import { advance, newNicRecord } from '../../net/journal.js';
 import { listVmplugNetdevs } from '../../net/qemu.js';
 import { netdevAdd, QmpSession, qomList } from '../../qmp/index.js';
 import { AttachEngine } from '../../storage/engine.js';
-import { parseSandboxId, parseVolumeId } from '../../storage/ids.js';
 import { Journal, loadFingerprintKey } from '../../storage/journal.js';
 import type { SandboxPresence } from '../../storage/sandbox-directory.js';
 import { parseAttachRequest } from '../../storage/volume-spec.js';

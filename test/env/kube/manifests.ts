@@ -12,7 +12,7 @@ import {
   loadAllYaml,
   PatchStrategy,
 } from '@kubernetes/client-node';
-import { createKubeHttp, type KubeHttp } from '../../../daemon/report/kube-http.js';
+import { createKubeHttp, type KubeHttp } from '../../../daemon/report/kube/kube-http.js';
 import type { KubeApiserver } from '../kube.js';
 import { repoRoot } from '../paths.js';
 

@@ -4,13 +4,13 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { SandboxId } from '../../../core/ids.js';
 import {
   type DiscoveryEvent,
   type DiscoveryOptions,
   SandboxDiscovery,
 } from '../../../daemon/sandboxes/discovery.js';
 import { identityFromPersist } from '../../../daemon/sandboxes/identity.js';
-import type { SandboxId } from '../../../storage/ids.js';
 import { FakeQemu } from '../qmp/fake-qemu.js';
 import { memoryLogger } from './helpers.js';
 

@@ -1,14 +1,14 @@
 import { Writable } from 'node:stream';
-import { createLogger, type Logger } from '../../../daemon/logger.js';
+import { ConflictError, NotFoundError } from '../../../core/errors.js';
+import type { SandboxId, VolumeId } from '../../../core/ids.js';
 import type {
   Attachment,
   AttachResult,
   AttachService,
   OperationContext,
-} from '../../../daemon/routes/attach-service.js';
-import { attachmentFromRecord } from '../../../daemon/routes/attach-service.js';
-import { ConflictError, NotFoundError } from '../../../storage/errors.js';
-import type { SandboxId, VolumeId } from '../../../storage/ids.js';
+} from '../../../daemon/http/routes/attach-service.js';
+import { attachmentFromRecord } from '../../../daemon/http/routes/attach-service.js';
+import { createLogger, type Logger } from '../../../daemon/logger.js';
 import { newRecord } from '../../../storage/journal.js';
 import { type AttachSpec, specFingerprint, toStoredSpec } from '../../../storage/volume-spec.js';
 

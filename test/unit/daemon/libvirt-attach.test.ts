@@ -12,21 +12,21 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { LibvirtAttachService } from '../../../daemon/libvirt/attach.js';
+import { BackendError, ConflictError, DetachPendingError } from '../../../core/errors.js';
+import { parseSandboxId, parseVolumeId } from '../../../core/ids.js';
 import type {
   DomainSummary,
   LibvirtConnection,
   LibvirtEvent,
   LibvirtUuid,
   SecretRef,
-} from '../../../daemon/libvirt/binding.js';
-import { parseDisks } from '../../../daemon/libvirt/disk-xml.js';
-import { LibvirtDomains } from '../../../daemon/libvirt/domains.js';
-import { LibvirtError } from '../../../daemon/libvirt/errors.js';
+} from '../../../libvirt/binding.js';
+import { LibvirtDomains } from '../../../libvirt/domains.js';
+import { LibvirtError } from '../../../libvirt/errors.js';
 import type { OperationContext } from '../../../storage/attach-service.js';
-import { BackendError, ConflictError, DetachPendingError } from '../../../storage/errors.js';
-import { parseSandboxId, parseVolumeId } from '../../../storage/ids.js';
 import { Journal } from '../../../storage/journal.js';
+import { parseDisks } from '../../../storage/libvirt/disk-xml.js';
+import { LibvirtAttachService } from '../../../storage/libvirt/engine.js';
 import { volumeNames } from '../../../storage/naming.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';
 import { cephxKey, memoryLogger } from './helpers.js';

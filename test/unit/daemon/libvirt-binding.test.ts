@@ -10,8 +10,8 @@ import {
   type LibvirtEvent,
   type NativeAddon,
   parseLibvirtUuid,
-} from '../../../daemon/libvirt/binding.js';
-import { fromNative, LibvirtError } from '../../../daemon/libvirt/errors.js';
+} from '../../../libvirt/binding.js';
+import { fromNative, LibvirtError } from '../../../libvirt/errors.js';
 
 function nativeError(message: string, fields: Record<string, unknown>): Error {
   return Object.assign(new Error(message), fields);

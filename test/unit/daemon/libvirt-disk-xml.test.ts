@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { parseSandboxId, parseVolumeId } from '../../../core/ids.js';
 import {
   deviceOfAlias,
   diskAlias,
@@ -10,8 +11,7 @@ import {
   secretUsage,
   secretXml,
   targetName,
-} from '../../../daemon/libvirt/disk-xml.js';
-import { parseSandboxId, parseVolumeId } from '../../../storage/ids.js';
+} from '../../../storage/libvirt/disk-xml.js';
 import { volumeNames } from '../../../storage/naming.js';
 import type { StoredSpec } from '../../../storage/volume-spec.js';
 

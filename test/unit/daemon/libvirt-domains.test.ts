@@ -11,9 +11,9 @@ import type {
   LibvirtConnection,
   LibvirtEvent,
   LibvirtUuid,
-} from '../../../daemon/libvirt/binding.js';
-import { type Connect, LibvirtDomains } from '../../../daemon/libvirt/domains.js';
-import { LibvirtError } from '../../../daemon/libvirt/errors.js';
+} from '../../../libvirt/binding.js';
+import { type Connect, LibvirtDomains } from '../../../libvirt/domains.js';
+import { LibvirtError } from '../../../libvirt/errors.js';
 
 const quiet = { debug: () => {}, info: () => {}, warn: () => {} };
 const uuid = (n: number): LibvirtUuid => `00000000-0000-4000-8000-00000000000${n}` as LibvirtUuid;

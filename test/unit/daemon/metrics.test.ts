@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { DaemonMetrics, measuredReconcile } from '../../../daemon/metrics.js';
-import { observeAttachService, type VolumeOperation } from '../../../daemon/observed-service.js';
+import type { SandboxId, VolumeId } from '../../../core/ids.js';
+import { DaemonMetrics, measuredReconcile } from '../../../daemon/report/metrics.js';
+import { observeAttachService, type VolumeOperation } from '../../../daemon/report/observed-service.js';
 import { QmpBusyError, QmpConnectError } from '../../../qmp/errors.js';
-import type { SandboxId, VolumeId } from '../../../storage/ids.js';
 import type { AttachSpec } from '../../../storage/volume-spec.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 

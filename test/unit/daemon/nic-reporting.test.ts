@@ -1,12 +1,12 @@
 import { describe, expect, it, vi } from 'vitest';
 import { resolveConfig } from '../../../daemon/config.js';
-import { NodeFactsCache } from '../../../daemon/node-facts.js';
-import { observeNicService } from '../../../daemon/observed-nics.js';
-import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube-http.js';
-import type { NicStatus } from '../../../daemon/report/status.js';
-import { createReporting } from '../../../daemon/reporting.js';
-import type { NicService } from '../../../daemon/routes/nics.js';
-import type { SandboxRecord } from '../../../daemon/routes/sandboxes.js';
+import type { NicService } from '../../../daemon/http/routes/nics.js';
+import type { SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
+import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-http.js';
+import type { NicStatus } from '../../../daemon/report/kube/status.js';
+import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
+import { observeNicService } from '../../../daemon/report/observed-nics.js';
+import { createReporting } from '../../../daemon/report/reporting.js';
 import { type NicView, parseNetSandboxId, parseNicId, parseNicSpec } from '../../../net/index.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 

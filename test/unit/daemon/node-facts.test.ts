@@ -4,7 +4,7 @@ import {
   type SystemInfo,
   statusNodeFacts,
   virtualizationFlag,
-} from '../../../daemon/node-facts.js';
+} from '../../../daemon/report/node-facts.js';
 
 // Shapes as systeminformation 5 returns them on this machine (Debian 12, virtio disk, one NIC).
 type FakeSystem = SystemInfo & { memFree: number; disks: string[] };

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
+import { openApiText } from '../../../daemon/http/openapi.js';
 import { packageVersion } from '../../../daemon/main.js';
-import { openApiText } from '../../../daemon/openapi.js';
 
 describe('docs/openapi.json', () => {
   it('matches the route schemas (run `npm run openapi` after changing a route)', async () => {

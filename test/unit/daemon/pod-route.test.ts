@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { SandboxCatalog } from '../../../daemon/routes/sandboxes.js';
-import { buildServer, type VmplugServer } from '../../../daemon/server.js';
+import type { SandboxCatalog } from '../../../daemon/http/routes/sandboxes.js';
+import { buildServer, type VmplugServer } from '../../../daemon/http/server.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 
 // The `pod` of PUT /v1/sandboxes/{sandboxId}/volumes/{volumeId} over HTTP: answered in the

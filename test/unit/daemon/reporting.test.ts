@@ -1,11 +1,11 @@
 import { describe, expect, it, vi } from 'vitest';
+import type { SandboxId, VolumeId } from '../../../core/ids.js';
 import { resolveConfig } from '../../../daemon/config.js';
-import type { DomainChange, LibvirtDomains } from '../../../daemon/libvirt/domains.js';
-import { NodeFactsCache } from '../../../daemon/node-facts.js';
-import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube-http.js';
-import { createReporting, podEventTarget } from '../../../daemon/reporting.js';
-import type { SandboxRecord } from '../../../daemon/routes/sandboxes.js';
-import type { SandboxId, VolumeId } from '../../../storage/ids.js';
+import type { SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
+import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-http.js';
+import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
+import { createReporting, podEventTarget } from '../../../daemon/report/reporting.js';
+import type { DomainChange, LibvirtDomains } from '../../../libvirt/domains.js';
 import type { AttachSpec } from '../../../storage/volume-spec.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 

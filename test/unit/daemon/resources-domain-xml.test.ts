@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { dimmXml, parseDomainResources } from '../../../daemon/resources/domain-xml.js';
+import { dimmXml, parseDomainResources } from '../../../daemon/resize/domain-xml.js';
 
 // Live XML of the libvirt test domain (libvirt 9.0) after `setvcpus 2 --live` and a 256 MiB DIMM
 // attached with alias ua-vmpdimm-3, as virDomainGetXMLDesc returned it (device list trimmed).

@@ -1,10 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { parseCommandLine, UsageError } from '../../../daemon/cli/args.js';
-import { ResizeError } from '../../../daemon/resources/errors.js';
-import { createResourceService, type ResolveResizer } from '../../../daemon/resources/service.js';
-import type { GuestResizer, ResourceView } from '../../../daemon/resources/types.js';
-import { dimmsToRemove } from '../../../daemon/resources/validate.js';
-import { buildServer, type VmplugServer } from '../../../daemon/server.js';
+import { parseCommandLine, UsageError } from '../../../cli/args.js';
+import { buildServer, type VmplugServer } from '../../../daemon/http/server.js';
+import { ResizeError } from '../../../daemon/resize/errors.js';
+import { createResourceService, type ResolveResizer } from '../../../daemon/resize/service.js';
+import type { GuestResizer, ResourceView } from '../../../daemon/resize/types.js';
+import { dimmsToRemove } from '../../../daemon/resize/validate.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 
 /**

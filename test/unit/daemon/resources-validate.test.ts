@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { ResizeError } from '../../../daemon/resources/errors.js';
-import type { ResourceView } from '../../../daemon/resources/types.js';
-import { dimmsToRemove, planResize, shrinkSteps } from '../../../daemon/resources/validate.js';
+import { ResizeError } from '../../../daemon/resize/errors.js';
+import type { ResourceView } from '../../../daemon/resize/types.js';
+import { dimmsToRemove, planResize, shrinkSteps } from '../../../daemon/resize/validate.js';
 
 // A guest as QEMU reports it after `-smp 1,maxcpus=2 -m 256M,slots=4,maxmem=1024M` and vmplug
 // added one vCPU and two DIMMs (128 MiB, then 256 MiB).

@@ -3,10 +3,10 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { EngineHandle } from '../../../daemon/attach-engine.js';
-import { VmplugClient } from '../../../daemon/client.js';
+import { VmplugClient } from '../../../cli/client.js';
 import { type DaemonConfig, resolveConfig } from '../../../daemon/config.js';
 import { startVmplugd, type Vmplugd } from '../../../daemon/main.js';
+import type { EngineHandle } from '../../../daemon/volumes/attach-engine.js';
 import { FakeQemu } from '../qmp/fake-qemu.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 

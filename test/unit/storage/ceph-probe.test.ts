@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { CephUnreachableError } from '../../../core/errors.js';
 import { probeMonitors } from '../../../storage/ceph-probe.js';
-import { CephUnreachableError } from '../../../storage/errors.js';
 import { parseMonitor } from '../../../storage/volume-spec.js';
 import { closedPort, fakeMonitor } from './engine-helpers.js';
 

@@ -1,7 +1,7 @@
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { SandboxId, VolumeId } from '../../../storage/ids.js';
+import type { SandboxId, VolumeId } from '../../../core/ids.js';
 import { type JournalRecord, newRecord, transition, type VolumeState } from '../../../storage/journal.js';
 import { volumeNames } from '../../../storage/naming.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane } from '../../../storage/qemu-args.js';

@@ -9,7 +9,7 @@ import {
   LanesFullError,
   NotFoundError,
   ValidationError,
-} from '../../../storage/errors.js';
+} from '../../../core/errors.js';
 import { volumeNames } from '../../../storage/naming.js';
 import { confPath } from '../../../storage/rbd-conf-files.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';

@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ValidationError } from '../../../storage/errors.js';
+import { ValidationError } from '../../../core/errors.js';
 import { checkHostBlockDevice } from '../../../storage/host-device.js';
 
 describe('checkHostBlockDevice', () => {

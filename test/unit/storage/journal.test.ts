@@ -2,8 +2,8 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidTransitionError, JournalCorruptError } from '../../../storage/errors.js';
-import { parseSandboxId, parseVolumeId } from '../../../storage/ids.js';
+import { InvalidTransitionError, JournalCorruptError } from '../../../core/errors.js';
+import { parseSandboxId, parseVolumeId } from '../../../core/ids.js';
 import {
   canTransition,
   Journal,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseSandboxId, parseVolumeId } from '../../../storage/ids.js';
+import { parseSandboxId, parseVolumeId } from '../../../core/ids.js';
 import {
   guestHint,
   isVmplugName,

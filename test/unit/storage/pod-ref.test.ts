@@ -2,9 +2,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ValidationError } from '../../../core/errors.js';
+import { parseSandboxId, parseVolumeId } from '../../../core/ids.js';
 import { attachmentFromRecord } from '../../../storage/attach-service.js';
-import { ValidationError } from '../../../storage/errors.js';
-import { parseSandboxId, parseVolumeId } from '../../../storage/ids.js';
 import { Journal, newRecord } from '../../../storage/journal.js';
 import { parseAttachRequest, specFingerprint, toStoredSpec } from '../../../storage/volume-spec.js';
 

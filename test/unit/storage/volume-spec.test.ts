@@ -1,6 +1,6 @@
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { ValidationError } from '../../../storage/errors.js';
+import { ValidationError } from '../../../core/errors.js';
 import {
   type AttachSpec,
   DIRECT_MODE_ANNOTATION,

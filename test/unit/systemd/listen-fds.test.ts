@@ -1,9 +1,9 @@
 import { closeSync, openSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import type { VmplugServer } from '../../../daemon/http/server.js';
+import { listenOnInheritedSocket } from '../../../daemon/http/unix-socket.js';
 import { createLogger } from '../../../daemon/logger.js';
 import { systemdFromEnv } from '../../../daemon/main.js';
-import type { VmplugServer } from '../../../daemon/server.js';
-import { listenOnInheritedSocket } from '../../../daemon/unix-socket.js';
 import { ListenFdsError, parseListenFds } from '../../../systemd/listen-fds.js';
 
 describe('parseListenFds', () => {

@@ -1,0 +1,115 @@
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { NotFoundError } from '../../../core/errors.js';
+import { parseSandboxId, type SandboxId } from '../../../core/ids.js';
+import type { NicView } from '../../../net/index.js';
+import type { Attachment, OperationContext } from './attach-service.js';
+import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from './schemas.js';
+
+// What the node runs, as the API shows it: discovery's sandboxes (and later libvirt domains)
+// with the volumes the engine has attached to each.
+
+/** The API's coarse state of a sandbox. */
+export type SandboxState =
+  | 'running'
+  | 'paused'
+  | 'shutdown'
+  | 'shutoff'
+  | 'crashed'
+  | 'unknown'
+  | 'unreachable';
+
+export interface SandboxPod {
+  uid?: string;
+  name?: string;
+  namespace?: string;
+}
+
+/** One sandbox as a catalog knows it, before volumes are added. */
+export interface SandboxRecord {
+  id: string;
+  kind: 'kata' | 'libvirt';
+  state: SandboxState;
+  /** Why it is unreachable. */
+  reason?: string;
+  /** The hypervisor's own run state (QEMU's query-status) when known. */
+  hypervisorStatus?: string;
+  pod?: SandboxPod;
+  pid?: number;
+  /** When vmplugd first saw it (ISO 8601). */
+  discoveredAt: string;
+}
+
+export interface SandboxView extends SandboxRecord {
+  volumes: Attachment[];
+  /** NICs vmplug hot-plugged (net/); absent when the daemon serves no NIC engine. */
+  nics?: NicView[];
+}
+
+/** Where sandboxes come from (discovery; a composite once libvirt domains join). */
+export interface SandboxCatalog {
+  list(): SandboxRecord[];
+  get(id: SandboxId): SandboxRecord | undefined;
+}
+
+/** The engine's volumes of a sandbox. */
+export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
+
+/** The NIC engine's NICs of a sandbox. */
+export type ListNics = (sandboxId: string) => Promise<NicView[]>;
+
+export interface SandboxRoutesOptions {
+  catalog: SandboxCatalog;
+  listVolumes: ListVolumes;
+  listNics?: ListNics;
+  shutdownSignal: AbortSignal;
+}
+
+export const emptyCatalog: SandboxCatalog = { list: () => [], get: () => undefined };
+
+export const sandboxRoutes: FastifyPluginAsync<SandboxRoutesOptions> = async (app, opts) => {
+  const { catalog, listVolumes, listNics, shutdownSignal } = opts;
+  const ctx = (request: FastifyRequest): OperationContext => ({ signal: shutdownSignal, log: request.log });
+
+  const withVolumes = async (record: SandboxRecord, request: FastifyRequest): Promise<SandboxView> => {
+    const view: SandboxView = { ...record, volumes: await listVolumes(record.id as SandboxId, ctx(request)) };
+    if (listNics !== undefined) view.nics = await listNics(record.id);
+    return view;
+  };
+
+  app.get(
+    '/v1/sandboxes',
+    {
+      schema: {
+        summary: 'Sandboxes on this node with their state, pod and volumes',
+        tags: ['sandboxes'],
+        querystring: sandboxQuerySchema,
+        response: { 200: { $ref: 'SandboxList#' }, ...problemResponses },
+      },
+    },
+    async (request) => {
+      const { podUid } = request.query as { podUid?: string };
+      const records = catalog.list().filter((s) => podUid === undefined || s.pod?.uid === podUid);
+      return { items: await Promise.all(records.map((r) => withVolumes(r, request))) };
+    },
+  );
+
+  app.get(
+    '/v1/sandboxes/:sandboxId',
+    {
+      attachValidation: true,
+      schema: {
+        summary: 'One sandbox',
+        tags: ['sandboxes'],
+        params: sandboxParamsSchema,
+        response: { 200: { $ref: 'Sandbox#' }, ...problemResponses },
+      },
+    },
+    async (request) => {
+      const sandboxId = parseSandboxId((request.params as Record<string, unknown>).sandboxId);
+      if (request.validationError !== undefined) throw request.validationError;
+      const record = catalog.get(sandboxId);
+      if (record === undefined) throw new NotFoundError('sandbox', sandboxId);
+      return withVolumes(record, request);
+    },
+  );
+};

@@ -1,0 +1,352 @@
+import { constants } from 'node:fs';
+import { access } from 'node:fs/promises';
+import si from 'systeminformation';
+import type { NodeFacts as StatusNodeFacts } from './kube/status.js';
+
+// What the node is (GET /v1/node, the VmplugNode status), from systeminformation. Several of its
+// calls run programs (lsblk, ip, hostname: some through a shell, some synchronously), so nothing
+// here calls it per request: static facts (CPU, OS, NICs) are gathered once, dynamic ones
+// (memory, block devices, /dev/kvm) are cached for a TTL and refreshed by a background timer, one
+// refresh at a time, each call bounded by a timeout. A call that fails or times out leaves the
+// previous value in place and is tried again at the next refresh.
+
+/** The subset of systeminformation used, in its own shapes; tests inject fakes of it. */
+export interface SystemInfo {
+  cpu(): Promise<{ manufacturer: string; brand: string; cores: number; physicalCores: number }>;
+  cpuFlags(): Promise<string>;
+  osInfo(): Promise<{ distro: string; release: string; kernel: string; arch: string; hostname: string }>;
+  networkInterfaces(): Promise<
+    {
+      iface: string;
+      mac: string;
+      operstate: string;
+      speed: number | null;
+      mtu: number | null;
+      internal: boolean;
+      virtual: boolean;
+    }[]
+  >;
+  mem(): Promise<{ total: number; free: number; available: number }>;
+  blockDevices(): Promise<
+    { name: string; type: string; size: number; model: string; serial: string; removable: boolean }[]
+  >;
+  /** Whether /dev/kvm exists and this process may open it read-write. */
+  kvmDevice(): Promise<KvmDevice>;
+}
+
+export type KvmDevice = 'accessible' | 'present' | 'missing';
+
+export interface NodeCpu {
+  model: string;
+  /** Logical CPUs. */
+  threads: number;
+  cores: number;
+}
+
+export interface NodeBlockDevice {
+  name: string;
+  type: string;
+  sizeBytes: number;
+  model?: string;
+  serial?: string;
+  removable: boolean;
+}
+
+export interface NodeNic {
+  name: string;
+  mac?: string;
+  up: boolean;
+  speedMbps?: number;
+  mtu?: number;
+  virtual: boolean;
+}
+
+/** GET /v1/node. A part not gathered yet (or whose last attempt failed) is absent. */
+export interface NodeFacts {
+  hostname?: string;
+  os?: { distro: string; release: string; kernel: string; arch: string };
+  cpu?: NodeCpu;
+  virtualization?: {
+    /** The CPU flag that offers hardware virtualization, null when the CPU shows neither. */
+    cpuFlag: 'vmx' | 'svm' | null;
+    kvmDevice: KvmDevice;
+  };
+  memory?: { totalBytes: number; freeBytes: number; availableBytes: number };
+  blockDevices?: NodeBlockDevice[];
+  nics?: NodeNic[];
+  /** When the dynamic facts were last refreshed (RFC 3339). */
+  refreshedAt?: string;
+}
+
+export interface NodeFactsOptions {
+  system?: SystemInfo;
+  /** Dynamic facts older than this are refreshed (default 30 s); also the background period. */
+  ttlMs?: number;
+  /** Bound on each systeminformation call (default 5 s). */
+  callTimeoutMs?: number;
+  /** Told of each call that failed or timed out (the daemon logs it at debug). */
+  onError?: (part: string, err: Error) => void;
+  now?: () => number;
+}
+
+export class NodeFactsTimeoutError extends Error {
+  readonly code = 'NODE_FACTS_TIMEOUT';
+  constructor(part: string, ms: number) {
+    super(`${part}: no answer within ${ms} ms`);
+    this.name = 'NodeFactsTimeoutError';
+  }
+}
+
+export function realSystemInfo(): SystemInfo {
+  return {
+    cpu: () => si.cpu(),
+    cpuFlags: () => si.cpuFlags(),
+    osInfo: () => si.osInfo(),
+    networkInterfaces: async () => {
+      const r = await si.networkInterfaces();
+      return Array.isArray(r) ? r : [r];
+    },
+    mem: () => si.mem(),
+    blockDevices: () => si.blockDevices(),
+    kvmDevice: () => kvmDevice('/dev/kvm'),
+  };
+}
+
+export async function kvmDevice(path: string): Promise<KvmDevice> {
+  try {
+    await access(path, constants.R_OK | constants.W_OK);
+    return 'accessible';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : 'present';
+  }
+}
+
+export class NodeFactsCache {
+  readonly #sys: SystemInfo;
+  readonly #ttlMs: number;
+  readonly #timeoutMs: number;
+  readonly #now: () => number;
+  readonly #onError: (part: string, err: Error) => void;
+  readonly #listeners = new Set<() => void>();
+  #facts: NodeFacts = {};
+  #staticDone = false;
+  #staticRun: Promise<void> | undefined;
+  #dynamicAt: number | undefined;
+  #dynamicRun: Promise<void> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+  /** Calls made to systeminformation, by part (tests check the caching with it). */
+  readonly calls = new Map<string, number>();
+
+  constructor(opts: NodeFactsOptions = {}) {
+    this.#sys = opts.system ?? realSystemInfo();
+    this.#ttlMs = opts.ttlMs ?? 30_000;
+    this.#timeoutMs = opts.callTimeoutMs ?? 5_000;
+    this.#now = opts.now ?? (() => performance.now());
+    this.#onError = opts.onError ?? (() => {});
+  }
+
+  /** Gathers everything once, then refreshes the dynamic facts every TTL in the background. */
+  start(): Promise<void> {
+    if (this.#timer === undefined && !this.#closed) {
+      // refresh(): also retries static facts whose first attempt failed.
+      this.#timer = setInterval(() => void this.refresh(), this.#ttlMs);
+      this.#timer.unref();
+    }
+    return this.refresh();
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** The facts as cached now (no I/O). */
+  current(): NodeFacts {
+    return structuredClone(this.#facts);
+  }
+
+  /**
+   * The facts, refreshing what is missing or stale first; waits at most `waitMs` (default the
+   * call timeout) and then answers with what it has.
+   */
+  async get(opts: { signal?: AbortSignal; waitMs?: number } = {}): Promise<NodeFacts> {
+    const stale = this.#dynamicAt === undefined || this.#now() - this.#dynamicAt >= this.#ttlMs;
+    if (!this.#staticDone || stale) {
+      const waitMs = opts.waitMs ?? this.#timeoutMs;
+      await settleWithin(this.refresh(), waitMs, opts.signal);
+    }
+    return this.current();
+  }
+
+  /** Gathers the static facts still missing and refreshes the dynamic ones (one run of each at a time). */
+  async refresh(): Promise<void> {
+    await Promise.all([this.#gatherStatic(), this.#refreshDynamic()]);
+  }
+
+  /** Called after facts changed. */
+  onChange(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #gatherStatic(): Promise<void> {
+    if (this.#staticDone || this.#closed) return Promise.resolve();
+    this.#staticRun ??= (async () => {
+      const [cpu, flags, os, nics] = await Promise.all([
+        this.#call('cpu', () => this.#sys.cpu()),
+        this.#call('cpuFlags', () => this.#sys.cpuFlags()),
+        this.#call('osInfo', () => this.#sys.osInfo()),
+        this.#call('networkInterfaces', () => this.#sys.networkInterfaces()),
+      ]);
+      const next: NodeFacts = { ...this.#facts };
+      if (cpu !== undefined) {
+        next.cpu = { model: cpu.brand, threads: cpu.cores, cores: cpu.physicalCores || cpu.cores };
+        if (cpu.manufacturer !== '' && !cpu.brand.startsWith(cpu.manufacturer))
+          next.cpu.model = `${cpu.manufacturer} ${cpu.brand}`;
+      }
+      if (flags !== undefined) {
+        next.virtualization = {
+          cpuFlag: virtualizationFlag(flags),
+          kvmDevice: next.virtualization?.kvmDevice ?? 'missing',
+        };
+      }
+      if (os !== undefined) {
+        next.hostname = os.hostname;
+        next.os = { distro: os.distro, release: os.release, kernel: os.kernel, arch: os.arch };
+      }
+      if (nics !== undefined) next.nics = nics.filter((n) => !n.internal).map(toNic);
+      this.#staticDone = [cpu, flags, os, nics].every((x) => x !== undefined);
+      this.#set(next);
+    })().finally(() => {
+      this.#staticRun = undefined;
+    });
+    return this.#staticRun;
+  }
+
+  #refreshDynamic(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#dynamicRun ??= (async () => {
+      const [mem, disks, kvm] = await Promise.all([
+        this.#call('mem', () => this.#sys.mem()),
+        this.#call('blockDevices', () => this.#sys.blockDevices()),
+        this.#call('kvmDevice', () => this.#sys.kvmDevice()),
+      ]);
+      const next: NodeFacts = { ...this.#facts };
+      if (mem !== undefined)
+        next.memory = { totalBytes: mem.total, freeBytes: mem.free, availableBytes: mem.available };
+      if (disks !== undefined) next.blockDevices = disks.map(toBlockDevice);
+      if (kvm !== undefined)
+        next.virtualization = { cpuFlag: next.virtualization?.cpuFlag ?? null, kvmDevice: kvm };
+      this.#dynamicAt = this.#now();
+      next.refreshedAt = new Date().toISOString();
+      this.#set(next);
+    })().finally(() => {
+      this.#dynamicRun = undefined;
+    });
+    return this.#dynamicRun;
+  }
+
+  async #call<T>(part: string, fn: () => Promise<T>): Promise<T | undefined> {
+    this.calls.set(part, (this.calls.get(part) ?? 0) + 1);
+    try {
+      return await withTimeout(fn(), this.#timeoutMs, part);
+    } catch (err) {
+      this.#onError(part, err instanceof Error ? err : new Error(String(err)));
+      return undefined;
+    }
+  }
+
+  #set(next: NodeFacts): void {
+    const { refreshedAt: _a, ...a } = this.#facts;
+    const { refreshedAt: _b, ...b } = next;
+    const changed = JSON.stringify(a) !== JSON.stringify(b);
+    this.#facts = next;
+    if (!changed) return;
+    for (const l of [...this.#listeners]) l();
+  }
+}
+
+/** The status subset of the facts (deploy/crd-vmplugnode.yaml): stable values only, no free memory. */
+export function statusNodeFacts(f: NodeFacts, vmplugVersion?: string): StatusNodeFacts {
+  const out: StatusNodeFacts = {};
+  if (f.hostname !== undefined) out.hostname = f.hostname;
+  if (f.os !== undefined) {
+    out.os = `${f.os.distro} ${f.os.release}`.trim();
+    out.kernel = f.os.kernel;
+    out.arch = f.os.arch;
+  }
+  if (vmplugVersion !== undefined) out.vmplugVersion = vmplugVersion;
+  if (f.cpu !== undefined) out.cpu = { model: f.cpu.model, cores: f.cpu.cores, threads: f.cpu.threads };
+  if (f.memory !== undefined) out.memoryBytes = f.memory.totalBytes;
+  if (f.virtualization !== undefined)
+    out.virtualization = { kvm: f.virtualization.kvmDevice === 'accessible' };
+  if (f.blockDevices !== undefined) {
+    out.blockDevices = f.blockDevices.map((d) => ({
+      name: d.name,
+      type: d.type,
+      sizeBytes: d.sizeBytes,
+      ...(d.model !== undefined ? { model: d.model } : {}),
+    }));
+  }
+  if (f.nics !== undefined) {
+    out.nics = f.nics.map((n) => ({
+      name: n.name,
+      up: n.up,
+      ...(n.mac !== undefined ? { mac: n.mac } : {}),
+      ...(n.speedMbps !== undefined ? { speedMbps: n.speedMbps } : {}),
+    }));
+  }
+  return out;
+}
+
+export function virtualizationFlag(flags: string): 'vmx' | 'svm' | null {
+  const set = new Set(flags.split(/\s+/));
+  return set.has('vmx') ? 'vmx' : set.has('svm') ? 'svm' : null;
+}
+
+function toNic(n: Awaited<ReturnType<SystemInfo['networkInterfaces']>>[number]): NodeNic {
+  const nic: NodeNic = { name: n.iface, up: n.operstate === 'up', virtual: n.virtual };
+  if (n.mac !== '') nic.mac = n.mac;
+  if (typeof n.speed === 'number' && n.speed > 0) nic.speedMbps = Math.round(n.speed);
+  if (typeof n.mtu === 'number' && n.mtu > 0) nic.mtu = n.mtu;
+  return nic;
+}
+
+function toBlockDevice(d: Awaited<ReturnType<SystemInfo['blockDevices']>>[number]): NodeBlockDevice {
+  const b: NodeBlockDevice = {
+    name: d.name,
+    type: d.type,
+    sizeBytes: Number.isFinite(d.size) ? d.size : 0,
+    removable: d.removable,
+  };
+  if (d.model !== '') b.model = d.model;
+  if (d.serial !== '') b.serial = d.serial;
+  return b;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, part: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new NodeFactsTimeoutError(part, ms)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Waits for `p` at most `ms` (or until `signal` aborts); never rejects. */
+async function settleWithin(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const stop = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+    onAbort = resolve;
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    await Promise.race([p.catch(() => {}), stop]);
+  } finally {
+    clearTimeout(timer);
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
+  }
+}

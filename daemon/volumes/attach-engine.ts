@@ -1,0 +1,142 @@
+import { dirname } from 'node:path';
+import { LibvirtDomains } from '../../libvirt/domains.js';
+import { AttachEngine } from '../../storage/engine.js';
+import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
+import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
+import type { ReconcileSummary } from '../../storage/reconcile.js';
+import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
+import type { DaemonConfig } from '../config.js';
+import { DaemonError } from '../http/problem.js';
+import type { AttachService } from '../http/routes/attach-service.js';
+import type { ReadinessCheck } from '../http/routes/health.js';
+import type { ListVolumes, SandboxCatalog } from '../http/routes/sandboxes.js';
+import type { Logger } from '../logger.js';
+import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
+
+// THE one place where vmplugd constructs its attach engine (storage/). Everything the daemon needs
+// from the engine goes through EngineHandle: the REST service, the volume list of a sandbox, the
+// reconcile the daemon runs at start-up and every reconcileIntervalMs, readiness and a draining
+// close.
+
+export interface EngineDeps {
+  config: DaemonConfig;
+  logger: Logger;
+  journal: Journal;
+  sandboxes: SandboxDirectory;
+}
+
+export interface EngineHandle {
+  service: AttachService;
+  /** The engine's volumes of one sandbox (GET /v1/sandboxes). */
+  listVolumes: ListVolumes;
+  /** Finish or roll back half-done operations; absent when the engine has no reconcile. */
+  reconcile?: (signal: AbortSignal) => Promise<unknown>;
+  /** For /readyz. */
+  readiness(): ReadinessCheck;
+  /** Sandboxes the engine manages beyond discovery's (libvirt domains), for GET /v1/sandboxes. */
+  catalog?: SandboxCatalog;
+  /** Reported on /readyz without gating readiness (libvirtd away must not stop Kata attaches). */
+  optionalReadiness?: () => Record<string, ReadinessCheck>;
+  /** Which hypervisor runs a sandbox (resize and NIC code use it to reach libvirt). */
+  resolveSandbox?: SandboxResolver;
+  /** The libvirt domains (onChange for reporting), when --libvirt-uri is set. */
+  libvirtDomains?: LibvirtDomains;
+  /** After the REST server has drained: let the engine's own work settle. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the attach engine (storage/engine.ts) over the journal and discovery's sandboxes, with the
+ * per-node fingerprint key from the state directory.
+ */
+export async function createAttachService(deps: EngineDeps): Promise<EngineHandle> {
+  const { config, logger, journal, sandboxes } = deps;
+  const fingerprintKey = await loadFingerprintKey(config.stateDir);
+  const engine = new AttachEngine({
+    journal,
+    sandboxes,
+    fingerprintKey,
+    stateDir: config.stateDir,
+    logger: logger.child({ component: 'engine' }),
+    maxConcurrentOps: config.maxConcurrentOps,
+  });
+  const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
+  if (config.libvirtUri === null) {
+    return {
+      service: engine,
+      listVolumes: kataVolumes,
+      reconcile: (signal) => engine.reconcile({ signal }),
+      readiness: () => ({ ok: true, detail: `${engine.inFlight} operation(s) in flight` }),
+      resolveSandbox: createSandboxResolver(sandboxes),
+      close: () => engine.close(),
+    };
+  }
+  // libvirt domains: connected in the background (a node without libvirtd starts all the same).
+  const domains = LibvirtDomains.start({
+    uri: config.libvirtUri,
+    logger: logger.child({ component: 'libvirt' }),
+  });
+  const libvirt = new LibvirtAttachService({
+    journal,
+    domains,
+    fingerprintKey,
+    logger: logger.child({ component: 'libvirt-engine' }),
+    // Next to the monitor dir (/run/vmplug/libvirt by default): QEMU, running as libvirt's
+    // unprivileged user, must reach these files, which the 0700 state dir does not allow.
+    cephConfBase: `${dirname(config.monitorDir)}/libvirt`,
+    maxConcurrentOps: config.maxConcurrentOps,
+  });
+  const router = new AttachRouter({
+    kata: engine,
+    kataVolumes,
+    kataSandboxes: sandboxes,
+    libvirt,
+    domains,
+  });
+  return {
+    service: router,
+    listVolumes: router.listVolumes,
+    reconcile: async (signal): Promise<ReconcileSummary> => {
+      const k = await engine.reconcile({ signal });
+      const l = await libvirt.reconcile({ signal });
+      return {
+        sandboxes: k.sandboxes + l.sandboxes,
+        repairs: [...k.repairs, ...l.repairs],
+        skipped: [...k.skipped, ...l.skipped],
+        pending: [...k.pending, ...l.pending],
+        failures: [...k.failures, ...l.failures],
+      };
+    },
+    readiness: () => ({
+      ok: true,
+      detail: `${engine.inFlight + libvirt.inFlight} operation(s) in flight`,
+    }),
+    catalog: domains.catalog(),
+    optionalReadiness: () => ({ libvirt: domains.health() }),
+    resolveSandbox: createSandboxResolver(sandboxes, domains),
+    libvirtDomains: domains,
+    close: async () => {
+      await engine.close();
+      await libvirt.close();
+      await domains.close();
+    },
+  };
+}
+
+/** The stand-in for tests and tools that run the daemon without an engine. */
+export function unavailableEngine(): EngineHandle {
+  return {
+    service: unavailableAttachService(),
+    listVolumes: async () => [],
+    readiness: () => ({ ok: false, detail: 'not available in this build' }),
+    close: async () => {},
+  };
+}
+
+/** Every volume call answers 503 NOT_READY. */
+export function unavailableAttachService(): AttachService {
+  const refuse = async (): Promise<never> => {
+    throw new DaemonError(503, 'NOT_READY', 'the attach engine is not available in this build');
+  };
+  return { attach: refuse, detach: refuse, get: refuse, resize: refuse };
+}
