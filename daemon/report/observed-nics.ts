@@ -1,4 +1,5 @@
-import type { NetSandboxId, NicId, NicView } from '../../net/index.js';
+import type { NicId, SandboxId } from '../../core/ids.js';
+import type { NicView } from '../../net/index.js';
 import type { NicService } from '../http/routes/nics.js';
 
 // The NIC engine as the daemon's observers see it (Pod events), the same way observed-service.ts
@@ -6,7 +7,7 @@ import type { NicService } from '../http/routes/nics.js';
 // listener that must neither throw nor block. net/ knows nothing of it.
 
 interface NicOperationBase {
-  sandboxId: NetSandboxId;
+  sandboxId: SandboxId;
   nicId: NicId;
   ms: number;
 }
