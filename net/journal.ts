@@ -1,6 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rmdir, unlink } from 'node:fs/promises';
+import { readdir, readFile, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { fsyncDir, writeFileAtomic } from '../core/atomic-file.js';
 import { VmplugError } from '../core/errors.js';
 import { isNicId, isSandboxId, type NicId, type SandboxId } from '../core/ids.js';
 import { type NicNames, nicNames } from './naming.js';
@@ -124,21 +124,9 @@ export class NicJournal {
 
   async save(record: NicRecord): Promise<void> {
     const path = this.pathOf(record.sandboxId, record.nicId);
-    const dir = dirname(path);
-    const tmp = join(dir, `.${record.nicId}.json.${randomBytes(6).toString('hex')}.tmp`);
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      const fh = await open(tmp, 'wx', 0o600);
-      try {
-        await fh.writeFile(`${JSON.stringify(record, null, 2)}\n`);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, path);
-      await fsyncDir(dir);
+      await writeFileAtomic(path, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
     } catch (err) {
-      await unlink(tmp).catch(() => undefined);
       throw new VmplugError('JOURNAL_IO', `cannot write NIC record ${path}: ${(err as Error).message}`, {
         cause: err,
       });
@@ -211,14 +199,5 @@ export class NicJournal {
       if (r !== undefined) out.push(r);
     }
     return out;
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
