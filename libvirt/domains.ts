@@ -8,7 +8,7 @@
 import type { SandboxId } from '../core/ids.js';
 import { isSandboxId } from '../core/ids.js';
 import { ListenerSet } from '../core/listeners.js';
-import type { SandboxCatalog, SandboxRecord, SandboxState } from '../daemon/http/routes/sandboxes.js';
+import type { SandboxCatalog, SandboxRecord, SandboxState } from '../core/sandbox.js';
 import {
   LibvirtConnection as Connection,
   type ConnectOptions,

@@ -4,6 +4,10 @@ import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { VmplugError } from '../../core/errors.js';
 import { isSandboxId } from '../../core/ids.js';
+import type { ReadinessProbe } from '../../core/readiness.js';
+import { emptyCatalog, type SandboxCatalog } from '../../core/sandbox.js';
+import type { NicService } from '../../net/index.js';
+import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
 import {
@@ -15,18 +19,11 @@ import {
   type SchemaIssue,
   schemaIssueMessage,
 } from './problem.js';
-import type { AttachService } from './routes/attach-service.js';
-import { healthRoutes, type ReadinessProbe } from './routes/health.js';
-import { type NicService, nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
+import { healthRoutes } from './routes/health.js';
+import { nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
 import { resourceRoutes } from './routes/resources.js';
-import {
-  emptyCatalog,
-  type ListNics,
-  type ListVolumes,
-  type SandboxCatalog,
-  sandboxRoutes,
-} from './routes/sandboxes.js';
+import { type ListNics, sandboxRoutes } from './routes/sandboxes.js';
 import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
 import { volumeRoutes } from './routes/volumes.js';
 

@@ -1,9 +1,9 @@
 import type { SandboxId } from '../../core/ids.js';
 import { ListenerSet } from '../../core/listeners.js';
+import type { Readiness } from '../../core/readiness.js';
+import type { SandboxCatalog } from '../../core/sandbox.js';
+import type { Attachment, ListVolumes, OperationLogger } from '../../storage/attach-service.js';
 import type { PodRef } from '../../storage/volume-spec.js';
-import type { Attachment, OperationLogger } from '../http/routes/attach-service.js';
-import type { Readiness } from '../http/routes/health.js';
-import type { ListVolumes, SandboxCatalog } from '../http/routes/sandboxes.js';
 import type { Condition, NicStatus, NodeStatusSnapshot, SandboxStatus, VolumeStatus } from './kube/status.js';
 import type { NodeFacts } from './node-facts.js';
 import { statusNodeFacts } from './node-facts.js';

@@ -1,20 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { VmplugError } from '../../../core/errors.js';
+import type { Readiness, ReadinessProbe } from '../../../core/readiness.js';
 import { problemResponses } from './schemas.js';
-
-export interface ReadinessCheck {
-  ok: boolean;
-  detail?: string;
-}
-
-export interface Readiness {
-  ready: boolean;
-  /** Named checks (e.g. `journal`, `discovery`), shown on /readyz either way. */
-  checks: Record<string, ReadinessCheck>;
-}
-
-/** Whether the daemon can serve attach requests now. Must answer quickly; it is polled. */
-export type ReadinessProbe = (signal: AbortSignal) => Promise<Readiness> | Readiness;
 
 export interface HealthRoutesOptions {
   readiness: ReadinessProbe;

@@ -1,27 +1,12 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { VmplugError } from '../../../core/errors.js';
 import { type NicId, parseNicId, parseSandboxId, type SandboxId } from '../../../core/ids.js';
-import {
-  type NicAttachResult,
-  type NicContext,
-  type NicSpec,
-  type NicView,
-  parseNicSpec,
-} from '../../../net/index.js';
+import { type NicContext, type NicService, parseNicSpec } from '../../../net/index.js';
 import { ID_PATTERN, problemResponses } from './schemas.js';
 
 // PUT / GET / DELETE /v1/sandboxes/{sandboxId}/nics/{nicId}: NIC hot-plug. As with volumes, ids
 // and the body are checked by net/'s parsers first (INVALID_ID 400, INVALID_FIELD 422 naming the
 // field), so the schemas below describe and never refuse more than those parsers.
-
-/** What the routes need of the NIC engine (net/engine.ts NicEngine fits). */
-export interface NicService {
-  attach(sandboxId: SandboxId, nicId: NicId, spec: NicSpec, ctx: NicContext): Promise<NicAttachResult>;
-  /** True when there was a NIC to detach. */
-  detach(sandboxId: SandboxId, nicId: NicId, ctx: NicContext): Promise<boolean>;
-  get(sandboxId: SandboxId, nicId: NicId): Promise<NicView>;
-  list(sandboxId: SandboxId): Promise<NicView[]>;
-}
 
 export const unavailableNicService: NicService = {
   attach: async () => {

@@ -1,14 +1,13 @@
 import { describe, expect, it, vi } from 'vitest';
 import { parseNicId, parseSandboxId } from '../../../core/ids.js';
+import type { SandboxRecord } from '../../../core/sandbox.js';
 import { resolveConfig } from '../../../daemon/config.js';
-import type { NicService } from '../../../daemon/http/routes/nics.js';
-import type { SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
 import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-http.js';
 import type { NicStatus } from '../../../daemon/report/kube/status.js';
 import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
 import { observeNicService } from '../../../daemon/report/observed-nics.js';
 import { createReporting } from '../../../daemon/report/reporting.js';
-import { type NicView, parseNicSpec } from '../../../net/index.js';
+import { type NicService, type NicView, parseNicSpec } from '../../../net/index.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 
 // NIC operations as the Kubernetes reporter sees them: Pod events for news only, and the NICs in
