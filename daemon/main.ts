@@ -2,7 +2,12 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { isNetSandboxId, NicEngine, type NicView } from '../net/index.js';
+import { VmplugError } from '../core/errors.js';
+import { isSandboxId } from '../core/ids.js';
+import type { Readiness, ReadinessCheck, ReadinessProbe } from '../core/readiness.js';
+import type { SandboxCatalog } from '../core/sandbox.js';
+import { NicEngine, type NicService, type NicView } from '../net/index.js';
+import type { AttachService, ListVolumes } from '../storage/attach-service.js';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
@@ -16,12 +21,7 @@ import {
 } from './config.js';
 import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
 import { openApiText } from './http/openapi.js';
-import { DaemonError } from './http/problem.js';
-import type { AttachService } from './http/routes/attach-service.js';
-import type { Readiness, ReadinessCheck, ReadinessProbe } from './http/routes/health.js';
-import type { NicService } from './http/routes/nics.js';
 import type { NodeRoutesOptions } from './http/routes/node.js';
-import type { ListVolumes, SandboxCatalog } from './http/routes/sandboxes.js';
 import { buildServer, type VmplugServer } from './http/server.js';
 import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
 import { createLogger, type Logger } from './logger.js';
@@ -112,7 +112,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       let clean = await settlesWithin(closed, config.shutdownTimeoutMs);
       if (!clean) {
         logger.warn('in-flight requests outlived the grace period: aborting their operations');
-        shutdown.abort(new DaemonError(503, 'SHUTTING_DOWN', 'vmplugd is shutting down'));
+        shutdown.abort(new VmplugError('SHUTTING_DOWN', 'vmplugd is shutting down'));
         if (!(await settlesWithin(closed, ABORT_UNWIND_MS))) {
           app.server.closeAllConnections();
           await closed;
@@ -227,7 +227,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       discovery,
       catalog,
       engine: e,
-      listNics: async (id) => (isNetSandboxId(id) ? (await nics.list(id)).map(nicStatus) : []),
+      listNics: async (id) => (isSandboxId(id) ? (await nics.list(id)).map(nicStatus) : []),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...opts.reporting,
     });
@@ -313,7 +313,7 @@ async function prepareStateDir(stateDir: string): Promise<void> {
     await access(stateDir, constants.W_OK | constants.X_OK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? String(err);
-    throw new DaemonError(500, 'INTERNAL', `state directory ${stateDir} is not usable (${code})`);
+    throw new VmplugError('INTERNAL', `state directory ${stateDir} is not usable (${code})`);
   }
 }
 

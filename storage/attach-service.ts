@@ -29,6 +29,9 @@ export interface OperationLogger {
   child(bindings: Record<string, unknown>): OperationLogger;
 }
 
+/** The engine's volumes of a sandbox. */
+export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
+
 /** A volume as the REST API shows it (DESIGN section 5). Never holds a key. */
 export interface Attachment {
   sandboxId: string;

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readdir, readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { fsyncDir as fsyncDirOf, writeFileAtomic } from '../core/atomic-file.js';
 import { InvalidTransitionError, JournalCorruptError, JournalIoError } from '../core/errors.js';
 import {
   isSandboxId,
@@ -222,26 +223,13 @@ export class Journal {
     parseRecord(JSON.parse(data), record.sandboxId, record.volumeId, 'save');
     this.#onWrite?.(record, 'before');
     const dir = join(this.root, record.sandboxId);
-    const final = join(dir, `${record.volumeId}.json`);
-    const tmp = join(dir, `.${record.volumeId}.json.${randomBytes(6).toString('hex')}.tmp`);
     opts.signal?.throwIfAborted();
     await this.#ensureDir(dir);
-    let renamed = false;
-    try {
-      const fh = await io('create', tmp, () => open(tmp, 'wx', 0o600));
-      try {
-        await io('write', tmp, () => fh.writeFile(data, opts.signal ? { signal: opts.signal } : {}));
-        await io('fsync', tmp, () => fh.sync());
-      } finally {
-        await fh.close();
-      }
-      opts.signal?.throwIfAborted();
-      await io('rename', final, () => rename(tmp, final));
-      renamed = true;
-      await fsyncDir(dir);
-    } finally {
-      if (!renamed) await unlink(tmp).catch(() => undefined);
-    }
+    await writeFileAtomic(join(dir, `${record.volumeId}.json`), data, {
+      mode: 0o600,
+      signal: opts.signal,
+      step: io,
+    });
     this.#onWrite?.(record, 'after');
   }
 
@@ -462,13 +450,8 @@ export async function loadFingerprintKey(stateDir: string, opts: IoOptions = {})
   throw new JournalIoError('create', path, new Error('key vanished while being created'));
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await io('open', dir, () => open(dir, 'r'));
-  try {
-    await io('fsync', dir, () => fh.sync());
-  } finally {
-    await fh.close();
-  }
+function fsyncDir(dir: string): Promise<void> {
+  return fsyncDirOf(dir, io);
 }
 
 async function readNames(dir: string): Promise<string[]> {

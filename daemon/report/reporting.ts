@@ -1,9 +1,9 @@
 import type { SandboxId } from '../../core/ids.js';
+import type { Readiness } from '../../core/readiness.js';
+import type { SandboxCatalog, SandboxPod } from '../../core/sandbox.js';
+import type { AttachService } from '../../storage/attach-service.js';
 import type { PodRef } from '../../storage/volume-spec.js';
 import type { DaemonConfig } from '../config.js';
-import type { AttachService } from '../http/routes/attach-service.js';
-import type { Readiness } from '../http/routes/health.js';
-import type { SandboxCatalog, SandboxPod } from '../http/routes/sandboxes.js';
 import type { Logger } from '../logger.js';
 import type { SandboxDiscovery } from '../sandboxes/discovery.js';
 import type { EngineHandle } from '../volumes/attach-engine.js';

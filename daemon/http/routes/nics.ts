@@ -1,40 +1,22 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
-import {
-  type NetSandboxId,
-  type NicAttachResult,
-  type NicContext,
-  type NicId,
-  type NicSpec,
-  type NicView,
-  parseNetSandboxId,
-  parseNicId,
-  parseNicSpec,
-} from '../../../net/index.js';
-import { DaemonError } from '../problem.js';
+import { VmplugError } from '../../../core/errors.js';
+import { type NicId, parseNicId, parseSandboxId, type SandboxId } from '../../../core/ids.js';
+import { type NicContext, type NicService, parseNicSpec } from '../../../net/index.js';
 import { ID_PATTERN, problemResponses } from './schemas.js';
 
 // PUT / GET / DELETE /v1/sandboxes/{sandboxId}/nics/{nicId}: NIC hot-plug. As with volumes, ids
 // and the body are checked by net/'s parsers first (INVALID_ID 400, INVALID_FIELD 422 naming the
 // field), so the schemas below describe and never refuse more than those parsers.
 
-/** What the routes need of the NIC engine (net/engine.ts NicEngine fits). */
-export interface NicService {
-  attach(sandboxId: NetSandboxId, nicId: NicId, spec: NicSpec, ctx: NicContext): Promise<NicAttachResult>;
-  /** True when there was a NIC to detach. */
-  detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<boolean>;
-  get(sandboxId: NetSandboxId, nicId: NicId): Promise<NicView>;
-  list(sandboxId: NetSandboxId): Promise<NicView[]>;
-}
-
 export const unavailableNicService: NicService = {
   attach: async () => {
-    throw new DaemonError(503, 'NOT_READY', 'NIC hot-plug is not available in this daemon');
+    throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
   },
   detach: async () => {
-    throw new DaemonError(503, 'NOT_READY', 'NIC hot-plug is not available in this daemon');
+    throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
   },
   get: async () => {
-    throw new DaemonError(503, 'NOT_READY', 'NIC hot-plug is not available in this daemon');
+    throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
   },
   list: async () => [],
 };
@@ -166,9 +148,9 @@ const nicRef = { $ref: 'Nic#' } as const;
 export const nicRoutes: FastifyPluginAsync<NicRoutesOptions> = async (app, opts) => {
   const { service, shutdownSignal } = opts;
   const ctx = (request: FastifyRequest): NicContext => ({ signal: shutdownSignal, log: request.log });
-  const ids = (request: FastifyRequest): { sandboxId: NetSandboxId; nicId: NicId } => {
+  const ids = (request: FastifyRequest): { sandboxId: SandboxId; nicId: NicId } => {
     const params = request.params as Record<string, unknown>;
-    return { sandboxId: parseNetSandboxId(params.sandboxId), nicId: parseNicId(params.nicId) };
+    return { sandboxId: parseSandboxId(params.sandboxId), nicId: parseNicId(params.nicId) };
   };
   const schemaLeftover = (request: FastifyRequest): void => {
     if (request.validationError !== undefined) throw request.validationError;

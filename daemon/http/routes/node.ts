@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { VmplugError } from '../../../core/errors.js';
 import type { NodeFacts } from '../../report/node-facts.js';
-import { DaemonError } from '../problem.js';
 import { problemResponses } from './schemas.js';
 
 // GET /v1/node (node facts) and GET /metrics (Prometheus text). Both read caches: node facts are
@@ -141,6 +141,6 @@ export const nodeRoutes: FastifyPluginAsync<NodeRoutesOptions> = async (app, opt
   );
 };
 
-function notServed(what: string): DaemonError {
-  return new DaemonError(503, 'NOT_READY', `${what} are not served by this daemon instance`);
+function notServed(what: string): VmplugError {
+  return new VmplugError('NOT_READY', `${what} are not served by this daemon instance`);
 }

@@ -1,20 +1,20 @@
 import { describe, expect, it, vi } from 'vitest';
+import { parseNicId, parseSandboxId } from '../../../core/ids.js';
+import type { SandboxRecord } from '../../../core/sandbox.js';
 import { resolveConfig } from '../../../daemon/config.js';
-import type { NicService } from '../../../daemon/http/routes/nics.js';
-import type { SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
 import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-http.js';
 import type { NicStatus } from '../../../daemon/report/kube/status.js';
 import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
 import { observeNicService } from '../../../daemon/report/observed-nics.js';
 import { createReporting } from '../../../daemon/report/reporting.js';
-import { type NicView, parseNetSandboxId, parseNicId, parseNicSpec } from '../../../net/index.js';
+import { type NicService, type NicView, parseNicSpec } from '../../../net/index.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 
 // NIC operations as the Kubernetes reporter sees them: Pod events for news only, and the NICs in
 // the VmplugNode status.
 
-const sb1 = parseNetSandboxId('sb1');
-const sb2 = parseNetSandboxId('sb2');
+const sb1 = parseSandboxId('sb1');
+const sb2 = parseSandboxId('sb2');
 const net1 = parseNicId('net1');
 const spec = parseNicSpec({ hostInterface: { type: 'tap', bridge: 'br0' } }, sb1, net1);
 
@@ -81,7 +81,7 @@ describe('NIC reporting', () => {
         close: async () => {},
       },
       listNics: async (id): Promise<NicStatus[]> =>
-        (await inner.list(parseNetSandboxId(id))).map((n) => ({
+        (await inner.list(parseSandboxId(id))).map((n) => ({
           id: n.nicId,
           mac: n.mac,
           tap: n.tap,

@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import type { SandboxId, VolumeId } from '../../../core/ids.js';
+import type { SandboxRecord } from '../../../core/sandbox.js';
 import { resolveConfig } from '../../../daemon/config.js';
-import type { SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
 import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-http.js';
 import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
 import { createReporting, podEventTarget } from '../../../daemon/report/reporting.js';

@@ -2,14 +2,13 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseNicId, parseSandboxId } from '../../../core/ids.js';
 import {
   type NicContext,
   NicEngine,
   type NicLogger,
   type NicSandboxPresence,
   nicNames,
-  parseNetSandboxId,
-  parseNicId,
   parseNicSpec,
 } from '../../../net/index.js';
 import { advance, newNicRecord } from '../../../net/journal.js';
@@ -17,7 +16,7 @@ import { FakeHost, FakeNicQemu } from './fakes.js';
 
 const quiet: NicLogger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
 const ctx = (): NicContext => ({ signal: AbortSignal.timeout(5_000), log: quiet });
-const sb = parseNetSandboxId('sandbox-1');
+const sb = parseSandboxId('sandbox-1');
 const nic = parseNicId('net1');
 const bridgeSpec = (extra: Record<string, unknown> = {}) =>
   parseNicSpec({ hostInterface: { type: 'tap', bridge: 'br0' }, ...extra }, sb, nic);
