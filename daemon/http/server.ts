@@ -2,6 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import {
+  attachmentSchema,
+  nicSchema,
+  problemSchema,
+  sandboxListSchema,
+  sandboxSchema,
+} from '../../api/index.js';
 import { isNetSandboxId } from '../../net/index.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
@@ -18,7 +25,7 @@ import {
 } from './problem.js';
 import type { AttachService } from './routes/attach-service.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
-import { type NicService, nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
+import { type NicService, nicRoutes, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
 import { resourceRoutes } from './routes/resources.js';
 import {
@@ -28,7 +35,6 @@ import {
   type SandboxCatalog,
   sandboxRoutes,
 } from './routes/sandboxes.js';
-import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
 import { volumeRoutes } from './routes/volumes.js';
 
 export interface ServerDeps {

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { problemResponses } from '../../../api/index.js';
 import { DaemonError } from '../problem.js';
-import { problemResponses } from './schemas.js';
 
 export interface ReadinessCheck {
   ok: boolean;
