@@ -1,4 +1,10 @@
-import { BackendError, ConflictError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
+import {
+  BackendError,
+  ConflictError,
+  NotFoundError,
+  ValidationError,
+  type VmplugError,
+} from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
@@ -215,7 +221,7 @@ export class AttachEngine implements AttachService {
       );
       return attachmentFromRecord(done);
     } catch (err) {
-      const failure = err instanceof VmplugError ? err : backendFailure('attach', err, step.secrets);
+      const failure = backendFailure('attach', err, step.secrets);
       await this.#rollback(step, record.sandboxId, record.volumeId, failure, log);
       throw failure;
     }

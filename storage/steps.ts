@@ -49,7 +49,6 @@ function call(ctx: StepContext): CallOptions {
   return { timeoutMs: ctx.qmpTimeoutMs, signal: ctx.signal };
 }
 
-/** Persists the next state; `since` is when the step began (its duration goes in the timeline). */
 /**
  * Persists the next state (or several, when no side effect lies between them); `since` is when
  * the step began (its duration goes in the timeline).

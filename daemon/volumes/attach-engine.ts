@@ -97,8 +97,20 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     service: router,
     listVolumes: router.listVolumes,
     reconcile: async (signal): Promise<ReconcileSummary> => {
-      const k = await engine.reconcile({ signal });
-      const l = await libvirt.reconcile({ signal });
+      // Both engines converge even when the other one throws; the round fails if either did,
+      // with both failures when both did.
+      const [kata, lv] = [
+        await settle(engine.reconcile({ signal })),
+        await settle(libvirt.reconcile({ signal })),
+      ];
+      if (!kata.ok || !lv.ok) {
+        const reasons = [kata, lv].flatMap((x) => (x.ok ? [] : [x.reason]));
+        throw reasons.length === 1
+          ? reasons[0]
+          : new AggregateError(reasons, 'volume reconcile failed in both engines');
+      }
+      const k = kata.value;
+      const l = lv.value;
       return {
         sandboxes: k.sandboxes + l.sandboxes,
         repairs: [...k.repairs, ...l.repairs],
@@ -123,20 +135,18 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
   };
 }
 
-/** The stand-in for tests and tools that run the daemon without an engine. */
-export function unavailableEngine(): EngineHandle {
-  return {
-    service: unavailableAttachService(),
-    listVolumes: async () => [],
-    readiness: () => ({ ok: false, detail: 'not available in this build' }),
-    close: async () => {},
-  };
-}
-
 /** Every volume call answers 503 NOT_READY. */
 export function unavailableAttachService(): AttachService {
   const refuse = async (): Promise<never> => {
     throw new DaemonError(503, 'NOT_READY', 'the attach engine is not available in this build');
   };
   return { attach: refuse, detach: refuse, get: refuse, resize: refuse };
+}
+
+async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; reason: unknown }> {
+  try {
+    return { ok: true, value: await p };
+  } catch (reason) {
+    return { ok: false, reason };
+  }
 }

@@ -173,13 +173,11 @@ export class LibvirtAttachService implements AttachService {
       }
       if (existing?.state === 'Attached' && existing.fingerprint === fingerprint) {
         const disks = await this.#disks(t, ctx.signal);
-        if (!disks.some((d) => d.alias === diskAlias(existing?.names ?? { device: '' }))) {
+        const alias = diskAlias(existing.names);
+        if (!disks.some((d) => d.alias === alias)) {
           // The domain lost the disk (restarted, or detached behind vmplug's back): answering
           // "already attached" would be a lie. Clear what is left and attach anew.
-          log.warn(
-            { alias: diskAlias(existing.names) },
-            'attached volume has no disk in the domain; attaching it again',
-          );
+          log.warn({ alias }, 'attached volume has no disk in the domain; attaching it again');
           await this.#clear(t, existing, 'DEVICE_LOST', 'the disk vanished from the domain', ctx.signal, log);
           existing = undefined;
         }
@@ -237,8 +235,9 @@ export class LibvirtAttachService implements AttachService {
       let cephConfFile: string | undefined;
       if (spec.mode === 'rbd') {
         const started = performance.now();
-        if (this.#o.cephConfBase !== undefined && (await this.#confUsable())) {
-          cephConfFile = await writeConfFile(this.#o.cephConfBase, record.names, {
+        const confBase = this.#o.cephConfBase;
+        if (confBase !== undefined && (await this.#confUsable(confBase))) {
+          cephConfFile = await writeConfFile(confBase, record.names, {
             clientMountTimeoutS: this.#o.clientMountTimeoutS,
           });
         }
@@ -357,8 +356,9 @@ export class LibvirtAttachService implements AttachService {
           throw new DetachPendingError(alias, waitMs);
         }
         r = await this.#advance(r, ['DeviceDeleted'], performance.now() - started);
-      } else {
-        r = await this.#advance(r, r.state === 'DetachPending' ? ['DeviceDeleted'] : [], 0);
+      } else if (r.state === 'DetachPending') {
+        // Detaching with no disk: nothing to record before the next step's write.
+        r = await this.#advance(r, ['DeviceDeleted'], 0);
       }
     }
     if (r.state !== 'BlockdevDeleted' && r.state !== 'Detached') {
@@ -387,13 +387,15 @@ export class LibvirtAttachService implements AttachService {
     again: boolean,
   ): Promise<boolean> {
     // Subscribed before the request: the event can arrive before detachDeviceAlias returns.
+    // Its own controller: a refused request ends the wait at once rather than at its timeout.
+    const waiting = new AbortController();
     const removed = t.conn
       .waitForEvent(
         (e: LibvirtEvent) =>
           (e.kind === 'deviceRemoved' || e.kind === 'deviceRemovalFailed') &&
           e.domain.uuid === t.uuid &&
           e.alias === alias,
-        { timeoutMs: waitMs, signal },
+        { timeoutMs: waitMs, signal: AbortSignal.any([signal, waiting.signal]) },
       )
       .then(
         (e) => e.kind === 'deviceRemoved',
@@ -408,7 +410,7 @@ export class LibvirtAttachService implements AttachService {
       if (isLibvirt(err, 'LIBVIRT_DEVICE_MISSING')) return true;
       // A repeated request while the guest still holds the device: the first one stands.
       if (!(again && isLibvirt(err, 'LIBVIRT_OPERATION_FAILED', 'LIBVIRT_OPERATION_INVALID'))) {
-        void removed;
+        waiting.abort();
         throw failure('detachDeviceAlias', err);
       }
     }
@@ -583,10 +585,8 @@ export class LibvirtAttachService implements AttachService {
     }
   }
 
-  #confUsable(): Promise<boolean> {
-    this.#confCheck ??= (async () => {
-      const base = this.#o.cephConfBase;
-      if (base === undefined) return false;
+  #confUsable(base: string): Promise<boolean> {
+    this.#confCheck ??= (async (base: string) => {
       try {
         await mkdir(base, { recursive: true, mode: 0o755 });
         await access(base, constants.W_OK);
@@ -604,7 +604,7 @@ export class LibvirtAttachService implements AttachService {
         );
         return false;
       }
-    })();
+    })(base);
     return this.#confCheck;
   }
 
@@ -625,7 +625,8 @@ export class LibvirtAttachService implements AttachService {
     }
     this.#reconciledOnce = true;
     const conn = this.#o.domains.connection;
-    const confHashes = this.#o.cephConfBase !== undefined ? await listConfHashes(this.#o.cephConfBase) : [];
+    const confBase = this.#o.cephConfBase;
+    const confHashes = confBase !== undefined ? await listConfHashes(confBase) : [];
     const records = (await this.#o.journal.list()).filter((r) => r.kind === 'libvirt');
     const ids = new Set<SandboxId>([
       ...records.map((r) => r.sandboxId),
@@ -682,10 +683,11 @@ export class LibvirtAttachService implements AttachService {
         summary.failures.push({ sandboxId: '', name: s.usageId, code: e.code, message: e.message });
       }
     }
-    for (const hash of confHashes) {
-      if (explained.has(hash) || this.#o.cephConfBase === undefined) continue;
-      if (await removeConfByHash(this.#o.cephConfBase, hash))
-        repair({ action: 'removed-stray-conf', name: hash });
+    if (confBase !== undefined) {
+      for (const hash of confHashes) {
+        if (!explained.has(hash) && (await removeConfByHash(confBase, hash)))
+          repair({ action: 'removed-stray-conf', name: hash });
+      }
     }
     return summary;
   }
