@@ -1,3 +1,4 @@
+import { BackendError, ConflictError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import type { JournalRecord, TimelineEntry, VolumeState } from './journal.js';
 import { guestHint } from './naming.js';
@@ -126,4 +127,22 @@ export function attachmentFromRecord(record: JournalRecord): Attachment {
   if (record.lastError !== undefined) a.lastError = { ...record.lastError };
   if (record.pod !== undefined) a.pod = { ...record.pod };
   return a;
+}
+
+/** What a volume operation gets once its engine is closing (both engines: the same 502, retryable). */
+export function shuttingDown(): BackendError {
+  return new BackendError('engine', 'vmplugd is shutting down; retry', { retryable: true });
+}
+
+/** The 409 of an attach planned as a conflict (core/plan-attach.ts); `where`: "sandbox <id>", "domain <id>". */
+export function attachConflict(
+  plan: { reason: 'spec' | 'detaching'; record: Pick<JournalRecord, 'volumeId' | 'state'> },
+  where: string,
+): ConflictError {
+  const volume = plan.record.volumeId;
+  return new ConflictError(
+    plan.reason === 'spec'
+      ? `volume ${volume} is already attached to ${where} with a different spec; detach it first`
+      : `volume ${volume} is being detached from ${where} (${plan.record.state}); finish the detach first`,
+  );
 }
