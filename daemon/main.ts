@@ -2,6 +2,7 @@ import { constants } from 'node:fs';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { OperationGate } from '../core/gate.js';
 import { isNetSandboxId, NicEngine, type NicView } from '../net/index.js';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
@@ -197,6 +198,9 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     goneGraceMs: config.sandboxGoneGraceMs,
     ...opts.discovery,
   });
+  // One lock per sandbox for every engine (volumes of both kinds, NICs, resizes): they compete
+  // for the same root ports, and the node's bound on operations in flight covers them all.
+  const gate = new OperationGate<string>(config.maxConcurrentOps);
   // Kata sandboxes only: libvirt domains would get NICs through libvirt's device XML (not built).
   let nicsChanged: (sandboxId: string) => void = () => {};
   const nics = new NicEngine({
@@ -204,6 +208,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     sandboxes: discovery,
     logger: logger.child({ component: 'nic' }),
     onChange: (id) => nicsChanged(id),
+    gate,
   });
   let engine: EngineHandle | undefined;
   let loop: ReconcileLoop | undefined;
@@ -215,6 +220,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       logger,
       journal,
       sandboxes: discovery,
+      gate,
     });
     const e = engine;
     const catalog =
@@ -269,7 +275,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       listVolumes: e.listVolumes,
       nodeFacts: (signal) => r.nodeFacts.get({ signal }),
       metrics: r.metrics,
-      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
+      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox), gate }),
       nics: observeNicService(nics, (op) => r.nicOperation(op)),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),

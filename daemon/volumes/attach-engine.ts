@@ -1,4 +1,5 @@
 import { dirname } from 'node:path';
+import type { OperationGate } from '../../core/gate.js';
 import { LibvirtDomains } from '../../libvirt/domains.js';
 import { AttachEngine } from '../../storage/engine.js';
 import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
@@ -23,6 +24,11 @@ export interface EngineDeps {
   logger: Logger;
   journal: Journal;
   sandboxes: SandboxDirectory;
+  /**
+   * The node's one gate: one lock per sandbox taken by both volume engines, the NIC engine and
+   * resizes, so nothing races for a sandbox's root ports (created once, in main.ts).
+   */
+  gate: OperationGate<string>;
 }
 
 export interface EngineHandle {
@@ -50,7 +56,7 @@ export interface EngineHandle {
  * per-node fingerprint key from the state directory.
  */
 export async function createAttachService(deps: EngineDeps): Promise<EngineHandle> {
-  const { config, logger, journal, sandboxes } = deps;
+  const { config, logger, journal, sandboxes, gate } = deps;
   const fingerprintKey = await loadFingerprintKey(config.stateDir);
   const engine = new AttachEngine({
     journal,
@@ -58,7 +64,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     fingerprintKey,
     stateDir: config.stateDir,
     logger: logger.child({ component: 'engine' }),
-    maxConcurrentOps: config.maxConcurrentOps,
+    gate,
   });
   const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
   if (config.libvirtUri === null) {
@@ -66,7 +72,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
       service: engine,
       listVolumes: kataVolumes,
       reconcile: (signal) => engine.reconcile({ signal }),
-      readiness: () => ({ ok: true, detail: `${engine.inFlight} operation(s) in flight` }),
+      readiness: () => ({ ok: true, detail: `${gate.inFlight} operation(s) in flight` }),
       resolveSandbox: createSandboxResolver(sandboxes),
       close: () => engine.close(),
     };
@@ -84,7 +90,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     // Next to the monitor dir (/run/vmplug/libvirt by default): QEMU, running as libvirt's
     // unprivileged user, must reach these files, which the 0700 state dir does not allow.
     cephConfBase: `${dirname(config.monitorDir)}/libvirt`,
-    maxConcurrentOps: config.maxConcurrentOps,
+    gate,
   });
   const router = new AttachRouter({
     kata: engine,
@@ -121,7 +127,8 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     },
     readiness: () => ({
       ok: true,
-      detail: `${engine.inFlight + libvirt.inFlight} operation(s) in flight`,
+      // One gate: its count covers both engines (and NICs and resizes).
+      detail: `${gate.inFlight} operation(s) in flight`,
     }),
     catalog: domains.catalog(),
     optionalReadiness: () => ({ libvirt: domains.health() }),
