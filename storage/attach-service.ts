@@ -1,8 +1,14 @@
 import { BackendError, ConflictError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
-import type { JournalRecord, TimelineEntry, VolumeState } from './journal.js';
+import {
+  type JournalRecord,
+  type NewRecord,
+  newRecord,
+  type TimelineEntry,
+  type VolumeState,
+} from './journal.js';
 import { guestHint } from './naming.js';
-import { type AttachSpec, formatMonitor, type Mode, type PodRef } from './volume-spec.js';
+import { type AttachSpec, formatMonitor, type Mode, type PodRef, toStoredSpec } from './volume-spec.js';
 
 // What the volume routes need from the attach engine. The engine (storage/) implements it; the
 // routes only translate HTTP to these calls and the answers back, so the engine can be tested
@@ -145,4 +151,16 @@ export function attachConflict(
       ? `volume ${volume} is already attached to ${where} with a different spec; detach it first`
       : `volume ${volume} is being detached from ${where} (${plan.record.state}); finish the detach first`,
   );
+}
+
+/** The Pending record of a fresh attach of `spec` (both engines; `placement`: bus, and lane for Kata). */
+export function pendingRecord(
+  init: Pick<NewRecord, 'sandboxId' | 'volumeId' | 'kind' | 'fingerprint' | 'bus' | 'lane'>,
+  spec: AttachSpec,
+): JournalRecord {
+  return newRecord({
+    ...init,
+    spec: toStoredSpec(spec),
+    ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
+  });
 }

@@ -17,10 +17,10 @@ import type {
   OperationContext,
   OperationLogger,
 } from './attach-service.js';
-import { attachConflict, attachmentFromRecord, shuttingDown } from './attach-service.js';
-import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
+import { attachConflict, attachmentFromRecord, pendingRecord, shuttingDown } from './attach-service.js';
+import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { checkHostBlockDevice } from './host-device.js';
-import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
+import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes, sameLane } from './lanes.js';
 import type { FrontendBus } from './naming.js';
 import type { Lane } from './qemu-args.js';
@@ -30,7 +30,7 @@ import { removeConfFile } from './rbd-conf-files.js';
 import { type ReconcileSummary, reconcileAll } from './reconcile.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { attachSteps, type StepContext, teardownSteps } from './steps.js';
-import { type AttachSpec, specFingerprint, toStoredSpec } from './volume-spec.js';
+import { type AttachSpec, specFingerprint } from './volume-spec.js';
 
 // The attach engine: AttachService over the journal and each sandbox's QMP monitor. Admission,
 // drain and the shutting-down error are EngineBase's (core/engine-base.ts): operations on one
@@ -160,24 +160,11 @@ export class AttachEngine extends EngineBase implements AttachService {
         throw backendFailure('inspect lanes', err, step.secrets);
       });
       const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
-      if (spec.mode === 'rbd') {
-        // Before anything exists: with Ceph down the attach fails here and leaves nothing behind.
-        const probe = await probeMonitors(spec.source.monitors, {
-          timeoutMs: this.#o.cephProbeTimeoutMs,
-          signal,
-        });
-        log.debug({ monitor: probe.monitor, ms: probe.ms }, 'ceph monitor answered');
-      }
-      const record = newRecord({
-        sandboxId,
-        volumeId,
-        kind: 'kata',
-        spec: toStoredSpec(spec),
-        fingerprint,
-        ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
-        bus: choice.bus,
-        lane: choice.lane,
-      });
+      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+      const record = pendingRecord(
+        { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
+        spec,
+      );
       await this.#o.journal.save(record);
       log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
       return {

@@ -46,21 +46,15 @@ import {
   attachmentFromRecord,
   type OperationContext,
   type OperationLogger,
+  pendingRecord,
   shuttingDown,
 } from '../attach-service.js';
-import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from '../ceph-probe.js';
-import {
-  isAttachState,
-  type Journal,
-  type JournalRecord,
-  newRecord,
-  transition,
-  type VolumeState,
-} from '../journal.js';
+import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS } from '../ceph-probe.js';
+import { isAttachState, type Journal, type JournalRecord, transition, type VolumeState } from '../journal.js';
 import { parseVmplugName, volumeNames } from '../naming.js';
 import { listConfHashes, removeConfByHash, removeConfFile, writeConfFile } from '../rbd-conf-files.js';
 import type { ReconcileSummary, Repair } from '../reconcile.js';
-import { type AttachSpec, specFingerprint, toStoredSpec } from '../volume-spec.js';
+import { type AttachSpec, specFingerprint } from '../volume-spec.js';
 import {
   deviceOfAlias,
   diskAlias,
@@ -204,23 +198,8 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
           break;
       }
       const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
-      if (spec.mode === 'rbd') {
-        // Before anything exists: with Ceph down the attach fails here and leaves nothing behind.
-        const probe = await probeMonitors(spec.source.monitors, {
-          timeoutMs: this.#o.cephProbeTimeoutMs,
-          signal,
-        });
-        log.debug({ monitor: probe.monitor, ms: probe.ms }, 'ceph monitor answered');
-      }
-      const record = newRecord({
-        sandboxId,
-        volumeId,
-        kind: 'libvirt',
-        spec: toStoredSpec(spec),
-        fingerprint,
-        ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
-        bus,
-      });
+      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+      const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, spec);
       await this.#o.journal.save(record);
       return { created: true, attachment: await this.#runAttach(t, record, spec, signal, log) };
     });
