@@ -233,7 +233,7 @@ export class NicEngine extends EngineBase {
           case 'fresh':
             break;
         }
-        if (record === fresh) {
+        if (plan.kind !== 'resume') {
           await this.#checkHostSide(spec, signal);
           await this.#journal.save(record);
         }

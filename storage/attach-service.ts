@@ -1,4 +1,4 @@
-import { BackendError, ConflictError } from '../core/errors.js';
+import { BackendError, ConflictError, NotFoundError, ValidationError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import {
   type JournalRecord,
@@ -163,4 +163,20 @@ export function pendingRecord(
     spec: toStoredSpec(spec),
     ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
   });
+}
+
+/** A resize's new size: whole 512-byte sectors, else a 422 naming sizeBytes (checked before admission). */
+export function checkResizeBytes(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+    throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
+  }
+}
+
+/** The record a resize acts on: 404 without one (`record` undefined), 409 unless it is Attached. */
+export function resizableRecord(record: JournalRecord | undefined, volumeId: VolumeId): JournalRecord {
+  if (record === undefined) throw new NotFoundError('volume', volumeId);
+  if (record.state !== 'Attached') {
+    throw new ConflictError(`volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`);
+  }
+  return record;
 }

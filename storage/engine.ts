@@ -1,11 +1,5 @@
 import { EngineBase } from '../core/engine-base.js';
-import {
-  BackendError,
-  ConflictError,
-  NotFoundError,
-  ValidationError,
-  type VmplugError,
-} from '../core/errors.js';
+import { BackendError, NotFoundError, ValidationError, type VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
@@ -17,7 +11,14 @@ import type {
   OperationContext,
   OperationLogger,
 } from './attach-service.js';
-import { attachConflict, attachmentFromRecord, pendingRecord, shuttingDown } from './attach-service.js';
+import {
+  attachConflict,
+  attachmentFromRecord,
+  checkResizeBytes,
+  pendingRecord,
+  resizableRecord,
+  shuttingDown,
+} from './attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { checkHostBlockDevice } from './host-device.js';
 import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
@@ -339,19 +340,11 @@ export class AttachEngine extends EngineBase implements AttachService {
     sizeBytes: number,
     ctx: OperationContext,
   ): Promise<Attachment> {
-    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-      throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
-    }
+    checkResizeBytes(sizeBytes);
     const log = ctx.log.child({ op: 'resize', sandboxId, volumeId });
     return this.admit(sandboxId, ctx.signal, async (signal) => {
       const sandbox = this.#present(sandboxId);
-      const record = await this.#o.journal.load(sandboxId, volumeId);
-      if (record === undefined) throw new NotFoundError('volume', volumeId);
-      if (record.state !== 'Attached') {
-        throw new ConflictError(
-          `volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`,
-        );
-      }
+      const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
       const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
       try {
         // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.

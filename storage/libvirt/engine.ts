@@ -44,9 +44,11 @@ import {
   type AttachService,
   attachConflict,
   attachmentFromRecord,
+  checkResizeBytes,
   type OperationContext,
   type OperationLogger,
   pendingRecord,
+  resizableRecord,
   shuttingDown,
 } from '../attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS } from '../ceph-probe.js';
@@ -473,19 +475,12 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
     sizeBytes: number,
     ctx: OperationContext,
   ): Promise<Attachment> {
-    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-      throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
-    }
+    checkResizeBytes(sizeBytes);
     const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, kind: 'libvirt' });
     return this.admit(sandboxId, ctx.signal, async (signal) => {
       const t = await this.#target(sandboxId, signal, true);
-      const record = await this.#o.journal.load(sandboxId, volumeId);
-      if (record === undefined || record.kind !== 'libvirt') throw new NotFoundError('volume', volumeId);
-      if (record.state !== 'Attached') {
-        throw new ConflictError(
-          `volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`,
-        );
-      }
+      const found = await this.#o.journal.load(sandboxId, volumeId);
+      const record = resizableRecord(found?.kind === 'libvirt' ? found : undefined, volumeId);
       const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
       if (disk === undefined) {
         throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
