@@ -3,6 +3,7 @@ import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VmplugError } from '../core/errors.js';
+import { OperationGate } from '../core/gate.js';
 import { isSandboxId } from '../core/ids.js';
 import type { Readiness, ReadinessCheck, ReadinessProbe } from '../core/readiness.js';
 import type { SandboxCatalog } from '../core/sandbox.js';
@@ -198,6 +199,9 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     goneGraceMs: config.sandboxGoneGraceMs,
     ...opts.discovery,
   });
+  // One lock per sandbox for every engine (volumes of both kinds, NICs, resizes): they compete
+  // for the same root ports, and the node's bound on operations in flight covers them all.
+  const gate = new OperationGate<string>(config.maxConcurrentOps);
   let engine: EngineHandle | undefined;
   let feed: StatusFeed | undefined;
   let nics: NicEngine | undefined;
@@ -210,6 +214,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       logger,
       journal,
       sandboxes: discovery,
+      gate,
     });
     const e = engine;
     const catalog =
@@ -238,6 +243,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       sandboxes: discovery,
       logger: logger.child({ component: 'nic' }),
       onChange: (id) => f.nicsChanged(id),
+      gate,
     });
     nics = n;
     // What the REST API serves: the engines, observed.
@@ -280,7 +286,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       listVolumes: e.listVolumes,
       nodeFacts: (signal) => f.nodeFacts.get({ signal }),
       metrics,
-      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
+      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox), gate }),
       nics: nicService,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),

@@ -89,15 +89,24 @@ describe('NicEngine over a fake QEMU and host', () => {
     });
   });
 
-  it('skips a port a disk holds and one taken in a race', async () => {
+  it('skips a port a disk holds', async () => {
     qemu.devices.set('vmpd-0123456789abcdef', {
       id: 'vmpd-0123456789abcdef',
       type: 'virtio-blk-pci',
       bus: 'vmplug-rp0',
     });
-    qemu.raced.add('vmplug-rp1');
     const r = await engine.attach(sb, nic, bridgeSpec(), ctx());
-    expect(r.nic.port).toBe('vmplug-rp2');
+    expect(r.nic.port).toBe('vmplug-rp1');
+  });
+
+  it('a port refused although it looked free (a device hot-plugged behind vmplug) is a plain error, rolled back', async () => {
+    // vmplug's own operations cannot race for it: they take the sandbox's one lock.
+    qemu.raced.add('vmplug-rp0');
+    await expect(engine.attach(sb, nic, bridgeSpec(), ctx())).rejects.toMatchObject({ status: 502 });
+    expect(qemu.calls.filter((c) => c.command === 'device_add')).toHaveLength(1);
+    expect(qemu.netdevs.size).toBe(0);
+    expect(host.links_.has(names.tap)).toBe(false);
+    expect(await engine.list(sb)).toEqual([]);
   });
 
   it('all ports busy: LANES_FULL, and the tap and netdev it made are rolled back', async () => {
