@@ -146,7 +146,13 @@ export class QsdBackend implements StorageDaemonBackend {
   stopExport(key: ExportKey, opts?: BackendCallOptions): Promise<void> {
     const k = exportKey(key.name);
     const budget = new Budget(opts, this.#defaultTimeoutMs);
-    return this.#locked(k, budget, () => this.#stop(k, budget));
+    return this.#locked(k, budget, async () => {
+      try {
+        await this.#stop(k, budget);
+      } catch (err) {
+        throw asVmplugError('stop export', err);
+      }
+    });
   }
 
   async list(): Promise<ExportInfo[]> {
@@ -493,6 +499,10 @@ function describe(s: Omit<RbdSource, 'key'>): string {
 }
 
 function asVmplugError(step: string, err: unknown, secrets: readonly RbdSource['key'][] = []): VmplugError {
+  // The call's own bound ran out (AbortSignal.timeout): the same call may succeed later.
+  if (err instanceof DOMException && err.name === 'TimeoutError') {
+    return new BackendError(step, 'the call ran out of time', { cause: err, retryable: true });
+  }
   return backendFailure(step, err, secrets);
 }
 
@@ -528,7 +538,8 @@ async function waitClientGone(
     const n = connectedClients(await readProcNetUnix(), socketPath);
     const ms = Math.round(performance.now() - started);
     if (n === 0) return { gone: true, ms };
-    if (ms >= timeoutMs) return { gone: false, ms };
+    // Leave the call's last moments for the answer: the caller gets DETACH_PENDING, not a timeout.
+    if (ms >= timeoutMs || budget.left() < 100) return { gone: false, ms };
     await sleep(50, budget.signal);
   }
 }
