@@ -22,8 +22,7 @@ import {
   waitGone,
 } from '../../storage/storage-daemon/process.js';
 import type { ExportRequest, StorageDaemonBackend } from '../../storage/storage-daemon/types.js';
-import { parseMonitors, Secret } from '../../storage/volume-spec.js';
-import { attachCeph, type CephCluster } from '../env/ceph.js';
+import { attachCeph, type CephCluster, rbdSourceOf } from '../env/ceph.js';
 import { readInGuest, writeInGuest } from '../env/hotplug.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
@@ -44,14 +43,7 @@ describe('qemu-storage-daemon backend (real Ceph, guest with shared RAM)', () =>
 
   const request = (owner: string, image: string, extra: Partial<ExportRequest> = {}): ExportRequest => ({
     key: exportNameOf(owner, image),
-    source: {
-      type: 'rbd',
-      pool: ceph.pool,
-      image,
-      monitors: parseMonitors(ceph.monitors, 'source.monitors'),
-      user: ceph.clientUser,
-      key: new Secret(ceph.clientKey),
-    },
+    source: rbdSourceOf(ceph, image),
     readOnly: false,
     ...extra,
   });
