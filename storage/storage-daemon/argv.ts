@@ -29,3 +29,26 @@ export function qmpSocketOfArgv(argv: readonly string[]): string | undefined {
   const m = /^socket,id=m,path=((?:[^,]|,,)+),server=on,wait=off$/.exec(spec);
   return m?.[1]?.replaceAll(',,', ',');
 }
+
+/**
+ * How the daemon is started. `direct`: a detached child of vmplugd, which is enough when nothing
+ * kills vmplugd's whole process group or cgroup. `systemd-scope`: through `systemd-run --scope`,
+ * which execs the daemon (same pid, same argv afterwards) in a transient scope unit of its own,
+ * outside vmplugd's cgroup: systemd's stop of vmplugd.service (KillMode=mixed SIGKILLs whatever
+ * is left in the unit's cgroup) then leaves the daemons serving.
+ */
+export type Launcher = 'direct' | 'systemd-scope';
+
+export function launchCommand(
+  launcher: Launcher,
+  binary: string,
+  name: string,
+  qmpSocketPath: string,
+): [string, string[]] {
+  const argv = daemonArgv(qmpSocketPath);
+  if (launcher === 'direct') return [binary, argv];
+  return [
+    'systemd-run',
+    ['--scope', '--quiet', '--collect', `--unit=vmplug-qsd-${name}`, '--', binary, ...argv],
+  ];
+}

@@ -16,9 +16,9 @@ import { probeMonitors } from '../ceph-probe.js';
 import { type RbdConfOptions, rbdConf } from '../qemu-args.js';
 import { backendFailure, isCephConnectFailure } from '../qmp-failure.js';
 import { formatMonitor, type Monitor, type RbdSource } from '../volume-spec.js';
-import { daemonArgv } from './argv.js';
+import { type Launcher, launchCommand } from './argv.js';
 import { Budget, sleep } from './budget.js';
-import { allocateMinor, ensureDeviceNode, minorsInStore } from './device-node.js';
+import { allocateMinor, ensureDeviceNode, minorsInStore, nodeMinor } from './device-node.js';
 import { formatIfBlank } from './format.js';
 import {
   addVhostUserExport,
@@ -76,6 +76,8 @@ export interface StorageDaemonBackendOptions {
   /** Kata's vhost-user store (`vhost_user_store_path`). */
   store?: string;
   binary?: string;
+  /** `systemd-scope` when vmplugd runs as a systemd service (see argv.ts Launcher). Default `direct`. */
+  launcher?: Launcher;
   /**
    * The per-export Ceph config. Default: client_mount_timeout 5 s, rados_osd_op_timeout 30 s.
    * The OSD bound is what makes an OSD stall fail the image open (inside the daemon) in bounded
@@ -104,6 +106,7 @@ export class QsdBackend implements StorageDaemonBackend {
   readonly stateDir: string;
   readonly store: string;
   readonly #binary: string;
+  readonly #launcher: Launcher;
   readonly #conf: string;
   readonly #defaultTimeoutMs: number;
   readonly #clientGoneMs: number;
@@ -126,6 +129,7 @@ export class QsdBackend implements StorageDaemonBackend {
       throw new RangeError('stateDir or store too long: socket paths would exceed 107 bytes');
     }
     this.#binary = opts.binary ?? DEFAULT_QSD_BINARY;
+    this.#launcher = opts.launcher ?? 'direct';
     this.#conf = rbdConf(opts.rbdConf ?? DEFAULT_RBD_CONF);
     this.#defaultTimeoutMs = opts.defaultTimeoutMs ?? 60_000;
     this.#clientGoneMs = opts.clientGoneTimeoutMs ?? 10_000;
@@ -249,7 +253,8 @@ export class QsdBackend implements StorageDaemonBackend {
         state = await this.#reserve(key, p, stored, req.readOnly, state);
         await this.#clearStale(p, budget);
         await writeText(p.confFile, this.#conf);
-        id = await spawnDetached(this.#binary, daemonArgv(p.qmpSocket), p.logFile);
+        const [cmd, argv] = launchCommand(this.#launcher, this.#binary, key.name, p.qmpSocket);
+        id = await spawnDetached(cmd, argv, p.logFile);
         started = true;
         state = { ...state, pid: id.pid, startTime: id.startTime, phase: 'starting' };
         await writeState(p.stateFile, state);
@@ -393,14 +398,18 @@ export class QsdBackend implements StorageDaemonBackend {
     if (prev !== undefined) return prev;
     const release = await this.#minorLock.acquire();
     try {
-      const used = new Set(await minorsInStore(storeDevicesDir(this.store)));
-      for (const s of await this.#states()) used.add(s.minor);
+      const others = (await this.#states()).filter((s) => s.name !== key.name).map((s) => s.minor);
+      // A node already at our name (its state file lost) keeps its minor: Kata may have read it.
+      const mine = await nodeMinor(p.devicePath);
+      const used = new Set([...(await minorsInStore(storeDevicesDir(this.store))), ...others]);
+      if (mine !== undefined) used.delete(mine);
+      const minor = mine !== undefined && !others.includes(mine) ? mine : allocateMinor(used);
       const state: DaemonState = {
         version: 1,
         name: key.name,
         pid: null,
         startTime: null,
-        minor: allocateMinor(used),
+        minor,
         qmpSocket: p.qmpSocket,
         socketPath: p.socketPath,
         devicePath: p.devicePath,

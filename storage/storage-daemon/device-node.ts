@@ -45,6 +45,14 @@ export async function minorsInStore(devicesDir: string): Promise<number[]> {
   return out;
 }
 
+/** The minor of a major-241 block node at `path`, if that is what is there. */
+export async function nodeMinor(path: string): Promise<number | undefined> {
+  const st = await lstat(path, { bigint: true }).catch(() => undefined);
+  if (st?.isBlockDevice() !== true) return undefined;
+  const d = splitDev(st.rdev);
+  return d.major === VHOST_USER_BLK_MAJOR ? d.minor : undefined;
+}
+
 export type NodeCheck = 'absent' | 'ours' | 'other';
 
 /** Whether `path` is already the node we want (block, 241:minor). */

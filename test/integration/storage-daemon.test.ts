@@ -7,7 +7,7 @@
 // the running daemon instead of starting another, and a dead Ceph is a fast CEPH_UNREACHABLE.
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
-import { lstat, readFile } from 'node:fs/promises';
+import { lstat, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { deviceDelAndWait, QmpClient } from '../../qmp/index.js';
@@ -171,7 +171,7 @@ describe('qemu-storage-daemon backend (real Ceph, guest with shared RAM)', () =>
   it('a second backend on the same state dir adopts the daemon; a kill -9 is repaired by supervise', async () => {
     const image = await newImage('adopt', 32 * MiB);
     const req = request('pod-b', image);
-    const info = await backend.ensureExport(req);
+    let info = await backend.ensureExport(req);
     expect(info.formatted).toBe(false);
 
     // vmplugd restarted: a new instance finds the same daemon and starts no second one.
@@ -187,6 +187,25 @@ describe('qemu-storage-daemon backend (real Ceph, guest with shared RAM)', () =>
       (await findDaemons('qemu-storage-daemon', stateDir)).filter((d) => d.qmpSocket === p.qmpSocket),
     ).toHaveLength(1);
     await restarted.close();
+
+    // Another image under the same name is refused; the serving export is untouched.
+    await expect(
+      backend.ensureExport({ ...req, source: { ...req.source, image: `${image}-other` } }),
+    ).rejects.toMatchObject({ code: 'SPEC_CONFLICT' });
+    await expect(backend.ensureExport({ ...req, readOnly: true })).rejects.toMatchObject({
+      code: 'SPEC_CONFLICT',
+    });
+
+    // vmplugd killed between the spawn and the state write: the daemon is found by its argv.
+    await rm(p.stateFile);
+    const orphan = await backend.ensureExport(req);
+    expect(orphan.pid).toBe(info.pid);
+    expect(orphan.startTime).toBe(info.startTime);
+    expect(orphan.minor).toBe(info.minor);
+    expect(
+      (await findDaemons('qemu-storage-daemon', stateDir)).filter((d) => d.qmpSocket === p.qmpSocket),
+    ).toHaveLength(1);
+    info = orphan;
 
     // The daemon dies while wanted: list no longer shows it, supervise starts a new one.
     process.kill(info.pid, 'SIGKILL');

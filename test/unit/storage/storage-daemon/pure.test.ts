@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../../../core/errors.js';
-import { daemonArgv, qemuOptValue, qmpSocketOfArgv } from '../../../../storage/storage-daemon/argv.js';
+import {
+  daemonArgv,
+  launchCommand,
+  qemuOptValue,
+  qmpSocketOfArgv,
+} from '../../../../storage/storage-daemon/argv.js';
 import { allocateMinor, splitDev } from '../../../../storage/storage-daemon/device-node.js';
 import { mkfsCommand, parseBlkid } from '../../../../storage/storage-daemon/format.js';
 import {
@@ -53,6 +58,18 @@ describe('daemon argv', () => {
     ]);
     expect(argv.join(' ')).not.toContain(KEY);
     expect(argv.join(' ')).not.toMatch(/rbd|secret|export/);
+  });
+
+  it("launches directly, or exec'd by systemd-run in a scope of its own with the same argv", () => {
+    const q = '/run/vmplug/qsd/vmp-a/qmp.sock';
+    expect(launchCommand('direct', '/usr/bin/qemu-storage-daemon', 'vmp-a', q)).toEqual([
+      '/usr/bin/qemu-storage-daemon',
+      daemonArgv(q),
+    ]);
+    const [cmd, argv] = launchCommand('systemd-scope', '/usr/bin/qemu-storage-daemon', 'vmp-a', q);
+    expect(cmd).toBe('systemd-run');
+    expect(argv.slice(0, 4)).toEqual(['--scope', '--quiet', '--collect', '--unit=vmplug-qsd-vmp-a']);
+    expect(argv.slice(argv.indexOf('--') + 1)).toEqual(['/usr/bin/qemu-storage-daemon', ...daemonArgv(q)]);
   });
 
   it('escapes commas QEMU-style, refuses control characters, and reads its own argv back', () => {
