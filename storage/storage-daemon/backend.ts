@@ -446,7 +446,13 @@ export class QsdBackend implements StorageDaemonBackend {
       return await fn();
     } catch (err) {
       if (source !== undefined && isCephConnectFailure(err)) {
-        throw new CephUnreachableError(source.monitors.map(formatMonitor), 0, { cause: err });
+        // A monitor answered the probe just before, so this is not "Ceph unreachable": librados
+        // also ends up here (after client_mount_timeout) when cephx refuses the user or key.
+        throw new BackendError(
+          step,
+          `${(err as QmpCommandError).desc} although a monitor answered: the user or key may be refused, or the monitors have no quorum`,
+          { cause: err, retryable: true, secrets: [source.key] },
+        );
       }
       if (err instanceof QmpCommandError && /timed out/i.test(err.desc)) {
         throw new BackendError(step, `${err.errorClass}: ${err.desc}`, {

@@ -24,7 +24,8 @@ export interface ExportRequest {
   /**
    * When set, a blank image (no filesystem signature in its first blocks) is formatted with this
    * filesystem once, on the host, before the export is handed out; an image that already holds a
-   * filesystem is never formatted.
+   * filesystem (or a partition table, or signatures blkid cannot settle) is never formatted.
+   * Ignored when `readOnly` (nothing may write the image).
    */
   readonly formatIfBlank?: 'ext4' | 'xfs';
 }

@@ -22,6 +22,7 @@ import {
   waitGone,
 } from '../../storage/storage-daemon/process.js';
 import type { ExportRequest, StorageDaemonBackend } from '../../storage/storage-daemon/types.js';
+import { Secret } from '../../storage/volume-spec.js';
 import { attachCeph, type CephCluster, rbdSourceOf } from '../env/ceph.js';
 import { readInGuest, writeInGuest } from '../env/hotplug.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
@@ -226,6 +227,25 @@ describe('qemu-storage-daemon backend (real Ceph, guest with shared RAM)', () =>
     // Nobody wants it any more: supervise stops it and leaves nothing.
     expect(await backend.supervise([])).toEqual({ restarted: [], stopped: [req.key], failed: [] });
     await expectGone(backend, req, again as ProcessIdentity);
+  });
+
+  it('a refused key is BACKEND_FAILED without the key in the message, and leaves nothing', async () => {
+    const image = await newImage('badkey', 8 * MiB);
+    const req = request('pod-d', image);
+    const wrong = Buffer.from(ceph.clientKey, 'base64');
+    wrong[wrong.length - 1] = (wrong.at(-1) ?? 0) ^ 0xff;
+    const badKey = wrong.toString('base64');
+    const bad: ExportRequest = { ...req, source: { ...req.source, key: new Secret(badKey) } };
+    const err = (await backend.ensureExport(bad, { timeoutMs: 30_000 }).catch((e: unknown) => e)) as Error & {
+      code?: string;
+    };
+    expect(err.code).toBe('BACKEND_FAILED');
+    expect(`${err.message} ${String(err.cause)}`).not.toContain(badKey);
+    const p = backend.paths(req.key);
+    expect(existsSync(p.dir)).toBe(false);
+    expect(
+      (await findDaemons('qemu-storage-daemon', stateDir)).filter((d) => d.qmpSocket === p.qmpSocket),
+    ).toEqual([]);
   });
 
   it('Ceph monitors that do not answer fail fast with CEPH_UNREACHABLE and leave nothing', async () => {
