@@ -78,9 +78,14 @@ describe('qemu-storage-daemon backend (real Ceph, guest with shared RAM)', () =>
   });
 
   afterAll(async () => {
-    await backend?.supervise([]).catch(() => {});
+    // The guest goes first: a daemon whose vhost-user client is still connected is not stopped.
     qmp?.destroy();
     await sandbox?.stop();
+    await backend?.supervise([]).catch(() => {});
+    // Detached by design, so a failed test would leave them running after the root is gone.
+    for (const d of stateDir ? await findDaemons('qemu-storage-daemon', stateDir) : []) {
+      process.kill(d.pid, 'SIGKILL');
+    }
     await root?.cleanup();
     const existing = new Set(await ceph.listImages());
     // The daemon killed with SIGKILL leaves its watch on an image for ~30 s (osd_client_watch_timeout),
