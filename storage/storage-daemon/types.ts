@@ -1,3 +1,4 @@
+import type { VmplugError } from '../../core/errors.js';
 import type { RbdSource } from '../volume-spec.js';
 
 // The contract between the pod-volume engine (storage/pod/) and the qemu-storage-daemon backend
@@ -23,7 +24,8 @@ export interface ExportRequest {
   /**
    * When set, a blank image (no filesystem signature in its first blocks) is formatted with this
    * filesystem once, on the host, before the export is handed out; an image that already holds a
-   * filesystem is never formatted.
+   * filesystem (or a partition table, or signatures blkid cannot settle) is never formatted.
+   * Ignored when `readOnly` (nothing may write the image).
    */
   readonly formatIfBlank?: 'ext4' | 'xfs';
 }
@@ -52,6 +54,16 @@ export interface BackendCallOptions {
 }
 
 /**
+ * What one supervision pass did. One export failing (a client still connected to an unwanted
+ * export, Ceph down for a wanted one) does not stop the pass: it is listed in `failed`.
+ */
+export interface SuperviseResult {
+  restarted: ExportKey[];
+  stopped: ExportKey[];
+  failed: Array<{ key: ExportKey; error: VmplugError }>;
+}
+
+/**
  * The storage-daemon backend. Every call is idempotent and safe to repeat after a crash of
  * vmplugd at any point: the daemons' state lives under the backend's own directory and in the
  * processes themselves (pid + start time + socket), never in vmplugd's memory alone.
@@ -76,10 +88,7 @@ export interface StorageDaemonBackend {
    * clear, so the caller supplies it: from memory, or the kernel keyring after a vmplugd restart).
    * Returns the keys it restarted and the ones it stopped.
    */
-  supervise(
-    wanted: readonly ExportRequest[],
-    opts?: BackendCallOptions,
-  ): Promise<{ restarted: ExportKey[]; stopped: ExportKey[] }>;
+  supervise(wanted: readonly ExportRequest[], opts?: BackendCallOptions): Promise<SuperviseResult>;
   /** Stops supervision timers; leaves the daemons running (they outlive vmplugd by design). */
   close(): Promise<void>;
 }

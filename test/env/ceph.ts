@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
+import { parseMonitors, type RbdSource, Secret } from '../../storage/volume-spec.js';
 import { renderConf } from './ceph/config.js';
 import { isAlive, isClusterProcess, killDaemons, killDaemonsSync, spawnDaemon } from './ceph/daemons.js';
 import { CephEnvError } from './ceph/errors.js';
@@ -128,6 +129,18 @@ async function startOnce(opts: StartCephOptions, signal: AbortSignal): Promise<C
     }
     throw e;
   }
+}
+
+/** An image of this cluster as vmplug's rbd source for client.vmplug (the key as a Secret). */
+export function rbdSourceOf(d: CephDescriptor, image: string): RbdSource {
+  return {
+    type: 'rbd',
+    pool: d.pool,
+    image,
+    monitors: parseMonitors(d.monitors),
+    user: d.clientUser,
+    key: new Secret(d.clientKey),
+  };
 }
 
 /** Re-opens a cluster started elsewhere (by the global setup) from its descriptor. */

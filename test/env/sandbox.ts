@@ -64,6 +64,12 @@ export interface StartSandboxOptions {
    * sandbox has no such monitor; vmplug never uses it.
    */
   inspectMonitor?: boolean;
+  /**
+   * Guest RAM from a shared memfd backend (`-object memory-backend-memfd,...,share=on` and
+   * `-machine memory-backend=mem`), as Kata has with virtio-fs: what vhost-user devices need (the
+   * storage daemon maps the guest's memory). Off by default.
+   */
+  sharedMemory?: boolean;
 }
 
 export interface KataSandbox {
@@ -333,7 +339,8 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     '-name',
     `sandbox-${id}`,
     '-machine',
-    `q35,accel=${accel}`,
+    // One -machine only: bin/vmplug-qemu (like QEMU) takes the last one.
+    `q35,accel=${accel}${opts.sharedMemory ? ',memory-backend=mem' : ''}`,
     '-cpu',
     'max',
     '-qmp',
@@ -375,6 +382,9 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     '-serial',
     'chardev:vmplug-cmd',
   ];
+  if (opts.sharedMemory) {
+    args.push('-object', `memory-backend-memfd,id=mem,size=${memoryMiB}M,share=on`);
+  }
   if (opts.inspectMonitor) {
     checkSocketPath(inspectPath);
     args.push('-qmp', `unix:${inspectPath},server=on,wait=off`);
