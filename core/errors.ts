@@ -16,7 +16,9 @@ export type VmplugErrorCode =
   | 'DETACH_PENDING'
   | 'INVALID_TRANSITION'
   | 'JOURNAL_CORRUPT'
-  | 'JOURNAL_IO';
+  | 'JOURNAL_IO'
+  | 'DEVICE_IN_USE'
+  | 'DEVICE_NOT_ALLOWED';
 
 export interface Problem {
   type: string;
@@ -94,6 +96,30 @@ export class NotFoundError extends VmplugError {
   ) {
     super(`${what} ${id} not found`);
   }
+}
+
+/** A refusal about one request field (`source.path`), the field named in the message too. */
+abstract class FieldRefusal extends VmplugError {
+  declare readonly field: string;
+
+  constructor(field: string, message: string) {
+    super(`${field}: ${message}`, { field });
+  }
+}
+
+/**
+ * The host itself uses the block device (mounted, swap, held by device-mapper/md/LVM, or claimed
+ * exclusively by the kernel): a guest writing to it would corrupt or take over the node.
+ */
+export class DeviceInUseError extends FieldRefusal {
+  readonly code = 'DEVICE_IN_USE';
+  readonly status = 409;
+}
+
+/** The resolved device is outside the node's allow-list (the `allowedDevices` setting). */
+export class DeviceNotAllowedError extends FieldRefusal {
+  readonly code = 'DEVICE_NOT_ALLOWED';
+  readonly status = 403;
 }
 
 /** Every vmplug-reserved slot of the requested bus (vmplug-scsi0 ids, vmplug-rp<N>) is taken. */

@@ -11,7 +11,7 @@ import type {
 } from './attach-service.js';
 import { attachmentFromRecord } from './attach-service.js';
 import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
-import { checkHostBlockDevice } from './host-device.js';
+import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from './host-device.js';
 import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes } from './lanes.js';
 import { deviceExists } from './qemu-view.js';
@@ -48,8 +48,11 @@ export interface AttachEngineOptions {
   scsiTargets?: number;
   /** How long reconcile waits for a pending unplug before leaving it for the next round; default 1 s. */
   reconcileUnplugWaitMs?: number;
-  /** Checks a block-mode path before anything is done; default: it must be a block device here. */
-  checkHostDevice?: (path: string) => Promise<void>;
+  /**
+   * Checks a block-mode path before anything is journalled and answers the resolved path QEMU gets
+   * (host-device.ts); default: the default allow-list and the host-use checks.
+   */
+  checkHostDevice?: HostDeviceCheck;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -88,7 +91,7 @@ export class AttachEngine implements AttachService {
       cephProbeTimeoutMs: DEFAULT_CEPH_PROBE_TIMEOUT_MS,
       scsiTargets: DEFAULT_SCSI_TARGETS,
       reconcileUnplugWaitMs: 1_000,
-      checkHostDevice: checkHostBlockDevice,
+      checkHostDevice: hostDeviceCheck(),
       ...opts,
     };
     this.#gate = new OperationGate(this.#o.maxConcurrentOps);
@@ -140,14 +143,17 @@ export class AttachEngine implements AttachService {
           );
         }
         log.info({ state: existing.state }, 'resuming a half-done attach');
+        // Checked again: the host may have taken the device since (never attached once it has).
+        const resumed = await admitSpec(spec, this.#o.checkHostDevice, ctx.signal);
         return {
           created: true,
-          attachment: await this.#runAttach(sandbox, existing, spec, ctx.signal, log, true),
+          attachment: await this.#runAttach(sandbox, existing, resumed, ctx.signal, log, true),
         };
       }
 
-      if (spec.mode === 'block') await this.#o.checkHostDevice(spec.source.path);
-      const step = this.#stepContext(sandbox, ctx.signal, log, spec);
+      // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
+      const admitted = await admitSpec(spec, this.#o.checkHostDevice, ctx.signal);
+      const step = this.#stepContext(sandbox, ctx.signal, log, admitted);
       const lanes = await inspectLanes(sandbox.qmp, {
         timeoutMs: this.#o.qmpTimeoutMs,
         signal: ctx.signal,
@@ -167,7 +173,7 @@ export class AttachEngine implements AttachService {
         sandboxId,
         volumeId,
         kind: 'kata',
-        spec: toStoredSpec(spec),
+        spec: toStoredSpec(admitted),
         fingerprint,
         ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
         bus: choice.bus,
@@ -177,7 +183,7 @@ export class AttachEngine implements AttachService {
       log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
       return {
         created: true,
-        attachment: await this.#runAttach(sandbox, record, spec, ctx.signal, log, false),
+        attachment: await this.#runAttach(sandbox, record, admitted, ctx.signal, log, false),
       };
     });
   }

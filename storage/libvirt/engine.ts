@@ -45,6 +45,7 @@ import {
   type OperationLogger,
 } from '../attach-service.js';
 import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from '../ceph-probe.js';
+import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from '../host-device.js';
 import {
   isAttachState,
   type Journal,
@@ -94,6 +95,8 @@ export interface LibvirtAttachOptions {
   reconcileUnplugWaitMs?: number;
   /** How long the first reconcile waits for libvirtd's connection; default 5 s. */
   startupConnectWaitMs?: number;
+  /** Block mode: allow-list and host-use checks, answering the resolved path (host-device.ts). */
+  checkHostDevice?: HostDeviceCheck;
 }
 
 interface Target {
@@ -137,6 +140,7 @@ export class LibvirtAttachService implements AttachService {
       clientMountTimeoutS: 5,
       reconcileUnplugWaitMs: 1_000,
       startupConnectWaitMs: 5_000,
+      checkHostDevice: hostDeviceCheck(),
       ...opts,
     };
     this.#gate = new OperationGate(this.#o.maxConcurrentOps);
@@ -201,6 +205,8 @@ export class LibvirtAttachService implements AttachService {
         await this.#clear(t, existing, 'RESTARTED', 'attach restarted', ctx.signal, log);
       }
       const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
+      // Block mode: allow-list and host-use checks; libvirt gets the resolved device.
+      const admitted = await admitSpec(spec, this.#o.checkHostDevice, ctx.signal);
       if (spec.mode === 'rbd') {
         // Before anything exists: with Ceph down the attach fails here and leaves nothing behind.
         const probe = await probeMonitors(spec.source.monitors, {
@@ -213,13 +219,13 @@ export class LibvirtAttachService implements AttachService {
         sandboxId,
         volumeId,
         kind: 'libvirt',
-        spec: toStoredSpec(spec),
+        spec: toStoredSpec(admitted),
         fingerprint,
         ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
         bus,
       });
       await this.#o.journal.save(record);
-      return { created: true, attachment: await this.#runAttach(t, record, spec, ctx.signal, log) };
+      return { created: true, attachment: await this.#runAttach(t, record, admitted, ctx.signal, log) };
     });
   }
 

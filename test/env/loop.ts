@@ -11,6 +11,16 @@ import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { DEFAULT_ALLOWED_DEVICES, hostDeviceCheck, hostDevicePolicy } from '../../storage/host-device.js';
+
+/**
+ * The test bed's allow-list of block devices (vmplugd's --allowed-devices): the product's default
+ * plus loop devices, which stand in for rbd/nbd mappings here.
+ */
+export const TEST_BED_ALLOWED_DEVICES = `${DEFAULT_ALLOWED_DEVICES},/dev/loop*`;
+
+/** The engines' block-mode check with the test bed's allow-list. */
+export const testBedHostDeviceCheck = hostDeviceCheck(hostDevicePolicy(TEST_BED_ALLOWED_DEVICES));
 
 export class LoopError extends Error {
   readonly code: string;

@@ -22,7 +22,7 @@ import { LibvirtConnection } from '../../libvirt/index.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { apiCall, startDaemonProcess } from '../env/daemon.js';
 import { startTestDomain, type TestDomain, virsh } from '../env/libvirt.js';
-import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { createLoopDevice, type LoopDevice, TEST_BED_ALLOWED_DEVICES } from '../env/loop.js';
 
 const MiB = 1024 * 1024;
 const log = (s: string): void => {
@@ -84,6 +84,7 @@ describe('libvirt domains through vmplugd', () => {
         kataVmRoot: join(dir, 'vc', 'vm'),
         libvirtUri: domain.uri,
         reconcileIntervalMs: '0',
+        allowedDevices: TEST_BED_ALLOWED_DEVICES,
       },
       {},
       null,
