@@ -52,6 +52,18 @@ export interface Attachment {
   stats?: Record<string, number>;
   /** The Pod the attach request named (absent when it named none). */
   pod?: PodRef;
+  /** Warnings found at reconcile (host-use-watch.ts); absent when there are none. */
+  conditions?: AttachmentCondition[];
+}
+
+/** A block device the host started using (or the allow-list dropped) while attached. */
+export interface AttachmentCondition {
+  type: 'HostInUse';
+  /** The code the same device would be refused with now: DEVICE_IN_USE or DEVICE_NOT_ALLOWED. */
+  code: string;
+  message: string;
+  /** When it was first seen. */
+  since: string;
 }
 
 /** The source in the request's own spelling, without the key. */

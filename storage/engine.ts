@@ -12,6 +12,7 @@ import type {
 import { attachmentFromRecord } from './attach-service.js';
 import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from './host-device.js';
+import { HostUseWatch } from './host-use-watch.js';
 import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes } from './lanes.js';
 import { deviceExists } from './qemu-view.js';
@@ -81,6 +82,7 @@ export class AttachEngine implements AttachService {
   readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS'>> & { clientMountTimeoutS?: number };
   readonly #gate: OperationGate<SandboxId>;
   readonly #running = new Set<Promise<unknown>>();
+  readonly #hostUse: HostUseWatch;
   #closed = false;
 
   constructor(opts: AttachEngineOptions) {
@@ -95,6 +97,7 @@ export class AttachEngine implements AttachService {
       ...opts,
     };
     this.#gate = new OperationGate(this.#o.maxConcurrentOps);
+    this.#hostUse = new HostUseWatch(this.#o.checkHostDevice);
   }
 
   /** Operations holding a global slot right now. */
@@ -316,7 +319,7 @@ export class AttachEngine implements AttachService {
         ? new NotFoundError('sandbox', sandboxId)
         : new NotFoundError('volume', volumeId);
     }
-    const attachment = attachmentFromRecord(record);
+    const attachment = this.#hostUse.decorate(attachmentFromRecord(record));
     if (presence.state === 'present' && record.state === 'Attached') {
       try {
         const stats = await this.#stats(presence.sandbox, record, ctx.signal);
@@ -332,7 +335,7 @@ export class AttachEngine implements AttachService {
   /** Every attachment of a sandbox the journal knows of. */
   async list(sandboxId: SandboxId, ctx?: Pick<OperationContext, 'signal'>): Promise<Attachment[]> {
     const records = await this.#o.journal.list(sandboxId, ctx?.signal ? { signal: ctx.signal } : {});
-    return records.map(attachmentFromRecord);
+    return records.map((r) => this.#hostUse.decorate(attachmentFromRecord(r)));
   }
 
   async resize(
@@ -404,17 +407,27 @@ export class AttachEngine implements AttachService {
   }
 
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */
-  reconcile(opts: { signal?: AbortSignal; log?: OperationLogger } = {}): Promise<ReconcileSummary> {
-    return reconcileAll({
+  async reconcile(opts: { signal?: AbortSignal; log?: OperationLogger } = {}): Promise<ReconcileSummary> {
+    const log = opts.log ?? this.#o.logger;
+    const signal = opts.signal ?? new AbortController().signal;
+    const summary = await reconcileAll({
       journal: this.#o.journal,
       sandboxes: this.#o.sandboxes,
       stateDir: this.#o.stateDir,
-      log: opts.log ?? this.#o.logger,
-      signal: opts.signal ?? new AbortController().signal,
+      log,
+      signal,
       qmpTimeoutMs: this.#o.qmpTimeoutMs,
       unplugWaitMs: this.#o.reconcileUnplugWaitMs,
       exclusive: (sandboxId, signal, fn) => this.#admit(sandboxId, signal, fn),
     });
+    // Attached block devices the host started using: reported, never re-attached.
+    const records = await this.#o.journal.list(undefined, { signal });
+    await this.#hostUse.sweep(
+      records.filter((r) => r.kind === 'kata'),
+      log,
+      signal,
+    );
+    return summary;
   }
 
   #present(sandboxId: SandboxId): ManagedSandbox {

@@ -46,6 +46,7 @@ import {
 } from '../attach-service.js';
 import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from '../ceph-probe.js';
 import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from '../host-device.js';
+import { HostUseWatch } from '../host-use-watch.js';
 import {
   isAttachState,
   type Journal,
@@ -130,6 +131,7 @@ export class LibvirtAttachService implements AttachService {
   /** Whether QEMU can reach files under cephConfBase (checked once). */
   #confCheck: Promise<boolean> | undefined;
   #reconciledOnce = false;
+  readonly #hostUse: HostUseWatch;
 
   constructor(opts: LibvirtAttachOptions) {
     this.#o = {
@@ -144,6 +146,7 @@ export class LibvirtAttachService implements AttachService {
       ...opts,
     };
     this.#gate = new OperationGate(this.#o.maxConcurrentOps);
+    this.#hostUse = new HostUseWatch(this.#o.checkHostDevice);
   }
 
   get inFlight(): number {
@@ -537,7 +540,7 @@ export class LibvirtAttachService implements AttachService {
 
   #view(record: JournalRecord): Attachment {
     // In a libvirt domain the QEMU device id is the alias; libvirt names the block nodes itself.
-    return { ...attachmentFromRecord(record), deviceId: diskAlias(record.names) };
+    return this.#hostUse.decorate({ ...attachmentFromRecord(record), deviceId: diskAlias(record.names) });
   }
 
   #admit<T>(sandboxId: SandboxId, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
@@ -693,6 +696,9 @@ export class LibvirtAttachService implements AttachService {
       if (await removeConfByHash(this.#o.cephConfBase, hash))
         repair({ action: 'removed-stray-conf', name: hash });
     }
+    // Attached block devices the host started using: reported, never re-attached.
+    const attached = (await this.#o.journal.list(undefined, { signal })).filter((r) => r.kind === 'libvirt');
+    await this.#hostUse.sweep(attached, log, signal);
     return summary;
   }
 

@@ -48,6 +48,8 @@ export interface CreateLoopOptions {
   /** Parent directory of the backing file's temp dir; default the OS temp dir. */
   dir?: string;
   signal?: AbortSignal;
+  /** `losetup -P`: the kernel scans (and rescans, on BLKRRPART) its partition table. */
+  partitionScan?: boolean;
 }
 
 const losetupTimeoutMs = 15_000;
@@ -157,7 +159,8 @@ export async function createLoopDevice(sizeBytes: number, opts: CreateLoopOption
     } finally {
       await f.close();
     }
-    path = await losetup(['--find', '--show', backingFile], opts.signal);
+    const args = ['--find', '--show', ...(opts.partitionScan ? ['--partscan'] : []), backingFile];
+    path = await losetup(args, opts.signal);
     if (!/^\/dev\/loop\d+$/.test(path))
       throw new LoopError('LOOP_UNEXPECTED', `losetup printed ${JSON.stringify(path)}`);
   } catch (e) {
