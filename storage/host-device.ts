@@ -8,7 +8,7 @@ import {
   kernelDevice,
   majMinOf,
 } from './host-facts.js';
-import { describeHostUses, hostUses } from './host-use.js';
+import { describeHostUses, hostUseVerdict } from './host-use.js';
 import type { AttachSpec } from './volume-spec.js';
 
 // Block mode hands a guest a device node of this host. Before anything is journalled, every engine
@@ -69,7 +69,7 @@ export function hostDeviceCheck(policy: HostDevicePolicy = hostDevicePolicy()): 
       return await admit(path, field, policy, signal);
     } catch (err) {
       if (err instanceof ValidationError || err instanceof DeviceInUseError) throw err;
-      if (err instanceof DeviceNotAllowedError) throw err;
+      if (err instanceof DeviceNotAllowedError || err instanceof BackendError) throw err;
       opts.signal.throwIfAborted();
       // Fail closed: a device vmplug could not examine is not handed out. Retryable: /proc or
       // /sys answering slowly, or a device whose open hangs, may pass on a later try.
@@ -109,13 +109,17 @@ async function admit(path: string, field: string, policy: HostDevicePolicy, sign
       `${shown} is not in this node's allow-list of devices, ${ALLOWED_DEVICES_SETTING}: ${list}`,
     );
   }
-  const facts = await gatherHostUseFacts(resolved, device, sysDir, paths, signal);
-  const uses = hostUses(facts);
-  if (uses.length > 0) {
+  const verdict = hostUseVerdict(await gatherHostUseFacts(resolved, device, sysDir, paths, signal));
+  if (verdict.kind === 'in-use') {
     throw new DeviceInUseError(
       field,
-      `${path} is in use on this host and cannot be given to a guest: ${describeHostUses(uses)}`,
+      `${path} is in use on this host and cannot be given to a guest: ${describeHostUses(verdict.uses)}`,
     );
+  }
+  if (verdict.kind === 'unknown') {
+    throw new BackendError('host device check', `${path}: ${verdict.reason}; not handed to a guest`, {
+      retryable: true,
+    });
   }
   return resolved;
 }

@@ -54,12 +54,14 @@ export async function gatherHostUseFacts(
   const holders: Record<string, string[]> = {};
   holders[device.name] = await listDir(`${sysDir}/holders`, signal);
   for (const p of partitions) holders[p.name] = await listDir(`${sysDir}/${p.name}/holders`, signal);
-  const [mounts, swaps, exclusiveOpen] = await Promise.all([
+  const [mounts, swaps, exclusive] = await Promise.all([
     readSmall(paths.mountinfo, signal).then(parseMountinfo),
     readSmall(paths.swaps, signal).then((t) => swapFacts(t, signal)),
     exclusiveOpenOf(devicePath, signal),
   ]);
-  return { device, partitions, holders, mounts, swaps, exclusiveOpen };
+  const facts: HostUseFacts = { device, partitions, holders, mounts, swaps, exclusiveOpen: exclusive.state };
+  if (exclusive.error !== undefined) facts.exclusiveError = exclusive.error;
+  return facts;
 }
 
 async function partitionsOf(sysDir: string, signal: AbortSignal): Promise<KernelBlockDevice[]> {
@@ -138,7 +140,10 @@ function unescapeOctal(s: string): string {
  * swap, a device-mapper or md member. The open runs on libuv's pool, which cannot be cancelled: on
  * abort the answer is dropped and a late fd closed.
  */
-async function exclusiveOpenOf(path: string, signal: AbortSignal): Promise<'free' | 'busy'> {
+async function exclusiveOpenOf(
+  path: string,
+  signal: AbortSignal,
+): Promise<{ state: 'free' | 'busy' | 'unknown'; error?: string }> {
   signal.throwIfAborted();
   const opening = open(path, constants.O_RDONLY | constants.O_EXCL);
   const aborted = new Promise<never>((_, reject) => {
@@ -152,10 +157,16 @@ async function exclusiveOpenOf(path: string, signal: AbortSignal): Promise<'free
   try {
     const fh = await Promise.race([opening, aborted]);
     await fh.close();
-    return 'free';
+    return { state: 'free' };
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EBUSY') return 'busy';
-    if (signal.aborted) opening.then((fh) => fh.close()).catch(() => {});
-    throw err;
+    if (signal.aborted) {
+      opening.then((fh) => fh.close()).catch(() => {});
+      throw err;
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EBUSY') return { state: 'busy' };
+    // EPERM (a device cgroup), EACCES, ENXIO (a loop device without backing): the other facts
+    // may still tell; the decision fails closed when they do not.
+    return { state: 'unknown', error: code ?? (err as Error).message };
   }
 }

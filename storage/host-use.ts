@@ -33,9 +33,11 @@ export interface HostUseFacts {
   swaps: readonly SwapFact[];
   /**
    * An `O_RDONLY|O_EXCL` open of the device: `busy` when it failed with EBUSY (the kernel has it
-   * claimed: mounted, swap, a dm/md member, another exclusive opener).
+   * claimed: mounted, swap, a dm/md member, another exclusive opener); `unknown` when the open
+   * failed otherwise (EPERM from a device cgroup, EACCES...), with the errno in `exclusiveError`.
    */
-  exclusiveOpen: 'free' | 'busy';
+  exclusiveOpen: 'free' | 'busy' | 'unknown';
+  exclusiveError?: string;
 }
 
 export type HostUse =
@@ -67,6 +69,24 @@ export function hostUses(f: HostUseFacts): HostUse[] {
   if (f.exclusiveOpen === 'busy' && uses.length === 0)
     uses.push({ kind: 'exclusive', device: f.device.name });
   return uses;
+}
+
+export type HostUseVerdict =
+  | { kind: 'free' }
+  | { kind: 'in-use'; uses: HostUse[] }
+  /** Nothing seen, but the O_EXCL probe could not be made: not handed out (fail closed). */
+  | { kind: 'unknown'; reason: string };
+
+export function hostUseVerdict(f: HostUseFacts): HostUseVerdict {
+  const uses = hostUses(f);
+  if (uses.length > 0) return { kind: 'in-use', uses };
+  if (f.exclusiveOpen === 'unknown') {
+    return {
+      kind: 'unknown',
+      reason: `the exclusive-open probe failed (${f.exclusiveError ?? 'unknown error'})`,
+    };
+  }
+  return { kind: 'free' };
 }
 
 /** One line for a problem's detail: what uses the device, most telling first. */

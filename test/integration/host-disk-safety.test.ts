@@ -154,6 +154,8 @@ describe('host disk safety (real vmplugd, QEMU, loop devices)', () => {
   it('refuses a partitioned loop device one of whose partitions is mounted', async () => {
     const l = await loop(64, true);
     await run('sfdisk', ['-q', l.path], 'label: dos\n,16MiB\n,\n');
+    // This kernel has no partition-table parsers: the partitions are added with BLKPG (partx).
+    await run('partx', ['-u', l.path]);
     const part = `${l.path}p2`;
     for (let i = 0; i < 100 && !existsSync(part); i++) await new Promise((r) => setTimeout(r, 100));
     const at = await mountExt4(part);

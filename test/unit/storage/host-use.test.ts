@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { majMinOf, parseMountinfo, parseSwaps } from '../../../storage/host-facts.js';
-import { describeHostUses, type HostUseFacts, hostUses } from '../../../storage/host-use.js';
+import { describeHostUses, type HostUseFacts, hostUses, hostUseVerdict } from '../../../storage/host-use.js';
 
 const free: HostUseFacts = {
   device: { name: 'loop3', majMin: '7:3' },
@@ -65,6 +65,20 @@ describe('hostUses (pure decision)', () => {
   it('an O_EXCL open refused with EBUSY is reported when nothing more specific explains it', () => {
     expect(hostUses({ ...free, exclusiveOpen: 'busy' })).toEqual([{ kind: 'exclusive', device: 'loop3' }]);
     expect(describeHostUses([{ kind: 'exclusive', device: 'loop3' }])).toContain('O_EXCL');
+  });
+
+  it('fails closed when the O_EXCL probe could not be made and nothing else tells', () => {
+    expect(hostUseVerdict(free)).toEqual({ kind: 'free' });
+    expect(hostUseVerdict({ ...free, exclusiveOpen: 'unknown', exclusiveError: 'EPERM' })).toEqual({
+      kind: 'unknown',
+      reason: 'the exclusive-open probe failed (EPERM)',
+    });
+    // The root disk in a device cgroup: mountinfo already says enough.
+    const root = { ...free, device: { name: 'vda', majMin: '254:0' }, exclusiveOpen: 'unknown' as const };
+    expect(hostUseVerdict(root)).toEqual({
+      kind: 'in-use',
+      uses: [{ kind: 'mounted', device: 'vda', mountPoint: '/' }],
+    });
   });
 
   it('several uses are all reported', () => {
