@@ -236,6 +236,22 @@ export const attachmentSchema = {
       description: 'The Pod the attach request named',
       properties: { uid: { type: 'string' }, name: { type: 'string' }, namespace: { type: 'string' } },
     },
+    conditions: {
+      type: 'array',
+      description:
+        'warnings found at reconcile: HostInUse when the host started using an attached block device (it stays attached; an attach of it is refused)',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['type', 'code', 'message', 'since'],
+        properties: {
+          type: { type: 'string', enum: ['HostInUse'] },
+          code: { type: 'string', description: 'DEVICE_IN_USE or DEVICE_NOT_ALLOWED' },
+          message: { type: 'string' },
+          since: { type: 'string', format: 'date-time' },
+        },
+      },
+    },
   },
 } as const;
 
@@ -273,6 +289,15 @@ export interface Attachment {
   stats?: Record<string, number>;
   /** The Pod the attach request named (absent when it named none). */
   pod?: PodRef;
+  /** Warnings found at reconcile (HostInUse). */
+  conditions?: AttachmentCondition[];
+}
+
+export interface AttachmentCondition {
+  type: 'HostInUse';
+  code: string;
+  message: string;
+  since: string;
 }
 
 export interface AttachResponse {

@@ -18,7 +18,7 @@ import type { Attachment } from '../storage/attach-service.js';
 import { startCeph } from '../test/env/ceph.js';
 import { apiCall } from '../test/env/daemon.js';
 import { startTestDomain } from '../test/env/libvirt.js';
-import { createLoopDevice } from '../test/env/loop.js';
+import { createLoopDevice, TEST_BED_ALLOWED_DEVICES } from '../test/env/loop.js';
 import { hostContext, printTable, type Summary, summarize } from './figures.js';
 
 const rounds = Number(process.argv[2] ?? 10);
@@ -37,6 +37,7 @@ async function main(): Promise<void> {
       kataVmRoot: join(dir, 'vc', 'vm'),
       libvirtUri: domain.uri,
       reconcileIntervalMs: '0',
+      allowedDevices: TEST_BED_ALLOWED_DEVICES,
     },
     {},
     null,

@@ -29,6 +29,9 @@ export const ERROR_CODES = {
   NOT_FOUND: { status: 404, title: 'Not found' },
   SPEC_CONFLICT: { status: 409, title: 'Spec conflict' },
   LANES_FULL: { status: 409, title: 'Lanes full' },
+  // Block mode: the host uses the device, or it is outside the node's allow-list.
+  DEVICE_IN_USE: { status: 409, title: 'Device in use by the host' },
+  DEVICE_NOT_ALLOWED: { status: 403, title: 'Device not allowed' },
   // Guest resize.
   RESOURCE_OUT_OF_RANGE: { status: 422, title: 'Resource out of range' },
   MEMORY_MISALIGNED: { status: 422, title: 'Memory misaligned' },
@@ -145,7 +148,25 @@ export class NotFoundError extends VmplugError<'NOT_FOUND'> {
   }
 }
 
-/** Every vmplug-reserved slot of the requested bus (vmplug-scsi0 ids, vmplug-rp<N>) is taken. */
+/**
+ * The host itself uses the block device (mounted, swap, held by device-mapper/md/LVM, or claimed
+ * exclusively by the kernel): a guest writing to it would corrupt or take over the node.
+ */
+export class DeviceInUseError extends VmplugError<'DEVICE_IN_USE'> {
+  declare readonly field: string;
+  constructor(field: string, message: string) {
+    super('DEVICE_IN_USE', `${field}: ${message}`, { field });
+  }
+}
+
+/** The resolved device is outside the node's allow-list (the `allowedDevices` setting). */
+export class DeviceNotAllowedError extends VmplugError<'DEVICE_NOT_ALLOWED'> {
+  declare readonly field: string;
+  constructor(field: string, message: string) {
+    super('DEVICE_NOT_ALLOWED', `${field}: ${message}`, { field });
+  }
+}
+
 export class LanesFullError extends VmplugError<'LANES_FULL'> {
   constructor(
     readonly bus: 'scsi' | 'virtio-blk',

@@ -2,6 +2,8 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { parseArgs } from 'node:util';
+import { compileDeviceGlob, type DeviceGlob, parseDeviceGlobList } from '../storage/device-glob.js';
+import { DEFAULT_ALLOWED_DEVICES } from '../storage/host-device.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 
 // vmplugd's settings. Each key can come from a flag, an environment variable or the JSON config
@@ -38,6 +40,11 @@ export interface DaemonConfig {
   discoveryRescanMs: number;
   /** How long a sandbox's monitor may refuse connections (QEMU dead) before it is gone and pruned. */
   sandboxGoneGraceMs: number;
+  /**
+   * Block mode: the host devices a guest may be given, as globs on the resolved path (symlinks
+   * followed); empty: none. Default /dev/rbd*, /dev/nbd*, /dev/mapper/* (storage/host-device.ts).
+   */
+  allowedDevices: readonly DeviceGlob[];
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -260,6 +267,26 @@ const SPECS: Specs = {
     env: 'VMPLUG_SANDBOX_GONE_GRACE_MS',
     default: () => 15_000,
     parse: (v) => integer(v, 0, 3_600_000),
+  },
+  allowedDevices: {
+    flag: 'allowed-devices',
+    env: 'VMPLUG_ALLOWED_DEVICES',
+    default: () => parseDeviceGlobList(DEFAULT_ALLOWED_DEVICES),
+    parse: (v) => {
+      // Comma separated in every layer (a file value is a string too), "" for none.
+      const s = v === null ? '' : str(v);
+      for (const p of s.split(',').map((x) => x.trim())) {
+        if (p === '') continue;
+        try {
+          compileDeviceGlob(p);
+        } catch (err) {
+          throw new BadValue(
+            `${(err as Error).message}: give comma-separated globs of /dev paths (* and ? only), or "" for none`,
+          );
+        }
+      }
+      return parseDeviceGlobList(s);
+    },
   },
 };
 
@@ -492,7 +519,9 @@ export function helpText(): string {
           ? 'the host name'
           : key === 'kataSbsRoot'
             ? '"sbs" beside --kata-vm-root'
-            : String(d);
+            : key === 'allowedDevices'
+              ? `"${DEFAULT_ALLOWED_DEVICES}"`
+              : String(d);
     lines.push(
       `  --${`${spec.flag} <value>`.padEnd(25)} ${spec.env}, file key "${key}", default ${shownDefault}`,
     );

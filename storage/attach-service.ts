@@ -34,7 +34,7 @@ export interface OperationLogger {
 /** The engine's volumes of a sandbox. */
 export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
 
-export type { Attachment, AttachmentSource } from '../api/index.js';
+export type { Attachment, AttachmentCondition, AttachmentSource } from '../api/index.js';
 
 export interface AttachResult {
   /** False when the same spec was already attached (the API answers 200 instead of 201). */

@@ -20,7 +20,8 @@ import {
   shuttingDown,
 } from './attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
-import { checkHostBlockDevice } from './host-device.js';
+import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from './host-device.js';
+import { HostUseWatch } from './host-use-watch.js';
 import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes, sameLane } from './lanes.js';
 import type { FrontendBus } from './naming.js';
@@ -62,8 +63,11 @@ export interface AttachEngineOptions {
   scsiTargets?: number;
   /** How long reconcile waits for a pending unplug before leaving it for the next round; default 1 s. */
   reconcileUnplugWaitMs?: number;
-  /** Checks a block-mode path before anything is done; default: it must be a block device here. */
-  checkHostDevice?: (path: string) => Promise<void>;
+  /**
+   * Checks a block-mode path before anything is journalled and answers the resolved path QEMU gets
+   * (host-device.ts); default: the default allow-list and the host-use checks.
+   */
+  checkHostDevice?: HostDeviceCheck;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -92,6 +96,7 @@ export class AttachEngine extends EngineBase implements AttachService {
   readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate'>> & {
     clientMountTimeoutS?: number;
   };
+  readonly #hostUse: HostUseWatch;
 
   constructor(opts: AttachEngineOptions) {
     super({
@@ -105,9 +110,10 @@ export class AttachEngine extends EngineBase implements AttachService {
       cephProbeTimeoutMs: DEFAULT_CEPH_PROBE_TIMEOUT_MS,
       scsiTargets: DEFAULT_SCSI_TARGETS,
       reconcileUnplugWaitMs: 1_000,
-      checkHostDevice: checkHostBlockDevice,
+      checkHostDevice: hostDeviceCheck(),
       ...opts,
     };
+    this.#hostUse = new HostUseWatch(this.#o.checkHostDevice);
   }
 
   async attach(
@@ -136,12 +142,15 @@ export class AttachEngine extends EngineBase implements AttachService {
           return { created: false, attachment: attachmentFromRecord(plan.record) };
         case 'conflict':
           throw attachConflict(plan, `sandbox ${sandboxId}`);
-        case 'resume':
+        case 'resume': {
           log.info({ state: plan.record.state }, 'resuming a half-done attach');
+          // Checked again: the host may have taken the device since (never attached once it has).
+          const resumed = await admitSpec(spec, this.#o.checkHostDevice, signal);
           return {
             created: true,
-            attachment: await this.#runAttach(sandbox, plan.record, spec, signal, log, true),
+            attachment: await this.#runAttach(sandbox, plan.record, resumed, signal, log, true),
           };
+        }
         case 'clear-lost':
           // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
           // back): answering "already attached" would be a lie. Clear what is left, attach anew.
@@ -155,8 +164,9 @@ export class AttachEngine extends EngineBase implements AttachService {
           break;
       }
 
-      if (spec.mode === 'block') await this.#o.checkHostDevice(spec.source.path);
-      const step = this.#stepContext(sandbox, signal, log, spec);
+      // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
+      const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
+      const step = this.#stepContext(sandbox, signal, log, admitted);
       const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
         throw backendFailure('inspect lanes', err, step.secrets);
       });
@@ -164,13 +174,13 @@ export class AttachEngine extends EngineBase implements AttachService {
       await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
       const record = pendingRecord(
         { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
-        spec,
+        admitted,
       );
       await this.#o.journal.save(record);
       log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
       return {
         created: true,
-        attachment: await this.#runAttach(sandbox, record, spec, signal, log, false),
+        attachment: await this.#runAttach(sandbox, record, admitted, signal, log, false),
       };
     });
   }
@@ -315,7 +325,7 @@ export class AttachEngine extends EngineBase implements AttachService {
         ? new NotFoundError('sandbox', sandboxId)
         : new NotFoundError('volume', volumeId);
     }
-    const attachment = attachmentFromRecord(record);
+    const attachment = this.#hostUse.decorate(attachmentFromRecord(record));
     if (presence.state === 'present' && record.state === 'Attached') {
       try {
         const stats = await this.#stats(presence.sandbox, record, ctx.signal);
@@ -331,7 +341,7 @@ export class AttachEngine extends EngineBase implements AttachService {
   /** Every attachment of a sandbox the journal knows of. */
   async list(sandboxId: SandboxId, ctx?: Pick<OperationContext, 'signal'>): Promise<Attachment[]> {
     const records = await this.#o.journal.list(sandboxId, ctx?.signal ? { signal: ctx.signal } : {});
-    return records.map(attachmentFromRecord);
+    return records.map((r) => this.#hostUse.decorate(attachmentFromRecord(r)));
   }
 
   async resize(
@@ -371,17 +381,27 @@ export class AttachEngine extends EngineBase implements AttachService {
   }
 
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */
-  reconcile(opts: { signal?: AbortSignal; log?: OperationLogger } = {}): Promise<ReconcileSummary> {
-    return reconcileAll({
+  async reconcile(opts: { signal?: AbortSignal; log?: OperationLogger } = {}): Promise<ReconcileSummary> {
+    const log = opts.log ?? this.#o.logger;
+    const signal = opts.signal ?? new AbortController().signal;
+    const summary = await reconcileAll({
       journal: this.#o.journal,
       sandboxes: this.#o.sandboxes,
       stateDir: this.#o.stateDir,
-      log: opts.log ?? this.#o.logger,
-      signal: opts.signal ?? new AbortController().signal,
+      log,
+      signal,
       qmpTimeoutMs: this.#o.qmpTimeoutMs,
       unplugWaitMs: this.#o.reconcileUnplugWaitMs,
       exclusive: (sandboxId, signal, fn) => this.admit(sandboxId, signal, fn),
     });
+    // Attached block devices the host started using: reported, never re-attached.
+    const records = await this.#o.journal.list(undefined, { signal });
+    await this.#hostUse.sweep(
+      records.filter((r) => r.kind === 'kata'),
+      log,
+      signal,
+    );
+    return summary;
   }
 
   #present(sandboxId: SandboxId): ManagedSandbox {

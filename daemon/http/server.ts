@@ -17,6 +17,7 @@ import type { NicService } from '../../net/index.js';
 import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
+import { type AuditOptions, auditFromAddon, auditHooks } from './audit.js';
 import {
   fieldOfSchemaIssue,
   PROBLEM_CONTENT_TYPE,
@@ -55,6 +56,8 @@ export interface ServerDeps {
   bodyLimit?: number;
   /** Shown in the OpenAPI document. */
   version?: string;
+  /** Peer credentials for the audit lines; default: the peer-credentials addon (audit.ts). */
+  audit?: AuditOptions;
 }
 
 export const DEFAULT_BODY_LIMIT = 64 * 1024;
@@ -102,6 +105,15 @@ export async function buildServer(deps: ServerDeps) {
 
   // Only JSON is spoken; anything else is a 415 rather than a string body.
   app.removeContentTypeParser('text/plain');
+
+  // First hook: every mutating request is audited with its caller's uid/gid/pid, refused or not.
+  const audit = deps.audit ?? auditFromAddon();
+  if (audit.missing !== undefined) {
+    deps.logger.warn({ reason: audit.missing }, 'audit lines will carry no peer credentials');
+  }
+  const hooks = auditHooks(audit);
+  app.server.on('connection', hooks.onConnection);
+  app.addHook('onRequest', hooks.onRequest);
 
   let closing = false;
   app.addHook('preClose', async () => {

@@ -6,6 +6,7 @@ import type { SandboxCatalog } from '../../core/sandbox.js';
 import { LibvirtDomains } from '../../libvirt/domains.js';
 import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import { AttachEngine } from '../../storage/engine.js';
+import { hostDeviceCheck, hostDevicePolicy } from '../../storage/host-device.js';
 import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
 import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
 import type { ReconcileSummary } from '../../storage/reconcile.js';
@@ -58,6 +59,8 @@ export interface EngineHandle {
 export async function createAttachService(deps: EngineDeps): Promise<EngineHandle> {
   const { config, logger, journal, sandboxes, gate } = deps;
   const fingerprintKey = await loadFingerprintKey(config.stateDir);
+  // One block-mode check (allow-list and host use) for every engine.
+  const checkHostDevice = hostDeviceCheck(hostDevicePolicy(config.allowedDevices));
   const engine = new AttachEngine({
     journal,
     sandboxes,
@@ -65,6 +68,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     stateDir: config.stateDir,
     logger: logger.child({ component: 'engine' }),
     gate,
+    checkHostDevice,
   });
   const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
   if (config.libvirtUri === null) {
@@ -91,6 +95,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     // unprivileged user, must reach these files, which the 0700 state dir does not allow.
     cephConfBase: `${dirname(config.monitorDir)}/libvirt`,
     gate,
+    checkHostDevice,
   });
   const router = new AttachRouter({
     kata: engine,

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Builds vmplug's libvirt addon with node-gyp against Debian's libvirt-dev. Runs as the root
+// Builds vmplug's libvirt addon (and the small peer-credentials addon beside it) with node-gyp against Debian's libvirt-dev. Runs as the root
 // package's `install` script (so `npm ci` leaves a working checkout) and from test/env/setup.
 // Skips the build when the sources are unchanged since the last one (a hash, not mtimes: a fresh
 // clone gives every file the same mtime). `--force` always rebuilds. Set
@@ -13,7 +13,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const output = join(here, 'build', 'Release', 'vmplug_libvirt.node');
+// Two targets: the libvirt addon and the peer-credentials addon (src/peercred.cc, libc only).
+const outputs = ['vmplug_libvirt.node', 'vmplug_peercred.node'].map((f) => join(here, 'build', 'Release', f));
 const stampPath = join(here, 'build', 'vmplug-sources.sha256');
 
 async function sourceHash() {
@@ -44,7 +45,8 @@ async function main() {
   }
   const force = process.argv.includes('--force');
   const hash = await sourceHash();
-  if (!force && existsSync(output) && (await readFile(stampPath, 'utf8').catch(() => '')) === hash) return;
+  const built = outputs.every((o) => existsSync(o));
+  if (!force && built && (await readFile(stampPath, 'utf8').catch(() => '')) === hash) return;
 
   try {
     await run('pkg-config', ['--exists', 'libvirt']);

@@ -52,6 +52,8 @@ import {
   shuttingDown,
 } from '../attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS } from '../ceph-probe.js';
+import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from '../host-device.js';
+import { HostUseWatch } from '../host-use-watch.js';
 import { isAttachState, type Journal, type JournalRecord, transition, type VolumeState } from '../journal.js';
 import { parseVmplugName, volumeNames } from '../naming.js';
 import { listConfHashes, removeConfByHash, removeConfFile, writeConfFile } from '../rbd-conf-files.js';
@@ -97,6 +99,8 @@ export interface LibvirtAttachOptions {
   reconcileUnplugWaitMs?: number;
   /** How long the first reconcile waits for libvirtd's connection; default 5 s. */
   startupConnectWaitMs?: number;
+  /** Block mode: allow-list and host-use checks, answering the resolved path (host-device.ts). */
+  checkHostDevice?: HostDeviceCheck;
 }
 
 interface Target {
@@ -127,6 +131,7 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
   /** Whether QEMU can reach files under cephConfBase (checked once). */
   #confCheck: Promise<boolean> | undefined;
   #reconciledOnce = false;
+  readonly #hostUse: HostUseWatch;
 
   constructor(opts: LibvirtAttachOptions) {
     super({
@@ -141,8 +146,10 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
       clientMountTimeoutS: 5,
       reconcileUnplugWaitMs: 1_000,
       startupConnectWaitMs: 5_000,
+      checkHostDevice: hostDeviceCheck(),
       ...opts,
     };
+    this.#hostUse = new HostUseWatch(this.#o.checkHostDevice);
   }
 
   /** True when vmplug has a journal record of a libvirt attachment on `sandboxId`. */
@@ -200,10 +207,12 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
           break;
       }
       const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
+      // Block mode: allow-list and host-use checks; libvirt gets the resolved device.
+      const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
       await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
-      const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, spec);
+      const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, admitted);
       await this.#o.journal.save(record);
-      return { created: true, attachment: await this.#runAttach(t, record, spec, signal, log) };
+      return { created: true, attachment: await this.#runAttach(t, record, admitted, signal, log) };
     });
   }
 
@@ -507,7 +516,7 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
 
   #view(record: JournalRecord): Attachment {
     // In a libvirt domain the QEMU device id is the alias; libvirt names the block nodes itself.
-    return { ...attachmentFromRecord(record), deviceId: diskAlias(record.names) };
+    return this.#hostUse.decorate({ ...attachmentFromRecord(record), deviceId: diskAlias(record.names) });
   }
 
   /**
@@ -648,6 +657,9 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
           repair({ action: 'removed-stray-conf', name: hash });
       }
     }
+    // Attached block devices the host started using: reported, never re-attached.
+    const attached = (await this.#o.journal.list(undefined, { signal })).filter((r) => r.kind === 'libvirt');
+    await this.#hostUse.sweep(attached, log, signal);
     return summary;
   }
 

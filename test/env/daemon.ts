@@ -5,6 +5,7 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TEST_BED_ALLOWED_DEVICES } from './loop.js';
 
 // vmplugd as a real child process, for end-to-end tests and benchmarks: started from the
 // checkout's bin/vmplugd.js with flags (no config file), JSON log lines captured, REST calls over
@@ -76,7 +77,8 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
     ...(opts.extraArgs ?? []),
   ];
   const child = spawn(process.execPath, args, {
-    env: { ...process.env, ...(opts.env ?? {}) },
+    // Loop devices stand in for rbd mappings: the test bed allows them (a flag in extraArgs wins).
+    env: { ...process.env, VMPLUG_ALLOWED_DEVICES: TEST_BED_ALLOWED_DEVICES, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

@@ -11,6 +11,16 @@ import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { DEFAULT_ALLOWED_DEVICES, hostDeviceCheck, hostDevicePolicy } from '../../storage/host-device.js';
+
+/**
+ * The test bed's allow-list of block devices (vmplugd's --allowed-devices): the product's default
+ * plus loop devices, which stand in for rbd/nbd mappings here.
+ */
+export const TEST_BED_ALLOWED_DEVICES = `${DEFAULT_ALLOWED_DEVICES},/dev/loop*`;
+
+/** The engines' block-mode check with the test bed's allow-list. */
+export const testBedHostDeviceCheck = hostDeviceCheck(hostDevicePolicy(TEST_BED_ALLOWED_DEVICES));
 
 export class LoopError extends Error {
   readonly code: string;
@@ -38,6 +48,8 @@ export interface CreateLoopOptions {
   /** Parent directory of the backing file's temp dir; default the OS temp dir. */
   dir?: string;
   signal?: AbortSignal;
+  /** `losetup -P`: the kernel scans (and rescans, on BLKRRPART) its partition table. */
+  partitionScan?: boolean;
 }
 
 const losetupTimeoutMs = 15_000;
@@ -147,7 +159,8 @@ export async function createLoopDevice(sizeBytes: number, opts: CreateLoopOption
     } finally {
       await f.close();
     }
-    path = await losetup(['--find', '--show', backingFile], opts.signal);
+    const args = ['--find', '--show', ...(opts.partitionScan ? ['--partscan'] : []), backingFile];
+    path = await losetup(args, opts.signal);
     if (!/^\/dev\/loop\d+$/.test(path))
       throw new LoopError('LOOP_UNEXPECTED', `losetup printed ${JSON.stringify(path)}`);
   } catch (e) {

@@ -8,7 +8,7 @@ import { resolveConfig } from '../../daemon/config.js';
 import { startVmplugd, type Vmplugd } from '../../daemon/main.js';
 import type { DiscoveryEvent } from '../../daemon/sandboxes/discovery.js';
 import { QmpClient } from '../../qmp/index.js';
-import { createLoopDevice } from '../env/loop.js';
+import { createLoopDevice, TEST_BED_ALLOWED_DEVICES } from '../env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 import { memoryLogger } from '../unit/daemon/helpers.js';
 
@@ -56,6 +56,7 @@ describe('vmplugd discovers Kata sandboxes', () => {
         discoveryRescanMs: '250',
         sandboxGoneGraceMs: '1500',
         shutdownTimeoutMs: '5000',
+        allowedDevices: TEST_BED_ALLOWED_DEVICES,
       },
       {},
       null,

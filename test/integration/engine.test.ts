@@ -23,7 +23,7 @@ import {
   toStoredSpec,
 } from '../../storage/volume-spec.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
-import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { createLoopDevice, type LoopDevice, testBedHostDeviceCheck } from '../env/loop.js';
 import { rbdSource } from '../env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
@@ -149,6 +149,7 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
       fingerprintKey: await loadFingerprintKey(stateDir),
       stateDir,
       logger: log,
+      checkHostDevice: testBedHostDeviceCheck,
     });
   });
 
@@ -416,6 +417,7 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
       stateDir,
       logger: log,
       detachTimeoutMs: 1_000,
+      checkHostDevice: testBedHostDeviceCheck,
     });
     // A stopped guest cannot answer the ACPI unplug request.
     await qmp.execute('stop');

@@ -22,7 +22,7 @@ import type { Attachment } from '../../storage/attach-service.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { apiCall, startDaemonProcess } from '../env/daemon.js';
 import { startTestDomain, type TestDomain, virsh } from '../env/libvirt.js';
-import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { createLoopDevice, type LoopDevice, TEST_BED_ALLOWED_DEVICES } from '../env/loop.js';
 import { rbdRequest } from '../env/rbd-request.js';
 
 const MiB = 1024 * 1024;
@@ -85,6 +85,7 @@ describe('libvirt domains through vmplugd', () => {
         kataVmRoot: join(dir, 'vc', 'vm'),
         libvirtUri: domain.uri,
         reconcileIntervalMs: '0',
+        allowedDevices: TEST_BED_ALLOWED_DEVICES,
       },
       {},
       null,

@@ -24,7 +24,7 @@ import { AttachEngine } from '../../storage/engine.js';
 import { Journal, loadFingerprintKey } from '../../storage/journal.js';
 import type { SandboxPresence } from '../../storage/sandbox-directory.js';
 import { parseAttachRequest } from '../../storage/volume-spec.js';
-import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { createLoopDevice, type LoopDevice, testBedHostDeviceCheck } from '../env/loop.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // NIC hot-plug on a real Kata-shaped sandbox (QEMU 7.2 through bin/vmplug-qemu, TCG guest with
@@ -296,6 +296,7 @@ describe('NIC hot-plug on a real sandbox', () => {
       fingerprintKey: await loadFingerprintKey(storageDir),
       stateDir: storageDir,
       logger: log as never,
+      checkHostDevice: testBedHostDeviceCheck,
     });
     const nicA = parseNicId('eth-port-a');
     const nicB = parseNicId('eth-port-b');

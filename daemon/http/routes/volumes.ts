@@ -40,6 +40,8 @@ export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app,
       attachValidation: true,
       schema: {
         summary: 'Attach a volume (idempotent)',
+        description:
+          'Block mode: the path is resolved (symlinks followed) and the resolved device is what the guest gets; 403 DEVICE_NOT_ALLOWED when it is outside the allowedDevices setting, 409 DEVICE_IN_USE when the host uses it or one of its partitions (mounted, swap, held by dm/md/LVM, opened exclusively), both naming source.path and refused before anything is done.',
         tags: ['volumes'],
         params: volumeParamsSchema,
         body: attachBodySchema,

@@ -4,6 +4,8 @@ import {
   CephUnreachableError,
   ConflictError,
   DetachPendingError,
+  DeviceInUseError,
+  DeviceNotAllowedError,
   ERROR_CODES,
   LanesFullError,
   NotFoundError,
@@ -25,6 +27,8 @@ describe('errors', () => {
       [new CephUnreachableError(['127.0.0.1:1'], 3000), 'CEPH_UNREACHABLE', 503],
       [new BackendError('blockdev-add', 'boom'), 'BACKEND_FAILED', 502],
       [new DetachPendingError('vmpd-0123456789abcdef', 5000), 'DETACH_PENDING', 503],
+      [new DeviceInUseError('source.path', '/dev/loop3 is mounted on /'), 'DEVICE_IN_USE', 409],
+      [new DeviceNotAllowedError('source.path', '/dev/vda is not allowed'), 'DEVICE_NOT_ALLOWED', 403],
     ];
     for (const [err, code, status] of cases) {
       expect(err).toBeInstanceOf(VmplugError);
@@ -43,6 +47,10 @@ describe('errors', () => {
       detail: 'source.monitors[1]: has an invalid port',
     });
     expect(new ConflictError('x').toProblem()).not.toHaveProperty('field');
+    expect(new DeviceInUseError('source.path', 'in use').toProblem()).toMatchObject({
+      field: 'source.path',
+      detail: 'source.path: in use',
+    });
     expect(new CephUnreachableError([], 1).retryable).toBe(true);
     expect(new DetachPendingError('d', 1).retryable).toBe(true);
     expect(new ConflictError('x').retryable).toBe(false);

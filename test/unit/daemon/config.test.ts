@@ -89,6 +89,23 @@ describe('resolveConfig', () => {
     expect(f.source).toBe('/etc/vmplug/config.json: socket');
   });
 
+  it('takes the device allow-list as comma-separated /dev globs from a flag, the environment or the file', () => {
+    const patterns = (c: ReturnType<typeof resolveConfig>) => c.config.allowedDevices.map((g) => g.pattern);
+    expect(patterns(resolveConfig({}, {}, null))).toEqual(['/dev/rbd*', '/dev/nbd*', '/dev/mapper/*']);
+    expect(patterns(resolveConfig({ allowedDevices: '/dev/rbd*, /dev/loop*' }, {}, null))).toEqual([
+      '/dev/rbd*',
+      '/dev/loop*',
+    ]);
+    expect(patterns(resolveConfig({}, { VMPLUG_ALLOWED_DEVICES: '' }, null))).toEqual([]);
+    expect(patterns(resolveConfig({}, {}, file({ allowedDevices: '/dev/nbd?' })))).toEqual(['/dev/nbd?']);
+    const bad = configError(() => resolveConfig({ allowedDevices: '/dev/rbd*,/dev/sd[a-z]' }, {}, null));
+    expect(bad.key).toBe('allowedDevices');
+    expect(bad.message).toMatch(/^--allowed-devices: "\/dev\/sd\[a-z\]": only \* and \? are special/);
+    expect(configError(() => resolveConfig({}, { VMPLUG_ALLOWED_DEVICES: '/etc/*' }, null)).message).toMatch(
+      /^VMPLUG_ALLOWED_DEVICES: "\/etc\/\*" must start with \/dev\//,
+    );
+  });
+
   it('rejects unknown file keys and lists the known ones', () => {
     const err = configError(() => resolveConfig({}, {}, file({ sockett: '/x' })));
     expect(err.message).toMatch(/unknown key "sockett" \(known keys: socket, stateDir,/);

@@ -185,6 +185,8 @@ describe('LibvirtAttachService (fake libvirt)', () => {
       reconcileUnplugWaitMs: 50,
       // rbd attaches probe their monitors over TCP: tests give a local server sending a banner.
       cephProbeTimeoutMs: 200,
+      // The fake's device paths (/dev/loop7...) need not exist on the test host.
+      checkHostDevice: async (path) => path,
     });
     ctx = { signal: new AbortController().signal, log: logs.logger };
   });

@@ -138,7 +138,7 @@ export async function makeBed(
     qmpTimeoutMs: 2_000,
     cephProbeTimeoutMs: 1_000,
     // The fake's paths (/dev/loop1...) need not exist on the test host.
-    checkHostDevice: async () => {},
+    checkHostDevice: async (path) => path,
     ...opts.engine,
   });
   const ctx: OperationContext = { signal: new AbortController().signal, log };

@@ -6,6 +6,7 @@ import {
   CephUnreachableError,
   ConflictError,
   DetachPendingError,
+  DeviceInUseError,
   LanesFullError,
   NotFoundError,
   ValidationError,
@@ -351,6 +352,44 @@ describe('AttachEngine, block mode', () => {
     // Distinct lanes in one sandbox.
     const ids = [1, 2, 3].map((i) => bed.qemu.devices.get(volumeNames(sb, vol(`v${i}`)).device)?.scsiId);
     expect(new Set(ids).size).toBe(3);
+  });
+});
+
+describe('AttachEngine, block mode host-device check', () => {
+  it('a refused device leaves no journal record and sends QEMU nothing', async () => {
+    const bed = await makeBed({
+      engine: {
+        checkHostDevice: async () => {
+          throw new DeviceInUseError('source.path', '/dev/loop7 is mounted on /mnt');
+        },
+      },
+    });
+    try {
+      await expect(bed.engine.attach(sb, vol('pvc-in-use'), blockSpec(), bed.ctx)).rejects.toMatchObject({
+        code: 'DEVICE_IN_USE',
+        status: 409,
+        field: 'source.path',
+      });
+      expect(await bed.journal.list(sb)).toEqual([]);
+      expect(bed.qemu.calls.filter((c) => MUTATIONS.has(c.command))).toEqual([]);
+    } finally {
+      await bed.cleanup();
+    }
+  });
+
+  it('QEMU and the record get the resolved path; a retry through the same link is idempotent', async () => {
+    const bed = await makeBed({ engine: { checkHostDevice: async () => '/dev/rbd4' } });
+    try {
+      const spec = blockSpec('/dev/disk/by-id/wwn-1');
+      const first = await bed.engine.attach(sb, vol('pvc-link'), spec, bed.ctx);
+      expect(first.attachment.source).toEqual({ type: 'hostDevice', path: '/dev/rbd4' });
+      const add = bed.qemu.calls.find((c) => c.command === 'blockdev-add');
+      expect(add?.args.filename).toBe('/dev/rbd4');
+      const again = await bed.engine.attach(sb, vol('pvc-link'), spec, bed.ctx);
+      expect(again.created).toBe(false);
+    } finally {
+      await bed.cleanup();
+    }
   });
 });
 

@@ -1,0 +1,172 @@
+import { constants } from 'node:fs';
+import { open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
+import type { HostUseFacts, KernelBlockDevice, MountFact, SwapFact } from './host-use.js';
+
+// The I/O edge of the host-use check: reads what the kernel says about a block device from
+// /proc and /sys. Every read is bounded by the caller's signal (which carries the timeout); the
+// decision itself is host-use.ts.
+
+export interface HostFactsPaths {
+  /** Default /proc/self/mountinfo (vmplugd must run in the host's mount namespace; see docs/security.md). */
+  mountinfo: string;
+  /** Default /proc/swaps. */
+  swaps: string;
+  /** Default /sys. */
+  sys: string;
+}
+
+export const DEFAULT_HOST_FACTS_PATHS: HostFactsPaths = {
+  mountinfo: '/proc/self/mountinfo',
+  swaps: '/proc/swaps',
+  sys: '/sys',
+};
+
+/** `major:minor` of a dev_t as glibc's major()/minor() split it (BigInt: dev_t is 64 bits). */
+export function majMinOf(rdev: number | bigint): string {
+  const d = BigInt(rdev);
+  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
+  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
+  return `${major}:${minor}`;
+}
+
+/** The kernel's name of the block device `majMin` (sysfs), and its device-mapper name if any. */
+export async function kernelDevice(
+  majMin: string,
+  paths: HostFactsPaths,
+  signal: AbortSignal,
+): Promise<{ device: KernelBlockDevice; sysDir: string; dmName?: string }> {
+  signal.throwIfAborted();
+  const sysDir = await realpath(`${paths.sys}/dev/block/${majMin}`);
+  const device = { name: basename(sysDir), majMin };
+  const dmName = (await readSmall(`${sysDir}/dm/name`, signal).catch(() => undefined))?.trim();
+  return dmName ? { device, sysDir, dmName } : { device, sysDir };
+}
+
+export async function gatherHostUseFacts(
+  devicePath: string,
+  device: KernelBlockDevice,
+  sysDir: string,
+  paths: HostFactsPaths,
+  signal: AbortSignal,
+): Promise<HostUseFacts> {
+  const partitions = await partitionsOf(sysDir, signal);
+  const holders: Record<string, string[]> = {};
+  holders[device.name] = await listDir(`${sysDir}/holders`, signal);
+  for (const p of partitions) holders[p.name] = await listDir(`${sysDir}/${p.name}/holders`, signal);
+  const [mounts, swaps, exclusive] = await Promise.all([
+    readSmall(paths.mountinfo, signal).then(parseMountinfo),
+    readSmall(paths.swaps, signal).then((t) => swapFacts(t, signal)),
+    exclusiveOpenOf(devicePath, signal),
+  ]);
+  const facts: HostUseFacts = { device, partitions, holders, mounts, swaps, exclusiveOpen: exclusive.state };
+  if (exclusive.error !== undefined) facts.exclusiveError = exclusive.error;
+  return facts;
+}
+
+async function partitionsOf(sysDir: string, signal: AbortSignal): Promise<KernelBlockDevice[]> {
+  const out: KernelBlockDevice[] = [];
+  for (const name of await listDir(sysDir, signal)) {
+    // A partition is a subdirectory with a `partition` file; its `dev` file holds major:minor.
+    const isPartition = await stat(`${sysDir}/${name}/partition`).then(
+      () => true,
+      () => false,
+    );
+    if (!isPartition) continue;
+    const majMin = (await readSmall(`${sysDir}/${name}/dev`, signal)).trim();
+    out.push({ name, majMin });
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+async function listDir(dir: string, signal: AbortSignal): Promise<string[]> {
+  signal.throwIfAborted();
+  try {
+    return (await readdir(dir)).sort();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+function readSmall(path: string, signal: AbortSignal): Promise<string> {
+  return readFile(path, { encoding: 'utf8', signal });
+}
+
+/** mountinfo lines: `id parent major:minor root mountpoint opts [optional...] - fstype source superopts`. */
+export function parseMountinfo(text: string): MountFact[] {
+  const out: MountFact[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    const dash = f.indexOf('-', 6);
+    if (f.length < 10 || dash === -1) continue;
+    out.push({
+      majMin: f[2] ?? '',
+      mountPoint: unescapeOctal(f[4] ?? ''),
+      source: unescapeOctal(f[dash + 2] ?? ''),
+    });
+  }
+  return out;
+}
+
+/** /proc/swaps: a header line, then `filename type size used priority` (spaces escaped as \040). */
+export function parseSwaps(text: string): string[] {
+  return text
+    .split('\n')
+    .slice(1)
+    .map((l) => l.split(/\s+/)[0] ?? '')
+    .filter((f) => f !== '')
+    .map(unescapeOctal);
+}
+
+async function swapFacts(text: string, signal: AbortSignal): Promise<SwapFact[]> {
+  const out: SwapFact[] = [];
+  for (const filename of parseSwaps(text)) {
+    signal.throwIfAborted();
+    // A swapped-on device may be shown by a name that no longer resolves: then the name alone.
+    const st = await stat(filename.replace(/ \(deleted\)$/, '')).catch(() => undefined);
+    out.push(st?.isBlockDevice() ? { filename, majMin: majMinOf(st.rdev) } : { filename });
+  }
+  return out;
+}
+
+function unescapeOctal(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(Number.parseInt(o, 8)));
+}
+
+/**
+ * Opens the device O_RDONLY|O_EXCL and closes it at once. On a block device (no O_CREAT) the kernel
+ * fails such an open with EBUSY when anything holds the device exclusively: a mounted filesystem,
+ * swap, a device-mapper or md member. The open runs on libuv's pool, which cannot be cancelled: on
+ * abort the answer is dropped and a late fd closed.
+ */
+async function exclusiveOpenOf(
+  path: string,
+  signal: AbortSignal,
+): Promise<{ state: 'free' | 'busy' | 'unknown'; error?: string }> {
+  signal.throwIfAborted();
+  const opening = open(path, constants.O_RDONLY | constants.O_EXCL);
+  const aborted = new Promise<never>((_, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    opening.then(
+      () => signal.removeEventListener('abort', onAbort),
+      () => signal.removeEventListener('abort', onAbort),
+    );
+  });
+  try {
+    const fh = await Promise.race([opening, aborted]);
+    await fh.close();
+    return { state: 'free' };
+  } catch (err) {
+    if (signal.aborted) {
+      opening.then((fh) => fh.close()).catch(() => {});
+      throw err;
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EBUSY') return { state: 'busy' };
+    // EPERM (a device cgroup), EACCES, ENXIO (a loop device without backing): the other facts
+    // may still tell; the decision fails closed when they do not.
+    return { state: 'unknown', error: code ?? (err as Error).message };
+  }
+}
