@@ -39,6 +39,19 @@ export function parseTargetPath(targetPath: string, kubeletRoot: string): PodVol
   return { podUid, pvName };
 }
 
+/**
+ * The PV name in a staging path of kubelets before 1.24
+ * (`<kubeletRoot>/plugins/kubernetes.io/csi/pv/<pv>/globalmount`); newer ones hash the volume
+ * handle into the path, and the PV is then found by its handle (lookup.ts).
+ */
+export function pvFromStagingPath(stagingPath: string, kubeletRoot: string): string | undefined {
+  const prefix = `${kubeletRoot.replace(/\/+$/, '')}/plugins/kubernetes.io/csi/pv/`;
+  if (!stagingPath.startsWith(prefix)) return undefined;
+  const [pv, last, ...rest] = stagingPath.slice(prefix.length).split('/');
+  if (!pv || pv === '.' || pv === '..' || last !== 'globalmount' || rest.length > 0) return undefined;
+  return pv;
+}
+
 /** The pod a direct volume is published for: volume_context (podInfoOnMount) first, then the path. */
 export function podOf(
   targetPath: string,

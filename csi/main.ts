@@ -1,7 +1,7 @@
 // The vmplug-csi process: flags, the CSI proxy socket kubelet knows for the driver, optionally the
 // kubelet registration socket, and an orderly stop on SIGTERM/SIGINT. A separate product from
 // vmplugd: it talks to vmplugd only through its REST socket (pod-api.ts).
-import { unlink } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
@@ -125,6 +125,9 @@ export async function main(io: MainIo): Promise<number> {
     }),
     monitorsOf: monitorsFromFile(str('ceph-config')),
     stagedDeviceOf: stagedDeviceOf(),
+    makeTargetDir: async (path) => {
+      await mkdir(path, { mode: 0o750, recursive: true });
+    },
     lookupTimeoutMs,
     kubeletRoot,
     ...(lookup ? { lookup } : {}),

@@ -22,6 +22,7 @@ import {
   parseTargetPath,
   podOf,
   publishBody,
+  pvFromStagingPath,
   rbdSource,
   required,
 } from './direct-mode.js';
@@ -51,6 +52,12 @@ export interface NodeProxyOptions {
   pods: PodVolumes;
   monitorsOf: MonitorsOf;
   stagedDeviceOf: StagedDeviceOf;
+  /**
+   * Creates the target directory of a direct volume (the spec gives its creation to the plugin;
+   * kubelet removes it after NodeUnpublish). Kata's record is keyed by this path, and kubelet
+   * walks it for fsGroup and hands it to the runtime as the bind-mount source.
+   */
+  makeTargetDir: (path: string) => Promise<void>;
   /** Optional: PVC annotations through the API server. */
   lookup?: VolumeLookup;
   lookupTimeoutMs?: number;
@@ -131,7 +138,8 @@ export class NodeProxy {
   async nodeStage(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
     const r = decode('csi.v1.NodeStageVolumeRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
-    const mode = await this.#directMode(volumeId, r.volumeContext ?? {}, undefined);
+    const pvName = pvFromStagingPath(r.stagingTargetPath ?? '', this.#o.kubeletRoot);
+    const mode = await this.#directMode(volumeId, r.volumeContext ?? {}, pvName);
     if (mode === undefined) {
       this.#staged.set(volumeId, { mode: 'forward' });
       if (await this.#stagesUpstream(ctx, up)) return up.call(`${NODE}NodeStageVolume`, req, ctx);
@@ -222,6 +230,12 @@ export class NodeProxy {
       capability: r.volumeCapability,
       readonly: r.readonly ?? false,
       ...(pod ? { pod } : {}),
+    });
+    await this.#o.makeTargetDir(targetPath).catch((err: NodeJS.ErrnoException) => {
+      throw new CsiError(
+        grpc.status.INTERNAL,
+        `cannot create target_path ${targetPath}: ${err.code ?? err.message}`,
+      );
     });
     const { created } = await this.#pods(
       'NodePublishVolume',

@@ -102,6 +102,8 @@ export interface Bed {
   plugin: TestPlugin;
   vmplugd: FakeVmplugd;
   proxy: NodeProxy;
+  /** Target directories vmplug-csi created (a fake: unit tests never touch /var/lib/kubelet). */
+  madeDirs: string[];
   /** Calls vmplug-csi as kubelet does: raw bytes in, raw bytes out. */
   call(method: string, request: Buffer, metadata?: grpc.Metadata): Promise<Buffer>;
   /** A fresh vmplug-csi on the same sockets (a restart: memory lost). */
@@ -125,6 +127,7 @@ export async function startBed(
   const vmplugd = new FakeVmplugd();
   await new Promise<void>((resolve) => vmplugd.server.listen(join(dir, 'vmplug.sock'), resolve));
 
+  const madeDirs: string[] = [];
   let server: grpc.Server;
   let upstream: Upstream;
   let proxy!: NodeProxy;
@@ -135,6 +138,9 @@ export async function startBed(
       pods: new UnixPodVolumes({ socketPath: join(dir, 'vmplug.sock'), timeoutMs: 5_000 }),
       monitorsOf: opts.monitorsOf ?? (async (id) => (id === 'ceph1' ? ['127.0.0.1:6789'] : undefined)),
       stagedDeviceOf: opts.stagedDeviceOf ?? (async () => '/dev/rbd7'),
+      makeTargetDir: async (path) => {
+        madeDirs.push(path);
+      },
       kubeletRoot: KUBELET,
       ...(opts.lookup ? { lookup: opts.lookup } : {}),
       ...(opts.version ? { version: opts.version } : {}),
@@ -153,6 +159,7 @@ export async function startBed(
     dir,
     plugin,
     vmplugd,
+    madeDirs,
     get proxy() {
       return proxy;
     },

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { monitorsFromFile, monitorsIn } from '../../../csi/ceph-clusters.js';
-import { parseTargetPath, podOf } from '../../../csi/direct-mode.js';
+import { parseTargetPath, podOf, pvFromStagingPath } from '../../../csi/direct-mode.js';
 import { kubeLookup } from '../../../csi/lookup.js';
 import { encode } from '../../../csi/messages.js';
 import { asBlockStage } from '../../../csi/node.js';
@@ -24,6 +24,15 @@ describe('target paths', () => {
     [`/other/pods/${UID}/volumes/kubernetes.io~csi/pv-1/mount`, undefined],
   ])('%s', (path, want) => {
     expect(parseTargetPath(path, '/var/lib/kubelet/')).toEqual(want);
+  });
+
+  it('reads the PV name of a pre-1.24 staging path only', () => {
+    const k = '/var/lib/kubelet';
+    expect(pvFromStagingPath(`${k}/plugins/kubernetes.io/csi/pv/pv-1/globalmount`, k)).toBe('pv-1');
+    expect(
+      pvFromStagingPath(`${k}/plugins/kubernetes.io/csi/rbd.csi.ceph.com/ab12/globalmount`, k),
+    ).toBeUndefined();
+    expect(pvFromStagingPath(`${k}/plugins/kubernetes.io/csi/pv/../globalmount`, k)).toBeUndefined();
   });
 
   it('prefers the pod uid of volume_context (podInfoOnMount) and keeps the pod name', () => {

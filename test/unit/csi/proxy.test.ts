@@ -208,6 +208,7 @@ describe('direct mode: rbd', () => {
     ]);
     expect(bed.plugin.calls).toEqual([]);
     expect(bed.proxy.credentialsHeld).toBe(0);
+    expect(bed.madeDirs).toEqual([targetPath('pv-1')]);
   });
 
   it('takes monitors from volume_context and the rados namespace, static volumes by id', async () => {
