@@ -238,6 +238,7 @@ interface Messages {
 }
 
 export type MessageName = keyof Messages;
+export type MessageOf<N extends MessageName> = Messages[N];
 
 const types = new Map<string, protobuf.Type>();
 function type(name: MessageName): protobuf.Type {

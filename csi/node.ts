@@ -32,6 +32,8 @@ import {
   decode,
   encode,
   FIELD,
+  type MessageName,
+  type MessageOf,
   type NodeGetVolumeStatsResponse,
   NodeRpc,
   VolumeUsageUnit,
@@ -136,7 +138,7 @@ export class NodeProxy {
   }
 
   async nodeStage(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
-    const r = decode('csi.v1.NodeStageVolumeRequest', req);
+    const r = decodeRequest('csi.v1.NodeStageVolumeRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     const pvName = pvFromStagingPath(r.stagingTargetPath ?? '', this.#o.kubeletRoot);
     const mode = await this.#directMode(volumeId, r.volumeContext ?? {}, pvName);
@@ -163,7 +165,7 @@ export class NodeProxy {
   }
 
   async nodeUnstage(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
-    const r = decode('csi.v1.NodeUnstageVolumeRequest', req);
+    const r = decodeRequest('csi.v1.NodeUnstageVolumeRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     required(r.stagingTargetPath, 'staging_target_path');
     const staged = this.#staged.get(volumeId);
@@ -186,7 +188,7 @@ export class NodeProxy {
   }
 
   async nodePublish(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
-    const r = decode('csi.v1.NodePublishVolumeRequest', req);
+    const r = decodeRequest('csi.v1.NodePublishVolumeRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     const targetPath = required(r.targetPath, 'target_path');
     if (r.volumeCapability === undefined) throw invalidArgument('volume_capability', 'required');
@@ -248,7 +250,7 @@ export class NodeProxy {
   }
 
   async nodeUnpublish(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
-    const r = decode('csi.v1.NodeUnpublishVolumeRequest', req);
+    const r = decodeRequest('csi.v1.NodeUnpublishVolumeRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     const targetPath = required(r.targetPath, 'target_path');
     const direct = await this.#directPublish('NodeUnpublishVolume', volumeId, targetPath, ctx);
@@ -260,7 +262,7 @@ export class NodeProxy {
   }
 
   async nodeGetVolumeStats(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
-    const r = decode('csi.v1.NodeGetVolumeStatsRequest', req);
+    const r = decodeRequest('csi.v1.NodeGetVolumeStatsRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     const volumePath = required(r.volumePath, 'volume_path');
     const direct = await this.#directPublish('NodeGetVolumeStats', volumeId, volumePath, ctx);
@@ -287,7 +289,7 @@ export class NodeProxy {
   }
 
   async nodeExpand(req: Buffer, ctx: CallContext, up: Upstream): Promise<Buffer> {
-    const r = decode('csi.v1.NodeExpandVolumeRequest', req);
+    const r = decodeRequest('csi.v1.NodeExpandVolumeRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     const volumePath = required(r.volumePath, 'volume_path');
     const direct = await this.#directPublish('NodeExpandVolume', volumeId, volumePath, ctx);
@@ -354,6 +356,15 @@ export class NodeProxy {
       if (err instanceof PodApiError) throw fromPodApi(err, call);
       throw err;
     }
+  }
+}
+
+/** A request kubelet sent: bytes that are not the message are the caller's error. */
+function decodeRequest<N extends MessageName>(name: N, req: Buffer): MessageOf<N> {
+  try {
+    return decode(name, req);
+  } catch {
+    throw new CsiError(grpc.status.INVALID_ARGUMENT, `the request is not a valid ${name}`);
   }
 }
 

@@ -403,6 +403,13 @@ describe('bad input gets the CSI status code the spec names', () => {
     setup?: (b: Bed) => Promise<void>;
   }[] = [
     {
+      name: 'a request that is not the message',
+      method: 'NodePublishVolume',
+      req: () => Buffer.from([0x22, 0x7f, 0x01]),
+      code: INVALID_ARGUMENT,
+      field: 'not a valid csi.v1.NodePublishVolumeRequest',
+    },
+    {
       name: 'stage without volume_id',
       method: 'NodeStageVolume',
       req: () => stageReq({ volumeId: '' }),
