@@ -2,8 +2,11 @@
 // claimRef: ceph-csi never sees PVC annotations, so vmplug-csi asks the API server (optional:
 // without a cluster config only the StorageClass parameter marks direct volumes). A port, so the
 // decision is tested with a fake; the real one is bounded by a timeout on every call.
+import http from 'node:http';
 import https from 'node:https';
 import { DIRECT_MODE_ANNOTATION } from './direct-mode.js';
+
+const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
 
 export interface VolumeRef {
   volumeId: string;
@@ -73,10 +76,19 @@ export async function kubeGet(source: { kubeconfig: string } | 'in-cluster'): Pr
   return async (path, signal) => {
     const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' } };
     await kc.applyToHTTPSOptions(opts);
+    const url = new URL(server + path);
+    const mod = url.protocol === 'http:' ? http : https;
     return new Promise((resolve, reject) => {
-      const req = https.request(new URL(server + path), { ...opts, signal }, (res) => {
+      const req = mod.request(url, { ...opts, signal }, (res) => {
         const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          // A PV list of a large cluster is a few MiB; past this the answer is not one.
+          if (size > MAX_ANSWER_BYTES)
+            res.destroy(new Error(`GET ${path}: answer larger than ${MAX_ANSWER_BYTES} bytes`));
+          else chunks.push(c);
+        });
         res.on('error', reject);
         res.on('end', () => {
           if (res.statusCode === 404) return resolve(undefined);
