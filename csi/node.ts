@@ -299,7 +299,17 @@ export class NodeProxy {
       throw invalidArgument('capacity_range.required_bytes', 'required for a direct-mode volume');
     const done = await this.#pods(
       'NodeExpandVolume',
-      (s) => this.#o.pods.resize(direct.podUid, volumeId, size, s),
+      (s) =>
+        this.#o.pods.resize(direct.podUid, volumeId, size, s).catch((err: unknown) => {
+          // A daemon without the pod resize route answers a bare 404/405 (no problem code):
+          // the volume exists (GET found it), the operation does not.
+          if (err instanceof PodApiError && (err.code === 'HTTP_404' || err.code === 'HTTP_405')) {
+            throw failedPrecondition(
+              `NodeExpandVolume: this vmplugd does not resize pod volumes (${err.message})`,
+            );
+          }
+          throw err;
+        }),
       ctx,
     );
     return encode('csi.v1.NodeExpandVolumeResponse', { capacityBytes: done.sizeBytes ?? size });

@@ -389,6 +389,28 @@ describe('stats and expand of direct volumes', () => {
     ]);
     expect(bed.plugin.calls).toEqual([]);
   });
+
+  it('says FAILED_PRECONDITION when vmplugd has no pod resize route', async () => {
+    bed = await startBed();
+    await bed.call('NodeStageVolume', stageReq());
+    await bed.call('NodePublishVolume', publishReq());
+    bed.vmplugd.respond = (c) =>
+      c.method === 'GET'
+        ? { status: 200, body: { state: 'Consumed' } }
+        : { status: 404, body: { message: 'Route not found' } };
+    const err = await code(
+      bed.call(
+        'NodeExpandVolume',
+        encode('csi.v1.NodeExpandVolumeRequest', {
+          volumeId: 'vol-1',
+          volumePath: targetPath('pv-1'),
+          capacityRange: { requiredBytes: GiB },
+        }),
+      ),
+    );
+    expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(err.details).toContain('does not resize pod volumes');
+  });
 });
 
 describe('bad input gets the CSI status code the spec names', () => {
