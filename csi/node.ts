@@ -219,7 +219,11 @@ export class NodeProxy {
     } else {
       // rbd without credentials in memory: fine only when vmplugd already holds this publish.
       const known = await this.#pods('NodePublishVolume', (s) => this.#o.pods.get(podUid, volumeId, s), ctx);
-      if (known !== undefined && known.targetPath === targetPath && known.state !== 'Failed') {
+      if (
+        known !== undefined &&
+        (known.targetPath ?? targetPath) === targetPath &&
+        known.state !== 'Failed'
+      ) {
         this.#published.set(targetPath, { podUid, volumeId });
         return EMPTY;
       }
@@ -265,7 +269,7 @@ export class NodeProxy {
     const r = decodeRequest('csi.v1.NodeGetVolumeStatsRequest', req);
     const volumeId = required(r.volumeId, 'volume_id');
     const volumePath = required(r.volumePath, 'volume_path');
-    const direct = await this.#directPublish('NodeGetVolumeStats', volumeId, volumePath, ctx);
+    const direct = await this.#directPublish('NodeGetVolumeStats', volumeId, volumePath, ctx, 'forward');
     if (direct === undefined) return up.call(`${NODE}NodeGetVolumeStats`, req, ctx);
     const view = await this.#pods(
       'NodeGetVolumeStats',
@@ -339,15 +343,32 @@ export class NodeProxy {
   }
 
   /** The pod of a direct volume published at `path`, or undefined when the real plugin owns it. */
-  async #directPublish(call: string, volumeId: string, path: string, ctx: CallContext) {
+  /**
+   * `whenAway`: what a call does when vmplugd cannot say whether it holds the volume. Unpublish
+   * and expand wait (UNAVAILABLE: forwarding a direct volume's unpublish would leave vmplug's
+   * record and storage daemon behind); stats, polled by kubelet every minute, forward (the worst
+   * case is the real plugin's NOT_FOUND for a direct volume).
+   */
+  async #directPublish(
+    call: string,
+    volumeId: string,
+    path: string,
+    ctx: CallContext,
+    whenAway: 'wait' | 'forward' = 'wait',
+  ) {
     const mine = this.#published.get(path);
     if (mine !== undefined && mine.volumeId === volumeId) return mine;
     if (this.#staged.get(volumeId)?.mode === 'forward') return undefined;
     const parsed = parseTargetPath(path, this.#o.kubeletRoot);
     if (parsed === undefined || checkVolumeIdOk(volumeId) === false) return undefined;
     // Not seen since this process started: vmplugd's records say whether it is a direct volume.
-    const view = await this.#pods(call, (s) => this.#o.pods.get(parsed.podUid, volumeId, s), ctx);
-    return view === undefined ? undefined : { podUid: parsed.podUid, volumeId };
+    try {
+      const view = await this.#pods(call, (s) => this.#o.pods.get(parsed.podUid, volumeId, s), ctx);
+      return view === undefined ? undefined : { podUid: parsed.podUid, volumeId };
+    } catch (err) {
+      if (whenAway === 'forward') return undefined;
+      throw err;
+    }
   }
 
   async #stagesUpstream(ctx: CallContext, up: Upstream): Promise<boolean> {

@@ -390,6 +390,19 @@ describe('stats and expand of direct volumes', () => {
     expect(bed.plugin.calls).toEqual([]);
   });
 
+  it('after a restart with vmplugd away: unpublish waits (UNAVAILABLE), stats go to the real plugin', async () => {
+    bed = await startBed();
+    await new Promise((r) => bed.vmplugd.server.close(r));
+    const err = await code(bed.call('NodeUnpublishVolume', unpublishReq('vol-z')));
+    expect(err.code).toBe(grpc.status.UNAVAILABLE);
+    await bed.call(
+      'NodeGetVolumeStats',
+      encode('csi.v1.NodeGetVolumeStatsRequest', { volumeId: 'vol-z', volumePath: targetPath('pv-1') }),
+    );
+    expect(bed.plugin.paths()).toEqual(['NodeGetVolumeStats']);
+    bed.vmplugd.server.listen(`${bed.dir}/vmplug.sock`);
+  });
+
   it('says FAILED_PRECONDITION when vmplugd has no pod resize route', async () => {
     bed = await startBed();
     await bed.call('NodeStageVolume', stageReq());
