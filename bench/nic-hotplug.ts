@@ -18,14 +18,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
-import {
-  NicEngine,
-  type NicLogger,
-  nicNames,
-  parseNetSandboxId,
-  parseNicId,
-  parseNicSpec,
-} from '../net/index.js';
+import { parseNicId, parseSandboxId } from '../core/ids.js';
+import { NicEngine, type NicLogger, nicNames, parseNicSpec } from '../net/index.js';
 import { QmpSession } from '../qmp/index.js';
 import { createTestRoot, startKataSandbox } from '../test/env/sandbox.js';
 import { hostContext, printTable, summarize } from './figures.js';
@@ -53,7 +47,7 @@ async function main(): Promise<void> {
     const s = QmpSession.start(sandbox.vmplugQmpPath);
     qmp = s;
     await s.ready({ timeoutMs: 20_000 });
-    const sid = parseNetSandboxId(sandbox.id);
+    const sid = parseSandboxId(sandbox.id);
     const e = new NicEngine({
       stateDir,
       logger: quiet,

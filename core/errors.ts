@@ -1,22 +1,69 @@
-// Every failure the attach engine reports is one of these classes. The REST layer maps them to
-// problem+json (`code`, `status`, `field`); the CLI maps `code` to exit codes. Codes are stable
-// strings: never rename one. Messages are for humans and must never carry a cephx key: builders
-// of messages only ever see validated names, never a Secret's value.
+// The one error root of vmplug and its one code table (as fastify's lib/errors.js). Every failure
+// the engines (storage/, net/), the guest resize and the daemon report is a VmplugError carrying a
+// code from ERROR_CODES; the REST layer maps it to problem+json by that code, the CLI maps the code
+// to exit codes. Codes are stable strings: never rename one, never change a status. Messages are
+// for humans and must never carry a cephx key: builders of messages only ever see validated
+// names, never a Secret's value. qmp/ and libvirt/ keep their own wire-level errors (they import
+// nothing of ours); the engines translate them into these.
 
-export type VmplugErrorCode =
-  | 'INVALID_ID'
-  | 'INVALID_FIELD'
-  | 'NOT_PASSTHROUGH'
-  | 'MODE_MISMATCH'
-  | 'SPEC_CONFLICT'
-  | 'NOT_FOUND'
-  | 'LANES_FULL'
-  | 'CEPH_UNREACHABLE'
-  | 'BACKEND_FAILED'
-  | 'DETACH_PENDING'
-  | 'INVALID_TRANSITION'
-  | 'JOURNAL_CORRUPT'
-  | 'JOURNAL_IO';
+export interface ErrorCodeInfo {
+  /** HTTP status the REST layer answers with. */
+  readonly status: number;
+  /** problem+json `title`: one short summary per code (RFC 9457: the same for every occurrence). */
+  readonly title: string;
+  /** True when the same request may succeed later unchanged (the CLI exits 5, a CSI plugin requeues). */
+  readonly retryable?: boolean;
+}
+
+export const ERROR_CODES = {
+  // Requests the caller must change.
+  INVALID_ID: { status: 400, title: 'Invalid id' },
+  INVALID_FIELD: { status: 422, title: 'Invalid field' },
+  NOT_PASSTHROUGH: { status: 422, title: 'Not a passthrough device' },
+  MODE_MISMATCH: { status: 422, title: 'Mode mismatch' },
+  INVALID_REQUEST: { status: 400, title: 'Invalid request' },
+  INVALID_JSON: { status: 400, title: 'Invalid JSON' },
+  BODY_TOO_LARGE: { status: 413, title: 'Body too large' },
+  UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported media type' },
+  ROUTE_NOT_FOUND: { status: 404, title: 'Route not found' },
+  NOT_FOUND: { status: 404, title: 'Not found' },
+  SPEC_CONFLICT: { status: 409, title: 'Spec conflict' },
+  LANES_FULL: { status: 409, title: 'Lanes full' },
+  // Guest resize.
+  RESOURCE_OUT_OF_RANGE: { status: 422, title: 'Resource out of range' },
+  MEMORY_MISALIGNED: { status: 422, title: 'Memory misaligned' },
+  SHRINK_UNSUPPORTED: { status: 422, title: 'Shrink unsupported' },
+  NO_MEMORY_SLOT: { status: 409, title: 'No memory slot' },
+  // A guest that refused an unplug would most likely refuse the same request again: a conflict
+  // for the caller to resolve, not a retry loop.
+  GUEST_REFUSED_UNPLUG: { status: 409, title: 'Guest refused unplug' },
+  SANDBOX_UNAVAILABLE: { status: 503, title: 'Sandbox unavailable', retryable: true },
+  RESIZE_FAILED: { status: 500, title: 'Resize failed' },
+  // Backends and the node.
+  CEPH_UNREACHABLE: { status: 503, title: 'Ceph unreachable', retryable: true },
+  /** 502; net/ answers 503 when the failure is retryable (see NicBackendError). */
+  BACKEND_FAILED: { status: 502, title: 'Backend failed' },
+  HOST_NETWORK_FAILED: { status: 502, title: 'Host network failed' },
+  DETACH_PENDING: { status: 503, title: 'Detach pending', retryable: true },
+  // The daemon.
+  NOT_READY: { status: 503, title: 'Not ready', retryable: true },
+  SHUTTING_DOWN: { status: 503, title: 'Shutting down', retryable: true },
+  INVALID_TRANSITION: { status: 500, title: 'Invalid transition' },
+  JOURNAL_CORRUPT: { status: 500, title: 'Journal corrupt' },
+  JOURNAL_IO: { status: 500, title: 'Journal I/O failed' },
+  INTERNAL: { status: 500, title: 'Internal error' },
+} as const satisfies Record<string, ErrorCodeInfo>;
+
+export type VmplugErrorCode = keyof typeof ERROR_CODES;
+
+export function isVmplugErrorCode(code: unknown): code is VmplugErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CODES, code);
+}
+
+/** `urn:vmplug:error:body-too-large` for BODY_TOO_LARGE. */
+export function problemType(code: string): string {
+  return `urn:vmplug:error:${code.toLowerCase().replaceAll('_', '-')}`;
+}
 
 export interface Problem {
   type: string;
@@ -28,29 +75,37 @@ export interface Problem {
 }
 
 export interface VmplugErrorOptions {
-  field?: string;
+  field?: string | undefined;
   cause?: unknown;
+  /** Overrides the code's default (BackendError: a QMP timeout may be retried). */
+  retryable?: boolean;
+  /** Overrides the code's status; only net/'s retryable BACKEND_FAILED (503) uses it. */
+  status?: number;
 }
 
-export abstract class VmplugError extends Error {
-  abstract readonly code: VmplugErrorCode;
+export class VmplugError<C extends VmplugErrorCode = VmplugErrorCode> extends Error {
+  readonly code: C;
   /** HTTP status the REST layer answers with. */
-  abstract readonly status: number;
+  readonly status: number;
   /** True when the same request may succeed later without any change by the caller. */
-  readonly retryable: boolean = false;
+  readonly retryable: boolean;
   /** The offending request field, in the request's own spelling (`source.monitors[1]`). */
   readonly field: string | undefined;
 
-  constructor(message: string, options: VmplugErrorOptions = {}) {
+  constructor(code: C, message: string, options: VmplugErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
+    const info: ErrorCodeInfo = ERROR_CODES[code];
+    this.code = code;
+    this.status = options.status ?? info.status;
+    this.retryable = options.retryable ?? info.retryable ?? false;
     this.field = options.field;
   }
 
   toProblem(): Problem {
     const problem: Problem = {
-      type: `urn:vmplug:error:${this.code.toLowerCase().replaceAll('_', '-')}`,
-      title: this.name,
+      type: problemType(this.code),
+      title: ERROR_CODES[this.code].title,
       status: this.status,
       detail: this.message,
       code: this.code,
@@ -66,46 +121,38 @@ export type ValidationCode = 'INVALID_ID' | 'INVALID_FIELD' | 'NOT_PASSTHROUGH' 
  * The request is malformed. Ids in the URL path are 400 (the resource name itself is bad); body
  * fields are 422 (well-formed JSON with unacceptable content).
  */
-export class ValidationError extends VmplugError {
-  readonly code: ValidationCode;
-  readonly status: 400 | 422;
+export class ValidationError extends VmplugError<ValidationCode> {
   declare readonly field: string;
 
   constructor(field: string, message: string, code: ValidationCode = 'INVALID_FIELD') {
-    super(`${field}: ${message}`, { field });
-    this.code = code;
-    this.status = code === 'INVALID_ID' ? 400 : 422;
+    super(code, `${field}: ${message}`, { field });
   }
 }
 
-/** The volume is attached (or being attached) with a different spec. */
-export class ConflictError extends VmplugError {
-  readonly code = 'SPEC_CONFLICT';
-  readonly status = 409;
+/** The volume or NIC is attached (or being attached) with a different spec. */
+export class ConflictError extends VmplugError<'SPEC_CONFLICT'> {
+  constructor(message: string, options: VmplugErrorOptions = {}) {
+    super('SPEC_CONFLICT', message, options);
+  }
 }
 
-export class NotFoundError extends VmplugError {
-  readonly code = 'NOT_FOUND';
-  readonly status = 404;
-
+export class NotFoundError extends VmplugError<'NOT_FOUND'> {
   constructor(
-    readonly what: 'sandbox' | 'volume',
+    readonly what: 'sandbox' | 'volume' | 'nic',
     readonly id: string,
   ) {
-    super(`${what} ${id} not found`);
+    super('NOT_FOUND', `${what} ${id} not found`);
   }
 }
 
 /** Every vmplug-reserved slot of the requested bus (vmplug-scsi0 ids, vmplug-rp<N>) is taken. */
-export class LanesFullError extends VmplugError {
-  readonly code = 'LANES_FULL';
-  readonly status = 409;
-
+export class LanesFullError extends VmplugError<'LANES_FULL'> {
   constructor(
     readonly bus: 'scsi' | 'virtio-blk',
     readonly capacity: number,
   ) {
     super(
+      'LANES_FULL',
       capacity === 0
         ? `the sandbox has no vmplug ${bus} lanes (was its QEMU started through bin/vmplug-qemu?)`
         : `all ${capacity} vmplug ${bus} lanes of the sandbox are in use; detach a volume first`,
@@ -114,17 +161,17 @@ export class LanesFullError extends VmplugError {
 }
 
 /** No Ceph monitor answered in time: attach refused before QEMU's main loop could block on it. */
-export class CephUnreachableError extends VmplugError {
-  readonly code = 'CEPH_UNREACHABLE';
-  readonly status = 503;
-  override readonly retryable = true;
-
+export class CephUnreachableError extends VmplugError<'CEPH_UNREACHABLE'> {
   constructor(
     readonly monitors: readonly string[],
     readonly waitedMs: number,
     options: VmplugErrorOptions = {},
   ) {
-    super(`no Ceph monitor answered within ${waitedMs} ms (${monitors.join(', ')})`, options);
+    super(
+      'CEPH_UNREACHABLE',
+      `no Ceph monitor answered within ${waitedMs} ms (${monitors.join(', ')})`,
+      options,
+    );
   }
 }
 
@@ -133,18 +180,13 @@ export class CephUnreachableError extends VmplugError {
  * backend's own error class/description; callers pass `secrets` so any value that could have
  * been echoed back is cut out before the message is built.
  */
-export class BackendError extends VmplugError {
-  readonly code = 'BACKEND_FAILED';
-  readonly status = 502;
-  override readonly retryable: boolean;
-
+export class BackendError extends VmplugError<'BACKEND_FAILED'> {
   constructor(
     readonly step: string,
     detail: string,
-    options: VmplugErrorOptions & { retryable?: boolean; secrets?: readonly Redactable[] } = {},
+    options: VmplugErrorOptions & { secrets?: readonly Redactable[] } = {},
   ) {
-    super(`${step} failed: ${redact(detail, options.secrets ?? [])}`, options);
-    this.retryable = options.retryable ?? false;
+    super('BACKEND_FAILED', `${step} failed: ${redact(detail, options.secrets ?? [])}`, options);
   }
 }
 
@@ -161,53 +203,49 @@ function redact(text: string, secrets: readonly Redactable[]): string {
  * The guest has not released the device within the bound: the unplug stays requested, and a
  * retry of the detach continues from here (never deleting the backend under the guest).
  */
-export class DetachPendingError extends VmplugError {
-  readonly code = 'DETACH_PENDING';
-  readonly status = 503;
-  override readonly retryable = true;
-
+export class DetachPendingError extends VmplugError<'DETACH_PENDING'> {
   constructor(
     readonly deviceId: string,
     readonly waitedMs: number,
   ) {
-    super(`the guest has not released device ${deviceId} after ${waitedMs} ms; retry the detach`);
+    super(
+      'DETACH_PENDING',
+      `the guest has not released device ${deviceId} after ${waitedMs} ms; retry the detach`,
+    );
   }
 }
 
-export class InvalidTransitionError extends VmplugError {
-  readonly code = 'INVALID_TRANSITION';
-  readonly status = 500;
-
+export class InvalidTransitionError extends VmplugError<'INVALID_TRANSITION'> {
   constructor(
     readonly from: string,
     readonly to: string,
   ) {
-    super(`journal: no transition from ${from} to ${to}`);
+    super('INVALID_TRANSITION', `journal: no transition from ${from} to ${to}`);
   }
 }
 
-export class JournalCorruptError extends VmplugError {
-  readonly code = 'JOURNAL_CORRUPT';
-  readonly status = 500;
-
+export class JournalCorruptError extends VmplugError<'JOURNAL_CORRUPT'> {
   constructor(
     readonly path: string,
     reason: string,
   ) {
-    super(`journal record ${path} is corrupt: ${reason}`);
+    super('JOURNAL_CORRUPT', `journal record ${path} is corrupt: ${reason}`);
   }
 }
 
-export class JournalIoError extends VmplugError {
-  readonly code = 'JOURNAL_IO';
-  readonly status = 500;
-
+export class JournalIoError extends VmplugError<'JOURNAL_IO'> {
   constructor(
     readonly operation: string,
     readonly path: string,
     cause: unknown,
   ) {
     const errno = (cause as { code?: unknown } | null)?.code;
-    super(`journal ${operation} ${path} failed${typeof errno === 'string' ? ` (${errno})` : ''}`, { cause });
+    super(
+      'JOURNAL_IO',
+      `journal ${operation} ${path} failed${typeof errno === 'string' ? ` (${errno})` : ''}`,
+      {
+        cause,
+      },
+    );
   }
 }

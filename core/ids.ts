@@ -60,3 +60,7 @@ export function isSandboxId(value: unknown): value is SandboxId {
 export function isVolumeId(value: unknown): value is VolumeId {
   return idProblem(value) === undefined;
 }
+
+export function isNicId(value: unknown): value is NicId {
+  return idProblem(value) === undefined;
+}

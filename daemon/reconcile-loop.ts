@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ReadinessCheck } from './http/routes/health.js';
+import type { ReadinessCheck } from '../core/readiness.js';
 
 // Runs the engine's reconcile at start-up and then every `intervalMs` (0: start-up only), one run
 // at a time, so that what a crash left half-done is finished and nothing of vmplug's leaks. A

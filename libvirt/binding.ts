@@ -12,6 +12,7 @@
 import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
+import { ListenerSet } from '../core/listeners.js';
 import { fromNative, LibvirtError } from './errors.js';
 
 declare const brand: unique symbol;
@@ -129,6 +130,8 @@ export interface ConnectOptions extends CallOptions {
   keepAliveCount?: number;
   /** Default timeout of each call on this connection; default 30 s (libvirt's own job wait). */
   callTimeoutMs?: number;
+  /** Told of an event listener's throw (never re-thrown); default: a process warning. */
+  onListenerError?: (err: unknown) => void;
 }
 
 // ---- the addon's raw surface (native/src/conn.h) ----
@@ -324,12 +327,16 @@ export function toEvent(raw: RawEvent, receivedAt: number): LibvirtEvent {
 
 export class LibvirtConnection {
   readonly #native: NativeConnection;
-  readonly #listeners: Set<LibvirtEventListener>;
+  readonly #listeners: ListenerSet<[LibvirtEvent]>;
   readonly #callTimeoutMs: number;
   #closing: Promise<void> | undefined;
   #lostReason: CloseReason | undefined;
 
-  private constructor(native: NativeConnection, callTimeoutMs: number, listeners: Set<LibvirtEventListener>) {
+  private constructor(
+    native: NativeConnection,
+    callTimeoutMs: number,
+    listeners: ListenerSet<[LibvirtEvent]>,
+  ) {
     this.#native = native;
     this.#callTimeoutMs = callTimeoutMs;
     this.#listeners = listeners;
@@ -344,21 +351,12 @@ export class LibvirtConnection {
     opts: ConnectOptions = {},
     addon: NativeAddon = loadAddon(),
   ): Promise<LibvirtConnection> {
-    const listeners = new Set<LibvirtEventListener>();
+    const listeners = new ListenerSet<[LibvirtEvent]>(opts.onListenerError);
     let conn: LibvirtConnection | undefined;
     const onEvent = (raw: RawEvent): void => {
       const event = toEvent(raw, performance.now());
       if (event.kind === 'closed' && conn) conn.#lostReason = event.reason;
-      for (const l of [...listeners]) {
-        try {
-          l(event);
-        } catch (err) {
-          // Same contract as an EventEmitter listener that throws, but outside libvirt's dispatch.
-          queueMicrotask(() => {
-            throw err;
-          });
-        }
-      }
+      listeners.emit(event);
     };
     const callTimeoutMs = opts.callTimeoutMs ?? 30_000;
     const native = await bounded(
@@ -387,10 +385,7 @@ export class LibvirtConnection {
 
   /** Adds a listener for every event; returns the function that removes it. */
   onEvent(listener: LibvirtEventListener): () => void {
-    this.#listeners.add(listener);
-    return () => {
-      this.#listeners.delete(listener);
-    };
+    return this.#listeners.add(listener);
   }
 
   /**

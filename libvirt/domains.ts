@@ -7,7 +7,8 @@
  */
 import type { SandboxId } from '../core/ids.js';
 import { isSandboxId } from '../core/ids.js';
-import type { SandboxCatalog, SandboxRecord, SandboxState } from '../daemon/http/routes/sandboxes.js';
+import { ListenerSet } from '../core/listeners.js';
+import type { SandboxCatalog, SandboxRecord, SandboxState } from '../core/sandbox.js';
 import {
   LibvirtConnection as Connection,
   type ConnectOptions,
@@ -102,7 +103,9 @@ export class LibvirtDomains {
   readonly uri: string;
   readonly #o: Required<Omit<LibvirtDomainsOptions, 'connect'>> & { connect: Connect };
   readonly #domains = new Map<SandboxId, LibvirtDomain>();
-  readonly #listeners = new Set<(c: DomainChange) => void>();
+  readonly #listeners = new ListenerSet<[DomainChange]>((err) =>
+    this.#o.logger.warn({ error: (err as Error).message }, 'libvirt: a domain listener threw'),
+  );
   /** Per-domain refresh chains, so a slow lookup never overwrites a later one. */
   readonly #refreshing = new Map<string, Promise<void>>();
   #conn: LibvirtConnection | undefined;
@@ -165,10 +168,7 @@ export class LibvirtDomains {
 
   /** Changes of domains and of the connection; returns the unsubscribe function. */
   onChange(listener: (c: DomainChange) => void): () => void {
-    this.#listeners.add(listener);
-    return () => {
-      this.#listeners.delete(listener);
-    };
+    return this.#listeners.add(listener);
   }
 
   health(): { ok: boolean; detail: string } {
@@ -212,13 +212,7 @@ export class LibvirtDomains {
   }
 
   #emit(c: DomainChange): void {
-    for (const l of [...this.#listeners]) {
-      try {
-        l(c);
-      } catch (err) {
-        this.#o.logger.warn({ error: (err as Error).message }, 'libvirt: a domain listener threw');
-      }
-    }
+    this.#listeners.emit(c);
   }
 
   async #connectOnce(): Promise<void> {
@@ -230,6 +224,8 @@ export class LibvirtDomains {
         callTimeoutMs: this.#o.callTimeoutMs,
         keepAliveIntervalS: this.#o.keepAliveIntervalS,
         keepAliveCount: this.#o.keepAliveCount,
+        onListenerError: (err) =>
+          this.#o.logger.warn({ error: (err as Error).message }, 'libvirt: an event listener threw'),
       });
     } catch (err) {
       this.#failed(err);

@@ -1,17 +1,10 @@
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
+import { ConflictError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
+import type { NicId, SandboxId } from '../core/ids.js';
 import { type CallOptions, isQmpError, type QmpExecutor } from '../qmp/index.js';
-import {
-  InvalidNicSpecError,
-  NetError,
-  NicBackendError,
-  NicConflictError,
-  NicDetachPendingError,
-  NicLanesFullError,
-  NicNotFoundError,
-} from './errors.js';
+import { NicBackendError, NicDetachPendingError, NicLanesFullError } from './errors.js';
 import { type CallOpts, DEFAULT_IP_TIMEOUT_MS, type HostNetwork, IpHostNetwork } from './host.js';
-import type { NetSandboxId, NicId } from './ids.js';
 import { advance, isNicAttachState, NicJournal, type NicRecord, newNicRecord } from './journal.js';
 import { isNicDeviceName, isNicTapName, tapAlias } from './naming.js';
 import {
@@ -121,8 +114,8 @@ export function toNicView(r: NicRecord): NicView {
   return v;
 }
 
-function backend(operation: string, err: unknown): NetError {
-  if (err instanceof NetError) return err;
+function backend(operation: string, err: unknown): VmplugError {
+  if (err instanceof VmplugError) return err;
   if (isQmpError(err)) {
     return new NicBackendError(operation, err.message, { cause: err, retryable: err.retryable });
   }
@@ -170,12 +163,7 @@ export class NicEngine {
     return this.#alias;
   }
 
-  async attach(
-    sandboxId: NetSandboxId,
-    nicId: NicId,
-    spec: NicSpec,
-    ctx: NicContext,
-  ): Promise<NicAttachResult> {
+  async attach(sandboxId: SandboxId, nicId: NicId, spec: NicSpec, ctx: NicContext): Promise<NicAttachResult> {
     const log = ctx.log.child({ op: 'nic-attach', sandboxId, nicId });
     return this.#observed(
       sandboxId,
@@ -185,7 +173,7 @@ export class NicEngine {
         let existing = await this.#journal.load(sandboxId, nicId);
         const fresh = newNicRecord(sandboxId, nicId, spec);
         if (existing !== undefined && existing.fingerprint !== fresh.fingerprint) {
-          throw new NicConflictError(
+          throw new ConflictError(
             `NIC ${nicId} of sandbox ${sandboxId} exists with a different spec; detach it first`,
           );
         }
@@ -208,7 +196,7 @@ export class NicEngine {
           existing = undefined;
         }
         if (existing !== undefined && !isNicAttachState(existing.state)) {
-          throw new NicConflictError(
+          throw new ConflictError(
             `NIC ${nicId} of sandbox ${sandboxId} is being detached (${existing.state}); finish the detach first`,
           );
         }
@@ -238,7 +226,7 @@ export class NicEngine {
   }
 
   /** Resolves true when there was a NIC to detach, false when there was none (also fine). */
-  async detach(sandboxId: NetSandboxId, nicId: NicId, ctx: NicContext): Promise<boolean> {
+  async detach(sandboxId: SandboxId, nicId: NicId, ctx: NicContext): Promise<boolean> {
     const log = ctx.log.child({ op: 'nic-detach', sandboxId, nicId });
     return this.#observed(
       sandboxId,
@@ -280,17 +268,17 @@ export class NicEngine {
     }
   }
 
-  async get(sandboxId: NetSandboxId, nicId: NicId): Promise<NicView> {
+  async get(sandboxId: SandboxId, nicId: NicId): Promise<NicView> {
     const record = await this.#journal.load(sandboxId, nicId);
     if (record === undefined) {
       throw this.#o.sandboxes.lookup(sandboxId).state === 'gone'
-        ? new NicNotFoundError('sandbox', sandboxId)
-        : new NicNotFoundError('nic', nicId);
+        ? new NotFoundError('sandbox', sandboxId)
+        : new NotFoundError('nic', nicId);
     }
     return toNicView(record);
   }
 
-  async list(sandboxId: NetSandboxId): Promise<NicView[]> {
+  async list(sandboxId: SandboxId): Promise<NicView[]> {
     return (await this.#journal.list(sandboxId)).map(toNicView);
   }
 
@@ -321,7 +309,7 @@ export class NicEngine {
     const ids = new Set<string>([...(await this.#journal.sandboxes()), ...this.#o.sandboxes.known()]);
     const explainedTaps = new Set<string>();
     for (const id of [...ids].sort()) {
-      const sandboxId = id as NetSandboxId;
+      const sandboxId = id as SandboxId;
       try {
         await this.#exclusive(sandboxId, signal, () =>
           this.#reconcileSandbox(sandboxId, signal, log, summary, explainedTaps),
@@ -364,7 +352,7 @@ export class NicEngine {
   }
 
   async #reconcileSandbox(
-    sandboxId: NetSandboxId,
+    sandboxId: SandboxId,
     signal: AbortSignal,
     log: NicLogger,
     summary: NicReconcileSummary,
@@ -433,10 +421,10 @@ export class NicEngine {
     const field = hi.mode === 'bridge' ? 'hostInterface.bridge' : 'hostInterface.name';
     const link = await this.#host.link(name, this.#ip(signal));
     if (hi.mode === 'bridge' && link?.kind !== 'bridge') {
-      throw new InvalidNicSpecError(field, `${name} is not an existing bridge on this node`);
+      throw new ValidationError(field, `${name} is not an existing bridge on this node`);
     }
     if (hi.mode === 'existing' && (link?.kind !== 'tun' || link.tunType !== 'tap')) {
-      throw new InvalidNicSpecError(field, `${name} is not an existing tap device on this node`);
+      throw new ValidationError(field, `${name} is not an existing tap device on this node`);
     }
   }
 
@@ -540,9 +528,9 @@ export class NicEngine {
 
   async #rollback(
     qmp: QmpExecutor,
-    sandboxId: NetSandboxId,
+    sandboxId: SandboxId,
     nicId: NicId,
-    failure: NetError,
+    failure: VmplugError,
     log: NicLogger,
   ): Promise<void> {
     try {
@@ -569,9 +557,9 @@ export class NicEngine {
     await this.#journal.remove(r.sandboxId, r.nicId);
   }
 
-  #present(sandboxId: NetSandboxId): QmpExecutor {
+  #present(sandboxId: SandboxId): QmpExecutor {
     const p = this.#o.sandboxes.lookup(sandboxId);
-    if (p.state === 'gone') throw new NicNotFoundError('sandbox', sandboxId);
+    if (p.state === 'gone') throw new NotFoundError('sandbox', sandboxId);
     if (p.state === 'unreachable') {
       throw new NicBackendError(
         'sandbox',

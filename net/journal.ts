@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rmdir, unlink } from 'node:fs/promises';
+import { readdir, readFile, rmdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { NicJournalError } from './errors.js';
-import { isNetSandboxId, isNicId, type NetSandboxId, type NicId } from './ids.js';
+import { fsyncDir, writeFileAtomic } from '../core/atomic-file.js';
+import { VmplugError } from '../core/errors.js';
+import { isNicId, isSandboxId, type NicId, type SandboxId } from '../core/ids.js';
 import { type NicNames, nicNames } from './naming.js';
 import { type NicSpec, nicSpecFingerprint } from './spec.js';
 
@@ -33,7 +33,7 @@ export interface NicTimelineEntry {
 
 export interface NicRecord {
   version: 1;
-  sandboxId: NetSandboxId;
+  sandboxId: SandboxId;
   nicId: NicId;
   spec: NicSpec;
   fingerprint: string;
@@ -52,7 +52,7 @@ export interface NicRecord {
 export const NIC_TIMELINE_MAX = 32;
 
 export function newNicRecord(
-  sandboxId: NetSandboxId,
+  sandboxId: SandboxId,
   nicId: NicId,
   spec: NicSpec,
   at: Date = new Date(),
@@ -93,7 +93,7 @@ export function advance(
 }
 
 function check(cond: boolean, path: string, what: string): void {
-  if (!cond) throw new NicJournalError('JOURNAL_CORRUPT', `NIC record ${path}: ${what}`);
+  if (!cond) throw new VmplugError('JOURNAL_CORRUPT', `NIC record ${path}: ${what}`);
 }
 
 function parseRecord(raw: unknown, sandboxId: string, nicId: string, path: string): NicRecord {
@@ -106,7 +106,7 @@ function parseRecord(raw: unknown, sandboxId: string, nicId: string, path: strin
   check(typeof r.tap === 'string' && typeof r.tapOwned === 'boolean', path, 'no tap');
   check(Array.isArray(r.timeline), path, 'no timeline');
   // Names are recomputed, never trusted from the file: reconcile deletes by them.
-  const names = nicNames(r.sandboxId as NetSandboxId, r.nicId as NicId);
+  const names = nicNames(r.sandboxId as SandboxId, r.nicId as NicId);
   check(!r.tapOwned || r.tap === names.tap, path, 'owned tap is not vmplug-named');
   return { ...(r as NicRecord), names };
 }
@@ -118,91 +118,77 @@ export class NicJournal {
     this.root = join(stateDir, 'nics');
   }
 
-  pathOf(sandboxId: NetSandboxId, nicId: NicId): string {
+  pathOf(sandboxId: SandboxId, nicId: NicId): string {
     return join(this.root, sandboxId, `${nicId}.json`);
   }
 
   async save(record: NicRecord): Promise<void> {
     const path = this.pathOf(record.sandboxId, record.nicId);
-    const dir = dirname(path);
-    const tmp = join(dir, `.${record.nicId}.json.${randomBytes(6).toString('hex')}.tmp`);
     try {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-      const fh = await open(tmp, 'wx', 0o600);
-      try {
-        await fh.writeFile(`${JSON.stringify(record, null, 2)}\n`);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, path);
-      await fsyncDir(dir);
+      await writeFileAtomic(path, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600, dirMode: 0o700 });
     } catch (err) {
-      await unlink(tmp).catch(() => undefined);
-      throw new NicJournalError(
-        'JOURNAL_IO',
-        `cannot write NIC record ${path}: ${(err as Error).message}`,
-        err,
-      );
+      throw new VmplugError('JOURNAL_IO', `cannot write NIC record ${path}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
-  async load(sandboxId: NetSandboxId, nicId: NicId): Promise<NicRecord | undefined> {
+  async load(sandboxId: SandboxId, nicId: NicId): Promise<NicRecord | undefined> {
     const path = this.pathOf(sandboxId, nicId);
     let text: string;
     try {
       text = await readFile(path, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw new NicJournalError(
-        'JOURNAL_IO',
-        `cannot read NIC record ${path}: ${(err as Error).message}`,
-        err,
-      );
+      throw new VmplugError('JOURNAL_IO', `cannot read NIC record ${path}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     let raw: unknown;
     try {
       raw = JSON.parse(text);
     } catch (err) {
-      throw new NicJournalError('JOURNAL_CORRUPT', `NIC record ${path} is not JSON`, err);
+      throw new VmplugError('JOURNAL_CORRUPT', `NIC record ${path} is not JSON`, { cause: err });
     }
     return parseRecord(raw, sandboxId, nicId, path);
   }
 
-  async remove(sandboxId: NetSandboxId, nicId: NicId): Promise<void> {
+  async remove(sandboxId: SandboxId, nicId: NicId): Promise<void> {
     const path = this.pathOf(sandboxId, nicId);
     try {
       await unlink(path);
       await fsyncDir(dirname(path));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw new NicJournalError(
-        'JOURNAL_IO',
-        `cannot remove NIC record ${path}: ${(err as Error).message}`,
-        err,
-      );
+      throw new VmplugError('JOURNAL_IO', `cannot remove NIC record ${path}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     // The sandbox directory goes with its last record (ENOTEMPTY: others remain).
     await rmdir(dirname(path)).catch(() => undefined);
   }
 
-  async sandboxes(): Promise<NetSandboxId[]> {
+  async sandboxes(): Promise<SandboxId[]> {
     try {
-      return (await readdir(this.root)).filter(isNetSandboxId);
+      return (await readdir(this.root)).filter(isSandboxId);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw new NicJournalError('JOURNAL_IO', `cannot list ${this.root}: ${(err as Error).message}`, err);
+      throw new VmplugError('JOURNAL_IO', `cannot list ${this.root}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
   /** The records of one sandbox; temp files are skipped (a torn write is one that never happened). */
-  async list(sandboxId: NetSandboxId): Promise<NicRecord[]> {
+  async list(sandboxId: SandboxId): Promise<NicRecord[]> {
     let names: string[];
     try {
       names = await readdir(join(this.root, sandboxId));
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw new NicJournalError('JOURNAL_IO', `cannot list NIC records: ${(err as Error).message}`, err);
+      throw new VmplugError('JOURNAL_IO', `cannot list NIC records: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
     const out: NicRecord[] = [];
     for (const n of names.sort()) {
@@ -213,14 +199,5 @@ export class NicJournal {
       if (r !== undefined) out.push(r);
     }
     return out;
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

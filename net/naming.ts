@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { NetSandboxId, NicId } from './ids.js';
+import type { NicId, SandboxId } from '../core/ids.js';
 
 // Names of what one NIC consists of, derived from (sandbox, nic) alone so reconcile can recompute
 // them from a journal record, with fixed prefixes so reconcile tells vmplug's NICs apart from
@@ -20,12 +20,12 @@ export interface NicNames {
   hash: string;
 }
 
-export function nicHash(sandboxId: NetSandboxId, nicId: NicId): string {
+export function nicHash(sandboxId: SandboxId, nicId: NicId): string {
   // Ids cannot hold NUL, so the pair is encoded unambiguously.
   return createHash('sha256').update(`nic\0${sandboxId}\0${nicId}`).digest('hex').slice(0, HASH_HEX);
 }
 
-export function nicNames(sandboxId: NetSandboxId, nicId: NicId): NicNames {
+export function nicNames(sandboxId: SandboxId, nicId: NicId): NicNames {
   const hash = nicHash(sandboxId, nicId);
   return {
     netdev: `vmpn-${hash}`,
@@ -57,7 +57,7 @@ export function isNicTapName(name: string): boolean {
  * hashed bits, so two NICs on one bridge practically never collide, and a re-attach after a crash
  * gets the same address (the guest's config keyed by MAC keeps working).
  */
-export function defaultMac(sandboxId: NetSandboxId, nicId: NicId): string {
+export function defaultMac(sandboxId: SandboxId, nicId: NicId): string {
   const h = createHash('sha256').update(`mac\0${sandboxId}\0${nicId}`).digest();
   const bytes = [...h.subarray(0, 6)];
   bytes[0] = ((bytes[0] as number) & 0xfc) | 0x02;

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { InvalidNicSpecError } from './errors.js';
-import type { NetSandboxId, NicId } from './ids.js';
+import { ValidationError } from '../core/errors.js';
+import type { NicId, SandboxId } from '../core/ids.js';
 import { defaultMac, isNicTapName } from './naming.js';
 
 // The body of PUT /v1/sandboxes/{sandboxId}/nics/{nicId}, validated field by field. Every error
@@ -44,7 +44,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 function rejectUnknown(obj: Record<string, unknown>, allowed: readonly string[], prefix: string): void {
   for (const k of Object.keys(obj)) {
-    if (!allowed.includes(k)) throw new InvalidNicSpecError(`${prefix}${k}`, 'is not a known field');
+    if (!allowed.includes(k)) throw new ValidationError(`${prefix}${k}`, 'is not a known field');
   }
 }
 
@@ -71,54 +71,54 @@ export function macProblem(mac: unknown): string | undefined {
   return undefined;
 }
 
-export function parseNicSpec(body: unknown, sandboxId: NetSandboxId, nicId: NicId): NicSpec {
-  if (!isObject(body)) throw new InvalidNicSpecError('body', 'must be a JSON object');
+export function parseNicSpec(body: unknown, sandboxId: SandboxId, nicId: NicId): NicSpec {
+  if (!isObject(body)) throw new ValidationError('body', 'must be a JSON object');
   rejectUnknown(body, ['mac', 'hostInterface', 'mtu', 'queues'], '');
   let mac: string;
   if (body.mac === undefined) mac = defaultMac(sandboxId, nicId);
   else {
     const p = macProblem(body.mac);
-    if (p !== undefined) throw new InvalidNicSpecError('mac', p);
+    if (p !== undefined) throw new ValidationError('mac', p);
     mac = (body.mac as string).toLowerCase();
   }
   const hi = body.hostInterface;
-  if (hi === undefined) throw new InvalidNicSpecError('hostInterface', 'is required');
-  if (!isObject(hi)) throw new InvalidNicSpecError('hostInterface', 'must be an object');
+  if (hi === undefined) throw new ValidationError('hostInterface', 'is required');
+  if (!isObject(hi)) throw new ValidationError('hostInterface', 'must be an object');
   rejectUnknown(hi, ['type', 'name', 'bridge'], 'hostInterface.');
-  if (hi.type !== 'tap') throw new InvalidNicSpecError('hostInterface.type', 'must be "tap"');
+  if (hi.type !== 'tap') throw new ValidationError('hostInterface.type', 'must be "tap"');
   let hostInterface: HostInterface;
   if (hi.name !== undefined && hi.bridge !== undefined) {
-    throw new InvalidNicSpecError(
+    throw new ValidationError(
       'hostInterface',
       'give either name (an existing tap) or bridge (vmplug creates the tap), not both',
     );
   } else if (hi.name !== undefined) {
     const p = ifnameProblem(hi.name);
-    if (p !== undefined) throw new InvalidNicSpecError('hostInterface.name', p);
+    if (p !== undefined) throw new ValidationError('hostInterface.name', p);
     // vmplug's own taps are its to create and delete; naming one as "existing" would let two NICs
     // share it or leave it to a reconcile that deletes it.
     if (isNicTapName(hi.name as string)) {
-      throw new InvalidNicSpecError('hostInterface.name', 'names a tap vmplug manages itself (vmpt...)');
+      throw new ValidationError('hostInterface.name', 'names a tap vmplug manages itself (vmpt...)');
     }
     hostInterface = { type: 'tap', mode: 'existing', name: hi.name as string };
   } else if (hi.bridge !== undefined) {
     const p = ifnameProblem(hi.bridge);
-    if (p !== undefined) throw new InvalidNicSpecError('hostInterface.bridge', p);
+    if (p !== undefined) throw new ValidationError('hostInterface.bridge', p);
     hostInterface = { type: 'tap', mode: 'bridge', bridge: hi.bridge as string };
   } else {
-    throw new InvalidNicSpecError('hostInterface', 'needs name (an existing tap) or bridge');
+    throw new ValidationError('hostInterface', 'needs name (an existing tap) or bridge');
   }
   const spec: NicSpec = { mac, hostInterface, queues: 1 };
   if (body.mtu !== undefined) {
     const m = body.mtu;
     if (typeof m !== 'number' || !Number.isInteger(m) || m < MTU_MIN || m > MTU_MAX) {
-      throw new InvalidNicSpecError('mtu', `must be a whole number from ${MTU_MIN} to ${MTU_MAX}`);
+      throw new ValidationError('mtu', `must be a whole number from ${MTU_MIN} to ${MTU_MAX}`);
     }
     spec.mtu = m;
   }
   if (body.queues !== undefined && body.queues !== 1) {
     // Multiqueue needs a multi_queue tap, one fd per queue and vectors=2n+2; not built yet.
-    throw new InvalidNicSpecError('queues', 'must be 1 (multiqueue is not supported yet)');
+    throw new ValidationError('queues', 'must be 1 (multiqueue is not supported yet)');
   }
   return spec;
 }

@@ -80,7 +80,7 @@ export class EventHub implements QmpEventSource {
 
   constructor(
     private readonly defaultTimeoutMs: number = 10_000,
-    private readonly onListenerError: (err: unknown) => void = rethrowLater,
+    private readonly onListenerError: (err: unknown) => void = reportListenerError,
   ) {}
 
   subscribe<N extends string>(name: N, listener: EventListener<EventData<N>>): Unsubscribe {
@@ -161,20 +161,39 @@ export class EventHub implements QmpEventSource {
   private deliver(set: Set<EventListener> | undefined, event: QmpEvent): void {
     if (set === undefined) return;
     // A snapshot: a listener that subscribes during delivery must not get this same event.
-    for (const listener of [...set]) {
-      try {
-        listener(event);
-      } catch (err) {
-        this.onListenerError(err);
-      }
-    }
+    for (const listener of [...set]) callListener(listener, [event], this.onListenerError);
   }
 }
 
 function noop(): void {}
 
-function rethrowLater(err: unknown): void {
-  queueMicrotask(() => {
-    throw err;
-  });
+/**
+ * The QMP layer's one policy for a listener that throws (events, session state, close): the
+ * error is reported, never re-thrown, and the other listeners still run. Re-throwing it later
+ * (as it once was) made one buggy listener an uncaught exception that took vmplugd down. The
+ * default report is a process warning; the daemon passes `onListenerError` to log it instead.
+ */
+export function reportListenerError(err: unknown): void {
+  try {
+    process.emitWarning(err instanceof Error ? err : new Error(String(err)), 'QmpListenerError');
+  } catch {
+    // nothing left to tell
+  }
+}
+
+/** Runs one listener under that policy. */
+export function callListener<A extends unknown[]>(
+  listener: (...args: A) => void,
+  args: A,
+  onError: (err: unknown) => void,
+): void {
+  try {
+    listener(...args);
+  } catch (err) {
+    try {
+      onError(err);
+    } catch {
+      // a throwing reporter must not undo the policy
+    }
+  }
 }

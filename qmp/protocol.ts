@@ -7,7 +7,7 @@ import {
   type QmpError,
   QmpProtocolError,
 } from './errors.js';
-import { EventHub, type Unsubscribe } from './events.js';
+import { callListener, EventHub, reportListenerError, type Unsubscribe } from './events.js';
 import { MessageSplitter } from './framing.js';
 import { classify, type QmpGreeting, type QmpId } from './messages.js';
 
@@ -16,6 +16,8 @@ export interface QmpProtocolOptions {
   defaultTimeoutMs?: number;
   /** A single message above this is a protocol error (guards memory against a broken peer). */
   maxMessageBytes?: number;
+  /** Told of a listener's throw (events, close); never re-thrown. Default: a process warning. */
+  onListenerError?: (err: unknown) => void;
 }
 
 interface Pending {
@@ -40,13 +42,15 @@ export class QmpProtocol {
   private greetingWaiters: Array<{ resolve(g: QmpGreeting): void; reject(e: unknown): void }> = [];
   private closeError: QmpError | undefined;
   private lastSocketError: unknown;
+  private readonly onListenerError: (err: unknown) => void;
 
   constructor(
     private readonly stream: Duplex,
     opts: QmpProtocolOptions = {},
   ) {
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 10_000;
-    this.events = new EventHub(this.defaultTimeoutMs);
+    this.onListenerError = opts.onListenerError ?? reportListenerError;
+    this.events = new EventHub(this.defaultTimeoutMs, this.onListenerError);
     this.splitter = new MessageSplitter((m) => this.dispatch(m), opts.maxMessageBytes);
     stream.on('data', (chunk: Buffer) => {
       try {
@@ -181,7 +185,7 @@ export class QmpProtocol {
     for (const w of this.greetingWaiters) w.reject(err);
     this.greetingWaiters = [];
     this.events.failWaiters(err);
-    for (const l of this.closeListeners) l(err);
+    for (const l of [...this.closeListeners]) callListener(l, [err], this.onListenerError);
     this.closeListeners.clear();
   }
 }

@@ -3,10 +3,12 @@ import { DEFAULT_CONNECT_TIMEOUT_MS, QmpClient } from './client.js';
 import { armDeadline, type CallOptions, delay } from './deadline.js';
 import { QmpClosedError, QmpError, QmpTimeoutError } from './errors.js';
 import {
+  callListener,
   type EventData,
   EventHub,
   type EventListener,
   type QmpEventWaiter,
+  reportListenerError,
   type Unsubscribe,
   type WaitForOptions,
 } from './events.js';
@@ -59,7 +61,7 @@ export class QmpSession implements QmpExecutor {
     private readonly opts: QmpSessionOptions,
   ) {
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 10_000;
-    this.hub = new EventHub(this.defaultTimeoutMs);
+    this.hub = new EventHub(this.defaultTimeoutMs, opts.onListenerError ?? reportListenerError);
   }
 
   /** Creates the session and starts connecting in the background. */
@@ -187,6 +189,7 @@ export class QmpSession implements QmpExecutor {
             ? { greetingTimeoutMs: this.opts.greetingTimeoutMs }
             : {}),
           ...(this.opts.maxMessageBytes !== undefined ? { maxMessageBytes: this.opts.maxMessageBytes } : {}),
+          ...(this.opts.onListenerError !== undefined ? { onListenerError: this.opts.onListenerError } : {}),
         });
       } catch (err) {
         if (signal.aborted) break;
@@ -235,15 +238,8 @@ export class QmpSession implements QmpExecutor {
     const change: QmpSessionStateChange = error
       ? { state, generation: this.gen, error }
       : { state, generation: this.gen };
-    for (const l of [...this.stateListeners]) {
-      try {
-        l(change);
-      } catch (e) {
-        queueMicrotask(() => {
-          throw e;
-        });
-      }
-    }
+    const onError = this.opts.onListenerError ?? reportListenerError;
+    for (const l of [...this.stateListeners]) callListener(l, [change], onError);
   }
 }
 

@@ -1,7 +1,8 @@
+import type { Attachment, AttachmentSource } from '../api/index.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
-import type { JournalRecord, TimelineEntry, VolumeState } from './journal.js';
+import type { JournalRecord } from './journal.js';
 import { guestHint } from './naming.js';
-import { type AttachSpec, formatMonitor, type Mode, type PodRef } from './volume-spec.js';
+import { type AttachSpec, formatMonitor } from './volume-spec.js';
 
 // What the volume routes need from the attach engine. The engine (storage/) implements it; the
 // routes only translate HTTP to these calls and the answers back, so the engine can be tested
@@ -29,43 +30,10 @@ export interface OperationLogger {
   child(bindings: Record<string, unknown>): OperationLogger;
 }
 
-/** A volume as the REST API shows it (DESIGN section 5). Never holds a key. */
-export interface Attachment {
-  sandboxId: string;
-  volumeId: string;
-  mode: Mode;
-  /** The frontend in use ('auto' resolved). */
-  bus: 'scsi' | 'virtio-blk';
-  readOnly: boolean;
-  state: VolumeState;
-  /** QEMU block node name. */
-  nodeName: string;
-  /** QEMU device id. */
-  deviceId: string;
-  serial: string;
-  /** Where the disk shows up in a guest with udev. */
-  guestHint: string;
-  source: AttachmentSource;
-  timeline: TimelineEntry[];
-  lastError?: { code: string; message: string; at: string };
-  /** From query-blockstats, on GET. */
-  stats?: Record<string, number>;
-  /** The Pod the attach request named (absent when it named none). */
-  pod?: PodRef;
-}
+/** The engine's volumes of a sandbox. */
+export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
 
-/** The source in the request's own spelling, without the key. */
-export type AttachmentSource =
-  | { type: 'hostDevice'; path: string }
-  | {
-      type: 'rbd';
-      pool: string;
-      namespace?: string;
-      image: string;
-      snapshot?: string;
-      monitors: string[];
-      user: string;
-    };
+export type { Attachment, AttachmentSource } from '../api/index.js';
 
 export interface AttachResult {
   /** False when the same spec was already attached (the API answers 200 instead of 201). */

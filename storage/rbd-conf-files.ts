@@ -1,5 +1,6 @@
-import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../core/atomic-file.js';
 import type { VolumeNames } from './naming.js';
 import { type RbdConfOptions, rbdConf } from './qemu-args.js';
 
@@ -16,24 +17,14 @@ export function confPath(stateDir: string, names: Pick<VolumeNames, 'hash'>): st
   return join(confDir(stateDir), `${names.hash}.conf`);
 }
 
-/** Written whole (temp + fsync + rename): QEMU never reads half a file. */
+/** Written whole (core/atomic-file.ts): QEMU never reads half a file. */
 export async function writeConfFile(
   stateDir: string,
   names: Pick<VolumeNames, 'hash'>,
   opts: RbdConfOptions = {},
 ): Promise<string> {
-  const dir = confDir(stateDir);
-  await mkdir(dir, { recursive: true, mode: 0o755 });
   const path = confPath(stateDir, names);
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(rbdConf(opts));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
+  await writeFileAtomic(path, rbdConf(opts), { mode: 0o644, dirMode: 0o755, tempPath: `${path}.tmp` });
   return path;
 }
 

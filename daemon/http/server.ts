@@ -2,33 +2,35 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
-import { isNetSandboxId } from '../../net/index.js';
+import {
+  attachmentSchema,
+  nicSchema,
+  problemSchema,
+  sandboxListSchema,
+  sandboxSchema,
+} from '../../api/index.js';
+import { VmplugError } from '../../core/errors.js';
+import { isSandboxId } from '../../core/ids.js';
+import type { ReadinessProbe } from '../../core/readiness.js';
+import { emptyCatalog, type SandboxCatalog } from '../../core/sandbox.js';
+import type { NicService } from '../../net/index.js';
+import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
 import {
-  DaemonError,
   fieldOfSchemaIssue,
-  isCodedError,
   PROBLEM_CONTENT_TYPE,
   type ProblemDetails,
   problem,
-  problemFromCoded,
+  problemOf,
   type SchemaIssue,
   schemaIssueMessage,
 } from './problem.js';
-import type { AttachService } from './routes/attach-service.js';
-import { healthRoutes, type ReadinessProbe } from './routes/health.js';
-import { type NicService, nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
+import { healthRoutes } from './routes/health.js';
+import { nicRoutes, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
 import { resourceRoutes } from './routes/resources.js';
-import {
-  emptyCatalog,
-  type ListNics,
-  type ListVolumes,
-  type SandboxCatalog,
-  sandboxRoutes,
-} from './routes/sandboxes.js';
-import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
+import { type ListNics, sandboxRoutes } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';
 
 export interface ServerDeps {
@@ -83,7 +85,6 @@ export async function buildServer(deps: ServerDeps) {
     frameworkErrors: (err, request, reply) => {
       const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
       const p = problem(
-        400,
         'INVALID_REQUEST',
         tooLong ? 'a path parameter is longer than any valid id' : 'the request URL is malformed',
       );
@@ -111,18 +112,14 @@ export async function buildServer(deps: ServerDeps) {
     reply.header('x-request-id', request.id);
     if (closing) {
       reply.header('connection', 'close');
-      throw new DaemonError(
-        503,
-        'SHUTTING_DOWN',
-        'vmplugd is shutting down; retry against the restarted daemon',
-      );
+      throw new VmplugError('SHUTTING_DOWN', 'vmplugd is shutting down; retry against the restarted daemon');
     }
   });
 
   app.setErrorHandler((err, request, reply) => {
     const p = problemFor(err as FastifyError, request, bodyLimit);
     p.requestId = request.id;
-    if (!isCodedError(err) && p.status >= 500) request.log.error({ err }, 'request failed');
+    if (!(err instanceof VmplugError) && p.status >= 500) request.log.error({ err }, 'request failed');
     else if (p.status >= 500)
       request.log.warn({ status: p.status, code: p.code }, `request failed: ${p.detail}`);
     else request.log.info({ status: p.status, code: p.code, field: p.field }, `request refused: ${p.detail}`);
@@ -130,7 +127,7 @@ export async function buildServer(deps: ServerDeps) {
   });
 
   app.setNotFoundHandler((request, reply) => {
-    const p = problem(404, 'ROUTE_NOT_FOUND', `no route ${request.method} ${clip(request.url, 200)}`);
+    const p = problem('ROUTE_NOT_FOUND', `no route ${request.method} ${clip(request.url, 200)}`);
     p.requestId = request.id;
     return reply.code(404).type(PROBLEM_CONTENT_TYPE).send(p);
   });
@@ -192,49 +189,45 @@ export async function buildServer(deps: ServerDeps) {
 }
 
 function problemFor(err: FastifyError, request: FastifyRequest, bodyLimit: number): ProblemDetails {
-  if (isCodedError(err)) return problemFromCoded(err);
+  if (err instanceof VmplugError) return problemOf(err);
   if (Array.isArray(err.validation) && err.validation.length > 0) {
     const issue = err.validation[0] as SchemaIssue;
     const field = fieldOfSchemaIssue(issue, err.validationContext);
-    return problem(400, 'INVALID_REQUEST', `${field}: ${schemaIssueMessage(issue)}`, field);
+    return problem('INVALID_REQUEST', `${field}: ${schemaIssueMessage(issue)}`, { field });
   }
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return problem(413, 'BODY_TOO_LARGE', `the request body exceeds ${bodyLimit} bytes`);
+      return problem('BODY_TOO_LARGE', `the request body exceeds ${bodyLimit} bytes`);
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return problem(415, 'UNSUPPORTED_MEDIA_TYPE', 'send the body as application/json');
+      return problem('UNSUPPORTED_MEDIA_TYPE', 'send the body as application/json');
     // Never the parser's message: it may quote the body, and the body may hold a key.
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
-      return problem(400, 'INVALID_JSON', 'the body is not valid JSON');
+      return problem('INVALID_JSON', 'the body is not valid JSON');
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
-      return problem(400, 'INVALID_JSON', 'the body is empty');
+      return problem('INVALID_JSON', 'the body is empty');
   }
   const status = err.statusCode;
   if (typeof status === 'number' && status >= 400 && status < 500) {
     // Fastify's own client errors (bad URL, content length mismatch, proto poisoning): its
     // messages are fixed strings that never quote the body.
     const own = typeof err.code === 'string' && err.code.startsWith('FST_');
-    return problem(status, 'INVALID_REQUEST', own ? err.message : 'the request was refused');
+    return problem('INVALID_REQUEST', own ? err.message : 'the request was refused', { status });
   }
-  return problem(
-    500,
-    'INTERNAL',
-    `internal error; the daemon log has the details under request id ${request.id}`,
-  );
+  return problem('INTERNAL', `internal error; the daemon log has the details under request id ${request.id}`);
 }
 
 const unavailableResources: ResourceService = {
   get: async () => {
-    throw new DaemonError(503, 'NOT_READY', 'guest resize is not available in this daemon');
+    throw new VmplugError('NOT_READY', 'guest resize is not available in this daemon');
   },
   resize: async () => {
-    throw new DaemonError(503, 'NOT_READY', 'guest resize is not available in this daemon');
+    throw new VmplugError('NOT_READY', 'guest resize is not available in this daemon');
   },
 };
 
 /** A sandbox's NICs for its view; libvirt domains and ids net/ refuses simply have none. */
 function listNicsOf(nics: NicService): ListNics {
-  return async (sandboxId) => (isNetSandboxId(sandboxId) ? nics.list(sandboxId) : []);
+  return async (sandboxId) => (isSandboxId(sandboxId) ? nics.list(sandboxId) : []);
 }
 
 function clip(s: string, max: number): string {

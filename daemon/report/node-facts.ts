@@ -1,6 +1,7 @@
 import { constants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import si from 'systeminformation';
+import { ListenerSet } from '../../core/listeners.js';
 import type { NodeFacts as StatusNodeFacts } from './kube/status.js';
 
 // What the node is (GET /v1/node, the VmplugNode status), from systeminformation. Several of its
@@ -127,7 +128,7 @@ export class NodeFactsCache {
   readonly #timeoutMs: number;
   readonly #now: () => number;
   readonly #onError: (part: string, err: Error) => void;
-  readonly #listeners = new Set<() => void>();
+  readonly #listeners = new ListenerSet<[]>();
   #facts: NodeFacts = {};
   #staticDone = false;
   #staticRun: Promise<void> | undefined;
@@ -187,8 +188,7 @@ export class NodeFactsCache {
 
   /** Called after facts changed. */
   onChange(listener: () => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
+    return this.#listeners.add(listener);
   }
 
   #gatherStatic(): Promise<void> {
@@ -264,7 +264,7 @@ export class NodeFactsCache {
     const changed = JSON.stringify(a) !== JSON.stringify(b);
     this.#facts = next;
     if (!changed) return;
-    for (const l of [...this.#listeners]) l();
+    this.#listeners.emit();
   }
 }
 

@@ -1,8 +1,9 @@
 import type { SandboxId } from '../../core/ids.js';
+import { ListenerSet } from '../../core/listeners.js';
+import type { Readiness } from '../../core/readiness.js';
+import type { SandboxCatalog } from '../../core/sandbox.js';
+import type { Attachment, ListVolumes, OperationLogger } from '../../storage/attach-service.js';
 import type { PodRef } from '../../storage/volume-spec.js';
-import type { Attachment, OperationLogger } from '../http/routes/attach-service.js';
-import type { Readiness } from '../http/routes/health.js';
-import type { ListVolumes, SandboxCatalog } from '../http/routes/sandboxes.js';
 import type { Condition, NicStatus, NodeStatusSnapshot, SandboxStatus, VolumeStatus } from './kube/status.js';
 import type { NodeFacts } from './node-facts.js';
 import { statusNodeFacts } from './node-facts.js';
@@ -35,7 +36,7 @@ export class NodeSnapshot {
   /** The Pod each volume's attach request named, by sandbox then volume (Events of a detach). */
   readonly #pods = new Map<string, Map<string, PodRef>>();
   readonly #nics = new Map<string, NicStatus[]>();
-  readonly #listeners = new Set<() => void>();
+  readonly #listeners = new ListenerSet<[]>();
   readonly #refreshing = new Map<string, Promise<void>>();
   readonly #again = new Set<string>();
   readonly #stopper = new AbortController();
@@ -81,19 +82,12 @@ export class NodeSnapshot {
   }
 
   subscribe(listener: () => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
+    return this.#listeners.add(listener);
   }
 
   /** Something changed that snapshot() reads directly (catalog, facts): tell the subscribers. */
   changed(): void {
-    for (const l of [...this.#listeners]) {
-      try {
-        l();
-      } catch {
-        // a subscriber's bug must not stop the others
-      }
-    }
+    this.#listeners.emit();
   }
 
   /**

@@ -1,12 +1,12 @@
-import type { NetSandboxId, NicId, NicView } from '../../net/index.js';
-import type { NicService } from '../http/routes/nics.js';
+import type { NicId, SandboxId } from '../../core/ids.js';
+import type { NicService, NicView } from '../../net/index.js';
 
 // The NIC engine as the daemon's observers see it (Pod events), the same way observed-service.ts
 // wraps the attach engine: every attach and detach with its outcome and duration, told to a
 // listener that must neither throw nor block. net/ knows nothing of it.
 
 interface NicOperationBase {
-  sandboxId: NetSandboxId;
+  sandboxId: SandboxId;
   nicId: NicId;
   ms: number;
 }

@@ -1,6 +1,6 @@
 import type { SandboxId, VolumeId } from '../../core/ids.js';
+import type { Attachment, AttachService } from '../../storage/attach-service.js';
 import type { PodRef } from '../../storage/volume-spec.js';
-import type { Attachment, AttachService } from '../http/routes/attach-service.js';
 
 // The attach engine as the daemon's observers see it: the AttachService wrapped so that every
 // attach and detach, its outcome and its duration, is told to listeners (metrics, the Kubernetes

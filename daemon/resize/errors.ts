@@ -1,6 +1,7 @@
-// Failures of a guest resize, each with a stable `code` (never rename one), the HTTP status the
-// REST API answers with, and the request `field` it is about. Duck-typed as the daemon's
-// CodedError, so problem+json carries them unchanged.
+import { VmplugError } from '../../core/errors.js';
+
+// Failures of a guest resize, each with a stable `code` (never rename one) and the request
+// `field` it is about; statuses and retryability come from core/errors.ts's table.
 
 export type ResizeErrorCode =
   /** The value lies outside what this guest was started with (maxcpus, maxmem). */
@@ -18,31 +19,13 @@ export type ResizeErrorCode =
   /** QEMU or libvirt refused the change. */
   | 'RESIZE_FAILED';
 
-const statusOf: Record<ResizeErrorCode, number> = {
-  RESOURCE_OUT_OF_RANGE: 422,
-  MEMORY_MISALIGNED: 422,
-  SHRINK_UNSUPPORTED: 422,
-  NO_MEMORY_SLOT: 409,
-  GUEST_REFUSED_UNPLUG: 409,
-  SANDBOX_UNAVAILABLE: 503,
-  RESIZE_FAILED: 500,
-};
-
-export class ResizeError extends Error {
-  readonly status: number;
-  readonly retryable: boolean;
-
+export class ResizeError extends VmplugError<ResizeErrorCode> {
   constructor(
-    readonly code: ResizeErrorCode,
+    code: ResizeErrorCode,
     message: string,
-    readonly field?: 'vcpus' | 'memoryMiB',
-    options?: { cause?: unknown },
+    field?: 'vcpus' | 'memoryMiB',
+    options: { cause?: unknown } = {},
   ) {
-    super(message, options);
-    this.name = 'ResizeError';
-    this.status = statusOf[code];
-    // An unreachable sandbox may come back. A guest that refused an unplug would most likely
-    // refuse the same request again: a conflict for the caller to resolve, not a retry loop.
-    this.retryable = code === 'SANDBOX_UNAVAILABLE';
+    super(code, message, { field, cause: options.cause });
   }
 }

@@ -1,5 +1,5 @@
 import type { SandboxId } from '../../core/ids.js';
-import type { SandboxCatalog, SandboxRecord } from '../http/routes/sandboxes.js';
+import type { SandboxCatalog, SandboxRecord } from '../../core/sandbox.js';
 import type { DiscoveredSandbox, SandboxDiscovery } from './discovery.js';
 
 // Discovery's sandboxes in the REST API's shape.

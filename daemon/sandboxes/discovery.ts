@@ -3,6 +3,7 @@ import { lstat, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { isSandboxId, type SandboxId } from '../../core/ids.js';
+import { ListenerSet } from '../../core/listeners.js';
 import {
   QmpConnectError,
   type QmpError,
@@ -125,8 +126,12 @@ interface Entry {
 export class SandboxDiscovery implements SandboxDirectory {
   readonly #opts: DiscoveryOptions;
   readonly #entries = new Map<SandboxId, Entry>();
-  readonly #listeners = new Set<DiscoveryListener>();
-  readonly #sessionListeners = new Set<SessionStateListener>();
+  readonly #listeners = new ListenerSet<Parameters<DiscoveryListener>>((err) =>
+    this.#opts.logger.warn({ err: (err as Error).message }, 'a discovery listener threw'),
+  );
+  readonly #sessionListeners = new ListenerSet<Parameters<SessionStateListener>>((err) =>
+    this.#opts.logger.warn({ err: (err as Error).message }, 'a session state listener threw'),
+  );
   readonly #stopper = new AbortController();
   readonly #now: () => number;
   readonly #graceMs: number;
@@ -201,14 +206,12 @@ export class SandboxDiscovery implements SandboxDirectory {
   }
 
   onChange(listener: DiscoveryListener): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
+    return this.#listeners.add(listener);
   }
 
   /** Every state change of every sandbox's monitor session, failed attempts included (metrics). */
   onSessionState(listener: SessionStateListener): () => void {
-    this.#sessionListeners.add(listener);
-    return () => this.#sessionListeners.delete(listener);
+    return this.#sessionListeners.add(listener);
   }
 
   /** Scans now; concurrent calls share one scan and ask for one more after it. */
@@ -335,7 +338,12 @@ export class SandboxDiscovery implements SandboxDirectory {
   #add(id: SandboxId): void {
     const dir = join(this.#opts.monitorDir, id);
     const socketPath = join(dir, SOCKET_NAME);
-    const session = QmpSession.start(socketPath, { connectTimeoutMs: 5_000, ...this.#opts.session });
+    const session = QmpSession.start(socketPath, {
+      connectTimeoutMs: 5_000,
+      onListenerError: (err) =>
+        this.#opts.logger.warn({ err: (err as Error).message, sandboxId: id }, 'a QMP listener threw'),
+      ...this.#opts.session,
+    });
     const e: Entry = {
       id,
       dir,
@@ -360,7 +368,7 @@ export class SandboxDiscovery implements SandboxDirectory {
     e.unsubscribe.push(
       session.onStateChange((change) => {
         if (e.removed) return;
-        for (const l of [...this.#sessionListeners]) l(id, change);
+        this.#sessionListeners.emit(id, change);
         e.settled = true;
         if (change.state === 'ready') {
           e.refusingSince = undefined;
@@ -547,13 +555,7 @@ export class SandboxDiscovery implements SandboxDirectory {
   }
 
   #emit(event: DiscoveryEvent): void {
-    for (const l of [...this.#listeners]) {
-      try {
-        l(event);
-      } catch (err) {
-        this.#opts.logger.warn({ err: (err as Error).message }, 'a discovery listener threw');
-      }
-    }
+    this.#listeners.emit(event);
   }
 }
 

@@ -1,15 +1,15 @@
 import { dirname } from 'node:path';
+import { VmplugError } from '../../core/errors.js';
+import type { ReadinessCheck } from '../../core/readiness.js';
+import type { SandboxCatalog } from '../../core/sandbox.js';
 import { LibvirtDomains } from '../../libvirt/domains.js';
+import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import { AttachEngine } from '../../storage/engine.js';
 import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
 import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
 import type { ReconcileSummary } from '../../storage/reconcile.js';
 import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
 import type { DaemonConfig } from '../config.js';
-import { DaemonError } from '../http/problem.js';
-import type { AttachService } from '../http/routes/attach-service.js';
-import type { ReadinessCheck } from '../http/routes/health.js';
-import type { ListVolumes, SandboxCatalog } from '../http/routes/sandboxes.js';
 import type { Logger } from '../logger.js';
 import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
 
@@ -136,7 +136,7 @@ export function unavailableEngine(): EngineHandle {
 /** Every volume call answers 503 NOT_READY. */
 export function unavailableAttachService(): AttachService {
   const refuse = async (): Promise<never> => {
-    throw new DaemonError(503, 'NOT_READY', 'the attach engine is not available in this build');
+    throw new VmplugError('NOT_READY', 'the attach engine is not available in this build');
   };
   return { attach: refuse, detach: refuse, get: refuse, resize: refuse };
 }

@@ -2,16 +2,16 @@ import { BackendError } from '../../core/errors.js';
 import type { SandboxId, VolumeId } from '../../core/ids.js';
 import type { LibvirtConnection, LibvirtUuid } from '../../libvirt/binding.js';
 import type { LibvirtDomains } from '../../libvirt/domains.js';
-import type { LibvirtAttachService } from '../../storage/libvirt/engine.js';
-import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
-import type { AttachSpec } from '../../storage/volume-spec.js';
 import type {
   Attachment,
   AttachResult,
   AttachService,
+  ListVolumes,
   OperationContext,
-} from '../http/routes/attach-service.js';
-import type { ListVolumes } from '../http/routes/sandboxes.js';
+} from '../../storage/attach-service.js';
+import type { LibvirtAttachService } from '../../storage/libvirt/engine.js';
+import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
+import type { AttachSpec } from '../../storage/volume-spec.js';
 
 // One REST surface over two kinds of sandbox: a Kata sandbox (discovery knows it) goes to the Kata
 // engine, a libvirt domain (by name) to the libvirt service; anything else to the Kata engine,

@@ -163,7 +163,11 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
         readyTimeoutMs,
         pid,
         join(dir, 'kube-apiserver.log'),
-        async (signal) => (await httpGetStatus(`${url}/readyz`, signal, creds)) === 200,
+        // /readyz can answer before the bootstrap controller has created the `default` namespace
+        // (seen on a loaded machine): tests that use it right away would get a 404.
+        async (signal) =>
+          (await httpGetStatus(`${url}/readyz`, signal, creds)) === 200 &&
+          (await httpGetStatus(`${url}/api/v1/namespaces/default`, signal, creds)) === 200,
       );
       lastStartMs = performance.now() - t0;
     };

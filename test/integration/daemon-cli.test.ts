@@ -8,10 +8,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main as cli } from '../../cli/main.js';
 import { DetachPendingError } from '../../core/errors.js';
 import type { SandboxId } from '../../core/ids.js';
+import type { SandboxCatalog, SandboxRecord } from '../../core/sandbox.js';
 import { resolveConfig } from '../../daemon/config.js';
-import type { Attachment } from '../../daemon/http/routes/attach-service.js';
-import type { SandboxCatalog, SandboxRecord } from '../../daemon/http/routes/sandboxes.js';
 import { type Daemon, startDaemon } from '../../daemon/main.js';
+import type { Attachment } from '../../storage/attach-service.js';
 import { cephxKey, FakeAttachService, memoryLogger } from '../unit/daemon/helpers.js';
 
 // The vmplug CLI against a real vmplugd REST server on a temp unix socket, with an in-memory

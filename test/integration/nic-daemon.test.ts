@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { IpHostNetwork, type NicView, parseNetSandboxId, parseNicId, parseNicSpec } from '../../net/index.js';
+import { parseNicId, parseSandboxId } from '../../core/ids.js';
+import { IpHostNetwork, type NicView, parseNicSpec } from '../../net/index.js';
 import { advance, NicJournal, newNicRecord } from '../../net/journal.js';
 import { listVmplugNetdevs } from '../../net/qemu.js';
 import { netdevAdd, QmpClient, qomList } from '../../qmp/index.js';
@@ -130,7 +131,7 @@ describe('NIC hot-plug through vmplugd', () => {
     // What a crash right after netdev_add leaves: record TapCreated, the tap on the bridge, the
     // netdev in QEMU (made here through the test-only inspect monitor).
     const journal = new NicJournal(daemon.stateDir);
-    const sid = parseNetSandboxId(sandbox.id);
+    const sid = parseSandboxId(sandbox.id);
     const nid = parseNicId('net3');
     let rec = newNicRecord(sid, nid, parseNicSpec({ hostInterface: { type: 'tap', bridge } }, sid, nid));
     taps.add(rec.tap);

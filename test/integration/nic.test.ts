@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseSandboxId, parseVolumeId } from '../../core/ids.js';
+import { parseNicId, parseSandboxId, parseVolumeId } from '../../core/ids.js';
 import {
   IpHostNetwork,
   type NicContext,
@@ -15,8 +15,6 @@ import {
   type NicSandboxDirectory,
   type NicSandboxPresence,
   nicNames,
-  parseNetSandboxId,
-  parseNicId,
   parseNicSpec,
 } from '../../net/index.js';
 import { advance, newNicRecord } from '../../net/journal.js';
@@ -73,7 +71,7 @@ describe('NIC hot-plug on a real sandbox', () => {
   let stateDir: string;
   let engine: NicEngine;
   let directory: NicSandboxDirectory;
-  const sandboxId = () => parseNetSandboxId(sandbox.id);
+  const sandboxId = () => parseSandboxId(sandbox.id);
   const log = makeLog();
   const ctx = (): NicContext => ({ signal: AbortSignal.timeout(60_000), log });
   const tapsToClean = new Set<string>([userTap]);
@@ -261,7 +259,7 @@ describe('NIC hot-plug on a real sandbox', () => {
     });
 
     // 3. A record of a sandbox that is gone, with its tap still on the host.
-    const goneSandbox = parseNetSandboxId(`gone-${tag}`);
+    const goneSandbox = parseSandboxId(`gone-${tag}`);
     const goneRec = newNicRecord(
       goneSandbox,
       parseNicId('eth0'),

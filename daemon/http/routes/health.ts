@@ -1,20 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { DaemonError } from '../problem.js';
-import { problemResponses } from './schemas.js';
-
-export interface ReadinessCheck {
-  ok: boolean;
-  detail?: string;
-}
-
-export interface Readiness {
-  ready: boolean;
-  /** Named checks (e.g. `journal`, `discovery`), shown on /readyz either way. */
-  checks: Record<string, ReadinessCheck>;
-}
-
-/** Whether the daemon can serve attach requests now. Must answer quickly; it is polled. */
-export type ReadinessProbe = (signal: AbortSignal) => Promise<Readiness> | Readiness;
+import { problemResponses } from '../../../api/index.js';
+import { VmplugError } from '../../../core/errors.js';
+import type { Readiness, ReadinessProbe } from '../../../core/readiness.js';
 
 export interface HealthRoutesOptions {
   readiness: ReadinessProbe;
@@ -82,17 +69,13 @@ export const healthRoutes: FastifyPluginAsync<HealthRoutesOptions> = async (app,
         ]);
       } catch (err) {
         request.log.warn({ err }, 'readiness probe failed');
-        throw new DaemonError(503, 'NOT_READY', `readiness probe failed: ${(err as Error).message}`);
+        throw new VmplugError('NOT_READY', `readiness probe failed: ${(err as Error).message}`);
       }
       if (!readiness.ready) {
         const failing = Object.entries(readiness.checks)
           .filter(([, c]) => !c.ok)
           .map(([name, c]) => (c.detail === undefined ? name : `${name}: ${c.detail}`));
-        throw new DaemonError(
-          503,
-          'NOT_READY',
-          `not ready${failing.length > 0 ? `: ${failing.join('; ')}` : ''}`,
-        );
+        throw new VmplugError('NOT_READY', `not ready${failing.length > 0 ? `: ${failing.join('; ')}` : ''}`);
       }
       return { status: 'ready' as const, checks: readiness.checks };
     },

@@ -1,58 +1,19 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from '../../../api/index.js';
 import { NotFoundError } from '../../../core/errors.js';
 import { parseSandboxId, type SandboxId } from '../../../core/ids.js';
+import type { SandboxCatalog, SandboxRecord } from '../../../core/sandbox.js';
 import type { NicView } from '../../../net/index.js';
-import type { Attachment, OperationContext } from './attach-service.js';
-import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from './schemas.js';
+import type { Attachment, ListVolumes, OperationContext } from '../../../storage/attach-service.js';
 
-// What the node runs, as the API shows it: discovery's sandboxes (and later libvirt domains)
-// with the volumes the engine has attached to each.
+// What the node runs, as the API shows it: the catalogs' sandboxes (core/sandbox.ts) with the
+// volumes and NICs the engines have attached to each.
 
-/** The API's coarse state of a sandbox. */
-export type SandboxState =
-  | 'running'
-  | 'paused'
-  | 'shutdown'
-  | 'shutoff'
-  | 'crashed'
-  | 'unknown'
-  | 'unreachable';
-
-export interface SandboxPod {
-  uid?: string;
-  name?: string;
-  namespace?: string;
-}
-
-/** One sandbox as a catalog knows it, before volumes are added. */
-export interface SandboxRecord {
-  id: string;
-  kind: 'kata' | 'libvirt';
-  state: SandboxState;
-  /** Why it is unreachable. */
-  reason?: string;
-  /** The hypervisor's own run state (QEMU's query-status) when known. */
-  hypervisorStatus?: string;
-  pod?: SandboxPod;
-  pid?: number;
-  /** When vmplugd first saw it (ISO 8601). */
-  discoveredAt: string;
-}
-
+/** api/ Sandbox as the engines hold it (net/'s NicView; the schema serializes it). */
 export interface SandboxView extends SandboxRecord {
   volumes: Attachment[];
-  /** NICs vmplug hot-plugged (net/); absent when the daemon serves no NIC engine. */
   nics?: NicView[];
 }
-
-/** Where sandboxes come from (discovery; a composite once libvirt domains join). */
-export interface SandboxCatalog {
-  list(): SandboxRecord[];
-  get(id: SandboxId): SandboxRecord | undefined;
-}
-
-/** The engine's volumes of a sandbox. */
-export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
 
 /** The NIC engine's NICs of a sandbox. */
 export type ListNics = (sandboxId: string) => Promise<NicView[]>;
@@ -63,8 +24,6 @@ export interface SandboxRoutesOptions {
   listNics?: ListNics;
   shutdownSignal: AbortSignal;
 }
-
-export const emptyCatalog: SandboxCatalog = { list: () => [], get: () => undefined };
 
 export const sandboxRoutes: FastifyPluginAsync<SandboxRoutesOptions> = async (app, opts) => {
   const { catalog, listVolumes, listNics, shutdownSignal } = opts;

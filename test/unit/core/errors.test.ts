@@ -4,6 +4,7 @@ import {
   CephUnreachableError,
   ConflictError,
   DetachPendingError,
+  ERROR_CODES,
   LanesFullError,
   NotFoundError,
   ValidationError,
@@ -30,7 +31,12 @@ describe('errors', () => {
       expect(err.code).toBe(code);
       expect(err.status).toBe(status);
       expect(err.name).toBe(err.constructor.name);
-      expect(err.toProblem()).toMatchObject({ code, status, title: err.name, detail: err.message });
+      expect(err.toProblem()).toMatchObject({
+        code,
+        status,
+        title: ERROR_CODES[err.code].title,
+        detail: err.message,
+      });
     }
     expect(new ValidationError('source.monitors[1]', 'has an invalid port').toProblem()).toMatchObject({
       field: 'source.monitors[1]',
@@ -40,6 +46,25 @@ describe('errors', () => {
     expect(new CephUnreachableError([], 1).retryable).toBe(true);
     expect(new DetachPendingError('d', 1).retryable).toBe(true);
     expect(new ConflictError('x').retryable).toBe(false);
+  });
+
+  it('take status, title and retryability from the one code table, overridable per instance', () => {
+    for (const [code, info] of Object.entries(ERROR_CODES)) {
+      expect(info.status, code).toBeGreaterThanOrEqual(400);
+      expect(info.status, code).toBeLessThan(600);
+      expect(info.title.length, code).toBeGreaterThan(0);
+    }
+    const err = new VmplugError('NOT_READY', 'not yet');
+    expect(err).toMatchObject({ status: 503, retryable: true, name: 'VmplugError' });
+    expect(err.toProblem()).toEqual({
+      type: 'urn:vmplug:error:not-ready',
+      title: 'Not ready',
+      status: 503,
+      detail: 'not yet',
+      code: 'NOT_READY',
+    });
+    expect(new BackendError('x', 'y', { retryable: true })).toMatchObject({ status: 502, retryable: true });
+    expect(new VmplugError('BACKEND_FAILED', 'z', { status: 503 }).status).toBe(503);
   });
 
   it('BackendError cuts secrets out of backend text', () => {

@@ -1,14 +1,14 @@
 import { Writable } from 'node:stream';
 import { ConflictError, NotFoundError } from '../../../core/errors.js';
 import type { SandboxId, VolumeId } from '../../../core/ids.js';
-import type {
-  Attachment,
-  AttachResult,
-  AttachService,
-  OperationContext,
-} from '../../../daemon/http/routes/attach-service.js';
-import { attachmentFromRecord } from '../../../daemon/http/routes/attach-service.js';
 import { createLogger, type Logger } from '../../../daemon/logger.js';
+import {
+  type Attachment,
+  type AttachResult,
+  type AttachService,
+  attachmentFromRecord,
+  type OperationContext,
+} from '../../../storage/attach-service.js';
 import { newRecord } from '../../../storage/journal.js';
 import { type AttachSpec, specFingerprint, toStoredSpec } from '../../../storage/volume-spec.js';
 

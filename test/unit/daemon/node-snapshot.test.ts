@@ -1,8 +1,8 @@
 import { describe, expect, it, vi } from 'vitest';
-import type { Attachment } from '../../../daemon/http/routes/attach-service.js';
-import type { Readiness } from '../../../daemon/http/routes/health.js';
-import type { SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
+import type { Readiness } from '../../../core/readiness.js';
+import type { SandboxRecord } from '../../../core/sandbox.js';
 import { NodeSnapshot } from '../../../daemon/report/node-snapshot.js';
+import type { Attachment } from '../../../storage/attach-service.js';
 import { memoryLogger } from './helpers.js';
 
 function attachment(volumeId: string, state: Attachment['state'] = 'Attached'): Attachment {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { SandboxCatalog } from '../../../daemon/http/routes/sandboxes.js';
+import type { SandboxCatalog } from '../../../core/sandbox.js';
 import { buildServer, type VmplugServer } from '../../../daemon/http/server.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 

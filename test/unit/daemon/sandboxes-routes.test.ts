@@ -1,10 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { SandboxId } from '../../../core/ids.js';
-import type { Attachment } from '../../../daemon/http/routes/attach-service.js';
-import type { SandboxCatalog, SandboxRecord } from '../../../daemon/http/routes/sandboxes.js';
+import type { SandboxCatalog, SandboxRecord } from '../../../core/sandbox.js';
 import { buildServer, type VmplugServer } from '../../../daemon/http/server.js';
 import { combineCatalogs, discoveryCatalog } from '../../../daemon/sandboxes/catalog.js';
 import type { DiscoveredSandbox } from '../../../daemon/sandboxes/discovery.js';
+import type { Attachment } from '../../../storage/attach-service.js';
 import { cephxKey, FakeAttachService, memoryLogger } from './helpers.js';
 
 const discovered: DiscoveredSandbox[] = [

@@ -2,29 +2,29 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseNicId, parseSandboxId } from '../../../core/ids.js';
 import {
   type NicContext,
   NicEngine,
   type NicLogger,
   type NicSandboxPresence,
   nicNames,
-  parseNetSandboxId,
-  parseNicId,
   parseNicSpec,
 } from '../../../net/index.js';
 import { advance, newNicRecord } from '../../../net/journal.js';
-import { FakeHost, FakeNicQemu } from './fakes.js';
+import { FakeQemu } from '../fakes/qemu.js';
+import { FakeHost } from './fakes.js';
 
 const quiet: NicLogger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
 const ctx = (): NicContext => ({ signal: AbortSignal.timeout(5_000), log: quiet });
-const sb = parseNetSandboxId('sandbox-1');
+const sb = parseSandboxId('sandbox-1');
 const nic = parseNicId('net1');
 const bridgeSpec = (extra: Record<string, unknown> = {}) =>
   parseNicSpec({ hostInterface: { type: 'tap', bridge: 'br0' }, ...extra }, sb, nic);
 
 describe('NicEngine over a fake QEMU and host', () => {
   let dir: string;
-  let qemu: FakeNicQemu;
+  let qemu: FakeQemu;
   let host: FakeHost;
   let presence: NicSandboxPresence;
   let engine: NicEngine;
@@ -32,7 +32,7 @@ describe('NicEngine over a fake QEMU and host', () => {
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'vmplug-nic-unit-'));
-    qemu = new FakeNicQemu();
+    qemu = new FakeQemu();
     host = new FakeHost();
     host.addBridge('br0');
     presence = { state: 'present', sandbox: { qmp: qemu } };
@@ -90,7 +90,11 @@ describe('NicEngine over a fake QEMU and host', () => {
   });
 
   it('skips a port a disk holds and one taken in a race', async () => {
-    qemu.devices.set('vmpd-0123456789abcdef', { type: 'virtio-blk-pci', bus: 'vmplug-rp0' });
+    qemu.devices.set('vmpd-0123456789abcdef', {
+      id: 'vmpd-0123456789abcdef',
+      type: 'virtio-blk-pci',
+      bus: 'vmplug-rp0',
+    });
     qemu.raced.add('vmplug-rp1');
     const r = await engine.attach(sb, nic, bridgeSpec(), ctx());
     expect(r.nic.port).toBe('vmplug-rp2');
@@ -98,7 +102,7 @@ describe('NicEngine over a fake QEMU and host', () => {
 
   it('all ports busy: LANES_FULL, and the tap and netdev it made are rolled back', async () => {
     for (let n = 0; n < 4; n++)
-      qemu.devices.set(`vmpd-${n}`, { type: 'virtio-blk-pci', bus: `vmplug-rp${n}` });
+      qemu.devices.set(`vmpd-${n}`, { id: `vmpd-${n}`, type: 'virtio-blk-pci', bus: `vmplug-rp${n}` });
     await expect(engine.attach(sb, nic, bridgeSpec(), ctx())).rejects.toMatchObject({ code: 'LANES_FULL' });
     expect(qemu.netdevs.size).toBe(0);
     expect(host.links_.has(names.tap)).toBe(false);
@@ -129,7 +133,7 @@ describe('NicEngine over a fake QEMU and host', () => {
 
   it('detach waits for the DEVICE_DELETED naming the device; a guest that holds on gets DETACH_PENDING, a retry finishes', async () => {
     await engine.attach(sb, nic, bridgeSpec(), ctx());
-    qemu.guestUnplug = 'never';
+    qemu.opts.guestUnplug = 'never';
     await expect(engine.detach(sb, nic, ctx())).rejects.toMatchObject({
       code: 'DETACH_PENDING',
       retryable: true,
@@ -137,7 +141,7 @@ describe('NicEngine over a fake QEMU and host', () => {
     expect((await engine.get(sb, nic)).state).toBe('Detaching');
     expect(qemu.netdevs.has(names.netdev)).toBe(true);
     // The guest lets go later; the retry's device_del meets "already in the process of unplug".
-    setTimeout(() => qemu.releaseDevice(names.device), 20);
+    setTimeout(() => qemu.guestReleases(names.device), 20);
     await engine.detach(sb, nic, ctx());
     expect(qemu.devices.has(names.device)).toBe(false);
     expect(qemu.netdevs.size).toBe(0);

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { parseNicId, parseSandboxId } from '../../../core/ids.js';
 import {
   defaultMac,
   isNicDeviceName,
@@ -6,13 +7,11 @@ import {
   isNicTapName,
   nicNames,
   nicSpecFingerprint,
-  parseNetSandboxId,
-  parseNicId,
   parseNicSpec,
   specToInput,
 } from '../../../net/index.js';
 
-const sb = parseNetSandboxId('a'.repeat(64));
+const sb = parseSandboxId('a'.repeat(64));
 const nic = parseNicId('eth1');
 
 function fieldOf(body: unknown): { code: string; field: string } | undefined {
@@ -78,7 +77,7 @@ describe('NIC spec validation', () => {
 
   it('refuses bad ids with INVALID_ID (400)', () => {
     expect(() => parseNicId('../x')).toThrow(expect.objectContaining({ code: 'INVALID_ID', status: 400 }));
-    expect(() => parseNetSandboxId('')).toThrow(expect.objectContaining({ field: 'sandboxId' }));
+    expect(() => parseSandboxId('')).toThrow(expect.objectContaining({ field: 'sandboxId' }));
     expect(() => parseNicId('x'.repeat(129))).toThrow(expect.objectContaining({ field: 'nicId' }));
   });
 

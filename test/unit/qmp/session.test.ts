@@ -3,7 +3,7 @@ import { backoffDelay } from '../../../qmp/backoff.js';
 import { QmpAbortedError, QmpClosedError, QmpTimeoutError } from '../../../qmp/errors.js';
 import { deviceIs } from '../../../qmp/events.js';
 import { QmpSession, type QmpSessionStateChange } from '../../../qmp/session.js';
-import { FakeQemu } from './fake-qemu.js';
+import { FakeQemu } from '../fakes/qmp-server.js';
 
 let fake: FakeQemu;
 const sessions: QmpSession[] = [];
@@ -66,6 +66,33 @@ describe('QmpSession', () => {
     expect(s.state).toBe('ready');
     expect(s.generation).toBe(1);
     expect(s.greeting?.QMP.version.qemu.major).toBe(7);
+  });
+
+  it('reports a throwing state or event listener and never re-throws it', async () => {
+    const reported: unknown[] = [];
+    const uncaught: unknown[] = [];
+    const onUncaught = (e: unknown) => uncaught.push(e);
+    process.on('uncaughtException', onUncaught);
+    try {
+      const s = start({ onListenerError: (e) => reported.push(e) });
+      s.onStateChange(() => {
+        throw new Error('state listener bug');
+      });
+      const after = nextState(s, 'ready');
+      s.subscribe('STOP', () => {
+        throw new Error('event listener bug');
+      });
+      await after;
+      const stopped = s.waitFor('STOP', undefined, { timeoutMs: 5_000 });
+      fake.emit('STOP');
+      await stopped;
+      await new Promise((r) => setTimeout(r, 20));
+      expect(await s.execute('query-status')).toMatchObject({ running: true });
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+    expect(uncaught).toEqual([]);
+    expect(reported.map((e) => (e as Error).message)).toEqual(['state listener bug', 'event listener bug']);
   });
 
   it('reconnects after the connection drops and keeps subscribers', async () => {

@@ -8,6 +8,7 @@ import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane } from '../../..
 import { confPath, writeConfFile } from '../../../storage/rbd-conf-files.js';
 import { startPeriodicReconcile } from '../../../storage/reconcile.js';
 import { type AttachSpec, specFingerprint, toStoredSpec } from '../../../storage/volume-spec.js';
+import { FakeQemu } from '../fakes/qemu.js';
 import {
   type Bed,
   blockSpec,
@@ -20,7 +21,6 @@ import {
   sb2,
   vol,
 } from './engine-helpers.js';
-import { FakeQemu } from './fake-qemu-executor.js';
 
 // A crash of vmplugd at any point leaves a journal record in some state and some of its QEMU
 // objects. Each case saves the record a crash at that point leaves, builds the objects that may
