@@ -219,13 +219,14 @@ export class NodeProxy {
     } else {
       // rbd without credentials in memory: fine only when vmplugd already holds this publish.
       const known = await this.#pods('NodePublishVolume', (s) => this.#o.pods.get(podUid, volumeId, s), ctx);
-      if (
-        known !== undefined &&
-        (known.targetPath ?? targetPath) === targetPath &&
-        known.state !== 'Failed'
-      ) {
+      const same = known !== undefined && (known.targetPath ?? targetPath) === targetPath;
+      if (same && (known.state === 'Published' || known.state === 'Consumed')) {
         this.#published.set(targetPath, { podUid, volumeId });
         return EMPTY;
+      }
+      if (same && known.state === 'Publishing') {
+        // vmplugd finishes or fails it (its reconcile); kubelet asks again.
+        throw new CsiError(grpc.status.UNAVAILABLE, `volume ${volumeId} is still being published by vmplugd`);
       }
       throw notStaged(volumeId);
     }
@@ -303,17 +304,7 @@ export class NodeProxy {
       throw invalidArgument('capacity_range.required_bytes', 'required for a direct-mode volume');
     const done = await this.#pods(
       'NodeExpandVolume',
-      (s) =>
-        this.#o.pods.resize(direct.podUid, volumeId, size, s).catch((err: unknown) => {
-          // A daemon without the pod resize route answers a bare 404/405 (no problem code):
-          // the volume exists (GET found it), the operation does not.
-          if (err instanceof PodApiError && (err.code === 'HTTP_404' || err.code === 'HTTP_405')) {
-            throw failedPrecondition(
-              `NodeExpandVolume: this vmplugd does not resize pod volumes (${err.message})`,
-            );
-          }
-          throw err;
-        }),
+      (s) => this.#o.pods.resize(direct.podUid, volumeId, size, s),
       ctx,
     );
     return encode('csi.v1.NodeExpandVolumeResponse', { capacityBytes: done.sizeBytes ?? size });

@@ -100,6 +100,8 @@ export class UnixPodVolumes implements PodVolumes {
     try {
       return (await this.#call('GET', path(podUid, volumeId), undefined, signal)).body as PodVolumeView;
     } catch (err) {
+      // Unknown volume, or no pod routes at all (ROUTE_NOT_FOUND: a vmplugd without the pod API
+      // holds no pod volume either).
       if (err instanceof PodApiError && err.status === 404) return undefined;
       throw err;
     }

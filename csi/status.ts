@@ -42,6 +42,14 @@ export function fromPodApi(err: PodApiError, call: string): CsiError {
       return new CsiError(status.RESOURCE_EXHAUSTED, msg);
     case 'TIMEOUT':
       return new CsiError(status.DEADLINE_EXCEEDED, msg);
+    case 'ROUTE_NOT_FOUND':
+    case 'HTTP_404':
+    case 'HTTP_405':
+      // No such route (a vmplugd older than the pod API, or without pod resize): not a missing volume.
+      return new CsiError(
+        status.FAILED_PRECONDITION,
+        `${call}: this vmplugd does not serve the call (${err.message})`,
+      );
     case 'PERMISSION_DENIED':
       // Our own deployment is wrong (socket mode/group): retrying as is cannot help.
       return new CsiError(status.FAILED_PRECONDITION, msg);

@@ -410,7 +410,7 @@ describe('stats and expand of direct volumes', () => {
     bed.vmplugd.respond = (c) =>
       c.method === 'GET'
         ? { status: 200, body: { state: 'Consumed' } }
-        : { status: 404, body: { message: 'Route not found' } };
+        : { status: 404, body: { code: 'ROUTE_NOT_FOUND', detail: 'Route POST:/v1/pods/x not found' } };
     const err = await code(
       bed.call(
         'NodeExpandVolume',
@@ -422,7 +422,7 @@ describe('stats and expand of direct volumes', () => {
       ),
     );
     expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
-    expect(err.details).toContain('does not resize pod volumes');
+    expect(err.details).toContain('does not serve the call');
   });
 });
 
