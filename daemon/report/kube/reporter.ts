@@ -4,6 +4,7 @@
  * status writer holds no backlog (it re-reads the latest snapshot when it can write), events go
  * through a bounded queue, and everything catches up once the server answers again.
  */
+import type { Backoff } from './backoff.js';
 import { Coalescer, type CoalescerStats } from './coalescer.js';
 import { EventSender, type EventSenderStats, type EventType, type PodEventTarget } from './events.js';
 import {
@@ -58,7 +59,7 @@ export interface NodeReporterOptions {
   /** Pod events kept while the server is away (default 256); the oldest are dropped. */
   maxQueuedEvents?: number;
   /** Retry backoff after failures (default 500 ms doubling to 30 s). */
-  backoff?: { initialMs: number; maxMs: number };
+  backoff?: Backoff;
   /** Rewrite an unchanged status this often, to repair outside edits (default 5 min; 0 = never). */
   resyncMs?: number;
 }
