@@ -1,23 +1,22 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { nicBodySchema, nicParamsSchema, problemResponses } from '../../../api/index.js';
 import { VmplugError } from '../../../core/errors.js';
-import { type NicId, parseNicId, parseSandboxId, type SandboxId } from '../../../core/ids.js';
+import { parseNicId } from '../../../core/ids.js';
 import { type NicContext, type NicService, parseNicSpec } from '../../../net/index.js';
+import { childIds, operationContext, schemaLeftover } from './request.js';
 
 // PUT / GET / DELETE /v1/sandboxes/{sandboxId}/nics/{nicId}: NIC hot-plug. As with volumes, ids
 // and the body are checked by net/'s parsers first (INVALID_ID 400, INVALID_FIELD 422 naming the
 // field), so the schemas below describe and never refuse more than those parsers.
 
+const unavailable = async (): Promise<never> => {
+  throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
+};
+
 export const unavailableNicService: NicService = {
-  attach: async () => {
-    throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
-  },
-  detach: async () => {
-    throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
-  },
-  get: async () => {
-    throw new VmplugError('NOT_READY', 'NIC hot-plug is not available in this daemon');
-  },
+  attach: unavailable,
+  detach: unavailable,
+  get: unavailable,
   list: async () => [],
 };
 
@@ -30,14 +29,8 @@ const nicRef = { $ref: 'Nic#' } as const;
 
 export const nicRoutes: FastifyPluginAsync<NicRoutesOptions> = async (app, opts) => {
   const { service, shutdownSignal } = opts;
-  const ctx = (request: FastifyRequest): NicContext => ({ signal: shutdownSignal, log: request.log });
-  const ids = (request: FastifyRequest): { sandboxId: SandboxId; nicId: NicId } => {
-    const params = request.params as Record<string, unknown>;
-    return { sandboxId: parseSandboxId(params.sandboxId), nicId: parseNicId(params.nicId) };
-  };
-  const schemaLeftover = (request: FastifyRequest): void => {
-    if (request.validationError !== undefined) throw request.validationError;
-  };
+  const ctx: (request: FastifyRequest) => NicContext = operationContext(shutdownSignal);
+  const ids = (request: FastifyRequest) => childIds(request, 'nicId', parseNicId);
 
   app.put(
     '/v1/sandboxes/:sandboxId/nics/:nicId',

@@ -1,13 +1,13 @@
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsync } from 'fastify';
 import {
   guestResourcesSchema,
   problemResponses,
   resizeGuestBodySchema,
   sandboxParamsSchema,
 } from '../../../api/index.js';
-import { parseSandboxId } from '../../../core/ids.js';
 import type { ResourceService } from '../../resize/service.js';
 import type { ResizeRequest } from '../../resize/types.js';
+import { sandboxIdOf } from './request.js';
 
 // GET / PATCH /v1/sandboxes/{sandboxId}/resources: a guest's vCPUs and memory, resized in place
 // (CPU and DIMM hot-plug), never by migration.
@@ -21,8 +21,6 @@ export interface ResourceRoutesOptions {
 export const resourceRoutes: FastifyPluginAsync<ResourceRoutesOptions> = async (app, opts) => {
   const { service, shutdownSignal } = opts;
   const ctx = (): { signal: AbortSignal } => ({ signal: shutdownSignal });
-  const sandboxIdOf = (request: FastifyRequest) =>
-    parseSandboxId((request.params as Record<string, unknown>).sandboxId);
 
   app.get(
     '/v1/sandboxes/:sandboxId/resources',

@@ -5,9 +5,10 @@ import {
   resizeBodySchema,
   volumeParamsSchema,
 } from '../../../api/index.js';
-import { parseSandboxId, parseVolumeId, type SandboxId, type VolumeId } from '../../../core/ids.js';
+import { parseVolumeId } from '../../../core/ids.js';
 import type { AttachService, OperationContext } from '../../../storage/attach-service.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';
+import { childIds, operationContext, schemaLeftover } from './request.js';
 
 export interface VolumeRoutesOptions {
   service: AttachService;
@@ -19,20 +20,12 @@ const attachmentRef = { $ref: 'Attachment#' } as const;
 
 // Every route sets attachValidation: ids and the attach body are checked by the storage parsers
 // first (their codes: INVALID_ID 400, INVALID_FIELD/NOT_PASSTHROUGH/MODE_MISMATCH 422); a schema
-// error left over after them is raised as a plain 400.
+// error left over after them is raised as a plain 400 (./request.ts).
 export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app, opts) => {
   const { service, shutdownSignal } = opts;
 
-  const ctx = (request: FastifyRequest): OperationContext => ({ signal: shutdownSignal, log: request.log });
-
-  const ids = (request: FastifyRequest): { sandboxId: SandboxId; volumeId: VolumeId } => {
-    const params = request.params as Record<string, unknown>;
-    return { sandboxId: parseSandboxId(params.sandboxId), volumeId: parseVolumeId(params.volumeId) };
-  };
-
-  const schemaLeftover = (request: FastifyRequest): void => {
-    if (request.validationError !== undefined) throw request.validationError;
-  };
+  const ctx: (request: FastifyRequest) => OperationContext = operationContext(shutdownSignal);
+  const ids = (request: FastifyRequest) => childIds(request, 'volumeId', parseVolumeId);
 
   app.put(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
