@@ -49,7 +49,12 @@ module.exports = {
       ['api', 'core'],
       'the CLI and the typed client ship to CSI plugins: no daemon, engine or QMP code.',
     ),
-    onlyImports('systemd-is-a-leaf', 'systemd', [], 'sd_notify and socket-activation glue.'),
+    onlyImports(
+      'systemd-imports-core-only',
+      'systemd',
+      ['core'],
+      'sd_notify and socket-activation glue, over the core leaf (its log shape).',
+    ),
     {
       name: 'nothing-imports-the-daemon',
       comment: 'daemon/ is the top of the server: engines and the CLI never reach up into it.',

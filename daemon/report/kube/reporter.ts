@@ -1,3 +1,4 @@
+import type { LeveledLog } from '../../../core/log.js';
 /**
  * Keeps the node's VmplugNode status true in the API server, sends Pod Events, and renews the
  * node's Lease. While the API server is unreachable the daemon goes on serving the node: the
@@ -31,11 +32,7 @@ export interface SnapshotProvider {
 }
 
 /** The pino subset the reporter logs with. */
-export interface ReporterLogger {
-  debug(obj: Record<string, unknown>, msg: string): void;
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
+export type ReporterLogger = LeveledLog;
 
 export interface NodeReporterOptions {
   /** Also the CR's name (--node-name, NODE_NAME). */
