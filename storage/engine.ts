@@ -3,6 +3,7 @@ import { BackendError, NotFoundError, ValidationError, type VmplugError } from '
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
+import { presentSandbox } from '../core/sandbox.js';
 import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
 import type {
   Attachment,
@@ -385,18 +386,11 @@ export class AttachEngine extends EngineBase implements AttachService {
   }
 
   #present(sandboxId: SandboxId): ManagedSandbox {
-    const presence = this.#o.sandboxes.lookup(sandboxId);
-    if (presence.state === 'gone') throw new NotFoundError('sandbox', sandboxId);
-    if (presence.state === 'unreachable') {
-      throw new BackendError(
-        'sandbox',
-        `the monitor of sandbox ${sandboxId} does not answer (${presence.reason})`,
-        {
-          retryable: true,
-        },
-      );
-    }
-    return presence.sandbox;
+    return presentSandbox(
+      this.#o.sandboxes.lookup(sandboxId),
+      sandboxId,
+      (detail) => new BackendError('sandbox', detail, { retryable: true }),
+    );
   }
 
   #stepContext(
