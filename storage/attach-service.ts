@@ -1,4 +1,5 @@
 import type { Attachment, AttachmentSource } from '../api/index.js';
+import { EngineBase } from '../core/engine-base.js';
 import { BackendError, ConflictError, NotFoundError, ValidationError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { type JournalRecord, type NewRecord, newRecord } from './journal.js';
@@ -141,4 +142,39 @@ export function resizableRecord(record: JournalRecord | undefined, volumeId: Vol
     throw new ConflictError(`volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`);
   }
   return record;
+}
+
+/** A resize admitted to its sandbox's turn, as the engine's own steps get it. */
+export interface ResizeOp {
+  sandboxId: SandboxId;
+  volumeId: VolumeId;
+  sizeBytes: number;
+  log: OperationLogger;
+  signal: AbortSignal;
+}
+
+/**
+ * What the two volume engines (Kata over QMP, libvirt) share above the engine base: a resize's
+ * size is checked before admission, and the engine's own steps run in the sandbox's turn.
+ */
+export abstract class VolumeEngine extends EngineBase {
+  /** Fields every log line of this engine's operations carries besides the op and the ids. */
+  protected abstract readonly logFields: Readonly<Record<string, unknown>>;
+
+  /** The engine's resize, once admitted (the record loaded and checked there). */
+  protected abstract resizeAdmitted(op: ResizeOp): Promise<Attachment>;
+
+  /** Online expand to `sizeBytes` (AttachService.resize). */
+  async resize(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    sizeBytes: number,
+    ctx: OperationContext,
+  ): Promise<Attachment> {
+    checkResizeBytes(sizeBytes);
+    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, ...this.logFields });
+    return this.admit(sandboxId, ctx.signal, (signal) =>
+      this.resizeAdmitted({ sandboxId, volumeId, sizeBytes, log, signal }),
+    );
+  }
 }

@@ -1,4 +1,3 @@
-import { EngineBase } from '../core/engine-base.js';
 import { BackendError, NotFoundError, ValidationError, type VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
@@ -15,10 +14,11 @@ import type {
 import {
   attachConflict,
   attachmentFromRecord,
-  checkResizeBytes,
   pendingRecord,
+  type ResizeOp,
   resizableRecord,
   shuttingDown,
+  VolumeEngine,
 } from './attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { checkHostBlockDevice } from './host-device.js';
@@ -89,7 +89,7 @@ const STAT_FIELDS = [
   'wr_highest_offset',
 ] as const;
 
-export class AttachEngine extends EngineBase implements AttachService {
+export class AttachEngine extends VolumeEngine implements AttachService {
   readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate'>> & {
     clientMountTimeoutS?: number;
   };
@@ -335,40 +335,34 @@ export class AttachEngine extends EngineBase implements AttachService {
     return records.map(attachmentFromRecord);
   }
 
-  async resize(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    sizeBytes: number,
-    ctx: OperationContext,
-  ): Promise<Attachment> {
-    checkResizeBytes(sizeBytes);
-    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId });
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const sandbox = this.#present(sandboxId);
-      const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
-      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
-      try {
-        // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
-        if (!(await deviceExists(sandbox.qmp, record.names.device, q))) {
-          throw new BackendError('block_resize', `device ${record.names.device} is gone from the sandbox`);
-        }
-        const current = await this.#size(sandbox, record, signal);
-        if (current !== undefined && sizeBytes < current) {
-          throw new ValidationError(
-            'sizeBytes',
-            `must be at least the current size ${current}: shrinking is refused`,
-          );
-        }
-        await blockResize(sandbox.qmp, { 'node-name': record.names.node, size: sizeBytes }, q);
-      } catch (err) {
-        throw backendFailure('block_resize', err);
+  protected readonly logFields = {};
+
+  protected async resizeAdmitted(op: ResizeOp): Promise<Attachment> {
+    const { sandboxId, volumeId, sizeBytes, log, signal } = op;
+    const sandbox = this.#present(sandboxId);
+    const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
+    const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
+    try {
+      // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
+      if (!(await deviceExists(sandbox.qmp, record.names.device, q))) {
+        throw new BackendError('block_resize', `device ${record.names.device} is gone from the sandbox`);
       }
-      log.info({ sizeBytes }, 'resized');
-      const attachment = attachmentFromRecord(record);
-      const stats = await this.#stats(sandbox, record, signal).catch(() => undefined);
-      if (stats !== undefined) attachment.stats = stats;
-      return attachment;
-    });
+      const current = await this.#size(sandbox, record, signal);
+      if (current !== undefined && sizeBytes < current) {
+        throw new ValidationError(
+          'sizeBytes',
+          `must be at least the current size ${current}: shrinking is refused`,
+        );
+      }
+      await blockResize(sandbox.qmp, { 'node-name': record.names.node, size: sizeBytes }, q);
+    } catch (err) {
+      throw backendFailure('block_resize', err);
+    }
+    log.info({ sizeBytes }, 'resized');
+    const attachment = attachmentFromRecord(record);
+    const stats = await this.#stats(sandbox, record, signal).catch(() => undefined);
+    if (stats !== undefined) attachment.stats = stats;
+    return attachment;
   }
 
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */

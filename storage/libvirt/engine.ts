@@ -16,7 +16,6 @@
 import { constants } from 'node:fs';
 import { access, mkdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { EngineBase } from '../../core/engine-base.js';
 import {
   BackendError,
   ConflictError,
@@ -44,12 +43,13 @@ import {
   type AttachService,
   attachConflict,
   attachmentFromRecord,
-  checkResizeBytes,
   type OperationContext,
   type OperationLogger,
   pendingRecord,
+  type ResizeOp,
   resizableRecord,
   shuttingDown,
+  VolumeEngine,
 } from '../attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS } from '../ceph-probe.js';
 import { isAttachState, type Journal, type JournalRecord, transition, type VolumeState } from '../journal.js';
@@ -122,7 +122,7 @@ function failure(step: string, err: unknown, spec?: AttachSpec): VmplugError {
   return new BackendError(step, (err as Error).message ?? String(err), { secrets, cause: err });
 }
 
-export class LibvirtAttachService extends EngineBase implements AttachService {
+export class LibvirtAttachService extends VolumeEngine implements AttachService {
   readonly #o: Required<Omit<LibvirtAttachOptions, 'cephConfBase' | 'gate'>> & { cephConfBase?: string };
   /** Whether QEMU can reach files under cephConfBase (checked once). */
   #confCheck: Promise<boolean> | undefined;
@@ -469,40 +469,34 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
     return records.filter((r) => r.kind === 'libvirt').map((r) => this.#view(r));
   }
 
-  async resize(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    sizeBytes: number,
-    ctx: OperationContext,
-  ): Promise<Attachment> {
-    checkResizeBytes(sizeBytes);
-    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, kind: 'libvirt' });
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const t = await this.#target(sandboxId, signal, true);
-      const found = await this.#o.journal.load(sandboxId, volumeId);
-      const record = resizableRecord(found?.kind === 'libvirt' ? found : undefined, volumeId);
-      const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
-      if (disk === undefined) {
-        throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
+  protected readonly logFields = { kind: 'libvirt' };
+
+  protected async resizeAdmitted(op: ResizeOp): Promise<Attachment> {
+    const { sandboxId, volumeId, sizeBytes, log, signal } = op;
+    const t = await this.#target(sandboxId, signal, true);
+    const found = await this.#o.journal.load(sandboxId, volumeId);
+    const record = resizableRecord(found?.kind === 'libvirt' ? found : undefined, volumeId);
+    const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
+    if (disk === undefined) {
+      throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
+    }
+    const call = { timeoutMs: this.#o.callTimeoutMs, signal };
+    try {
+      const before = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
+      if (sizeBytes < before.capacity) {
+        throw new ValidationError(
+          'sizeBytes',
+          `must be at least the current size ${before.capacity}: shrinking is refused`,
+        );
       }
-      const call = { timeoutMs: this.#o.callTimeoutMs, signal };
-      try {
-        const before = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
-        if (sizeBytes < before.capacity) {
-          throw new ValidationError(
-            'sizeBytes',
-            `must be at least the current size ${before.capacity}: shrinking is refused`,
-          );
-        }
-        // rbd: libvirt (QEMU) grows the image itself; block: the host device must have grown first.
-        await t.conn.blockResize(t.uuid, disk.targetDev, sizeBytes, call);
-        const after = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
-        log.info({ sizeBytes, target: disk.targetDev }, 'resized');
-        return { ...this.#view(record), stats: { size_bytes: after.capacity } };
-      } catch (err) {
-        throw failure('blockResize', err);
-      }
-    });
+      // rbd: libvirt (QEMU) grows the image itself; block: the host device must have grown first.
+      await t.conn.blockResize(t.uuid, disk.targetDev, sizeBytes, call);
+      const after = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
+      log.info({ sizeBytes, target: disk.targetDev }, 'resized');
+      return { ...this.#view(record), stats: { size_bytes: after.capacity } };
+    } catch (err) {
+      throw failure('blockResize', err);
+    }
   }
 
   #view(record: JournalRecord): Attachment {
