@@ -12,6 +12,7 @@ import type {
   OperationLogger,
 } from './attach-service.js';
 import {
+  type AttachOp,
   attachConflict,
   attachmentFromRecord,
   pendingRecord,
@@ -111,69 +112,62 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     };
   }
 
-  async attach(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    spec: AttachSpec,
-    ctx: OperationContext,
-  ): Promise<AttachResult> {
-    const log = ctx.log.child({ op: 'attach', sandboxId, volumeId });
+  protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
+    const { sandboxId, volumeId, spec, log, signal } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const sandbox = this.#present(sandboxId);
-      const existing = await this.#o.journal.load(sandboxId, volumeId);
-      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
-      const plan = planAttach(
-        existing,
-        fingerprint,
-        needsDeviceCheck(existing, fingerprint) &&
-          (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
-            throw backendFailure('attach', err);
-          })),
-        isAttachState,
-      );
-      switch (plan.kind) {
-        case 'reuse':
-          return { created: false, attachment: attachmentFromRecord(plan.record) };
-        case 'conflict':
-          throw attachConflict(plan, `sandbox ${sandboxId}`);
-        case 'resume':
-          log.info({ state: plan.record.state }, 'resuming a half-done attach');
-          return {
-            created: true,
-            attachment: await this.#runAttach(sandbox, plan.record, spec, signal, log, true),
-          };
-        case 'clear-lost':
-          // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
-          // back): answering "already attached" would be a lie. Clear what is left, attach anew.
-          log.warn(
-            { device: plan.record.names.device },
-            'attached volume has no device in QEMU; attaching it again',
-          );
-          await this.#clearLost(sandbox, plan.record, signal, log);
-          break;
-        case 'fresh':
-          break;
-      }
+    const sandbox = this.#present(sandboxId);
+    const existing = await this.#o.journal.load(sandboxId, volumeId);
+    const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
+    const plan = planAttach(
+      existing,
+      fingerprint,
+      needsDeviceCheck(existing, fingerprint) &&
+        (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
+          throw backendFailure('attach', err);
+        })),
+      isAttachState,
+    );
+    switch (plan.kind) {
+      case 'reuse':
+        return { created: false, attachment: attachmentFromRecord(plan.record) };
+      case 'conflict':
+        throw attachConflict(plan, `sandbox ${sandboxId}`);
+      case 'resume':
+        log.info({ state: plan.record.state }, 'resuming a half-done attach');
+        return {
+          created: true,
+          attachment: await this.#runAttach(sandbox, plan.record, spec, signal, log, true),
+        };
+      case 'clear-lost':
+        // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
+        // back): answering "already attached" would be a lie. Clear what is left, attach anew.
+        log.warn(
+          { device: plan.record.names.device },
+          'attached volume has no device in QEMU; attaching it again',
+        );
+        await this.#clearLost(sandbox, plan.record, signal, log);
+        break;
+      case 'fresh':
+        break;
+    }
 
-      if (spec.mode === 'block') await this.#o.checkHostDevice(spec.source.path);
-      const step = this.#stepContext(sandbox, signal, log, spec);
-      const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
-        throw backendFailure('inspect lanes', err, step.secrets);
-      });
-      const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
-      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
-      const record = pendingRecord(
-        { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
-        spec,
-      );
-      await this.#o.journal.save(record);
-      log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
-      return {
-        created: true,
-        attachment: await this.#runAttach(sandbox, record, spec, signal, log, false),
-      };
+    if (spec.mode === 'block') await this.#o.checkHostDevice(spec.source.path);
+    const step = this.#stepContext(sandbox, signal, log, spec);
+    const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
+      throw backendFailure('inspect lanes', err, step.secrets);
     });
+    const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
+    await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+    const record = pendingRecord(
+      { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
+      spec,
+    );
+    await this.#o.journal.save(record);
+    log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
+    return {
+      created: true,
+      attachment: await this.#runAttach(sandbox, record, spec, signal, log, false),
+    };
   }
 
   async #runAttach(

@@ -39,6 +39,7 @@ import type { LibvirtDomains } from '../../libvirt/domains.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import {
   type Attachment,
+  type AttachOp,
   type AttachResult,
   type AttachService,
   attachConflict,
@@ -150,61 +151,57 @@ export class LibvirtAttachService extends VolumeEngine implements AttachService 
     return (await this.#o.journal.list(sandboxId)).some((r) => r.kind === 'libvirt');
   }
 
-  async attach(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    spec: AttachSpec,
-    ctx: OperationContext,
-  ): Promise<AttachResult> {
+  protected override refuseSpec(spec: AttachSpec): void {
     if (spec.mode === 'rbd' && spec.source.namespace !== undefined) {
       throw new ValidationError(
         'source.namespace',
         "RBD namespaces are not supported for libvirt domains (libvirt's rbd source names pool/image only)",
       );
     }
-    const log = ctx.log.child({ op: 'attach', sandboxId, volumeId, kind: 'libvirt' });
+  }
+
+  protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
+    const { sandboxId, volumeId, spec, log, signal } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const t = await this.#target(sandboxId, signal, true);
-      const existing = await this.#o.journal.load(sandboxId, volumeId);
-      if (existing !== undefined && existing.kind !== 'libvirt') {
-        throw new ConflictError(`volume ${volumeId} is recorded for a Kata sandbox of the same id`);
-      }
-      const plan = planAttach(
-        existing,
-        fingerprint,
-        needsDeviceCheck(existing, fingerprint) &&
-          (await this.#disks(t, signal)).some((d) => d.alias === diskAlias(existing.names)),
-        isAttachState,
-      );
-      switch (plan.kind) {
-        case 'reuse':
-          return { created: false, attachment: this.#view(plan.record) };
-        case 'conflict':
-          throw attachConflict(plan, `domain ${sandboxId}`);
-        case 'clear-lost':
-          // The domain lost the disk (restarted, or detached behind vmplug's back): answering
-          // "already attached" would be a lie. Clear what is left and attach anew.
-          log.warn(
-            { alias: diskAlias(plan.record.names) },
-            'attached volume has no disk in the domain; attaching it again',
-          );
-          await this.#clear(t, plan.record, 'DEVICE_LOST', 'the disk vanished from the domain', signal, log);
-          break;
-        case 'resume':
-          // A half-done attach (a crash, or a rollback that did not finish): undo it, then start over.
-          log.info({ state: plan.record.state }, 'rolling back a half-done attach before attaching again');
-          await this.#clear(t, plan.record, 'RESTARTED', 'attach restarted', signal, log);
-          break;
-        case 'fresh':
-          break;
-      }
-      const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
-      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
-      const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, spec);
-      await this.#o.journal.save(record);
-      return { created: true, attachment: await this.#runAttach(t, record, spec, signal, log) };
-    });
+    const t = await this.#target(sandboxId, signal, true);
+    const existing = await this.#o.journal.load(sandboxId, volumeId);
+    if (existing !== undefined && existing.kind !== 'libvirt') {
+      throw new ConflictError(`volume ${volumeId} is recorded for a Kata sandbox of the same id`);
+    }
+    const plan = planAttach(
+      existing,
+      fingerprint,
+      needsDeviceCheck(existing, fingerprint) &&
+        (await this.#disks(t, signal)).some((d) => d.alias === diskAlias(existing.names)),
+      isAttachState,
+    );
+    switch (plan.kind) {
+      case 'reuse':
+        return { created: false, attachment: this.#view(plan.record) };
+      case 'conflict':
+        throw attachConflict(plan, `domain ${sandboxId}`);
+      case 'clear-lost':
+        // The domain lost the disk (restarted, or detached behind vmplug's back): answering
+        // "already attached" would be a lie. Clear what is left and attach anew.
+        log.warn(
+          { alias: diskAlias(plan.record.names) },
+          'attached volume has no disk in the domain; attaching it again',
+        );
+        await this.#clear(t, plan.record, 'DEVICE_LOST', 'the disk vanished from the domain', signal, log);
+        break;
+      case 'resume':
+        // A half-done attach (a crash, or a rollback that did not finish): undo it, then start over.
+        log.info({ state: plan.record.state }, 'rolling back a half-done attach before attaching again');
+        await this.#clear(t, plan.record, 'RESTARTED', 'attach restarted', signal, log);
+        break;
+      case 'fresh':
+        break;
+    }
+    const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
+    await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+    const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, spec);
+    await this.#o.journal.save(record);
+    return { created: true, attachment: await this.#runAttach(t, record, spec, signal, log) };
   }
 
   async #runAttach(
