@@ -1,7 +1,8 @@
-// The import rules of vmplug's layers (docs/ARCHITECTURE.md "Layers and dependencies"), checked
-// by `npm run depcheck` as part of `npm test`. Leaves first: api/ (the REST contract), core/ (ids,
-// errors, gate) and qmp/ import nothing of ours; engines import only leaves (and storage/ the
-// libvirt binding); the CLI imports only the contract; nothing imports tests or benchmarks.
+// The import rules of vmplug's layers (docs/ARCHITECTURE.md "The map and its import rules"),
+// checked by `npm run depcheck` as part of `npm test`. Leaves first: api/ (the REST contract) and
+// qmp/ import nothing of ours, core/ (ids, errors, gate, engine base) only the contract; engines
+// import only leaves (and storage/ the libvirt binding); the CLI imports only the contract and
+// core/; nothing imports tests or benchmarks.
 
 /** Our top-level folders, for "anything of ours except ..." paths. */
 const OURS = '^(api|core|qmp|libvirt|storage|net|daemon|cli|systemd|bin)/';
