@@ -1,4 +1,4 @@
-import type { FastifyBaseLogger, FastifyRequest } from 'fastify';
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import { parseSandboxId, type SandboxId } from '../../../core/ids.js';
 
 // What every route reads off a request the same way. Routes set attachValidation: ids and bodies
@@ -35,4 +35,23 @@ export function childIds<K extends string, C>(
 /** Raises the schema's verdict once our parsers have passed the request. */
 export function schemaLeftover(request: FastifyRequest): void {
   if (request.validationError !== undefined) throw request.validationError;
+}
+
+/**
+ * A route's options: `attachValidation`, so our parsers judge the request first (their codes)
+ * and the schema's verdict comes after them (`schemaLeftover`); the schema describes the route.
+ */
+export function validatedRoute<S>(schema: S): { attachValidation: true; schema: S } {
+  return { attachValidation: true, schema };
+}
+
+/** The answer of an idempotent PUT: 201 with the resource's Location when created, else 200. */
+export function putAnswer(
+  reply: FastifyReply,
+  created: boolean,
+  location: string,
+  body: unknown,
+): FastifyReply {
+  if (created) reply.header('location', location);
+  return reply.code(created ? 201 : 200).send(body);
 }

@@ -5,7 +5,7 @@ import type { SandboxId } from '../../../core/ids.js';
 import type { SandboxCatalog, SandboxRecord } from '../../../core/sandbox.js';
 import type { NicView } from '../../../net/index.js';
 import type { Attachment, ListVolumes, OperationContext } from '../../../storage/attach-service.js';
-import { operationContext, sandboxIdOf, schemaLeftover } from './request.js';
+import { operationContext, sandboxIdOf, schemaLeftover, validatedRoute } from './request.js';
 
 // What the node runs, as the API shows it: the catalogs' sandboxes (core/sandbox.ts) with the
 // volumes and NICs the engines have attached to each.
@@ -55,15 +55,12 @@ export const sandboxRoutes: FastifyPluginAsync<SandboxRoutesOptions> = async (ap
 
   app.get(
     '/v1/sandboxes/:sandboxId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'One sandbox',
-        tags: ['sandboxes'],
-        params: sandboxParamsSchema,
-        response: { 200: { $ref: 'Sandbox#' }, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'One sandbox',
+      tags: ['sandboxes'],
+      params: sandboxParamsSchema,
+      response: { 200: { $ref: 'Sandbox#' }, ...problemResponses },
+    }),
     async (request) => {
       const sandboxId = sandboxIdOf(request);
       schemaLeftover(request);

@@ -8,7 +8,7 @@ import {
 import { parseVolumeId } from '../../../core/ids.js';
 import type { AttachService, OperationContext } from '../../../storage/attach-service.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';
-import { childIds, operationContext, schemaLeftover } from './request.js';
+import { childIds, operationContext, putAnswer, schemaLeftover, validatedRoute } from './request.js';
 
 export interface VolumeRoutesOptions {
   service: AttachService;
@@ -29,41 +29,34 @@ export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app,
 
   app.put(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Attach a volume (idempotent)',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        body: attachBodySchema,
-        response: {
-          200: { ...attachmentRef, description: 'the same volume was already attached with the same spec' },
-          201: { ...attachmentRef, description: 'attached' },
-          ...problemResponses,
-        },
+    validatedRoute({
+      summary: 'Attach a volume (idempotent)',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      body: attachBodySchema,
+      response: {
+        200: { ...attachmentRef, description: 'the same volume was already attached with the same spec' },
+        201: { ...attachmentRef, description: 'attached' },
+        ...problemResponses,
       },
-    },
+    }),
     async (request, reply) => {
       const { sandboxId, volumeId } = ids(request);
       const spec = parseAttachRequest(request.body);
       schemaLeftover(request);
       const { created, attachment } = await service.attach(sandboxId, volumeId, spec, ctx(request));
-      if (created) reply.header('location', `/v1/sandboxes/${sandboxId}/volumes/${volumeId}`);
-      return reply.code(created ? 201 : 200).send(attachment);
+      return putAnswer(reply, created, `/v1/sandboxes/${sandboxId}/volumes/${volumeId}`, attachment);
     },
   );
 
   app.get(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'State, QEMU names, guest hint, timeline and stats of a volume',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        response: { 200: attachmentRef, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'State, QEMU names, guest hint, timeline and stats of a volume',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      response: { 200: attachmentRef, ...problemResponses },
+    }),
     async (request) => {
       const { sandboxId, volumeId } = ids(request);
       schemaLeftover(request);
@@ -73,15 +66,12 @@ export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app,
 
   app.delete(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Detach a volume (idempotent: also 204 when unknown)',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        response: { 204: { type: 'null', description: 'detached' }, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'Detach a volume (idempotent: also 204 when unknown)',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      response: { 204: { type: 'null', description: 'detached' }, ...problemResponses },
+    }),
     async (request, reply) => {
       const { sandboxId, volumeId } = ids(request);
       schemaLeftover(request);
@@ -92,16 +82,13 @@ export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app,
 
   app.post(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId/resize',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Online expand of an attached volume',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        body: resizeBodySchema,
-        response: { 200: attachmentRef, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'Online expand of an attached volume',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      body: resizeBodySchema,
+      response: { 200: attachmentRef, ...problemResponses },
+    }),
     async (request) => {
       const { sandboxId, volumeId } = ids(request);
       schemaLeftover(request);
