@@ -17,3 +17,24 @@ export async function loadEntry(module, name) {
     `${name}: neither the sources with tsx (run \`npm ci\`) nor dist/ (run \`npm run build\`) found`,
   );
 }
+
+/**
+ * Loads `module`, runs its `main` with the process's argv, env and output streams (plus `io`) and
+ * hands the exit code to `finish`; a failure to load or an escaped error is printed, code 1.
+ */
+export async function runEntry(module, name, io, finish) {
+  try {
+    const { main } = await loadEntry(module, name);
+    const code = await main({
+      argv: process.argv.slice(2),
+      env: process.env,
+      stdout: process.stdout,
+      stderr: process.stderr,
+      ...io,
+    });
+    finish(code);
+  } catch (err) {
+    process.stderr.write(`${name}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    finish(1);
+  }
+}

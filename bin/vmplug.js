@@ -1,8 +1,6 @@
 #!/usr/bin/env node
 // `npx vmplug` entry point: the CLI client of vmplugd (see load-entry.js for sources vs dist/).
-import { loadEntry } from './load-entry.js';
-
-const load = () => loadEntry('cli/main', 'vmplug');
+import { runEntry } from './load-entry.js';
 
 async function version() {
   try {
@@ -13,20 +11,8 @@ async function version() {
   }
 }
 
-try {
-  const { main } = await load();
-  const code = await main({
-    argv: process.argv.slice(2),
-    env: process.env,
-    stdin: process.stdin,
-    stdout: process.stdout,
-    stderr: process.stderr,
-    version: await version(),
-  });
-  // Let stdout drain (a pipe to a CSI plugin) before exiting.
+await runEntry('cli/main', 'vmplug', { stdin: process.stdin, version: await version() }, (code) => {
+  // Let stdout drain (a pipe to a CSI plugin) before exiting: set the code, do not exit.
   process.exitCode = code;
   process.stdin.unref?.();
-} catch (err) {
-  process.stderr.write(`vmplug: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-  process.exitCode = 1;
-}
+});

@@ -5,10 +5,9 @@ import { fileURLToPath } from 'node:url';
 import { VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import { isSandboxId } from '../core/ids.js';
-import type { Readiness, ReadinessCheck, ReadinessProbe } from '../core/readiness.js';
-import type { SandboxCatalog } from '../core/sandbox.js';
-import { NicEngine, type NicService, type NicView } from '../net/index.js';
-import type { AttachService, ListVolumes } from '../storage/attach-service.js';
+import type { Readiness, ReadinessCheck } from '../core/readiness.js';
+import { NicEngine, type NicView } from '../net/index.js';
+import type { AttachService } from '../storage/attach-service.js';
 import { Journal, type JournalWriteHook } from '../storage/journal.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
@@ -22,8 +21,7 @@ import {
 } from './config.js';
 import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
 import { openApiText } from './http/openapi.js';
-import type { NodeRoutesOptions } from './http/routes/node.js';
-import { buildServer, type VmplugServer } from './http/server.js';
+import { buildServer, type ServerDeps, type VmplugServer } from './http/server.js';
 import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
 import { createLogger, type Logger } from './logger.js';
 import { ReconcileLoop } from './reconcile-loop.js';
@@ -34,27 +32,16 @@ import { observeAttachService } from './report/observed-service.js';
 import { PodEvents } from './report/pod-events.js';
 import { createStatusFeed, type StatusFeed, type StatusFeedDeps } from './report/status-feed.js';
 import { resizerResolver } from './resize/resolve.js';
-import { createResourceService, type ResourceService } from './resize/service.js';
+import { createResourceService } from './resize/service.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { createAttachService, type EngineDeps, type EngineHandle } from './volumes/attach-engine.js';
 
 // The vmplugd process: configuration, the REST server on its socket, and an orderly stop.
 
-export interface DaemonOptions {
+/** What the REST server serves (its deps but the shutdown signal, which the daemon owns), plus the process's own. */
+export interface DaemonOptions extends Omit<ServerDeps, 'shutdownSignal' | 'bodyLimit'> {
   config: DaemonConfig;
-  logger: Logger;
-  attachService: AttachService;
-  readiness: ReadinessProbe;
-  catalog?: SandboxCatalog;
-  listVolumes?: ListVolumes;
-  nodeFacts?: NodeRoutesOptions['facts'];
-  metrics?: NodeRoutesOptions['metrics'];
-  /** Guest hot-resize; the route answers 503 without it. */
-  resources?: ResourceService;
-  /** NIC hot-plug; the routes answer 503 without it. */
-  nics?: NicService;
-  version?: string;
   /** A listening socket passed by systemd (socket activation): served instead of binding config.socket. */
   inheritedSocketFd?: number;
 }
@@ -79,19 +66,8 @@ const ABORT_UNWIND_MS = 3_000;
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const { config, logger } = opts;
   const shutdown = new AbortController();
-  const app = await buildServer({
-    logger,
-    attachService: opts.attachService,
-    readiness: opts.readiness,
-    shutdownSignal: shutdown.signal,
-    ...(opts.catalog !== undefined ? { catalog: opts.catalog } : {}),
-    ...(opts.listVolumes !== undefined ? { listVolumes: opts.listVolumes } : {}),
-    ...(opts.nodeFacts !== undefined ? { nodeFacts: opts.nodeFacts } : {}),
-    ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
-    ...(opts.resources !== undefined ? { resources: opts.resources } : {}),
-    ...(opts.nics !== undefined ? { nics: opts.nics } : {}),
-    ...(opts.version !== undefined ? { version: opts.version } : {}),
-  });
+  const { config: _config, inheritedSocketFd: _fd, ...served } = opts;
+  const app = await buildServer({ ...served, shutdownSignal: shutdown.signal });
   const listener: UnixListener =
     opts.inheritedSocketFd !== undefined
       ? await listenOnInheritedSocket(app, { fd: opts.inheritedSocketFd, path: config.socket, log: logger })

@@ -5,6 +5,7 @@ import { ConflictError, NotFoundError, ValidationError, VmplugError } from '../c
 import { OperationGate } from '../core/gate.js';
 import type { NicId, SandboxId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
+import { presentSandbox, type SandboxPresence } from '../core/sandbox.js';
 import { type CallOptions, isQmpError, type QmpExecutor } from '../qmp/index.js';
 import { NicBackendError, NicDetachPendingError, NicLanesFullError } from './errors.js';
 import { type CallOpts, DEFAULT_IP_TIMEOUT_MS, type HostNetwork, IpHostNetwork } from './host.js';
@@ -45,10 +46,7 @@ export interface NicContext {
 }
 
 /** The engine's view of the node's sandboxes; the daemon's discovery satisfies it as it is. */
-export type NicSandboxPresence =
-  | { state: 'present'; sandbox: { readonly qmp: QmpExecutor } }
-  | { state: 'unreachable'; reason: string }
-  | { state: 'gone' };
+export type NicSandboxPresence = SandboxPresence<{ readonly qmp: QmpExecutor }>;
 
 export interface NicSandboxDirectory {
   lookup(id: string): NicSandboxPresence;
@@ -562,18 +560,11 @@ export class NicEngine extends EngineBase {
   }
 
   #present(sandboxId: SandboxId): QmpExecutor {
-    const p = this.#o.sandboxes.lookup(sandboxId);
-    if (p.state === 'gone') throw new NotFoundError('sandbox', sandboxId);
-    if (p.state === 'unreachable') {
-      throw new NicBackendError(
-        'sandbox',
-        `the monitor of sandbox ${sandboxId} does not answer (${p.reason})`,
-        {
-          retryable: true,
-        },
-      );
-    }
-    return p.sandbox.qmp;
+    return presentSandbox(
+      this.#o.sandboxes.lookup(sandboxId),
+      sandboxId,
+      (detail) => new NicBackendError('sandbox', detail, { retryable: true }),
+    ).qmp;
   }
 
   #q(signal: AbortSignal): CallOptions {

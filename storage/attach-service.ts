@@ -1,4 +1,5 @@
 import type { Attachment, AttachmentSource } from '../api/index.js';
+import { EngineBase } from '../core/engine-base.js';
 import { BackendError, ConflictError, NotFoundError, ValidationError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { type JournalRecord, type NewRecord, newRecord } from './journal.js';
@@ -141,4 +142,64 @@ export function resizableRecord(record: JournalRecord | undefined, volumeId: Vol
     throw new ConflictError(`volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`);
   }
   return record;
+}
+
+/** An operation admitted to its sandbox's turn, as the engine's own steps get it. */
+interface AdmittedOp {
+  sandboxId: SandboxId;
+  volumeId: VolumeId;
+  /** The request's logger with the op, the ids and the engine's fields. */
+  log: OperationLogger;
+  /** The caller's signal, also aborted when the engine's close() grace runs out. */
+  signal: AbortSignal;
+}
+
+export type AttachOp = AdmittedOp & { spec: AttachSpec };
+export type ResizeOp = AdmittedOp & { sizeBytes: number };
+
+/**
+ * What the two volume engines (Kata over QMP, libvirt) share above the engine base: what can be
+ * refused without the sandbox is refused before admission; the engine's own steps run in the
+ * sandbox's turn.
+ */
+export abstract class VolumeEngine extends EngineBase {
+  /** Fields every log line of this engine's operations carries besides the op and the ids. */
+  protected abstract readonly logFields: Readonly<Record<string, unknown>>;
+
+  /** Refuses, before admission, a spec this engine cannot serve (by default none). */
+  protected refuseSpec(_spec: AttachSpec): void {}
+
+  /** The engine's attach, once admitted: planAttach on the journal's record, then its steps. */
+  protected abstract attachAdmitted(op: AttachOp): Promise<AttachResult>;
+
+  /** The engine's resize, once admitted (the record loaded and checked there). */
+  protected abstract resizeAdmitted(op: ResizeOp): Promise<Attachment>;
+
+  /** Idempotent attach (AttachService.attach). */
+  async attach(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    spec: AttachSpec,
+    ctx: OperationContext,
+  ): Promise<AttachResult> {
+    this.refuseSpec(spec);
+    const log = ctx.log.child({ op: 'attach', sandboxId, volumeId, ...this.logFields });
+    return this.admit(sandboxId, ctx.signal, (signal) =>
+      this.attachAdmitted({ sandboxId, volumeId, spec, log, signal }),
+    );
+  }
+
+  /** Online expand to `sizeBytes` (AttachService.resize). */
+  async resize(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    sizeBytes: number,
+    ctx: OperationContext,
+  ): Promise<Attachment> {
+    checkResizeBytes(sizeBytes);
+    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, ...this.logFields });
+    return this.admit(sandboxId, ctx.signal, (signal) =>
+      this.resizeAdmitted({ sandboxId, volumeId, sizeBytes, log, signal }),
+    );
+  }
 }

@@ -1,8 +1,8 @@
-import { EngineBase } from '../core/engine-base.js';
 import { BackendError, NotFoundError, ValidationError, type VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
+import { presentSandbox } from '../core/sandbox.js';
 import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
 import type {
   Attachment,
@@ -12,12 +12,14 @@ import type {
   OperationLogger,
 } from './attach-service.js';
 import {
+  type AttachOp,
   attachConflict,
   attachmentFromRecord,
-  checkResizeBytes,
   pendingRecord,
+  type ResizeOp,
   resizableRecord,
   shuttingDown,
+  VolumeEngine,
 } from './attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from './host-device.js';
@@ -92,7 +94,7 @@ const STAT_FIELDS = [
   'wr_highest_offset',
 ] as const;
 
-export class AttachEngine extends EngineBase implements AttachService {
+export class AttachEngine extends VolumeEngine implements AttachService {
   readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate'>> & {
     clientMountTimeoutS?: number;
   };
@@ -116,73 +118,66 @@ export class AttachEngine extends EngineBase implements AttachService {
     this.#hostUse = new HostUseWatch(this.#o.checkHostDevice);
   }
 
-  async attach(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    spec: AttachSpec,
-    ctx: OperationContext,
-  ): Promise<AttachResult> {
-    const log = ctx.log.child({ op: 'attach', sandboxId, volumeId });
+  protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
+    const { sandboxId, volumeId, spec, log, signal } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const sandbox = this.#present(sandboxId);
-      const existing = await this.#o.journal.load(sandboxId, volumeId);
-      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
-      const plan = planAttach(
-        existing,
-        fingerprint,
-        needsDeviceCheck(existing, fingerprint) &&
-          (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
-            throw backendFailure('attach', err);
-          })),
-        isAttachState,
-      );
-      switch (plan.kind) {
-        case 'reuse':
-          return { created: false, attachment: attachmentFromRecord(plan.record) };
-        case 'conflict':
-          throw attachConflict(plan, `sandbox ${sandboxId}`);
-        case 'resume': {
-          log.info({ state: plan.record.state }, 'resuming a half-done attach');
-          // Checked again: the host may have taken the device since (never attached once it has).
-          const resumed = await admitSpec(spec, this.#o.checkHostDevice, signal);
-          return {
-            created: true,
-            attachment: await this.#runAttach(sandbox, plan.record, resumed, signal, log, true),
-          };
-        }
-        case 'clear-lost':
-          // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
-          // back): answering "already attached" would be a lie. Clear what is left, attach anew.
-          log.warn(
-            { device: plan.record.names.device },
-            'attached volume has no device in QEMU; attaching it again',
-          );
-          await this.#clearLost(sandbox, plan.record, signal, log);
-          break;
-        case 'fresh':
-          break;
+    const sandbox = this.#present(sandboxId);
+    const existing = await this.#o.journal.load(sandboxId, volumeId);
+    const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
+    const plan = planAttach(
+      existing,
+      fingerprint,
+      needsDeviceCheck(existing, fingerprint) &&
+        (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
+          throw backendFailure('attach', err);
+        })),
+      isAttachState,
+    );
+    switch (plan.kind) {
+      case 'reuse':
+        return { created: false, attachment: attachmentFromRecord(plan.record) };
+      case 'conflict':
+        throw attachConflict(plan, `sandbox ${sandboxId}`);
+      case 'resume': {
+        log.info({ state: plan.record.state }, 'resuming a half-done attach');
+        // Checked again: the host may have taken the device since (never attached once it has).
+        const resumed = await admitSpec(spec, this.#o.checkHostDevice, signal);
+        return {
+          created: true,
+          attachment: await this.#runAttach(sandbox, plan.record, resumed, signal, log, true),
+        };
       }
+      case 'clear-lost':
+        // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
+        // back): answering "already attached" would be a lie. Clear what is left, attach anew.
+        log.warn(
+          { device: plan.record.names.device },
+          'attached volume has no device in QEMU; attaching it again',
+        );
+        await this.#clearLost(sandbox, plan.record, signal, log);
+        break;
+      case 'fresh':
+        break;
+    }
 
-      // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
-      const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
-      const step = this.#stepContext(sandbox, signal, log, admitted);
-      const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
-        throw backendFailure('inspect lanes', err, step.secrets);
-      });
-      const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
-      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
-      const record = pendingRecord(
-        { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
-        admitted,
-      );
-      await this.#o.journal.save(record);
-      log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
-      return {
-        created: true,
-        attachment: await this.#runAttach(sandbox, record, admitted, signal, log, false),
-      };
+    // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
+    const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
+    const step = this.#stepContext(sandbox, signal, log, admitted);
+    const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
+      throw backendFailure('inspect lanes', err, step.secrets);
     });
+    const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
+    await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+    const record = pendingRecord(
+      { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
+      admitted,
+    );
+    await this.#o.journal.save(record);
+    log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
+    return {
+      created: true,
+      attachment: await this.#runAttach(sandbox, record, admitted, signal, log, false),
+    };
   }
 
   async #runAttach(
@@ -344,40 +339,34 @@ export class AttachEngine extends EngineBase implements AttachService {
     return records.map((r) => this.#hostUse.decorate(attachmentFromRecord(r)));
   }
 
-  async resize(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    sizeBytes: number,
-    ctx: OperationContext,
-  ): Promise<Attachment> {
-    checkResizeBytes(sizeBytes);
-    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId });
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const sandbox = this.#present(sandboxId);
-      const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
-      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
-      try {
-        // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
-        if (!(await deviceExists(sandbox.qmp, record.names.device, q))) {
-          throw new BackendError('block_resize', `device ${record.names.device} is gone from the sandbox`);
-        }
-        const current = await this.#size(sandbox, record, signal);
-        if (current !== undefined && sizeBytes < current) {
-          throw new ValidationError(
-            'sizeBytes',
-            `must be at least the current size ${current}: shrinking is refused`,
-          );
-        }
-        await blockResize(sandbox.qmp, { 'node-name': record.names.node, size: sizeBytes }, q);
-      } catch (err) {
-        throw backendFailure('block_resize', err);
+  protected readonly logFields = {};
+
+  protected async resizeAdmitted(op: ResizeOp): Promise<Attachment> {
+    const { sandboxId, volumeId, sizeBytes, log, signal } = op;
+    const sandbox = this.#present(sandboxId);
+    const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
+    const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
+    try {
+      // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
+      if (!(await deviceExists(sandbox.qmp, record.names.device, q))) {
+        throw new BackendError('block_resize', `device ${record.names.device} is gone from the sandbox`);
       }
-      log.info({ sizeBytes }, 'resized');
-      const attachment = attachmentFromRecord(record);
-      const stats = await this.#stats(sandbox, record, signal).catch(() => undefined);
-      if (stats !== undefined) attachment.stats = stats;
-      return attachment;
-    });
+      const current = await this.#size(sandbox, record, signal);
+      if (current !== undefined && sizeBytes < current) {
+        throw new ValidationError(
+          'sizeBytes',
+          `must be at least the current size ${current}: shrinking is refused`,
+        );
+      }
+      await blockResize(sandbox.qmp, { 'node-name': record.names.node, size: sizeBytes }, q);
+    } catch (err) {
+      throw backendFailure('block_resize', err);
+    }
+    log.info({ sizeBytes }, 'resized');
+    const attachment = attachmentFromRecord(record);
+    const stats = await this.#stats(sandbox, record, signal).catch(() => undefined);
+    if (stats !== undefined) attachment.stats = stats;
+    return attachment;
   }
 
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */
@@ -405,18 +394,11 @@ export class AttachEngine extends EngineBase implements AttachService {
   }
 
   #present(sandboxId: SandboxId): ManagedSandbox {
-    const presence = this.#o.sandboxes.lookup(sandboxId);
-    if (presence.state === 'gone') throw new NotFoundError('sandbox', sandboxId);
-    if (presence.state === 'unreachable') {
-      throw new BackendError(
-        'sandbox',
-        `the monitor of sandbox ${sandboxId} does not answer (${presence.reason})`,
-        {
-          retryable: true,
-        },
-      );
-    }
-    return presence.sandbox;
+    return presentSandbox(
+      this.#o.sandboxes.lookup(sandboxId),
+      sandboxId,
+      (detail) => new BackendError('sandbox', detail, { retryable: true }),
+    );
   }
 
   #stepContext(

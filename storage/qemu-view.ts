@@ -24,26 +24,24 @@ function childType(type: string): string | undefined {
   return m?.[1];
 }
 
-/** Devices created with an id (-device id=..., device_add id=...). */
-export async function listPeripherals(qmp: QmpExecutor, opts?: CallOptions): Promise<PeripheralDevice[]> {
-  const props = await qomList(qmp, '/machine/peripheral', opts);
+/** The children of QOM container `path` by id, with their QOM type (other properties left out). */
+async function listChildren(qmp: QmpExecutor, path: string, opts?: CallOptions): Promise<PeripheralDevice[]> {
   const out: PeripheralDevice[] = [];
-  for (const p of props) {
+  for (const p of await qomList(qmp, path, opts)) {
     const type = childType(p.type);
     if (type !== undefined) out.push({ id: p.name, type });
   }
   return out;
 }
 
+/** Devices created with an id (-device id=..., device_add id=...). */
+export function listPeripherals(qmp: QmpExecutor, opts?: CallOptions): Promise<PeripheralDevice[]> {
+  return listChildren(qmp, '/machine/peripheral', opts);
+}
+
 /** User-created objects (object-add, -object) by id, with their QOM type. */
-export async function listObjects(qmp: QmpExecutor, opts?: CallOptions): Promise<PeripheralDevice[]> {
-  const props = await qomList(qmp, '/objects', opts);
-  const out: PeripheralDevice[] = [];
-  for (const p of props) {
-    const type = childType(p.type);
-    if (type !== undefined) out.push({ id: p.name, type });
-  }
-  return out;
+export function listObjects(qmp: QmpExecutor, opts?: CallOptions): Promise<PeripheralDevice[]> {
+  return listChildren(qmp, '/objects', opts);
 }
 
 export async function listNodeNames(qmp: QmpExecutor, opts?: CallOptions): Promise<string[]> {

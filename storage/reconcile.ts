@@ -6,7 +6,7 @@ import { isAttachState, type Journal, type JournalRecord, transition } from './j
 import { laneOfDevice } from './lanes.js';
 import { parseVmplugName, volumeNames } from './naming.js';
 import { listPeripherals, type VmplugObjects, vmplugObjects } from './qemu-view.js';
-import { isAbsent, isNodeInUse } from './qmp-failure.js';
+import { isAbsent } from './qmp-failure.js';
 import { listConfHashes, removeConfByHash, removeConfFile } from './rbd-conf-files.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { advance, type StepContext, teardownSteps, unplug } from './steps.js';
@@ -140,15 +140,7 @@ async function reconcileSandbox(
   let objects = await vmplugObjects(sandbox.qmp, q);
   for (const r of records) {
     const log = o.log.child({ sandboxId, volumeId: r.volumeId, op: 'reconcile' });
-    const step: StepContext = {
-      qmp: sandbox.qmp,
-      journal: o.journal,
-      stateDir: o.stateDir,
-      log,
-      signal: o.signal,
-      qmpTimeoutMs: o.qmpTimeoutMs,
-      secrets: [],
-    };
+    const step = stepContext(o, sandbox, log);
     try {
       const action = await reconcileRecord(step, sandbox, r, objects, o.unplugWaitMs);
       if (action !== undefined) repair(o, summary, { action, sandboxId, volumeId: r.volumeId });
@@ -176,15 +168,7 @@ async function reconcileSandbox(
     return parsed !== undefined && !explained.has(parsed.hash);
   };
   objects = await vmplugObjects(sandbox.qmp, q);
-  const step: StepContext = {
-    qmp: sandbox.qmp,
-    journal: o.journal,
-    stateDir: o.stateDir,
-    log: o.log,
-    signal: o.signal,
-    qmpTimeoutMs: o.qmpTimeoutMs,
-    secrets: [],
-  };
+  const step = stepContext(o, sandbox, o.log);
   for (const id of [...objects.devices].filter(stray).sort()) {
     await strayStep(o, summary, sandboxId, id, async () => {
       if (!(await unplug(step, id, o.unplugWaitMs))) {
@@ -194,29 +178,44 @@ async function reconcileSandbox(
     });
   }
   for (const name of [...objects.nodes].filter(stray).sort()) {
-    await strayStep(o, summary, sandboxId, name, async () => {
-      try {
-        await blockdevDel(sandbox.qmp, name, q);
-      } catch (err) {
-        if (isAbsent(err)) return undefined;
-        // Used by a device that is not vmplug's, or whose unplug is still pending: not ours to pull.
-        if (isNodeInUse(err)) throw err;
-        throw err;
-      }
-      return 'removed-stray-node';
-    });
+    // A node in use (by a device that is not vmplug's, or whose unplug is still pending) is not
+    // ours to pull: its error is this round's failure.
+    await strayStep(o, summary, sandboxId, name, () =>
+      removedUnlessAbsent(() => blockdevDel(sandbox.qmp, name, q), 'removed-stray-node'),
+    );
   }
   for (const id of [...objects.secrets].filter(stray).sort()) {
-    await strayStep(o, summary, sandboxId, id, async () => {
-      try {
-        await objectDel(sandbox.qmp, id, q);
-      } catch (err) {
-        if (isAbsent(err)) return undefined;
-        throw err;
-      }
-      return 'removed-stray-secret';
-    });
+    await strayStep(o, summary, sandboxId, id, () =>
+      removedUnlessAbsent(() => objectDel(sandbox.qmp, id, q), 'removed-stray-secret'),
+    );
   }
+}
+
+/** The steps' context for one sandbox's reconcile, logging to `log`. */
+function stepContext(o: ReconcileOptions, sandbox: ManagedSandbox, log: StepContext['log']): StepContext {
+  return {
+    qmp: sandbox.qmp,
+    journal: o.journal,
+    stateDir: o.stateDir,
+    log,
+    signal: o.signal,
+    qmpTimeoutMs: o.qmpTimeoutMs,
+    secrets: [],
+  };
+}
+
+/** Runs a removal and answers `action`; an object already gone is nothing to do (undefined). */
+async function removedUnlessAbsent(
+  remove: () => Promise<unknown>,
+  action: RepairAction,
+): Promise<RepairAction | undefined> {
+  try {
+    await remove();
+  } catch (err) {
+    if (isAbsent(err)) return undefined;
+    throw err;
+  }
+  return action;
 }
 
 async function strayStep(

@@ -1,4 +1,5 @@
 import type { SandboxId } from '../core/ids.js';
+import type { SandboxPresence as CoreSandboxPresence } from '../core/sandbox.js';
 import type { QmpExecutor } from '../qmp/index.js';
 
 // The attach engine's view of the sandboxes on the node. Discovery (daemon/) implements it from
@@ -15,13 +16,7 @@ export interface ManagedSandbox {
   readonly qmp: QmpExecutor;
 }
 
-export type SandboxPresence =
-  /** Its monitor is there: operate on it. */
-  | { state: 'present'; sandbox: ManagedSandbox }
-  /** Known but its monitor does not answer right now (QEMU restarting, busy): retry later. */
-  | { state: 'unreachable'; reason: string }
-  /** No such sandbox on this node (never was, or its monitor directory is gone for good). */
-  | { state: 'gone' };
+export type SandboxPresence = CoreSandboxPresence<ManagedSandbox>;
 
 export interface SandboxDirectory {
   lookup(id: SandboxId): SandboxPresence;

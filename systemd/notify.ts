@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
+import type { LeveledLog } from '../core/log.js';
 
 // sd_notify for vmplugd. Node 20 has no unix datagram sockets, so the datagram is sent by
 // systemd's own `systemd-notify --no-block`, run with execFile (no shell). Two properties make
@@ -139,11 +140,7 @@ export async function canSendAsParent(statusFile = '/proc/self/status'): Promise
 }
 
 /** What the notifier logs through (pino's shape, without depending on it). */
-export interface NotifyLog {
-  debug(obj: Record<string, unknown>, msg: string): void;
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
+export type NotifyLog = LeveledLog;
 
 export interface SystemdNotifierOptions {
   env: NotifyEnv;

@@ -20,53 +20,45 @@ export class DaemonMetrics {
   readonly #ops: Record<'attach' | 'detach', Counter<'mode' | 'frontend' | 'result'>>;
   readonly #latency: Record<'attach' | 'detach', Histogram<'mode' | 'frontend'>>;
   readonly #errors: Counter<'op' | 'code'>;
-  readonly #qmpReconnects: Counter;
-  readonly #qmpBusy: Counter;
+  readonly #qmpReconnects: Counter<never>;
+  readonly #qmpBusy: Counter<never>;
   readonly #qmpConnectFailures: Counter<'code'>;
   readonly #reconcileRuns: Counter<'result'>;
   readonly #reconcileRepairs: Counter<'action'>;
-  readonly #reconcileFailures: Counter;
+  readonly #reconcileFailures: Counter<never>;
   readonly #reconcileDuration: Histogram;
 
   constructor(opts: MetricsOptions = {}) {
     const registers = [this.registry];
-    const opLabels = ['mode', 'frontend', 'result'] as const;
-    this.#ops = {
-      attach: new Counter({
-        name: 'vmplug_attach_total',
-        help: 'Attach requests by mode, frontend and result (ok, error)',
-        labelNames: opLabels,
-        registers,
-      }),
-      detach: new Counter({
-        name: 'vmplug_detach_total',
-        help: 'Detach requests by mode, frontend and result (ok, error)',
-        labelNames: opLabels,
-        registers,
-      }),
-    };
-    this.#latency = {
-      attach: new Histogram({
-        name: 'vmplug_attach_duration_seconds',
-        help: 'Attach request duration (successful ones) by mode and frontend',
-        labelNames: ['mode', 'frontend'],
-        buckets: LATENCY_BUCKETS,
-        registers,
-      }),
-      detach: new Histogram({
-        name: 'vmplug_detach_duration_seconds',
-        help: 'Detach request duration (successful ones) by mode and frontend',
-        labelNames: ['mode', 'frontend'],
-        buckets: LATENCY_BUCKETS,
-        registers,
-      }),
-    };
-    this.#errors = new Counter({
-      name: 'vmplug_operation_errors_total',
-      help: 'Failed attach and detach requests by operation and error code',
-      labelNames: ['op', 'code'],
-      registers,
+    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]) =>
+      new Counter<L>({ name, help, labelNames, registers });
+    /** One metric per operation, named and described after it (attach first, as registered). */
+    const perOp = <T>(make: (op: 'attach' | 'detach', title: string) => T) => ({
+      attach: make('attach', 'Attach'),
+      detach: make('detach', 'Detach'),
     });
+    this.#ops = perOp((op, title) =>
+      counter(`vmplug_${op}_total`, `${title} requests by mode, frontend and result (ok, error)`, [
+        'mode',
+        'frontend',
+        'result',
+      ]),
+    );
+    this.#latency = perOp(
+      (op, title) =>
+        new Histogram({
+          name: `vmplug_${op}_duration_seconds`,
+          help: `${title} request duration (successful ones) by mode and frontend`,
+          labelNames: ['mode', 'frontend'],
+          buckets: LATENCY_BUCKETS,
+          registers,
+        }),
+    );
+    this.#errors = counter(
+      'vmplug_operation_errors_total',
+      'Failed attach and detach requests by operation and error code',
+      ['op', 'code'],
+    );
     const sandboxes = opts.sandboxes;
     new Gauge({
       name: 'vmplug_sandboxes',
@@ -78,39 +70,34 @@ export class DaemonMetrics {
         for (const s of sandboxes?.() ?? []) this.inc({ kind: s.kind, state: s.state });
       },
     });
-    this.#qmpReconnects = new Counter({
-      name: 'vmplug_qmp_reconnects_total',
-      help: "Connections to a sandbox's monitor made ready again after the first one",
-      registers,
-    });
-    this.#qmpBusy = new Counter({
-      name: 'vmplug_qmp_busy_retries_total',
-      help: 'Connection attempts that found the monitor held by another client and were retried',
-      registers,
-    });
-    this.#qmpConnectFailures = new Counter({
-      name: 'vmplug_qmp_connect_failures_total',
-      help: 'Failed or dropped monitor connections by error code',
-      labelNames: ['code'],
-      registers,
-    });
-    this.#reconcileRuns = new Counter({
-      name: 'vmplug_reconcile_runs_total',
-      help: 'Reconcile runs by result (ok, error)',
-      labelNames: ['result'],
-      registers,
-    });
-    this.#reconcileRepairs = new Counter({
-      name: 'vmplug_reconcile_repairs_total',
-      help: 'Repairs made by reconcile, by action',
-      labelNames: ['action'],
-      registers,
-    });
-    this.#reconcileFailures = new Counter({
-      name: 'vmplug_reconcile_repair_failures_total',
-      help: 'Repairs that failed in a reconcile run (retried the next run)',
-      registers,
-    });
+    this.#qmpReconnects = counter(
+      'vmplug_qmp_reconnects_total',
+      "Connections to a sandbox's monitor made ready again after the first one",
+      [],
+    );
+    this.#qmpBusy = counter(
+      'vmplug_qmp_busy_retries_total',
+      'Connection attempts that found the monitor held by another client and were retried',
+      [],
+    );
+    this.#qmpConnectFailures = counter(
+      'vmplug_qmp_connect_failures_total',
+      'Failed or dropped monitor connections by error code',
+      ['code'],
+    );
+    this.#reconcileRuns = counter('vmplug_reconcile_runs_total', 'Reconcile runs by result (ok, error)', [
+      'result',
+    ]);
+    this.#reconcileRepairs = counter(
+      'vmplug_reconcile_repairs_total',
+      'Repairs made by reconcile, by action',
+      ['action'],
+    );
+    this.#reconcileFailures = counter(
+      'vmplug_reconcile_repair_failures_total',
+      'Repairs that failed in a reconcile run (retried the next run)',
+      [],
+    );
     this.#reconcileDuration = new Histogram({
       name: 'vmplug_reconcile_duration_seconds',
       help: 'Duration of reconcile runs',

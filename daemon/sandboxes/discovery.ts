@@ -4,6 +4,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { isSandboxId, type SandboxId } from '../../core/ids.js';
 import { ListenerSet } from '../../core/listeners.js';
+import type { LeveledLog } from '../../core/log.js';
 import {
   QmpConnectError,
   type QmpError,
@@ -65,11 +66,7 @@ export type DiscoveryEvent =
   | { type: 'removed'; id: SandboxId; reason: string };
 
 /** The pino subset discovery logs with. */
-export interface DiscoveryLogger {
-  debug(obj: Record<string, unknown>, msg: string): void;
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
+export type DiscoveryLogger = LeveledLog;
 
 export interface DiscoveryOptions {
   monitorDir: string;

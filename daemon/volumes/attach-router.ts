@@ -1,17 +1,10 @@
 import { BackendError } from '../../core/errors.js';
-import type { SandboxId, VolumeId } from '../../core/ids.js';
+import type { SandboxId } from '../../core/ids.js';
 import type { LibvirtConnection, LibvirtUuid } from '../../libvirt/binding.js';
 import type { LibvirtDomains } from '../../libvirt/domains.js';
-import type {
-  Attachment,
-  AttachResult,
-  AttachService,
-  ListVolumes,
-  OperationContext,
-} from '../../storage/attach-service.js';
+import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import type { LibvirtAttachService } from '../../storage/libvirt/engine.js';
 import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
-import type { AttachSpec } from '../../storage/volume-spec.js';
 
 // One REST surface over two kinds of sandbox: a Kata sandbox (discovery knows it) goes to the Kata
 // engine, a libvirt domain (by name) to the libvirt service; anything else to the Kata engine,
@@ -71,31 +64,19 @@ export class AttachRouter implements AttachService {
     return (await this.serviceOf(id)) === 'libvirt' ? this.#o.libvirt : this.#o.kata;
   }
 
-  async attach(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    spec: AttachSpec,
-    ctx: OperationContext,
-  ): Promise<AttachResult> {
-    return (await this.#pick(sandboxId)).attach(sandboxId, volumeId, spec, ctx);
-  }
+  // Each call goes, unchanged, to the service that owns the sandbox (its signature is the
+  // AttachService interface's, written once there).
+  attach: AttachService['attach'] = async (sandboxId, ...rest) =>
+    (await this.#pick(sandboxId)).attach(sandboxId, ...rest);
 
-  async detach(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<void> {
-    return (await this.#pick(sandboxId)).detach(sandboxId, volumeId, ctx);
-  }
+  detach: AttachService['detach'] = async (sandboxId, ...rest) =>
+    (await this.#pick(sandboxId)).detach(sandboxId, ...rest);
 
-  async get(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<Attachment> {
-    return (await this.#pick(sandboxId)).get(sandboxId, volumeId, ctx);
-  }
+  get: AttachService['get'] = async (sandboxId, ...rest) =>
+    (await this.#pick(sandboxId)).get(sandboxId, ...rest);
 
-  async resize(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    sizeBytes: number,
-    ctx: OperationContext,
-  ): Promise<Attachment> {
-    return (await this.#pick(sandboxId)).resize(sandboxId, volumeId, sizeBytes, ctx);
-  }
+  resize: AttachService['resize'] = async (sandboxId, ...rest) =>
+    (await this.#pick(sandboxId)).resize(sandboxId, ...rest);
 
   /** The volumes of a sandbox, from the service that owns it. */
   listVolumes: ListVolumes = async (sandboxId, ctx) =>

@@ -16,7 +16,6 @@
 import { constants } from 'node:fs';
 import { access, mkdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { EngineBase } from '../../core/engine-base.js';
 import {
   BackendError,
   ConflictError,
@@ -40,16 +39,18 @@ import type { LibvirtDomains } from '../../libvirt/domains.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import {
   type Attachment,
+  type AttachOp,
   type AttachResult,
   type AttachService,
   attachConflict,
   attachmentFromRecord,
-  checkResizeBytes,
   type OperationContext,
   type OperationLogger,
   pendingRecord,
+  type ResizeOp,
   resizableRecord,
   shuttingDown,
+  VolumeEngine,
 } from '../attach-service.js';
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS } from '../ceph-probe.js';
 import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from '../host-device.js';
@@ -126,7 +127,7 @@ function failure(step: string, err: unknown, spec?: AttachSpec): VmplugError {
   return new BackendError(step, (err as Error).message ?? String(err), { secrets, cause: err });
 }
 
-export class LibvirtAttachService extends EngineBase implements AttachService {
+export class LibvirtAttachService extends VolumeEngine implements AttachService {
   readonly #o: Required<Omit<LibvirtAttachOptions, 'cephConfBase' | 'gate'>> & { cephConfBase?: string };
   /** Whether QEMU can reach files under cephConfBase (checked once). */
   #confCheck: Promise<boolean> | undefined;
@@ -157,63 +158,59 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
     return (await this.#o.journal.list(sandboxId)).some((r) => r.kind === 'libvirt');
   }
 
-  async attach(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    spec: AttachSpec,
-    ctx: OperationContext,
-  ): Promise<AttachResult> {
+  protected override refuseSpec(spec: AttachSpec): void {
     if (spec.mode === 'rbd' && spec.source.namespace !== undefined) {
       throw new ValidationError(
         'source.namespace',
         "RBD namespaces are not supported for libvirt domains (libvirt's rbd source names pool/image only)",
       );
     }
-    const log = ctx.log.child({ op: 'attach', sandboxId, volumeId, kind: 'libvirt' });
+  }
+
+  protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
+    const { sandboxId, volumeId, spec, log, signal } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const t = await this.#target(sandboxId, signal, true);
-      const existing = await this.#o.journal.load(sandboxId, volumeId);
-      if (existing !== undefined && existing.kind !== 'libvirt') {
-        throw new ConflictError(`volume ${volumeId} is recorded for a Kata sandbox of the same id`);
-      }
-      const plan = planAttach(
-        existing,
-        fingerprint,
-        needsDeviceCheck(existing, fingerprint) &&
-          (await this.#disks(t, signal)).some((d) => d.alias === diskAlias(existing.names)),
-        isAttachState,
-      );
-      switch (plan.kind) {
-        case 'reuse':
-          return { created: false, attachment: this.#view(plan.record) };
-        case 'conflict':
-          throw attachConflict(plan, `domain ${sandboxId}`);
-        case 'clear-lost':
-          // The domain lost the disk (restarted, or detached behind vmplug's back): answering
-          // "already attached" would be a lie. Clear what is left and attach anew.
-          log.warn(
-            { alias: diskAlias(plan.record.names) },
-            'attached volume has no disk in the domain; attaching it again',
-          );
-          await this.#clear(t, plan.record, 'DEVICE_LOST', 'the disk vanished from the domain', signal, log);
-          break;
-        case 'resume':
-          // A half-done attach (a crash, or a rollback that did not finish): undo it, then start over.
-          log.info({ state: plan.record.state }, 'rolling back a half-done attach before attaching again');
-          await this.#clear(t, plan.record, 'RESTARTED', 'attach restarted', signal, log);
-          break;
-        case 'fresh':
-          break;
-      }
-      const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
-      // Block mode: allow-list and host-use checks; libvirt gets the resolved device.
-      const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
-      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
-      const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, admitted);
-      await this.#o.journal.save(record);
-      return { created: true, attachment: await this.#runAttach(t, record, admitted, signal, log) };
-    });
+    const t = await this.#target(sandboxId, signal, true);
+    const existing = await this.#o.journal.load(sandboxId, volumeId);
+    if (existing !== undefined && existing.kind !== 'libvirt') {
+      throw new ConflictError(`volume ${volumeId} is recorded for a Kata sandbox of the same id`);
+    }
+    const plan = planAttach(
+      existing,
+      fingerprint,
+      needsDeviceCheck(existing, fingerprint) &&
+        (await this.#disks(t, signal)).some((d) => d.alias === diskAlias(existing.names)),
+      isAttachState,
+    );
+    switch (plan.kind) {
+      case 'reuse':
+        return { created: false, attachment: this.#view(plan.record) };
+      case 'conflict':
+        throw attachConflict(plan, `domain ${sandboxId}`);
+      case 'clear-lost':
+        // The domain lost the disk (restarted, or detached behind vmplug's back): answering
+        // "already attached" would be a lie. Clear what is left and attach anew.
+        log.warn(
+          { alias: diskAlias(plan.record.names) },
+          'attached volume has no disk in the domain; attaching it again',
+        );
+        await this.#clear(t, plan.record, 'DEVICE_LOST', 'the disk vanished from the domain', signal, log);
+        break;
+      case 'resume':
+        // A half-done attach (a crash, or a rollback that did not finish): undo it, then start over.
+        log.info({ state: plan.record.state }, 'rolling back a half-done attach before attaching again');
+        await this.#clear(t, plan.record, 'RESTARTED', 'attach restarted', signal, log);
+        break;
+      case 'fresh':
+        break;
+    }
+    const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
+    // Block mode: allow-list and host-use checks; libvirt gets the resolved device.
+    const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
+    await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+    const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, admitted);
+    await this.#o.journal.save(record);
+    return { created: true, attachment: await this.#runAttach(t, record, admitted, signal, log) };
   }
 
   async #runAttach(
@@ -478,40 +475,34 @@ export class LibvirtAttachService extends EngineBase implements AttachService {
     return records.filter((r) => r.kind === 'libvirt').map((r) => this.#view(r));
   }
 
-  async resize(
-    sandboxId: SandboxId,
-    volumeId: VolumeId,
-    sizeBytes: number,
-    ctx: OperationContext,
-  ): Promise<Attachment> {
-    checkResizeBytes(sizeBytes);
-    const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, kind: 'libvirt' });
-    return this.admit(sandboxId, ctx.signal, async (signal) => {
-      const t = await this.#target(sandboxId, signal, true);
-      const found = await this.#o.journal.load(sandboxId, volumeId);
-      const record = resizableRecord(found?.kind === 'libvirt' ? found : undefined, volumeId);
-      const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
-      if (disk === undefined) {
-        throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
+  protected readonly logFields = { kind: 'libvirt' };
+
+  protected async resizeAdmitted(op: ResizeOp): Promise<Attachment> {
+    const { sandboxId, volumeId, sizeBytes, log, signal } = op;
+    const t = await this.#target(sandboxId, signal, true);
+    const found = await this.#o.journal.load(sandboxId, volumeId);
+    const record = resizableRecord(found?.kind === 'libvirt' ? found : undefined, volumeId);
+    const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
+    if (disk === undefined) {
+      throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
+    }
+    const call = { timeoutMs: this.#o.callTimeoutMs, signal };
+    try {
+      const before = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
+      if (sizeBytes < before.capacity) {
+        throw new ValidationError(
+          'sizeBytes',
+          `must be at least the current size ${before.capacity}: shrinking is refused`,
+        );
       }
-      const call = { timeoutMs: this.#o.callTimeoutMs, signal };
-      try {
-        const before = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
-        if (sizeBytes < before.capacity) {
-          throw new ValidationError(
-            'sizeBytes',
-            `must be at least the current size ${before.capacity}: shrinking is refused`,
-          );
-        }
-        // rbd: libvirt (QEMU) grows the image itself; block: the host device must have grown first.
-        await t.conn.blockResize(t.uuid, disk.targetDev, sizeBytes, call);
-        const after = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
-        log.info({ sizeBytes, target: disk.targetDev }, 'resized');
-        return { ...this.#view(record), stats: { size_bytes: after.capacity } };
-      } catch (err) {
-        throw failure('blockResize', err);
-      }
-    });
+      // rbd: libvirt (QEMU) grows the image itself; block: the host device must have grown first.
+      await t.conn.blockResize(t.uuid, disk.targetDev, sizeBytes, call);
+      const after = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
+      log.info({ sizeBytes, target: disk.targetDev }, 'resized');
+      return { ...this.#view(record), stats: { size_bytes: after.capacity } };
+    } catch (err) {
+      throw failure('blockResize', err);
+    }
   }
 
   #view(record: JournalRecord): Attachment {

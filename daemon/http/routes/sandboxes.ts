@@ -1,10 +1,11 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from '../../../api/index.js';
 import { NotFoundError } from '../../../core/errors.js';
-import { parseSandboxId, type SandboxId } from '../../../core/ids.js';
+import type { SandboxId } from '../../../core/ids.js';
 import type { SandboxCatalog, SandboxRecord } from '../../../core/sandbox.js';
 import type { NicView } from '../../../net/index.js';
 import type { Attachment, ListVolumes, OperationContext } from '../../../storage/attach-service.js';
+import { operationContext, sandboxIdOf, schemaLeftover, validatedRoute } from './request.js';
 
 // What the node runs, as the API shows it: the catalogs' sandboxes (core/sandbox.ts) with the
 // volumes and NICs the engines have attached to each.
@@ -27,7 +28,7 @@ export interface SandboxRoutesOptions {
 
 export const sandboxRoutes: FastifyPluginAsync<SandboxRoutesOptions> = async (app, opts) => {
   const { catalog, listVolumes, listNics, shutdownSignal } = opts;
-  const ctx = (request: FastifyRequest): OperationContext => ({ signal: shutdownSignal, log: request.log });
+  const ctx: (request: FastifyRequest) => OperationContext = operationContext(shutdownSignal);
 
   const withVolumes = async (record: SandboxRecord, request: FastifyRequest): Promise<SandboxView> => {
     const view: SandboxView = { ...record, volumes: await listVolumes(record.id as SandboxId, ctx(request)) };
@@ -54,18 +55,15 @@ export const sandboxRoutes: FastifyPluginAsync<SandboxRoutesOptions> = async (ap
 
   app.get(
     '/v1/sandboxes/:sandboxId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'One sandbox',
-        tags: ['sandboxes'],
-        params: sandboxParamsSchema,
-        response: { 200: { $ref: 'Sandbox#' }, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'One sandbox',
+      tags: ['sandboxes'],
+      params: sandboxParamsSchema,
+      response: { 200: { $ref: 'Sandbox#' }, ...problemResponses },
+    }),
     async (request) => {
-      const sandboxId = parseSandboxId((request.params as Record<string, unknown>).sandboxId);
-      if (request.validationError !== undefined) throw request.validationError;
+      const sandboxId = sandboxIdOf(request);
+      schemaLeftover(request);
       const record = catalog.get(sandboxId);
       if (record === undefined) throw new NotFoundError('sandbox', sandboxId);
       return withVolumes(record, request);

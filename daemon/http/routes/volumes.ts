@@ -5,9 +5,10 @@ import {
   resizeBodySchema,
   volumeParamsSchema,
 } from '../../../api/index.js';
-import { parseSandboxId, parseVolumeId, type SandboxId, type VolumeId } from '../../../core/ids.js';
+import { parseVolumeId } from '../../../core/ids.js';
 import type { AttachService, OperationContext } from '../../../storage/attach-service.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';
+import { childIds, operationContext, putAnswer, schemaLeftover, validatedRoute } from './request.js';
 
 export interface VolumeRoutesOptions {
   service: AttachService;
@@ -19,60 +20,45 @@ const attachmentRef = { $ref: 'Attachment#' } as const;
 
 // Every route sets attachValidation: ids and the attach body are checked by the storage parsers
 // first (their codes: INVALID_ID 400, INVALID_FIELD/NOT_PASSTHROUGH/MODE_MISMATCH 422); a schema
-// error left over after them is raised as a plain 400.
+// error left over after them is raised as a plain 400 (./request.ts).
 export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app, opts) => {
   const { service, shutdownSignal } = opts;
 
-  const ctx = (request: FastifyRequest): OperationContext => ({ signal: shutdownSignal, log: request.log });
-
-  const ids = (request: FastifyRequest): { sandboxId: SandboxId; volumeId: VolumeId } => {
-    const params = request.params as Record<string, unknown>;
-    return { sandboxId: parseSandboxId(params.sandboxId), volumeId: parseVolumeId(params.volumeId) };
-  };
-
-  const schemaLeftover = (request: FastifyRequest): void => {
-    if (request.validationError !== undefined) throw request.validationError;
-  };
+  const ctx: (request: FastifyRequest) => OperationContext = operationContext(shutdownSignal);
+  const ids = (request: FastifyRequest) => childIds(request, 'volumeId', parseVolumeId);
 
   app.put(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Attach a volume (idempotent)',
-        description:
-          'Block mode: the path is resolved (symlinks followed) and the resolved device is what the guest gets; 403 DEVICE_NOT_ALLOWED when it is outside the allowedDevices setting, 409 DEVICE_IN_USE when the host uses it or one of its partitions (mounted, swap, held by dm/md/LVM, opened exclusively), both naming source.path and refused before anything is done.',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        body: attachBodySchema,
-        response: {
-          200: { ...attachmentRef, description: 'the same volume was already attached with the same spec' },
-          201: { ...attachmentRef, description: 'attached' },
-          ...problemResponses,
-        },
+    validatedRoute({
+      summary: 'Attach a volume (idempotent)',
+      description:
+        'Block mode: the path is resolved (symlinks followed) and the resolved device is what the guest gets; 403 DEVICE_NOT_ALLOWED when it is outside the allowedDevices setting, 409 DEVICE_IN_USE when the host uses it or one of its partitions (mounted, swap, held by dm/md/LVM, opened exclusively), both naming source.path and refused before anything is done.',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      body: attachBodySchema,
+      response: {
+        200: { ...attachmentRef, description: 'the same volume was already attached with the same spec' },
+        201: { ...attachmentRef, description: 'attached' },
+        ...problemResponses,
       },
-    },
+    }),
     async (request, reply) => {
       const { sandboxId, volumeId } = ids(request);
       const spec = parseAttachRequest(request.body);
       schemaLeftover(request);
       const { created, attachment } = await service.attach(sandboxId, volumeId, spec, ctx(request));
-      if (created) reply.header('location', `/v1/sandboxes/${sandboxId}/volumes/${volumeId}`);
-      return reply.code(created ? 201 : 200).send(attachment);
+      return putAnswer(reply, created, `/v1/sandboxes/${sandboxId}/volumes/${volumeId}`, attachment);
     },
   );
 
   app.get(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'State, QEMU names, guest hint, timeline and stats of a volume',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        response: { 200: attachmentRef, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'State, QEMU names, guest hint, timeline and stats of a volume',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      response: { 200: attachmentRef, ...problemResponses },
+    }),
     async (request) => {
       const { sandboxId, volumeId } = ids(request);
       schemaLeftover(request);
@@ -82,15 +68,12 @@ export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app,
 
   app.delete(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Detach a volume (idempotent: also 204 when unknown)',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        response: { 204: { type: 'null', description: 'detached' }, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'Detach a volume (idempotent: also 204 when unknown)',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      response: { 204: { type: 'null', description: 'detached' }, ...problemResponses },
+    }),
     async (request, reply) => {
       const { sandboxId, volumeId } = ids(request);
       schemaLeftover(request);
@@ -101,16 +84,13 @@ export const volumeRoutes: FastifyPluginAsync<VolumeRoutesOptions> = async (app,
 
   app.post(
     '/v1/sandboxes/:sandboxId/volumes/:volumeId/resize',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Online expand of an attached volume',
-        tags: ['volumes'],
-        params: volumeParamsSchema,
-        body: resizeBodySchema,
-        response: { 200: attachmentRef, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'Online expand of an attached volume',
+      tags: ['volumes'],
+      params: volumeParamsSchema,
+      body: resizeBodySchema,
+      response: { 200: attachmentRef, ...problemResponses },
+    }),
     async (request) => {
       const { sandboxId, volumeId } = ids(request);
       schemaLeftover(request);

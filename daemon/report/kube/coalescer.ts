@@ -1,3 +1,5 @@
+import { backoffDelay, type RetryTiming } from './backoff.js';
+
 /**
  * Keeps one remote copy of a local value true with as few writes as possible: at most one write
  * per `minIntervalMs`, none when the value's hash equals the last one written, backoff while
@@ -5,15 +7,13 @@
  * a long outage costs no memory and the first write after it carries the newest state.
  */
 
-export interface CoalescerOptions {
+export interface CoalescerOptions extends RetryTiming {
   minIntervalMs: number;
-  backoff: { initialMs: number; maxMs: number };
   /**
    * Rewrite even an unchanged value this often, so a status someone else edited or deleted is
    * put right. 0 turns it off.
    */
   resyncMs: number;
-  now?: () => number;
 }
 
 export interface CoalescerStats {
@@ -122,7 +122,7 @@ export class Coalescer<T> {
     const interval = Math.max(0, this.#o.minIntervalMs - sinceLast);
     const n = this.#stats.consecutiveFailures;
     if (n === 0) return interval;
-    const backoff = Math.min(this.#o.backoff.maxMs, this.#o.backoff.initialMs * 2 ** (n - 1));
+    const backoff = backoffDelay(this.#o.backoff, n);
     return Math.max(interval, backoff - sinceLast);
   }
 

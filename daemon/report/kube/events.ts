@@ -4,6 +4,7 @@
  * so an outage costs bounded memory and the events that arrive late are the most recent ones.
  */
 import { randomBytes } from 'node:crypto';
+import { backoffDelay, type RequestTiming } from './backoff.js';
 import type { KubeHttp } from './kube-http.js';
 import { KubeError } from './kube-http.js';
 
@@ -26,12 +27,9 @@ export interface PodEvent {
   name: string;
 }
 
-export interface EventSenderOptions {
+export interface EventSenderOptions extends RequestTiming {
   nodeName: string;
   maxQueued: number;
-  backoff: { initialMs: number; maxMs: number };
-  requestTimeoutMs: number;
-  now?: () => number;
 }
 
 export interface EventSenderStats {
@@ -224,10 +222,7 @@ export class EventSender {
         } else {
           // Leave it at the head; a full queue may still drop it for a newer one meanwhile.
           this.#failures++;
-          const delay = Math.min(
-            this.#o.backoff.maxMs,
-            this.#o.backoff.initialMs * 2 ** (this.#failures - 1),
-          );
+          const delay = backoffDelay(this.#o.backoff, this.#failures);
           this.#log.debug({ err: (err as Error).message, retryInMs: delay }, 'pod event not sent yet');
           this.#kick(delay);
           return;

@@ -3,10 +3,11 @@
  * vmplugd on a node is alive (the CR status only changes when something happens). Written by
  * server-side apply, so create and renew are one idempotent request.
  */
+import { backoffDelay, type RequestTiming } from './backoff.js';
 import { microTime } from './events.js';
 import type { KubeHttp } from './kube-http.js';
 
-export interface LeaseOptions {
+export interface LeaseOptions extends RequestTiming {
   nodeName: string;
   namespace: string;
   /** Lease name; default vmplug-<node>. */
@@ -14,9 +15,6 @@ export interface LeaseOptions {
   renewMs: number;
   /** How long the lease is valid without renewal; a few renew periods. */
   durationSeconds: number;
-  backoff: { initialMs: number; maxMs: number };
-  requestTimeoutMs: number;
-  now?: () => number;
 }
 
 export interface LeaseStats {
@@ -114,7 +112,7 @@ export class LeaseHeartbeat {
       this.#failures++;
       this.#onResult(err);
       // Retry sooner than the renew period, but never faster than the backoff allows.
-      const backoff = Math.min(this.#o.backoff.maxMs, this.#o.backoff.initialMs * 2 ** (this.#failures - 1));
+      const backoff = backoffDelay(this.#o.backoff, this.#failures);
       this.#schedule(Math.min(backoff, this.#o.renewMs));
     }
   }

@@ -1,9 +1,11 @@
+import type { LeveledLog } from '../../../core/log.js';
 /**
  * Keeps the node's VmplugNode status true in the API server, sends Pod Events, and renews the
  * node's Lease. While the API server is unreachable the daemon goes on serving the node: the
  * status writer holds no backlog (it re-reads the latest snapshot when it can write), events go
  * through a bounded queue, and everything catches up once the server answers again.
  */
+import type { Backoff } from './backoff.js';
 import { Coalescer, type CoalescerStats } from './coalescer.js';
 import { EventSender, type EventSenderStats, type EventType, type PodEventTarget } from './events.js';
 import {
@@ -30,11 +32,7 @@ export interface SnapshotProvider {
 }
 
 /** The pino subset the reporter logs with. */
-export interface ReporterLogger {
-  debug(obj: Record<string, unknown>, msg: string): void;
-  info(obj: Record<string, unknown>, msg: string): void;
-  warn(obj: Record<string, unknown>, msg: string): void;
-}
+export type ReporterLogger = LeveledLog;
 
 export interface NodeReporterOptions {
   /** Also the CR's name (--node-name, NODE_NAME). */
@@ -58,7 +56,7 @@ export interface NodeReporterOptions {
   /** Pod events kept while the server is away (default 256); the oldest are dropped. */
   maxQueuedEvents?: number;
   /** Retry backoff after failures (default 500 ms doubling to 30 s). */
-  backoff?: { initialMs: number; maxMs: number };
+  backoff?: Backoff;
   /** Rewrite an unchanged status this often, to repair outside edits (default 5 min; 0 = never). */
   resyncMs?: number;
 }
