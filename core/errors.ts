@@ -16,7 +16,8 @@ export type VmplugErrorCode =
   | 'DETACH_PENDING'
   | 'INVALID_TRANSITION'
   | 'JOURNAL_CORRUPT'
-  | 'JOURNAL_IO';
+  | 'JOURNAL_IO'
+  | 'RECORD_FOREIGN';
 
 export interface Problem {
   type: string;
@@ -209,5 +210,20 @@ export class JournalIoError extends VmplugError {
   ) {
     const errno = (cause as { code?: unknown } | null)?.code;
     super(`journal ${operation} ${path} failed${typeof errno === 'string' ? ` (${errno})` : ''}`, { cause });
+  }
+}
+
+/**
+ * A Kata direct-volume record is already at the path of this targetPath and vmplug did not write
+ * it (another plugin's, an operator's): it is never overwritten or removed.
+ */
+export class ForeignRecordError extends VmplugError {
+  readonly code = 'RECORD_FOREIGN';
+  readonly status = 409;
+
+  constructor(readonly recordPath: string) {
+    super(`a Kata direct-volume record vmplug did not write is at ${recordPath}; it is left untouched`, {
+      field: 'targetPath',
+    });
   }
 }

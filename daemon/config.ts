@@ -38,6 +38,10 @@ export interface DaemonConfig {
   discoveryRescanMs: number;
   /** How long a sandbox's monitor may refuse connections (QEMU dead) before it is gone and pruned. */
   sandboxGoneGraceMs: number;
+  /** kubelet's root directory: a pod volume's targetPath must be a CSI mount path under it. */
+  kubeletRoot: string;
+  /** Where Kata's runtime reads direct-assigned volume records (mountInfo.json per target path). */
+  kataDirectVolumeRoot: string;
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -260,6 +264,18 @@ const SPECS: Specs = {
     env: 'VMPLUG_SANDBOX_GONE_GRACE_MS',
     default: () => 15_000,
     parse: (v) => integer(v, 0, 3_600_000),
+  },
+  kubeletRoot: {
+    flag: 'kubelet-root',
+    env: 'VMPLUG_KUBELET_ROOT',
+    default: () => '/var/lib/kubelet',
+    parse: absolutePath,
+  },
+  kataDirectVolumeRoot: {
+    flag: 'kata-direct-volume-root',
+    env: 'VMPLUG_KATA_DIRECT_VOLUME_ROOT',
+    default: () => '/run/kata-containers/shared/direct-volumes',
+    parse: absolutePath,
   },
 };
 

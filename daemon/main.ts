@@ -3,7 +3,8 @@ import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isNetSandboxId, NicEngine, type NicView } from '../net/index.js';
-import { Journal, type JournalWriteHook } from '../storage/journal.js';
+import { Journal } from '../storage/journal.js';
+import type { PodVolumeEngine } from '../storage/pod/engine.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
 import {
@@ -14,13 +15,14 @@ import {
   kataSbsRootOf,
   loadConfig,
 } from './config.js';
-import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
+import { FAILPOINT_ENV, failpointHook, parseFailpoint, type StateWriteHook } from './failpoints.js';
 import { openApiText } from './http/openapi.js';
 import { DaemonError } from './http/problem.js';
 import type { AttachService } from './http/routes/attach-service.js';
 import type { Readiness, ReadinessCheck, ReadinessProbe } from './http/routes/health.js';
 import type { NicService } from './http/routes/nics.js';
 import type { NodeRoutesOptions } from './http/routes/node.js';
+import type { PodService } from './http/routes/pods.js';
 import type { ListVolumes, SandboxCatalog } from './http/routes/sandboxes.js';
 import { buildServer, type VmplugServer } from './http/server.js';
 import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
@@ -34,6 +36,7 @@ import { createResourceService, type ResourceService } from './resize/service.js
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { createAttachService, type EngineDeps, type EngineHandle } from './volumes/attach-engine.js';
+import { createPodEngine } from './volumes/pod-engine.js';
 
 export { unavailableAttachService } from './volumes/attach-engine.js';
 
@@ -52,6 +55,8 @@ export interface DaemonOptions {
   resources?: ResourceService;
   /** NIC hot-plug; the routes answer 503 without it. */
   nics?: NicService;
+  /** Pod volumes (DESIGN §5b); the routes answer 503 without it. */
+  pods?: PodService;
   version?: string;
   /** A listening socket passed by systemd (socket activation): served instead of binding config.socket. */
   inheritedSocketFd?: number;
@@ -88,6 +93,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     ...(opts.metrics !== undefined ? { metrics: opts.metrics } : {}),
     ...(opts.resources !== undefined ? { resources: opts.resources } : {}),
     ...(opts.nics !== undefined ? { nics: opts.nics } : {}),
+    ...(opts.pods !== undefined ? { pods: { service: opts.pods, kubeletRoot: config.kubeletRoot } } : {}),
     ...(opts.version !== undefined ? { version: opts.version } : {}),
   });
   const listener: UnixListener =
@@ -146,7 +152,7 @@ export interface VmplugdOptions {
   logger: Logger;
   version?: string;
   /** Runs around each journal write (the crash failpoints, daemon/failpoints.ts). */
-  onJournalWrite?: JournalWriteHook;
+  onJournalWrite?: StateWriteHook;
   /** Replaces createAttachService (tests run the daemon with a stub engine). */
   createEngine?: (deps: EngineDeps) => Promise<EngineHandle>;
   /** Discovery tuning beyond the config (tests shorten the QMP backoff). */
@@ -166,6 +172,8 @@ export interface Vmplugd {
   engine: EngineHandle;
   /** NIC hot-plug (net/), journalled under <stateDir>/nics. */
   nics: NicEngine;
+  /** Pod volumes (DESIGN §5b), journalled under <stateDir>/pods. */
+  pods: PodVolumeEngine;
   journal: Journal;
   /** Metrics, node facts and the Kubernetes reporter. */
   reporting: Reporting;
@@ -205,6 +213,11 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     logger: logger.child({ component: 'nic' }),
     onChange: (id) => nicsChanged(id),
   });
+  const pods = await createPodEngine({
+    config,
+    logger,
+    ...(opts.onJournalWrite !== undefined ? { onWrite: opts.onJournalWrite } : {}),
+  });
   let engine: EngineHandle | undefined;
   let loop: ReconcileLoop | undefined;
   let reporting: Reporting | undefined;
@@ -238,9 +251,14 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       loop = new ReconcileLoop({
         // Volumes and NICs each converge even when the other fails; the run fails if either did.
         reconcile: async (signal) => {
-          const [volumes, nicRun] = await Promise.allSettled([reconcile(signal), nics.reconcile({ signal })]);
+          const [volumes, nicRun, podRun] = await Promise.allSettled([
+            reconcile(signal),
+            nics.reconcile({ signal }),
+            pods.reconcile(signal),
+          ]);
           if (volumes.status === 'rejected') throw volumes.reason;
           if (nicRun.status === 'rejected') throw nicRun.reason;
+          if (podRun.status === 'rejected') throw podRun.reason;
           return volumes.value;
         },
         intervalMs: config.reconcileIntervalMs,
@@ -271,6 +289,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       metrics: r.metrics,
       resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
       nics: observeNicService(nics, (op) => r.nicOperation(op)),
+      pods,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });
@@ -283,7 +302,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       stopping ??= (async () => {
         const result = await daemon.stop();
         await l?.stop();
-        await Promise.all([e.close(), nics.close()]);
+        await Promise.all([e.close(), nics.close(), pods.close()]);
         await r.stop();
         await discovery.close();
         return result;
@@ -291,12 +310,13 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       return stopping;
     };
     const startupDone = l !== undefined ? l.firstRun() : Promise.resolve();
-    return { daemon, discovery, engine: e, nics, journal, reporting: r, startupDone, stop };
+    return { daemon, discovery, engine: e, nics, pods, journal, reporting: r, startupDone, stop };
   } catch (err) {
     await loop?.stop();
     await reporting?.stop();
     await engine?.close().catch(() => {});
     await nics.close();
+    await pods.close();
     await discovery.close();
     throw err;
   }

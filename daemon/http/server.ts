@@ -3,6 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
 import { isNetSandboxId } from '../../net/index.js';
+import { DEFAULT_KUBELET_ROOT } from '../../storage/pod/spec.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
 import {
@@ -20,6 +21,13 @@ import type { AttachService } from './routes/attach-service.js';
 import { healthRoutes, type ReadinessProbe } from './routes/health.js';
 import { type NicService, nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
+import {
+  type PodService,
+  podRoutes,
+  podVolumeListSchema,
+  podVolumeSchema,
+  unavailablePodService,
+} from './routes/pods.js';
 import { resourceRoutes } from './routes/resources.js';
 import {
   emptyCatalog,
@@ -43,6 +51,8 @@ export interface ServerDeps {
   resources?: ResourceService;
   /** NIC hot-plug (net/); 503 NOT_READY when absent, and sandboxes show no NICs. */
   nics?: NicService;
+  /** Pod volumes (DESIGN §5b); 503 NOT_READY when absent. */
+  pods?: { service: PodService; kubeletRoot: string };
   /** GET /v1/node; 503 when absent. */
   nodeFacts?: NodeRoutesOptions['facts'];
   /** GET /metrics; 503 when absent. */
@@ -153,6 +163,7 @@ export async function buildServer(deps: ServerDeps) {
         { name: 'sandboxes', description: 'the VM sandboxes on this node' },
         { name: 'volumes', description: 'hot-attach and detach of volumes' },
         { name: 'nics', description: 'hot-plug and unplug of virtio-net NICs' },
+        { name: 'pods', description: "volumes published for Kata pods through Kata's direct-volume records" },
         { name: 'node', description: 'facts about this node' },
         { name: 'health', description: 'liveness, readiness and metrics' },
       ],
@@ -163,6 +174,8 @@ export async function buildServer(deps: ServerDeps) {
   app.addSchema(nicSchema);
   app.addSchema(sandboxSchema);
   app.addSchema(sandboxListSchema);
+  app.addSchema(podVolumeSchema);
+  app.addSchema(podVolumeListSchema);
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.register(healthRoutes, { readiness: deps.readiness });
@@ -182,6 +195,11 @@ export async function buildServer(deps: ServerDeps) {
   });
   await app.register(nicRoutes, {
     service: deps.nics ?? unavailableNicService,
+    shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
+  });
+  await app.register(podRoutes, {
+    service: deps.pods?.service ?? unavailablePodService,
+    kubeletRoot: deps.pods?.kubeletRoot ?? DEFAULT_KUBELET_ROOT,
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
   });
   await app.register(volumeRoutes, {

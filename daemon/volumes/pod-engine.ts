@@ -1,0 +1,45 @@
+import { loadFingerprintKey } from '../../storage/journal.js';
+import { PodVolumeEngine } from '../../storage/pod/engine.js';
+import { PodJournal, type PodWriteHook } from '../../storage/pod/journal.js';
+import type { StorageDaemonBackend } from '../../storage/storage-daemon/types.js';
+import type { DaemonConfig } from '../config.js';
+import type { Logger } from '../logger.js';
+
+// The one place that builds the pod-volume engine (DESIGN §5b): its journal under
+// <stateDir>/pods, the node's fingerprint key (shared with the attach journal), Kata's
+// direct-volume root, and the storage-daemon backend for rbd mode when there is one.
+
+export interface PodEngineOptions {
+  config: Pick<DaemonConfig, 'stateDir' | 'kataDirectVolumeRoot' | 'maxConcurrentOps'>;
+  logger: Logger;
+  onWrite?: PodWriteHook;
+  storageDaemon?: StorageDaemonBackend;
+}
+
+const STARTUP_RECONCILE_MS = 30_000;
+
+export async function createPodEngine(opts: PodEngineOptions): Promise<PodVolumeEngine> {
+  const logger = opts.logger.child({ component: 'pods' });
+  const journal = new PodJournal({
+    stateDir: opts.config.stateDir,
+    logger,
+    ...(opts.onWrite !== undefined ? { onWrite: opts.onWrite } : {}),
+  });
+  const removed = await journal.sweepTemp();
+  if (removed > 0) logger.warn({ removed }, 'pod journal: removed temp files of interrupted writes');
+  const engine = new PodVolumeEngine({
+    journal,
+    fingerprintKey: await loadFingerprintKey(opts.config.stateDir),
+    directVolumeRoot: opts.config.kataDirectVolumeRoot,
+    logger,
+    maxConcurrentOps: opts.config.maxConcurrentOps,
+    ...(opts.storageDaemon !== undefined ? { storageDaemon: opts.storageDaemon } : {}),
+  });
+  // Before anything is served: a publish or unpublish cut short by a crash is settled first.
+  try {
+    await engine.reconcile(AbortSignal.timeout(STARTUP_RECONCILE_MS));
+  } catch (err) {
+    logger.error({ err }, 'pod volume start-up reconcile failed; the periodic one retries');
+  }
+  return engine;
+}
