@@ -5,6 +5,8 @@ import type { QmpEvent } from './messages.js';
 import type {
   BlockDeviceInfo,
   BlockdevAddOptions,
+  BlockExportAddOptions,
+  BlockExportInfo,
   BlockInfo,
   BlockResizeOptions,
   BlockStats,
@@ -141,4 +143,29 @@ export function queryHotpluggableCpus(qmp: QmpExecutor, opts?: CallOptions): Pro
 
 export function queryMemorySizeSummary(qmp: QmpExecutor, opts?: CallOptions): Promise<MemorySizeSummary> {
   return qmp.execute<MemorySizeSummary>('query-memory-size-summary', undefined, opts);
+}
+
+export async function blockExportAdd(
+  qmp: QmpExecutor,
+  exp: BlockExportAddOptions,
+  opts?: CallOptions,
+): Promise<void> {
+  await qmp.execute('block-export-add', exp, opts);
+}
+
+/**
+ * Requests the export's shutdown; it is gone once BLOCK_EXPORT_DELETED is emitted (or
+ * query-block-exports no longer lists it). `mode: 'hard'` disconnects clients.
+ */
+export async function blockExportDel(
+  qmp: QmpExecutor,
+  id: string,
+  mode?: 'safe' | 'hard',
+  opts?: CallOptions,
+): Promise<void> {
+  await qmp.execute('block-export-del', mode === undefined ? { id } : { id, mode }, opts);
+}
+
+export function queryBlockExports(qmp: QmpExecutor, opts?: CallOptions): Promise<BlockExportInfo[]> {
+  return qmp.execute<BlockExportInfo[]>('query-block-exports', undefined, opts);
 }

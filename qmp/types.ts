@@ -303,3 +303,33 @@ export interface NetdevUserOptions {
 }
 
 export type NetdevAddOptions = NetdevTapOptions | NetdevUserOptions;
+
+/** `block-export-add` (QEMU 7.2 BlockExportOptions), the two export types the product uses. */
+export type BlockExportAddOptions =
+  | {
+      type: 'vhost-user-blk';
+      id: string;
+      'node-name': string;
+      writable?: boolean;
+      addr: { type: 'unix'; path: string };
+      'logical-block-size'?: number;
+      'num-queues'?: number;
+    }
+  | {
+      type: 'fuse';
+      id: string;
+      'node-name': string;
+      writable?: boolean;
+      /** A regular file FUSE mounts the export on. */
+      mountpoint: string;
+      growable?: boolean;
+      'allow-other'?: 'on' | 'off' | 'auto';
+    };
+
+/** One element of `query-block-exports`. */
+export interface BlockExportInfo {
+  id: string;
+  type: string;
+  'node-name': string;
+  'shutting-down': boolean;
+}

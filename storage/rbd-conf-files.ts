@@ -1,5 +1,6 @@
-import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../core/atomic-file.js';
 import type { VolumeNames } from './naming.js';
 import { type RbdConfOptions, rbdConf } from './qemu-args.js';
 
@@ -25,15 +26,7 @@ export async function writeConfFile(
   const dir = confDir(stateDir);
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const path = confPath(stateDir, names);
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(rbdConf(opts));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
+  await writeFileAtomic(path, rbdConf(opts), { mode: 0o644 });
   return path;
 }
 

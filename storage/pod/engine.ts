@@ -253,10 +253,15 @@ export class PodVolumeEngine {
         repairs.push(`${e.key.name}: stopped a storage daemon no publish explains`);
       }
       if (wanted.length > 0) {
-        const { restarted } = await this.#d.storageDaemon.supervise(wanted, {
+        const { restarted, failed } = await this.#d.storageDaemon.supervise(wanted, {
           timeoutMs: this.#backendTimeout(),
         });
         for (const k of restarted) repairs.push(`${k.name}: restarted a storage daemon that had died`);
+        for (const f of failed)
+          this.#d.logger.error(
+            { export: f.key.name, code: f.error.code, err: f.error.message },
+            'pod volume: storage daemon supervision failed',
+          );
       }
     }
     for (const msg of repairs) this.#d.logger.info({ repair: msg }, 'pod volume reconcile');

@@ -1,3 +1,4 @@
+import type { VmplugError } from '../../core/errors.js';
 import type { RbdSource } from '../volume-spec.js';
 
 // The contract between the pod-volume engine (storage/pod/) and the qemu-storage-daemon backend
@@ -52,6 +53,16 @@ export interface BackendCallOptions {
 }
 
 /**
+ * What one supervision pass did. One export failing (a client still connected to an unwanted
+ * export, Ceph down for a wanted one) does not stop the pass: it is listed in `failed`.
+ */
+export interface SuperviseResult {
+  restarted: ExportKey[];
+  stopped: ExportKey[];
+  failed: Array<{ key: ExportKey; error: VmplugError }>;
+}
+
+/**
  * The storage-daemon backend. Every call is idempotent and safe to repeat after a crash of
  * vmplugd at any point: the daemons' state lives under the backend's own directory and in the
  * processes themselves (pid + start time + socket), never in vmplugd's memory alone.
@@ -76,10 +87,7 @@ export interface StorageDaemonBackend {
    * clear, so the caller supplies it: from memory, or the kernel keyring after a vmplugd restart).
    * Returns the keys it restarted and the ones it stopped.
    */
-  supervise(
-    wanted: readonly ExportRequest[],
-    opts?: BackendCallOptions,
-  ): Promise<{ restarted: ExportKey[]; stopped: ExportKey[] }>;
+  supervise(wanted: readonly ExportRequest[], opts?: BackendCallOptions): Promise<SuperviseResult>;
   /** Stops supervision timers; leaves the daemons running (they outlive vmplugd by design). */
   close(): Promise<void>;
 }

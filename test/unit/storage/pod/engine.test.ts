@@ -61,7 +61,7 @@ class FakeStorageDaemon implements StorageDaemonBackend {
   async supervise(wanted: readonly ExportRequest[]) {
     const restarted = wanted.filter((w) => !this.exports.has(w.key.name)).map((w) => w.key);
     for (const w of wanted) await this.ensureExport(w);
-    return { restarted, stopped: [] };
+    return { restarted, stopped: [], failed: [] };
   }
   async close(): Promise<void> {}
 }
