@@ -42,6 +42,8 @@ export interface DaemonConfig {
   kubeletRoot: string;
   /** Where Kata's runtime reads direct-assigned volume records (mountInfo.json per target path). */
   kataDirectVolumeRoot: string;
+  /** Kata's vhost_user_store_path: rbd pod volumes are exported there (block/sockets, block/devices). */
+  kataVhostUserStore: string;
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -275,6 +277,12 @@ const SPECS: Specs = {
     flag: 'kata-direct-volume-root',
     env: 'VMPLUG_KATA_DIRECT_VOLUME_ROOT',
     default: () => '/run/kata-containers/shared/direct-volumes',
+    parse: absolutePath,
+  },
+  kataVhostUserStore: {
+    flag: 'kata-vhost-user-store',
+    env: 'VMPLUG_KATA_VHOST_USER_STORE',
+    default: () => '/var/run/kata-containers/vhost-user',
     parse: absolutePath,
   },
 };

@@ -1,6 +1,8 @@
+import { join } from 'node:path';
 import { loadFingerprintKey } from '../../storage/journal.js';
 import { PodVolumeEngine } from '../../storage/pod/engine.js';
 import { PodJournal, type PodWriteHook } from '../../storage/pod/journal.js';
+import { createStorageDaemonBackend } from '../../storage/storage-daemon/backend.js';
 import type { StorageDaemonBackend } from '../../storage/storage-daemon/types.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
@@ -10,9 +12,10 @@ import type { Logger } from '../logger.js';
 // direct-volume root, and the storage-daemon backend for rbd mode when there is one.
 
 export interface PodEngineOptions {
-  config: Pick<DaemonConfig, 'stateDir' | 'kataDirectVolumeRoot' | 'maxConcurrentOps'>;
+  config: Pick<DaemonConfig, 'stateDir' | 'kataDirectVolumeRoot' | 'kataVhostUserStore' | 'maxConcurrentOps'>;
   logger: Logger;
   onWrite?: PodWriteHook;
+  /** rbd mode's backend; default: qemu-storage-daemons under <stateDir>/qsd exporting into the store. */
   storageDaemon?: StorageDaemonBackend;
 }
 
@@ -33,7 +36,7 @@ export async function createPodEngine(opts: PodEngineOptions): Promise<PodVolume
     directVolumeRoot: opts.config.kataDirectVolumeRoot,
     logger,
     maxConcurrentOps: opts.config.maxConcurrentOps,
-    ...(opts.storageDaemon !== undefined ? { storageDaemon: opts.storageDaemon } : {}),
+    ...storageDaemonOf(opts, logger),
   });
   // Before anything is served: a publish or unpublish cut short by a crash is settled first.
   try {
@@ -42,4 +45,23 @@ export async function createPodEngine(opts: PodEngineOptions): Promise<PodVolume
     logger.error({ err }, 'pod volume start-up reconcile failed; the periodic one retries');
   }
   return engine;
+}
+
+/** The configured backend; none (rbd publishes answer 502) when its paths cannot work here. */
+function storageDaemonOf(opts: PodEngineOptions, logger: Logger): { storageDaemon?: StorageDaemonBackend } {
+  if (opts.storageDaemon !== undefined) return { storageDaemon: opts.storageDaemon };
+  try {
+    return {
+      storageDaemon: createStorageDaemonBackend({
+        stateDir: join(opts.config.stateDir, 'qsd'),
+        store: opts.config.kataVhostUserStore,
+      }),
+    };
+  } catch (err) {
+    logger.error(
+      { err: (err as Error).message },
+      'rbd pod volumes disabled: the storage-daemon backend cannot run here',
+    );
+    return {};
+  }
 }

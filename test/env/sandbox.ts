@@ -64,6 +64,11 @@ export interface StartSandboxOptions {
    * sandbox has no such monitor; vmplug never uses it.
    */
   inspectMonitor?: boolean;
+  /**
+   * The guest's RAM as a shared memfd backend (what Kata with virtio-fs has): needed for
+   * vhost-user devices, whose backend process maps the guest's memory.
+   */
+  sharedMemory?: boolean;
 }
 
 export interface KataSandbox {
@@ -333,7 +338,10 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     '-name',
     `sandbox-${id}`,
     '-machine',
-    `q35,accel=${accel}`,
+    `q35,accel=${accel}${opts.sharedMemory ? ',memory-backend=vmplug-mem' : ''}`,
+    ...(opts.sharedMemory
+      ? ['-object', `memory-backend-memfd,id=vmplug-mem,size=${memoryMiB}M,share=on`]
+      : []),
     '-cpu',
     'max',
     '-qmp',
