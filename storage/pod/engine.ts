@@ -308,7 +308,15 @@ export class PodVolumeEngine {
       return await this.#forward(record, source, signal);
     } catch (err) {
       const current = (await this.#d.journal.load(record.podUid, record.volumeId)) ?? record;
-      if (isLive(current.state) && current.state !== 'Published') await this.#rollback(current, err);
+      if (isLive(current.state) && current.state !== 'Published') {
+        // The caller learns why the publish failed; a rollback cut short is the reconcile's to finish.
+        await this.#rollback(current, err).catch((rollbackErr: unknown) =>
+          this.#d.logger.error(
+            { podUid: current.podUid, volumeId: current.volumeId, err: String(rollbackErr) },
+            'pod volume: rollback of a failed publish did not finish; the reconcile retries it',
+          ),
+        );
+      }
       throw err;
     }
   }
