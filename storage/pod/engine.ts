@@ -194,57 +194,66 @@ export class PodVolumeEngine {
     const explained = new Set<string>();
     for (const seen of await this.#d.journal.list()) {
       signal?.throwIfAborted();
-      await this.#locked(seen.podUid, seen.volumeId, seen.spec.targetPath, signal, async () => {
-        const r = await this.#d.journal.load(seen.podUid, seen.volumeId);
-        if (r === undefined) return;
-        const what = `${r.podUid}/${r.volumeId}`;
-        if (r.exportName !== undefined && r.state !== 'Failed') explained.add(r.exportName);
-        const key = r.exportName !== undefined ? this.#keys.get(r.exportName) : undefined;
-        const rbd = r.spec.volume.mode === 'rbd' ? r.spec.volume.source : undefined;
-        const source: RbdSource | undefined = rbd && key ? { ...rbd, key } : undefined;
-        switch (r.state) {
-          case 'Publishing':
-          case 'BackendReady': {
-            const canFinish =
-              rbd === undefined ||
-              source !== undefined ||
-              (r.state === 'BackendReady' && running.has(r.exportName ?? ''));
-            if (canFinish) {
-              await this.#forwardOrRollback(r, source, signal).catch(() => undefined);
-              repairs.push(`${what}: finished an interrupted publish`);
-            } else {
-              await this.#rollback(
-                r,
-                new BackendError('publish', 'interrupted by a vmplugd restart; publish again'),
+      try {
+        await this.#locked(seen.podUid, seen.volumeId, seen.spec.targetPath, signal, async () => {
+          const r = await this.#d.journal.load(seen.podUid, seen.volumeId);
+          if (r === undefined) return;
+          const what = `${r.podUid}/${r.volumeId}`;
+          if (r.exportName !== undefined && r.state !== 'Failed') explained.add(r.exportName);
+          const key = r.exportName !== undefined ? this.#keys.get(r.exportName) : undefined;
+          const rbd = r.spec.volume.mode === 'rbd' ? r.spec.volume.source : undefined;
+          const source: RbdSource | undefined = rbd && key ? { ...rbd, key } : undefined;
+          switch (r.state) {
+            case 'Publishing':
+            case 'BackendReady': {
+              const canFinish =
+                rbd === undefined ||
+                source !== undefined ||
+                (r.state === 'BackendReady' && running.has(r.exportName ?? ''));
+              if (canFinish) {
+                await this.#forwardOrRollback(r, source, signal).catch(() => undefined);
+                repairs.push(`${what}: finished an interrupted publish`);
+              } else {
+                await this.#rollback(
+                  r,
+                  new BackendError('publish', 'interrupted by a vmplugd restart; publish again'),
+                );
+                repairs.push(`${what}: rolled back an interrupted publish (no key to finish it)`);
+              }
+              break;
+            }
+            case 'Published': {
+              const before = await readRecordState(r.recordPath);
+              await this.#ensureRecord(r).catch((err) =>
+                this.#d.logger.error(
+                  { podUid: r.podUid, volumeId: r.volumeId, err: String(err) },
+                  'pod volume: record not ours',
+                ),
               );
-              repairs.push(`${what}: rolled back an interrupted publish (no key to finish it)`);
+              if (before.kind === 'absent') repairs.push(`${what}: rewrote the missing Kata record`);
+              if (rbd !== undefined && source !== undefined && r.exportName !== undefined) {
+                wanted.push(exportRequest(r, source));
+              }
+              break;
             }
-            break;
+            case 'Unpublishing':
+            case 'RecordRemoved':
+            case 'BackendStopped':
+              await this.#teardown(r);
+              repairs.push(`${what}: finished an interrupted unpublish`);
+              break;
+            case 'Failed':
+              break;
           }
-          case 'Published': {
-            const before = await readRecordState(r.recordPath);
-            await this.#ensureRecord(r).catch((err) =>
-              this.#d.logger.error(
-                { podUid: r.podUid, volumeId: r.volumeId, err: String(err) },
-                'pod volume: record not ours',
-              ),
-            );
-            if (before.kind === 'absent') repairs.push(`${what}: rewrote the missing Kata record`);
-            if (rbd !== undefined && source !== undefined && r.exportName !== undefined) {
-              wanted.push(exportRequest(r, source));
-            }
-            break;
-          }
-          case 'Unpublishing':
-          case 'RecordRemoved':
-          case 'BackendStopped':
-            await this.#teardown(r);
-            repairs.push(`${what}: finished an interrupted unpublish`);
-            break;
-          case 'Failed':
-            break;
-        }
-      });
+        });
+      } catch (err) {
+        if (signal?.aborted) throw err;
+        // One volume that cannot converge now (a client still on its export...) does not stop the others.
+        this.#d.logger.error(
+          { podUid: seen.podUid, volumeId: seen.volumeId, err: String(err) },
+          'pod volume reconcile: not converged yet',
+        );
+      }
     }
     if (this.#d.storageDaemon !== undefined) {
       for (const e of exports) {
