@@ -194,6 +194,8 @@ export class PodVolumeEngine {
     const explained = new Set<string>();
     for (const seen of await this.#d.journal.list()) {
       signal?.throwIfAborted();
+      // Before anything can fail: a daemon some intent names is never taken for a stray.
+      if (seen.exportName !== undefined && seen.state !== 'Failed') explained.add(seen.exportName);
       try {
         await this.#locked(seen.podUid, seen.volumeId, seen.spec.targetPath, signal, async () => {
           const r = await this.#d.journal.load(seen.podUid, seen.volumeId);
