@@ -293,6 +293,85 @@ describe('pod volumes through vmplugd', () => {
     }
   });
 
+  it('rbd: a storage daemon killed while published is restarted; a restarted vmplugd adopts it; DELETE stops it', async () => {
+    const ceph = attachCeph(inject('ceph'));
+    const image = `pod-${randomBytes(4).toString('hex')}`;
+    await ceph.createImage(image, 32 * MiB);
+    const store = join(dir, 'store');
+    const flags = ['--kata-vhost-user-store', store, '--reconcile-interval-ms', '500'];
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      daemon = await start(undefined, flags);
+      const podUid = randomUUID();
+      const url = `/v1/pods/${podUid}/volumes/vol-sup`;
+      const body = {
+        mode: 'rbd',
+        source: {
+          type: 'rbd',
+          pool: ceph.pool,
+          image,
+          monitors: ceph.monitors,
+          user: ceph.clientUser,
+          key: ceph.clientKey,
+        },
+        targetPath: targetOf(podUid, 'pvc-sup'),
+      };
+      const put = await daemon.call<PodVolume>('PUT', url, body);
+      expect(put.status).toBe(201);
+      const device = put.body.device ?? '';
+      const name = device.split('/').at(-1) ?? '';
+      const stateFile = join(daemon.stateDir, 'qsd', name, 'state.json');
+      const pidOf = async () => Number(/"pid":\s*(\d+)/.exec(await readFile(stateFile, 'utf8'))?.[1]);
+      const first = await pidOf();
+      expect(alive(first)).toBe(true);
+      process.kill(first, 'SIGKILL');
+      // The periodic reconcile restarts it (the key is in vmplugd's memory).
+      const deadline = Date.now() + 60_000;
+      let second = first;
+      while (Date.now() < deadline) {
+        second = await pidOf().catch(() => first);
+        if (second !== first && alive(second)) break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      expect(second).not.toBe(first);
+      expect(alive(second)).toBe(true);
+      expect((await stat(device)).isBlockDevice()).toBe(true);
+      expect((await daemon.call<PodVolume>('GET', url)).body.state).toBe('Published');
+
+      // vmplugd dies and comes back: the running daemon is adopted, not duplicated or stopped.
+      await daemon.crash();
+      daemon = await start(undefined, flags);
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(await pidOf()).toBe(second);
+      expect(alive(second)).toBe(true);
+      expect((await daemon.call<PodVolume>('GET', url)).body.state).toBe('Published');
+
+      expect((await daemon.call('DELETE', url, undefined, 60_000)).status).toBe(204);
+      const gone = Date.now() + 15_000;
+      while (alive(second) && Date.now() < gone) await new Promise((r) => setTimeout(r, 100));
+      expect(alive(second)).toBe(false);
+      expect(
+        await stat(device).then(
+          () => true,
+          () => false,
+        ),
+      ).toBe(false);
+      expect(await listing(dvRoot)).toEqual([]);
+    } finally {
+      await daemon?.stop();
+      daemon = undefined;
+      await ceph.removeImage(image).catch(() => undefined);
+      await rm(dvRoot, { recursive: true, force: true });
+    }
+  });
+
   it('bad input: each a problem+json naming the field, nothing left behind', async () => {
     const loop = await createLoopDevice(8 * MiB);
     loops.push(loop);
