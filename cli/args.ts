@@ -40,6 +40,18 @@ export type Command =
     }
   | { name: 'detach'; sandboxId: string; volumeId: string }
   | {
+      name: 'publish';
+      podUid: string;
+      volumeId: string;
+      targetPath: string;
+      fsType?: string;
+      source: { type: 'hostDevice'; path: string } | RbdSourceArgs;
+      readOnly: boolean;
+      mountOptions: string[];
+      pod?: { name?: string; namespace?: string };
+    }
+  | { name: 'unpublish'; podUid: string; volumeId: string }
+  | {
       name: 'nic-attach';
       sandboxId: string;
       nicId: string;
@@ -93,6 +105,22 @@ const ATTACH_OPTIONS: OptionSpec = {
   'pod-namespace': { type: 'string' },
 };
 
+const PUBLISH_OPTIONS: OptionSpec = {
+  'target-path': { type: 'string' },
+  'fs-type': { type: 'string' },
+  device: { type: 'string' },
+  'rbd-pool': { type: 'string' },
+  'rbd-namespace': { type: 'string' },
+  'rbd-image': { type: 'string' },
+  monitors: { type: 'string' },
+  user: { type: 'string' },
+  'key-file': { type: 'string' },
+  'read-only': { type: 'boolean' },
+  'mount-option': { type: 'string', multiple: true },
+  'pod-name': { type: 'string' },
+  'pod-namespace': { type: 'string' },
+};
+
 const NIC_OPTIONS: OptionSpec = {
   bridge: { type: 'string' },
   tap: { type: 'string' },
@@ -105,6 +133,8 @@ const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, numb
   'nic-detach': { options: {}, positionals: [2, 2] },
   attach: { options: ATTACH_OPTIONS, positionals: [2, 2] },
   detach: { options: {}, positionals: [2, 2] },
+  publish: { options: PUBLISH_OPTIONS, positionals: [2, 2] },
+  unpublish: { options: {}, positionals: [2, 2] },
   resize: { options: {}, positionals: [3, 3] },
   'resize-guest': { options: RESIZE_GUEST_OPTIONS, positionals: [1, 1] },
   ls: { options: { 'pod-uid': { type: 'string' } }, positionals: [0, 0] },
@@ -139,6 +169,10 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
       return { global, command: attachCommand(p[0]!, p[1]!, values) };
     case 'detach':
       return { global, command: { name: 'detach', sandboxId: p[0]!, volumeId: p[1]! } };
+    case 'publish':
+      return { global, command: publishCommand(p[0]!, p[1]!, values) };
+    case 'unpublish':
+      return { global, command: { name: 'unpublish', podUid: p[0]!, volumeId: p[1]! } };
     case 'nic-attach':
       return { global, command: nicAttachCommand(p[0]!, p[1]!, values) };
     case 'nic-detach':
@@ -189,6 +223,7 @@ const VALUE_OPTIONS = new Set(
     ...ATTACH_OPTIONS,
     ...RESIZE_GUEST_OPTIONS,
     ...NIC_OPTIONS,
+    ...PUBLISH_OPTIONS,
     'pod-uid': { type: 'string' },
   })
     .filter(([, o]) => o.type === 'string')
@@ -332,6 +367,65 @@ function attachCommand(sandboxId: string, volumeId: string, v: Values): Command 
       ...(podName !== undefined ? { name: podName } : {}),
       ...(podNamespace !== undefined ? { namespace: podNamespace } : {}),
     };
+  }
+  return cmd;
+}
+
+/** `publish <podUid> <volumeId> --target-path P [--fs-type T] (--device D | --rbd-pool ...)`. */
+function publishCommand(podUid: string, volumeId: string, v: Values): Command {
+  const targetPath = str(v['target-path']);
+  if (targetPath === undefined)
+    throw new UsageError('publish: --target-path <kubelet target path> is required');
+  const device = str(v.device);
+  const rbdFlags = ['rbd-pool', 'rbd-namespace', 'rbd-image', 'monitors', 'user', 'key-file'].filter(
+    (k) => v[k] !== undefined,
+  );
+  let source: (Command & { name: 'publish' })['source'];
+  if (device !== undefined) {
+    if (rbdFlags.length > 0)
+      throw new UsageError(`publish: --${rbdFlags[0]} is for rbd mode, not with --device`);
+    source = { type: 'hostDevice', path: device };
+  } else {
+    if (rbdFlags.length === 0) {
+      throw new UsageError(
+        'publish: give --device <path> (block mode) or --rbd-pool/--rbd-image/--monitors/--user/--key-file (rbd mode)',
+      );
+    }
+    const need = (k: string): string => {
+      const s = str(v[k]);
+      if (s === undefined || s === '') throw new UsageError(`publish: rbd mode needs --${k}`);
+      return s;
+    };
+    source = {
+      type: 'rbd',
+      pool: need('rbd-pool'),
+      image: need('rbd-image'),
+      monitors: need('monitors')
+        .split(',')
+        .map((m) => m.trim())
+        .filter((m) => m.length > 0),
+      user: need('user'),
+      keyFile: need('key-file'),
+    };
+    const ns = str(v['rbd-namespace']);
+    if (ns !== undefined) source.namespace = ns;
+  }
+  const opts = v['mount-option'];
+  const cmd: Command & { name: 'publish' } = {
+    name: 'publish',
+    podUid,
+    volumeId,
+    targetPath,
+    source,
+    readOnly: v['read-only'] === true,
+    mountOptions: Array.isArray(opts) ? opts.map(String) : [],
+  };
+  const fsType = str(v['fs-type']);
+  if (fsType !== undefined) cmd.fsType = fsType;
+  const name = str(v['pod-name']);
+  const namespace = str(v['pod-namespace']);
+  if (name !== undefined || namespace !== undefined) {
+    cmd.pod = { ...(name !== undefined ? { name } : {}), ...(namespace !== undefined ? { namespace } : {}) };
   }
   return cmd;
 }

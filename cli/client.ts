@@ -9,6 +9,7 @@ import type {
   NicRequest,
   Sandbox,
 } from '../api/index.js';
+import { type PodVolume, type PublishRequest, type PublishResponse, podVolumePath } from './pod-types.js';
 
 // A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
 // node plugin written in TypeScript. Only node:http: importing it pulls in no server code. Every
@@ -139,6 +140,31 @@ export class VmplugClient {
   }
 
   /** DELETE: idempotent detach (also fine when the volume is unknown). */
+  /** Publishes a volume for a Kata pod (PUT /v1/pods/{podUid}/volumes/{volumeId}). */
+  async publish(
+    podUid: string,
+    volumeId: string,
+    body: PublishRequest,
+    opts: CallOptions = {},
+  ): Promise<PublishResponse> {
+    const res = await this.#call('PUT', podVolumePath(podUid, volumeId), body, opts);
+    return { created: res.status === 201, volume: res.body as PodVolume };
+  }
+
+  /** Unpublishes (idempotent: also fine when unknown). */
+  async unpublish(podUid: string, volumeId: string, opts: CallOptions = {}): Promise<void> {
+    await this.#call('DELETE', podVolumePath(podUid, volumeId), undefined, opts);
+  }
+
+  async getPodVolume(podUid: string, volumeId: string, opts: CallOptions = {}): Promise<PodVolume> {
+    return (await this.#call('GET', podVolumePath(podUid, volumeId), undefined, opts)).body as PodVolume;
+  }
+
+  async listPodVolumes(podUid: string, opts: CallOptions = {}): Promise<PodVolume[]> {
+    return ((await this.#call('GET', podVolumePath(podUid), undefined, opts)).body as { items: PodVolume[] })
+      .items;
+  }
+
   async detach(sandboxId: string, volumeId: string, opts: CallOptions = {}): Promise<void> {
     await this.#call('DELETE', volumePath(sandboxId, volumeId), undefined, opts);
   }
@@ -348,3 +374,5 @@ function transportError(
   }
   return new VmplugTransportError('BAD_RESPONSE', `${what}: ${(err as Error).message}`, { cause: err });
 }
+
+export type { PodVolume, PodVolumeState, PublishRequest, PublishResponse } from './pod-types.js';

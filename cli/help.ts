@@ -33,6 +33,27 @@ Hot-attaches a volume into a running sandbox (idempotent: the same spec again su
 Hot-detaches a volume (idempotent: an unknown or already detached volume succeeds).
 Exit code 5 with DETACH_PENDING: the guest has not released the disk yet; run it again.
 `,
+  publish: `Usage:
+  vmplug publish <podUid> <volume> --target-path <path> --device <path> [--fs-type ext4|xfs]
+  vmplug publish <podUid> <volume> --target-path <path> --rbd-pool P [--rbd-namespace N] --rbd-image I
+                 --monitors host:port[,...] --user ID --key-file <file|-> [--fs-type ext4|xfs]
+
+Publishes a volume for a Kata pod (by its UID, before its sandbox exists): vmplugd prepares the
+backend and writes Kata's direct-volume record for --target-path, which Kata's runtime plugs and
+mounts when it creates the container. Idempotent: the same spec again succeeds; another is exit 4.
+  --target-path P       kubelet's NodePublishVolume target path of this pod
+                        (<kubelet root>/pods/<podUid>/volumes/kubernetes.io~csi/<pv>/mount)
+  --fs-type T           filesystem Kata's agent mounts (default ext4); a blank rbd image gets it
+  --device P            block mode: a block device on this node
+  --rbd-pool/--rbd-image/--monitors/--user/--key-file   rbd mode (through a qemu-storage-daemon)
+  --read-only           mount read-only
+  --mount-option O      one mount option per flag (repeatable)
+  --pod-name, --pod-namespace   the Pod, for its Kubernetes Events
+`,
+  unpublish: `Usage: vmplug unpublish <podUid> <volume>
+
+Removes the Kata record and stops the backend (idempotent: an unknown volume succeeds).
+`,
   'nic-attach': `Usage: vmplug nic-attach <sandbox> <nic> (--bridge <bridge> | --tap <tap>) [--mac M] [--mtu N]
 
 Hot-plugs a virtio-net NIC (idempotent: the same spec again succeeds, another is a conflict).
@@ -59,7 +80,9 @@ only when the guest releases it (exit 4 when it does not; GET shows what the gue
 `,
   ls: `Usage: vmplug ls [--pod-uid <uid>]
 
-Lists the sandboxes vmplugd sees, with state, pod and attached volumes.
+Lists the sandboxes vmplugd sees, with state, pod and attached volumes; with a pod's UID, also
+the volumes published for it (Published, Consumed by a sandbox, or Failed). --json prints the
+sandbox list only.
 `,
   show: `Usage: vmplug show <sandbox> [volume]
 
@@ -93,7 +116,10 @@ Commands:
   resize <sandbox> <volume> <size> online expand
   resize-guest <sandbox> [--vcpus <n>] [--memory-mib <MiB>]
                                   hot-resize a guest's vCPUs / memory
-  ls [--pod-uid <uid>]            sandboxes on this node
+  publish <podUid> <volume> --target-path P (--device D | --rbd-pool ...)
+                                  publish a volume for a Kata pod (Kata's direct-volume record)
+  unpublish <podUid> <volume>     unpublish it
+  ls [--pod-uid <uid>]            sandboxes on this node (and a pod's published volumes)
   show <sandbox> [volume]         one sandbox or volume
   node                            node facts
   doctor                          check the node (KVM, QEMU, rbd driver, socket, discovery...)

@@ -2,8 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-// The one way vmplug replaces a file on disk (journal records of volumes and NICs, per-attach Ceph
-// conf files): write a temp file in the same directory, fsync it, rename it over the target, fsync
+// The one way vmplug replaces a file on disk (journal records of volumes, NICs and pod volumes,
+// per-attach Ceph conf files, Kata's direct-volume records): write a temp file in the same directory, fsync it, rename it over the target, fsync
 // the directory. A reader (QEMU, the next vmplugd after a crash) sees the old file or the new one,
 // never half of one, and after the final fsync the new one survives a power cut.
 
@@ -15,7 +15,10 @@ const plainStep: FileStep = (_operation, _path, fn) => fn();
 export interface AtomicWriteOptions {
   /** Mode of the new file (0600 for journal records, 0644 for files QEMU reads). */
   mode: number;
-  /** Creates the directory (recursive) with this mode first; left out when the caller did. */
+  /**
+   * Creates the directory (recursive) with this mode first, every new entry made durable; left out
+   * when the caller did.
+   */
   dirMode?: number;
   /**
    * A fixed temp path, for callers whose sweeps look for it by name; the default is
@@ -37,7 +40,7 @@ export async function writeFileAtomic(
   opts.signal?.throwIfAborted();
   if (opts.dirMode !== undefined) {
     const dirMode = opts.dirMode;
-    await step('mkdir', dir, () => mkdir(dir, { recursive: true, mode: dirMode }));
+    await step('mkdir', dir, () => ensureDirDurable(dir, dirMode));
   }
   let renamed = false;
   try {
@@ -65,5 +68,32 @@ export async function fsyncDir(dir: string, step: FileStep = plainStep): Promise
     await step('fsync', dir, () => fh.sync());
   } finally {
     await fh.close();
+  }
+}
+
+/** Temp files are `.<name>.<12 hex>.tmp`: hidden, so no reader takes one for a record. */
+export function isAtomicTempName(name: string): boolean {
+  return /^\..+\.[0-9a-f]{12}\.tmp$/.test(name);
+}
+
+/** Unlinks `path` and makes that durable; false when there was nothing to remove. */
+export async function unlinkDurable(path: string): Promise<boolean> {
+  try {
+    await unlink(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  await fsyncDir(dirname(path));
+  return true;
+}
+
+/** mkdir -p with `mode`, then every newly created entry made durable from the first one up. */
+export async function ensureDirDurable(dir: string, mode: number): Promise<void> {
+  const created = await mkdir(dir, { recursive: true, mode });
+  if (created === undefined) return;
+  for (let d = dir; ; d = dirname(d)) {
+    await fsyncDir(dirname(d));
+    if (d === created || dirname(d) === d) break;
   }
 }

@@ -32,6 +32,8 @@ export const ERROR_CODES = {
   // Block mode: the host uses the device, or it is outside the node's allow-list.
   DEVICE_IN_USE: { status: 409, title: 'Device in use by the host' },
   DEVICE_NOT_ALLOWED: { status: 403, title: 'Device not allowed' },
+  // Pod volumes: a Kata direct-volume record vmplug did not write.
+  RECORD_FOREIGN: { status: 409, title: 'Foreign record' },
   // Guest resize.
   RESOURCE_OUT_OF_RANGE: { status: 422, title: 'Resource out of range' },
   MEMORY_MISALIGNED: { status: 422, title: 'Memory misaligned' },
@@ -267,6 +269,20 @@ export class JournalIoError extends VmplugError<'JOURNAL_IO'> {
       {
         cause,
       },
+    );
+  }
+}
+
+/**
+ * A Kata direct-volume record is already at the path of this targetPath and vmplug did not write
+ * it (another plugin's, an operator's): it is never overwritten or removed.
+ */
+export class ForeignRecordError extends VmplugError<'RECORD_FOREIGN'> {
+  constructor(readonly recordPath: string) {
+    super(
+      'RECORD_FOREIGN',
+      `a Kata direct-volume record vmplug did not write is at ${recordPath}; it is left untouched`,
+      { field: 'targetPath' },
     );
   }
 }

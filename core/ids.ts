@@ -19,6 +19,8 @@ type Brand<T, B extends string> = T & { readonly [brand]: B };
 export type SandboxId = Brand<string, 'SandboxId'>;
 export type VolumeId = Brand<string, 'VolumeId'>;
 export type NicId = Brand<string, 'NicId'>;
+/** A Kubernetes Pod UID (RFC 4122 UUID), always lower-cased: one pod, one spelling. */
+export type PodUid = Brand<string, 'PodUid'>;
 
 export const ID_MAX_LENGTH = 128;
 const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -63,4 +65,18 @@ export function isVolumeId(value: unknown): value is VolumeId {
 
 export function isNicId(value: unknown): value is NicId {
   return idProblem(value) === undefined;
+}
+
+const POD_UID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** A pod UID from a URL or body: a UUID in any case, returned lower-cased; else 400 INVALID_ID. */
+export function parsePodUid(value: unknown, field = 'podUid'): PodUid {
+  if (typeof value !== 'string' || !POD_UID.test(value)) {
+    throw new ValidationError(field, 'must be a UUID (RFC 4122), as Kubernetes gives a Pod', 'INVALID_ID');
+  }
+  return value.toLowerCase() as PodUid;
+}
+
+export function isPodUid(value: unknown): value is PodUid {
+  return typeof value === 'string' && POD_UID.test(value) && value === value.toLowerCase();
 }

@@ -45,6 +45,12 @@ export interface DaemonConfig {
    * followed); empty: none. Default /dev/rbd*, /dev/nbd*, /dev/mapper/* (storage/host-device.ts).
    */
   allowedDevices: readonly DeviceGlob[];
+  /** kubelet's root directory: a pod volume's targetPath must be a CSI mount path under it. */
+  kubeletRoot: string;
+  /** Where Kata's runtime reads direct-assigned volume records (mountInfo.json per target path). */
+  kataDirectVolumeRoot: string;
+  /** Kata's vhost_user_store_path: rbd pod volumes are exported there (block/sockets, block/devices). */
+  kataVhostUserStore: string;
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -287,6 +293,24 @@ const SPECS: Specs = {
       }
       return parseDeviceGlobList(s);
     },
+  },
+  kubeletRoot: {
+    flag: 'kubelet-root',
+    env: 'VMPLUG_KUBELET_ROOT',
+    default: () => '/var/lib/kubelet',
+    parse: absolutePath,
+  },
+  kataDirectVolumeRoot: {
+    flag: 'kata-direct-volume-root',
+    env: 'VMPLUG_KATA_DIRECT_VOLUME_ROOT',
+    default: () => '/run/kata-containers/shared/direct-volumes',
+    parse: absolutePath,
+  },
+  kataVhostUserStore: {
+    flag: 'kata-vhost-user-store',
+    env: 'VMPLUG_KATA_VHOST_USER_STORE',
+    default: () => '/var/run/kata-containers/vhost-user',
+    parse: absolutePath,
   },
 };
 

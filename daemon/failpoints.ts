@@ -1,4 +1,5 @@
-import { type JournalWriteHook, VOLUME_STATES, type VolumeState } from '../storage/journal.js';
+import { VOLUME_STATES, type VolumeState } from '../storage/journal.js';
+import { POD_STATES, type PodState } from '../storage/pod/journal.js';
 import type { Logger } from './logger.js';
 
 // Crash failpoints for vmplug's own crash tests: `VMPLUG_FAILPOINT=kill-after:<State>` makes
@@ -12,18 +13,23 @@ export const FAILPOINT_ENV = 'VMPLUG_FAILPOINT';
 
 export interface Failpoint {
   kind: 'kill-before' | 'kill-after';
-  state: VolumeState;
+  state: VolumeState | PodState;
 }
+
+/** Runs around every journal write, of attachments and of pod volumes alike. */
+export type StateWriteHook = (record: { readonly state: string }, phase: 'before' | 'after') => void;
+
+const STATES: readonly string[] = [...VOLUME_STATES, ...POD_STATES];
 
 /** Parses the variable; undefined when unset, an Error naming the variable when malformed. */
 export function parseFailpoint(value: string | undefined): Failpoint | undefined | Error {
   if (value === undefined || value === '') return undefined;
   const m = /^(kill-before|kill-after):([A-Za-z]+)$/.exec(value);
   const kind = m?.[1] as Failpoint['kind'] | undefined;
-  const state = m?.[2] as VolumeState | undefined;
-  if (kind === undefined || state === undefined || !VOLUME_STATES.includes(state)) {
+  const state = m?.[2] as VolumeState | PodState | undefined;
+  if (kind === undefined || state === undefined || !STATES.includes(state)) {
     return new Error(
-      `${FAILPOINT_ENV} must be kill-before:<State> or kill-after:<State>, State one of ${VOLUME_STATES.join(', ')}`,
+      `${FAILPOINT_ENV} must be kill-before:<State> or kill-after:<State>, State one of ${STATES.join(', ')}`,
     );
   }
   return { kind, state };
@@ -34,7 +40,7 @@ export function failpointHook(
   fp: Failpoint | undefined,
   logger: Logger,
   kill: () => void = () => process.kill(process.pid, 'SIGKILL'),
-): JournalWriteHook | undefined {
+): StateWriteHook | undefined {
   if (fp === undefined) return undefined;
   const phase = fp.kind === 'kill-before' ? 'before' : 'after';
   logger.warn(

@@ -8,7 +8,8 @@ import { isSandboxId } from '../core/ids.js';
 import type { Readiness, ReadinessCheck } from '../core/readiness.js';
 import { NicEngine, type NicView } from '../net/index.js';
 import type { AttachService } from '../storage/attach-service.js';
-import { Journal, type JournalWriteHook } from '../storage/journal.js';
+import { Journal } from '../storage/journal.js';
+import type { PodVolumeEngine } from '../storage/pod/engine.js';
 import { ListenFdsError, parseListenFds } from '../systemd/listen-fds.js';
 import { canSendAsParent, NotifyEnvError, parseNotifyEnv, SystemdNotifier } from '../systemd/notify.js';
 import {
@@ -19,7 +20,7 @@ import {
   kataSbsRootOf,
   loadConfig,
 } from './config.js';
-import { FAILPOINT_ENV, failpointHook, parseFailpoint } from './failpoints.js';
+import { FAILPOINT_ENV, failpointHook, parseFailpoint, type StateWriteHook } from './failpoints.js';
 import { openApiText } from './http/openapi.js';
 import { buildServer, type ServerDeps, type VmplugServer } from './http/server.js';
 import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
@@ -36,6 +37,7 @@ import { createResourceService } from './resize/service.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { createAttachService, type EngineDeps, type EngineHandle } from './volumes/attach-engine.js';
+import { createPodEngine } from './volumes/pod-engine.js';
 
 // The vmplugd process: configuration, the REST server on its socket, and an orderly stop.
 
@@ -122,7 +124,7 @@ export interface VmplugdOptions {
   logger: Logger;
   version?: string;
   /** Runs around each journal write (the crash failpoints, daemon/failpoints.ts). */
-  onJournalWrite?: JournalWriteHook;
+  onJournalWrite?: StateWriteHook;
   /** Replaces createAttachService (tests run the daemon with a stub engine). */
   createEngine?: (deps: EngineDeps) => Promise<EngineHandle>;
   /** Discovery tuning beyond the config (tests shorten the QMP backoff). */
@@ -142,6 +144,8 @@ export interface Vmplugd {
   engine: EngineHandle;
   /** NIC hot-plug (net/), journalled under <stateDir>/nics. */
   nics: NicEngine;
+  /** Pod volumes (DESIGN §5b), journalled under <stateDir>/pods. */
+  pods: PodVolumeEngine;
   journal: Journal;
   /** Prometheus metrics of the served operations, discovery and reconcile. */
   metrics: DaemonMetrics;
@@ -178,6 +182,11 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   // One lock per sandbox for every engine (volumes of both kinds, NICs, resizes): they compete
   // for the same root ports, and the node's bound on operations in flight covers them all.
   const gate = new OperationGate<string>(config.maxConcurrentOps);
+  const pods = await createPodEngine({
+    config,
+    logger,
+    ...(opts.onJournalWrite !== undefined ? { onWrite: opts.onJournalWrite } : {}),
+  });
   let engine: EngineHandle | undefined;
   let feed: StatusFeed | undefined;
   let nics: NicEngine | undefined;
@@ -230,10 +239,15 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       loop = new ReconcileLoop({
         // Volumes and NICs each converge even when the other fails; the run fails if either did.
         reconcile: async (signal) => {
-          const [volumeRun, nicRun] = await Promise.allSettled([volumes(signal), n.reconcile({ signal })]);
+          const [volumeRun, nicRun, podRun] = await Promise.allSettled([
+            volumes(signal),
+            n.reconcile({ signal }),
+            pods.reconcile(signal),
+          ]);
           f.refreshAll();
           if (volumeRun.status === 'rejected') throw volumeRun.reason;
           if (nicRun.status === 'rejected') throw nicRun.reason;
+          if (podRun.status === 'rejected') throw podRun.reason;
           return volumeRun.value;
         },
         intervalMs: config.reconcileIntervalMs,
@@ -264,6 +278,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       metrics,
       resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox), gate }),
       nics: nicService,
+      pods: { service: pods, kubeletRoot: config.kubeletRoot },
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });
@@ -279,7 +294,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       stopping ??= (async () => {
         const result = await daemon.stop();
         await l?.stop();
-        await Promise.all([e.close(), n.close()]);
+        await Promise.all([e.close(), n.close(), pods.close()]);
         await f.stop();
         for (const u of unwatch) u();
         await discovery.close();
@@ -288,13 +303,25 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       return stopping;
     };
     const startupDone = l !== undefined ? l.firstRun() : Promise.resolve();
-    return { daemon, discovery, engine: e, nics: n, journal, metrics, statusFeed: f, startupDone, stop };
+    return {
+      daemon,
+      discovery,
+      engine: e,
+      nics: n,
+      pods,
+      journal,
+      metrics,
+      statusFeed: f,
+      startupDone,
+      stop,
+    };
   } catch (err) {
     await loop?.stop();
     await feed?.stop();
     await engine?.close().catch(() => {});
     await nics?.close();
     for (const u of unwatch) u();
+    await pods.close();
     await discovery.close();
     throw err;
   }

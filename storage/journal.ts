@@ -529,7 +529,7 @@ export function parseRecord(
   return record;
 }
 
-function parseStoredSpec(v: unknown): StoredSpec {
+export function parseStoredSpec(v: unknown): StoredSpec {
   const o = obj(v);
   if (!o) throw new Error('spec is not an object');
   const readOnly = o.readOnly;

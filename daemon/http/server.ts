@@ -15,6 +15,7 @@ import type { ReadinessProbe } from '../../core/readiness.js';
 import { emptyCatalog, type SandboxCatalog } from '../../core/sandbox.js';
 import type { NicService } from '../../net/index.js';
 import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
+import { DEFAULT_KUBELET_ROOT } from '../../storage/pod/spec.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
 import { type AuditOptions, auditFromAddon, auditHooks } from './audit.js';
@@ -30,6 +31,13 @@ import {
 import { healthRoutes } from './routes/health.js';
 import { nicRoutes, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
+import {
+  type PodService,
+  podRoutes,
+  podVolumeListSchema,
+  podVolumeSchema,
+  unavailablePodService,
+} from './routes/pods.js';
 import { resourceRoutes } from './routes/resources.js';
 import { type ListNics, sandboxRoutes } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';
@@ -46,6 +54,8 @@ export interface ServerDeps {
   resources?: ResourceService;
   /** NIC hot-plug (net/); 503 NOT_READY when absent, and sandboxes show no NICs. */
   nics?: NicService;
+  /** Pod volumes (DESIGN §5b); 503 NOT_READY when absent. */
+  pods?: { service: PodService; kubeletRoot: string };
   /** GET /v1/node; 503 when absent. */
   nodeFacts?: NodeRoutesOptions['facts'];
   /** GET /metrics; 503 when absent. */
@@ -162,6 +172,7 @@ export async function buildServer(deps: ServerDeps) {
         { name: 'sandboxes', description: 'the VM sandboxes on this node' },
         { name: 'volumes', description: 'hot-attach and detach of volumes' },
         { name: 'nics', description: 'hot-plug and unplug of virtio-net NICs' },
+        { name: 'pods', description: "volumes published for Kata pods through Kata's direct-volume records" },
         { name: 'node', description: 'facts about this node' },
         { name: 'health', description: 'liveness, readiness and metrics' },
       ],
@@ -172,6 +183,8 @@ export async function buildServer(deps: ServerDeps) {
   app.addSchema(nicSchema);
   app.addSchema(sandboxSchema);
   app.addSchema(sandboxListSchema);
+  app.addSchema(podVolumeSchema);
+  app.addSchema(podVolumeListSchema);
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.register(healthRoutes, { readiness: deps.readiness });
@@ -191,6 +204,11 @@ export async function buildServer(deps: ServerDeps) {
   });
   await app.register(nicRoutes, {
     service: deps.nics ?? unavailableNicService,
+    shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
+  });
+  await app.register(podRoutes, {
+    service: deps.pods?.service ?? unavailablePodService,
+    kubeletRoot: deps.pods?.kubeletRoot ?? DEFAULT_KUBELET_ROOT,
     shutdownSignal: deps.shutdownSignal ?? new AbortController().signal,
   });
   await app.register(volumeRoutes, {

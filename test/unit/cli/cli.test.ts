@@ -228,3 +228,76 @@ describe('readKey', () => {
     );
   });
 });
+
+describe('publish / unpublish command lines', () => {
+  const uid = '5f0c3b1e-9d2a-4c7b-8e6f-1a2b3c4d5e6f';
+  const target = `/var/lib/kubelet/pods/${uid}/volumes/kubernetes.io~csi/pvc-1/mount`;
+  it('parses block and rbd publishes, and unpublish', () => {
+    expect(
+      parseCommandLine([
+        'publish',
+        uid,
+        'v1',
+        '--target-path',
+        target,
+        '--device',
+        '/dev/loop3',
+        '--fs-type',
+        'xfs',
+        '--mount-option',
+        'noatime',
+      ]).command,
+    ).toEqual({
+      name: 'publish',
+      podUid: uid,
+      volumeId: 'v1',
+      targetPath: target,
+      fsType: 'xfs',
+      source: { type: 'hostDevice', path: '/dev/loop3' },
+      readOnly: false,
+      mountOptions: ['noatime'],
+    });
+    const rbd = parseCommandLine([
+      'publish',
+      uid,
+      'v1',
+      '--target-path',
+      target,
+      '--rbd-pool',
+      'rbd',
+      '--rbd-image',
+      'img',
+      '--monitors',
+      '127.0.0.1:6789',
+      '--user',
+      'vmplug',
+      '--key-file',
+      '-',
+    ]).command;
+    expect(rbd).toMatchObject({
+      source: { type: 'rbd', pool: 'rbd', image: 'img', monitors: ['127.0.0.1:6789'], keyFile: '-' },
+    });
+    expect(parseCommandLine(['unpublish', uid, 'v1']).command).toEqual({
+      name: 'unpublish',
+      podUid: uid,
+      volumeId: 'v1',
+    });
+  });
+  it('refuses a publish without target path, without a source, or with both', () => {
+    expect(() => parseCommandLine(['publish', uid, 'v1', '--device', '/dev/x'])).toThrow(/--target-path/);
+    expect(() => parseCommandLine(['publish', uid, 'v1', '--target-path', target])).toThrow(/--device/);
+    expect(() =>
+      parseCommandLine([
+        'publish',
+        uid,
+        'v1',
+        '--target-path',
+        target,
+        '--device',
+        '/dev/x',
+        '--rbd-pool',
+        'p',
+      ]),
+    ).toThrow(/--rbd-pool/);
+  });
+});
