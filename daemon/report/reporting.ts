@@ -1,4 +1,5 @@
 import type { SandboxId } from '../../core/ids.js';
+import type { QmpGreeting } from '../../qmp/messages.js';
 import type { PodRef } from '../../storage/volume-spec.js';
 import type { DaemonConfig } from '../config.js';
 import type { AttachService } from '../http/routes/attach-service.js';
@@ -25,7 +26,8 @@ export interface ReportingDeps {
   config: DaemonConfig;
   logger: Logger;
   version?: string;
-  discovery: Pick<SandboxDiscovery, 'onChange' | 'onSessionState'>;
+  discovery: Pick<SandboxDiscovery, 'onChange' | 'onSessionState'> &
+    Partial<Pick<SandboxDiscovery, 'lookup'>>;
   /** Every sandbox and domain the REST API shows. */
   catalog: SandboxCatalog;
   engine: EngineHandle;
@@ -75,6 +77,7 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
       if (snapshot === undefined) throw new Error('the node snapshot is read before start()');
       return snapshot.snapshot();
     },
+    complete: () => nodeFacts.complete(),
     subscribe: (listener: () => void) => {
       if (snapshot === undefined) throw new Error('subscribed before start()');
       return snapshot.subscribe(listener);
@@ -172,7 +175,16 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
           else void s.refreshVolumes(event.sandbox.id);
           s.changed();
         }),
-        deps.discovery.onSessionState((_id: SandboxId, change) => metrics.observeQmpState(change)),
+        deps.discovery.onSessionState((id: SandboxId, change) => {
+          metrics.observeQmpState(change);
+          // QEMU's version for the status where its binary is not ours to run (the image).
+          if (change.state !== 'ready') return;
+          const found = deps.discovery.lookup?.(id);
+          const qmp =
+            found?.state === 'present' ? (found.sandbox.qmp as { greeting?: QmpGreeting }) : undefined;
+          const q = qmp?.greeting?.QMP.version.qemu;
+          if (q !== undefined) nodeFacts.observeQemuVersion(`${q.major}.${q.minor}.${q.micro}`);
+        }),
         nodeFacts.onChange(() => s.changed()),
       );
       // libvirt domains: state changes come as events (the catalog is read live by snapshot()).
