@@ -85,6 +85,13 @@ export interface KubeNode {
   readonly bringUpMs: number;
   /** KUBERNETES_SERVICE_HOST/PORT for pods on the host network: the apiserver on 127.0.0.1. */
   readonly apiserverEnv: Record<string, string>;
+  /**
+   * Where a path kubelet or containerd see lives on the host: /var/lib/kubelet, /var/log/pods...
+   * are bind mounts in their mount namespace only (a CSI target path is under the first).
+   */
+  hostPathOf(path: string): string;
+  /** A process in that mount namespace (`nsenter --mount=/proc/<pid>/ns/mnt` to see what they see). */
+  readonly mountNamespacePid: number;
   /** `ctr -n k8s.io images import`: the name comes from the archive's reference. */
   importImage(archive: string): Promise<void>;
   /** A log of one of its processes (kubelet, containerd, kube-controller-manager, kube-scheduler). */
@@ -321,6 +328,11 @@ export async function startKubeNode(opts: KubeNodeOptions = {}): Promise<KubeNod
       containerdSocket,
       bringUpMs,
       apiserverEnv: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(kube.port) },
+      mountNamespacePid: holder,
+      hostPathOf: (path) => {
+        const i = PRIVATE_PATHS.findIndex((p) => path === p || path.startsWith(`${p}/`));
+        return i < 0 ? path : join(priv, String(i), path.slice((PRIVATE_PATHS[i] ?? '').length));
+      },
       importImage: async (archive) => {
         await ctr(['images', 'import', archive], 300_000);
       },
