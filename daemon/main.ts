@@ -23,7 +23,12 @@ import type { NicService } from './http/routes/nics.js';
 import type { NodeRoutesOptions } from './http/routes/node.js';
 import type { ListVolumes, SandboxCatalog } from './http/routes/sandboxes.js';
 import { buildServer, type VmplugServer } from './http/server.js';
-import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
+import {
+  listenOnInheritedSocket,
+  listenOnUnixSocket,
+  removeStaleSocket,
+  type UnixListener,
+} from './http/unix-socket.js';
 import { createLogger, type Logger } from './logger.js';
 import { ReconcileLoop } from './reconcile-loop.js';
 import type { NicStatus } from './report/kube/status.js';
@@ -183,6 +188,9 @@ export interface Vmplugd {
  */
 export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   const { config, logger } = opts;
+  // A second vmplugd (a DaemonSet's replacement pod starts while the old one still stops) must not
+  // read the journal or dial the sandboxes' monitors: the socket says whether another one runs.
+  if (opts.inheritedSocketFd === undefined) await removeStaleSocket(config.socket, 1_000, logger);
   await prepareStateDir(config.stateDir);
   const journal = new Journal({
     stateDir: config.stateDir,
