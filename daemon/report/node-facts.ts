@@ -168,6 +168,8 @@ export class NodeFactsCache {
   readonly #onError: (part: string, err: Error) => void;
   readonly #listeners = new Set<() => void>();
   #facts: NodeFacts = {};
+  /** QEMU's version from a monitor's greeting, kept until the virtualization facts exist. */
+  #greetedQemu: string | undefined;
   #staticDone = false;
   #staticRun: Promise<void> | undefined;
   #dynamicAt: number | undefined;
@@ -212,7 +214,9 @@ export class NodeFactsCache {
 
   /** QEMU's version as a sandbox's monitor greeted us (where the binary is not ours to run). */
   observeQemuVersion(version: string): void {
+    this.#greetedQemu ??= version;
     const v = this.#facts.virtualization;
+    // Before the static facts (a monitor greets within ms of start): applied when they come.
     if (v === undefined || v.qemuVersion !== undefined) return;
     this.#set({ ...this.#facts, virtualization: { ...v, qemuVersion: version } });
   }
@@ -263,12 +267,13 @@ export class NodeFactsCache {
         if (cpu.manufacturer !== '' && !cpu.brand.startsWith(cpu.manufacturer))
           next.cpu.model = `${cpu.manufacturer} ${cpu.brand}`;
       }
+      const qemuVersion = versions?.qemu ?? this.#greetedQemu;
       if (flags !== undefined) {
         next.virtualization = {
           ...next.virtualization,
           cpuFlag: virtualizationFlag(flags),
           kvmDevice: next.virtualization?.kvmDevice ?? 'missing',
-          ...(versions?.qemu !== undefined ? { qemuVersion: versions.qemu } : {}),
+          ...(qemuVersion !== undefined ? { qemuVersion } : {}),
           ...(versions?.libvirt !== undefined ? { libvirtVersion: versions.libvirt } : {}),
         };
       }

@@ -227,6 +227,13 @@ describe('NodeFactsCache', () => {
   });
 
   it('takes QEMU version from a greeting when the binary is not there', async () => {
+    // A greeting heard before the facts were gathered is kept for them.
+    const early = new NodeFactsCache({ system: fakeSystem({ virtVersions: async () => ({}) }) });
+    early.observeQemuVersion('7.2.19');
+    await early.start();
+    expect(early.current().virtualization?.qemuVersion).toBe('7.2.19');
+    early.close();
+
     const facts = new NodeFactsCache({ system: fakeSystem({ virtVersions: async () => ({}) }) });
     await facts.start();
     const changes: number[] = [];
