@@ -177,13 +177,16 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
         }),
         deps.discovery.onSessionState((id: SandboxId, change) => {
           metrics.observeQmpState(change);
-          // QEMU's version for the status where its binary is not ours to run (the image).
+          // QEMU's version for the status where its binary is not ours to run (the image). Read
+          // in a microtask: discovery tells listeners before it marks the sandbox present.
           if (change.state !== 'ready') return;
-          const found = deps.discovery.lookup?.(id);
-          const qmp =
-            found?.state === 'present' ? (found.sandbox.qmp as { greeting?: QmpGreeting }) : undefined;
-          const q = qmp?.greeting?.QMP.version.qemu;
-          if (q !== undefined) nodeFacts.observeQemuVersion(`${q.major}.${q.minor}.${q.micro}`);
+          queueMicrotask(() => {
+            const found = deps.discovery.lookup?.(id);
+            const qmp =
+              found?.state === 'present' ? (found.sandbox.qmp as { greeting?: QmpGreeting }) : undefined;
+            const q = qmp?.greeting?.QMP.version.qemu;
+            if (q !== undefined) nodeFacts.observeQemuVersion(`${q.major}.${q.minor}.${q.micro}`);
+          });
         }),
         nodeFacts.onChange(() => s.changed()),
       );
