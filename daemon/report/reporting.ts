@@ -27,7 +27,7 @@ export interface ReportingDeps {
   logger: Logger;
   version?: string;
   discovery: Pick<SandboxDiscovery, 'onChange' | 'onSessionState'> &
-    Partial<Pick<SandboxDiscovery, 'lookup'>>;
+    Partial<Pick<SandboxDiscovery, 'lookup' | 'known'>>;
   /** Every sandbox and domain the REST API shows. */
   catalog: SandboxCatalog;
   engine: EngineHandle;
@@ -133,6 +133,15 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
     describe: (sandboxId, volumeId) => snapshot?.describe(sandboxId, volumeId),
   });
 
+  // QEMU's version for the status where its binary is not ours to run (the image): from the
+  // greeting of a sandbox's monitor, at start (monitors connected before it) and on each connect.
+  const noteQemuVersion = (id: SandboxId): void => {
+    const found = deps.discovery.lookup?.(id);
+    const qmp = found?.state === 'present' ? (found.sandbox.qmp as { greeting?: QmpGreeting }) : undefined;
+    const q = qmp?.greeting?.QMP.version.qemu;
+    if (q !== undefined) nodeFacts.observeQemuVersion(`${q.major}.${q.minor}.${q.micro}`);
+  };
+
   const unsubscribe: (() => void)[] = [];
   let resync: NodeJS.Timeout | undefined;
   let stopping: Promise<void> | undefined;
@@ -177,16 +186,8 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
         }),
         deps.discovery.onSessionState((id: SandboxId, change) => {
           metrics.observeQmpState(change);
-          // QEMU's version for the status where its binary is not ours to run (the image). Read
-          // in a microtask: discovery tells listeners before it marks the sandbox present.
-          if (change.state !== 'ready') return;
-          queueMicrotask(() => {
-            const found = deps.discovery.lookup?.(id);
-            const qmp =
-              found?.state === 'present' ? (found.sandbox.qmp as { greeting?: QmpGreeting }) : undefined;
-            const q = qmp?.greeting?.QMP.version.qemu;
-            if (q !== undefined) nodeFacts.observeQemuVersion(`${q.major}.${q.minor}.${q.micro}`);
-          });
+          // Read in a microtask: discovery tells listeners before it marks the sandbox present.
+          if (change.state === 'ready') queueMicrotask(() => noteQemuVersion(id));
         }),
         nodeFacts.onChange(() => s.changed()),
       );
@@ -201,6 +202,7 @@ export async function createReporting(deps: ReportingDeps): Promise<Reporting> {
           }),
         );
       }
+      for (const id of deps.discovery.known?.() ?? []) noteQemuVersion(id);
       void nodeFacts.start();
       void s.refreshAll();
       // Volume changes made behind the REST API's back (other than by reconcile runs, which
