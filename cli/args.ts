@@ -66,7 +66,9 @@ export type Command =
   | { name: 'ls'; podUid?: string }
   | { name: 'show'; sandboxId: string; volumeId?: string }
   | { name: 'node' }
-  | { name: 'doctor' };
+  | { name: 'doctor' }
+  /** Liveness (/healthz), or readiness (/readyz) with --ready: for exec probes. */
+  | { name: 'health'; ready: boolean };
 
 export interface ParsedCommandLine {
   global: GlobalOptions;
@@ -141,6 +143,7 @@ const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, numb
   show: { options: {}, positionals: [1, 2] },
   node: { options: {}, positionals: [0, 0] },
   doctor: { options: {}, positionals: [0, 0] },
+  health: { options: { ready: { type: 'boolean' } }, positionals: [0, 0] },
   help: { options: {}, positionals: [0, 1] },
 };
 
@@ -209,6 +212,8 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
       };
     case 'doctor':
       return { global, command: { name: 'doctor' } };
+    case 'health':
+      return { global, command: { name: 'health', ready: values.ready === true } };
     default:
       return { global, command: { name: 'node' } };
   }

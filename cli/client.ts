@@ -235,6 +235,11 @@ export class VmplugClient {
     return (await this.#call('GET', '/v1/node', undefined, opts)).body as Record<string, unknown>;
   }
 
+  /** Liveness (GET /healthz): resolves when the daemon answers. */
+  async live(opts: CallOptions = {}): Promise<void> {
+    await this.#call('GET', '/healthz', undefined, opts);
+  }
+
   /** Readiness: resolves with the named checks, or throws VmplugApiError NOT_READY. */
   async ready(opts: CallOptions = {}): Promise<Record<string, { ok: boolean; detail?: string }>> {
     return (

@@ -98,6 +98,12 @@ Checks the node: KVM, the QEMU binary (VMPLUG_QEMU) and its rbd block driver, Ce
 socket's permissions, vmplugd's readiness, sandbox discovery and the API server check.
 Exit code 1 when a check fails (warnings do not count).
 `,
+  health: `Usage: vmplug health [--ready]
+
+Asks vmplugd whether it is alive (GET /healthz) or, with --ready, ready to serve attach requests
+(GET /readyz). Exit code 0 when it is, 5 when it is not ready or not reachable: the DaemonSet's
+liveness and readiness probes run this (the API is on a unix socket only).
+`,
 };
 
 export function helpText(topic?: string): string {
@@ -123,6 +129,7 @@ Commands:
   show <sandbox> [volume]         one sandbox or volume
   node                            node facts
   doctor                          check the node (KVM, QEMU, rbd driver, socket, discovery...)
+  health [--ready]                liveness / readiness (exit code 0 or 5), for probes
   help [command]                  help of a command
 
 ${GLOBAL}

@@ -213,6 +213,19 @@ async function run(
       else out(nodeDetails(facts));
       return EXIT.OK;
     }
+    case 'health': {
+      // For exec probes: the exit code is the answer (0, or 5 when not ready or not reachable).
+      if (command.ready) {
+        const checks = await client.ready(call);
+        if (global.json) json({ ready: true, checks });
+        else out('ready\n');
+      } else {
+        await client.live(call);
+        if (global.json) json({ status: 'ok' });
+        else out('ok\n');
+      }
+      return EXIT.OK;
+    }
     case 'doctor': {
       const checks = await runDoctor({
         client,

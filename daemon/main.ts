@@ -23,7 +23,12 @@ import {
 import { FAILPOINT_ENV, failpointHook, parseFailpoint, type StateWriteHook } from './failpoints.js';
 import { openApiText } from './http/openapi.js';
 import { buildServer, type ServerDeps, type VmplugServer } from './http/server.js';
-import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from './http/unix-socket.js';
+import {
+  listenOnInheritedSocket,
+  listenOnUnixSocket,
+  removeStaleSocket,
+  type UnixListener,
+} from './http/unix-socket.js';
 import { createLogger, type Logger } from './logger.js';
 import { ReconcileLoop } from './reconcile-loop.js';
 import type { NicStatus } from './report/kube/status.js';
@@ -165,6 +170,9 @@ export interface Vmplugd {
  */
 export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   const { config, logger } = opts;
+  // A second vmplugd (a DaemonSet's replacement pod starts while the old one still stops) must not
+  // read the journal or dial the sandboxes' monitors: the socket says whether another one runs.
+  if (opts.inheritedSocketFd === undefined) await removeStaleSocket(config.socket, 1_000, logger);
   await prepareStateDir(config.stateDir);
   const journal = new Journal({
     stateDir: config.stateDir,

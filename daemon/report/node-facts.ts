@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import si from 'systeminformation';
@@ -33,6 +34,13 @@ export interface SystemInfo {
   >;
   /** Whether /dev/kvm exists and this process may open it read-write. */
   kvmDevice(): Promise<KvmDevice>;
+  /** QEMU's and libvirt's versions where this process can tell them (both optional). */
+  virtVersions?(): Promise<VirtVersions>;
+}
+
+export interface VirtVersions {
+  qemu?: string;
+  libvirt?: string;
 }
 
 export type KvmDevice = 'accessible' | 'present' | 'missing';
@@ -71,6 +79,10 @@ export interface NodeFacts {
     /** The CPU flag that offers hardware virtualization, null when the CPU shows neither. */
     cpuFlag: 'vmx' | 'svm' | null;
     kvmDevice: KvmDevice;
+    /** QEMU's version: its binary's --version, else the greeting of a sandbox's monitor. */
+    qemuVersion?: string;
+    /** The libvirt library vmplugd's addon is linked with. */
+    libvirtVersion?: string;
   };
   memory?: { totalBytes: number; freeBytes: number; availableBytes: number };
   blockDevices?: NodeBlockDevice[];
@@ -110,9 +122,36 @@ export function realSystemInfo(): SystemInfo {
     mem: () => si.mem(),
     blockDevices: () => si.blockDevices(),
     kvmDevice: () => kvmDevice('/dev/kvm'),
+    virtVersions: () => virtVersions(process.env.VMPLUG_QEMU ?? '/usr/bin/qemu-system-x86_64'),
   };
 }
 
+/**
+ * QEMU's version from its binary (absent in vmplugd's container image: there it comes from a
+ * sandbox's QMP greeting, see NodeFactsCache.observeQemuVersion) and the version of the libvirt
+ * library the addon links (when the addon is built). Neither is required: a node may run neither.
+ */
+export async function virtVersions(qemuPath: string): Promise<VirtVersions> {
+  const out: VirtVersions = {};
+  const qemu = await new Promise<string | undefined>((resolve) => {
+    execFile(qemuPath, ['--version'], { timeout: 5_000, maxBuffer: 64 * 1024 }, (err, stdout) =>
+      resolve(err ? undefined : /version (\d+\.\d+\.\d+)/.exec(stdout)?.[1]),
+    );
+  });
+  if (qemu !== undefined) out.qemu = qemu;
+  try {
+    const { loadAddon } = await import('../../libvirt/binding.js');
+    out.libvirt = libvirtVersionString(loadAddon().libvirtVersion);
+  } catch {
+    // No addon built: vmplugd runs without libvirt support, and there is no version to tell.
+  }
+  return out;
+}
+
+/** libvirt's encoding: major * 1,000,000 + minor * 1,000 + release. */
+export function libvirtVersionString(n: number): string {
+  return `${Math.floor(n / 1_000_000)}.${Math.floor(n / 1_000) % 1_000}.${n % 1_000}`;
+}
 export async function kvmDevice(path: string): Promise<KvmDevice> {
   try {
     await access(path, constants.R_OK | constants.W_OK);
@@ -130,6 +169,8 @@ export class NodeFactsCache {
   readonly #onError: (part: string, err: Error) => void;
   readonly #listeners = new ListenerSet<[]>();
   #facts: NodeFacts = {};
+  /** QEMU's version from a monitor's greeting, kept until the virtualization facts exist. */
+  #greetedQemu: string | undefined;
   #staticDone = false;
   #staticRun: Promise<void> | undefined;
   #dynamicAt: number | undefined;
@@ -163,6 +204,24 @@ export class NodeFactsCache {
     this.#timer = undefined;
   }
 
+  /**
+   * Whether every fact the VmplugNode status carries has been gathered once. The reporter writes
+   * no status before (a first apply without cpu or virtualization after a restart left nulls the
+   * CRD refuses: 422).
+   */
+  complete(): boolean {
+    return this.#staticDone && this.#dynamicAt !== undefined;
+  }
+
+  /** QEMU's version as a sandbox's monitor greeted us (where the binary is not ours to run). */
+  observeQemuVersion(version: string): void {
+    this.#greetedQemu ??= version;
+    const v = this.#facts.virtualization;
+    // Before the static facts (a monitor greets within ms of start): applied when they come.
+    if (v === undefined || v.qemuVersion !== undefined) return;
+    this.#set({ ...this.#facts, virtualization: { ...v, qemuVersion: version } });
+  }
+
   /** The facts as cached now (no I/O). */
   current(): NodeFacts {
     return structuredClone(this.#facts);
@@ -194,11 +253,13 @@ export class NodeFactsCache {
   #gatherStatic(): Promise<void> {
     if (this.#staticDone || this.#closed) return Promise.resolve();
     this.#staticRun ??= (async () => {
-      const [cpu, flags, os, nics] = await Promise.all([
+      const virt = this.#sys.virtVersions?.bind(this.#sys);
+      const [cpu, flags, os, nics, versions] = await Promise.all([
         this.#call('cpu', () => this.#sys.cpu()),
         this.#call('cpuFlags', () => this.#sys.cpuFlags()),
         this.#call('osInfo', () => this.#sys.osInfo()),
         this.#call('networkInterfaces', () => this.#sys.networkInterfaces()),
+        virt === undefined ? undefined : this.#call('virtVersions', virt),
       ]);
       const next: NodeFacts = { ...this.#facts };
       if (cpu !== undefined) {
@@ -206,10 +267,14 @@ export class NodeFactsCache {
         if (cpu.manufacturer !== '' && !cpu.brand.startsWith(cpu.manufacturer))
           next.cpu.model = `${cpu.manufacturer} ${cpu.brand}`;
       }
+      const qemuVersion = versions?.qemu ?? this.#greetedQemu;
       if (flags !== undefined) {
         next.virtualization = {
+          ...next.virtualization,
           cpuFlag: virtualizationFlag(flags),
           kvmDevice: next.virtualization?.kvmDevice ?? 'missing',
+          ...(qemuVersion !== undefined ? { qemuVersion } : {}),
+          ...(versions?.libvirt !== undefined ? { libvirtVersion: versions.libvirt } : {}),
         };
       }
       if (os !== undefined) {
@@ -238,7 +303,11 @@ export class NodeFactsCache {
         next.memory = { totalBytes: mem.total, freeBytes: mem.free, availableBytes: mem.available };
       if (disks !== undefined) next.blockDevices = disks.map(toBlockDevice);
       if (kvm !== undefined)
-        next.virtualization = { cpuFlag: next.virtualization?.cpuFlag ?? null, kvmDevice: kvm };
+        next.virtualization = {
+          ...next.virtualization,
+          cpuFlag: next.virtualization?.cpuFlag ?? null,
+          kvmDevice: kvm,
+        };
       this.#dynamicAt = this.#now();
       next.refreshedAt = new Date().toISOString();
       this.#set(next);
@@ -280,8 +349,14 @@ export function statusNodeFacts(f: NodeFacts, vmplugVersion?: string): StatusNod
   if (vmplugVersion !== undefined) out.vmplugVersion = vmplugVersion;
   if (f.cpu !== undefined) out.cpu = { model: f.cpu.model, cores: f.cpu.cores, threads: f.cpu.threads };
   if (f.memory !== undefined) out.memoryBytes = f.memory.totalBytes;
-  if (f.virtualization !== undefined)
-    out.virtualization = { kvm: f.virtualization.kvmDevice === 'accessible' };
+  if (f.virtualization !== undefined) {
+    const v = f.virtualization;
+    out.virtualization = {
+      kvm: v.kvmDevice === 'accessible',
+      ...(v.qemuVersion !== undefined ? { qemuVersion: v.qemuVersion } : {}),
+      ...(v.libvirtVersion !== undefined ? { libvirtVersion: v.libvirtVersion } : {}),
+    };
+  }
   if (f.blockDevices !== undefined) {
     out.blockDevices = f.blockDevices.map((d) => ({
       name: d.name,

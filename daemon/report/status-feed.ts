@@ -2,6 +2,7 @@ import type { SandboxId, VolumeId } from '../../core/ids.js';
 import type { Readiness } from '../../core/readiness.js';
 import type { SandboxCatalog } from '../../core/sandbox.js';
 import type { LibvirtDomains } from '../../libvirt/domains.js';
+import type { QmpGreeting } from '../../qmp/messages.js';
 import type { ListVolumes } from '../../storage/attach-service.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
@@ -21,7 +22,8 @@ export interface StatusFeedDeps {
   config: DaemonConfig;
   logger: Logger;
   version?: string;
-  discovery: Pick<SandboxDiscovery, 'onChange'>;
+  discovery: Pick<SandboxDiscovery, 'onChange'> &
+    Partial<Pick<SandboxDiscovery, 'onSessionState' | 'lookup' | 'known'>>;
   /** Every sandbox and domain the REST API shows. */
   catalog: SandboxCatalog;
   listVolumes: ListVolumes;
@@ -76,7 +78,13 @@ export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed
   };
   const reporter = await createReporter({
     nodeName: config.nodeName,
-    provider: { snapshot: () => started().snapshot(), subscribe: (l) => started().subscribe(l) },
+    provider: {
+      snapshot: () => started().snapshot(),
+      // No status write before the node facts are complete (a half-built first apply left
+      // nulls the CRD refuses: 422 after every restart).
+      complete: () => nodeFacts.complete(),
+      subscribe: (l) => started().subscribe(l),
+    },
     logger: log,
     ...(config.kubeconfig !== null ? { kubeconfigPath: config.kubeconfig } : {}),
     env: deps.env ?? process.env,
@@ -133,6 +141,24 @@ export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed
           }),
         );
       }
+      // QEMU's version for the status where its binary is not ours to run (the image): from the
+      // greeting of a sandbox's monitor, at start (monitors connected before it) and on each connect.
+      const noteQemuVersion = (id: SandboxId): void => {
+        const found = deps.discovery.lookup?.(id);
+        const qmp =
+          found?.state === 'present' ? (found.sandbox.qmp as { greeting?: QmpGreeting }) : undefined;
+        const q = qmp?.greeting?.QMP.version.qemu;
+        if (q !== undefined) nodeFacts.observeQemuVersion(`${q.major}.${q.minor}.${q.micro}`);
+      };
+      if (deps.discovery.onSessionState !== undefined) {
+        unsubscribe.push(
+          deps.discovery.onSessionState((id: SandboxId, change) => {
+            // Read in a microtask: discovery tells listeners before it marks the sandbox present.
+            if (change.state === 'ready') queueMicrotask(() => noteQemuVersion(id));
+          }),
+        );
+      }
+      for (const id of deps.discovery.known?.() ?? []) noteQemuVersion(id);
       void nodeFacts.start();
       void s.refreshAll();
       // Volume changes made behind the REST API's back (other than by reconcile runs, which

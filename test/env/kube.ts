@@ -149,6 +149,9 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
       '--service-cluster-ip-range=10.96.0.0/16',
       // As on kubeadm clusters; the default (false) refuses any privileged pod template.
       '--allow-privileged=true',
+      // Logs and exec go to a kubelet's InternalIP: by its name, the apiserver would ask DNS,
+      // and no test traffic may leave this machine.
+      '--kubelet-preferred-address-types=InternalIP',
       '--v=1',
     ];
     const startApiserver = async (): Promise<void> => {
@@ -216,7 +219,7 @@ export async function startKubeApiserver(opts: KubeApiserverOptions = {}): Promi
 }
 
 /** Spawns a child in its own process group, tied to the runner's life, logging to <dir>/<name>.log. */
-function spawnLogged(dir: string, name: string, file: string, args: string[]): number {
+export function spawnLogged(dir: string, name: string, file: string, args: string[]): number {
   const out = openSync(join(dir, `${name}.log`), 'a', 0o600);
   try {
     const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', file, ...args], {
@@ -235,7 +238,7 @@ function spawnLogged(dir: string, name: string, file: string, args: string[]): n
   }
 }
 
-function killGroup(pid: number, sig: NodeJS.Signals): void {
+export function killGroup(pid: number, sig: NodeJS.Signals): void {
   try {
     process.kill(-pid, sig);
   } catch {
@@ -243,7 +246,7 @@ function killGroup(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
-function alive(pid: number): boolean {
+export function alive(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
@@ -254,7 +257,7 @@ function alive(pid: number): boolean {
 }
 
 /** SIGTERM, then SIGKILL after 5 s; resolves once the process is gone. */
-async function killAndWait(pid: number): Promise<void> {
+export async function killAndWait(pid: number): Promise<void> {
   killGroup(pid, 'SIGTERM');
   const t0 = Date.now();
   while (alive(pid)) {
@@ -264,7 +267,7 @@ async function killAndWait(pid: number): Promise<void> {
   }
 }
 
-async function waitFor(
+export async function waitFor(
   what: string,
   timeoutMs: number,
   pid: number,
@@ -322,7 +325,7 @@ async function httpGetStatus(
   });
 }
 
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.once('error', reject);

@@ -115,12 +115,18 @@ function killSync(state: RootState): void {
   rmSync(state.dir, { recursive: true, force: true });
 }
 
-export async function createTestRoot(): Promise<TestRoot> {
+/**
+ * A temp dir for sandboxes. `at` places Kata's and vmplug's dirs elsewhere, e.g. at the host paths
+ * a deployed vmplugd reads (/run/vc/vm, /run/vmplug/sandboxes); removing those is the caller's.
+ */
+export async function createTestRoot(
+  at: Partial<Pick<TestRoot, 'kataVmRoot' | 'kataSbsRoot' | 'monitorDir'>> = {},
+): Promise<TestRoot> {
   // Short base name: unix socket paths under it must stay within 107 bytes.
   const dir = await mkdtemp(join(tmpdir(), 'vmp-'));
-  const kataVmRoot = join(dir, 'vc', 'vm');
-  const kataSbsRoot = join(dir, 'vc', 'sbs');
-  const monitorDir = join(dir, 'vmplug', 'sandboxes');
+  const kataVmRoot = at.kataVmRoot ?? join(dir, 'vc', 'vm');
+  const kataSbsRoot = at.kataSbsRoot ?? join(dir, 'vc', 'sbs');
+  const monitorDir = at.monitorDir ?? join(dir, 'vmplug', 'sandboxes');
   await mkdir(kataVmRoot, { recursive: true, mode: 0o750 });
   await mkdir(kataSbsRoot, { recursive: true, mode: 0o750 });
   // Not created: the wrapper must be able to make it itself.

@@ -52,6 +52,8 @@ export const nodeFactsSchema = {
           enum: ['accessible', 'present', 'missing'],
           description: '/dev/kvm: opened read-write by vmplugd, present but not accessible, or absent',
         },
+        qemuVersion: { type: 'string', description: "QEMU's version (binary or a monitor's greeting)" },
+        libvirtVersion: { type: 'string', description: 'the libvirt library vmplugd links' },
       },
     },
     memory: {

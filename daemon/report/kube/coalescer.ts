@@ -30,6 +30,8 @@ export interface CoalescerStats {
 
 export interface CoalescerHooks<T> {
   read(): T;
+  /** False while the value is not worth writing yet; the next notify() after it turns true writes. */
+  ready?(): boolean;
   hash(value: T): string;
   write(value: T, signal: AbortSignal): Promise<void>;
   /** Told about every failure and the first success after failures (for logging transitions). */
@@ -140,6 +142,10 @@ export class Coalescer<T> {
       return;
     }
     this.#dirty = false;
+    if (this.#hooks.ready?.() === false) {
+      this.#wakeIdle();
+      return;
+    }
     const value = this.#hooks.read();
     const hash = this.#hooks.hash(value);
     if (hash === this.#lastHash && !this.#force) {

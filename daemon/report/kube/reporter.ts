@@ -29,6 +29,11 @@ export interface SnapshotProvider {
   snapshot(): NodeStatusSnapshot;
   /** Calls `listener` whenever the snapshot may have changed; returns the unsubscribe. */
   subscribe(listener: () => void): () => void;
+  /**
+   * False while the node facts are still being gathered: no status is written before they are
+   * complete (or `factsWaitMs` passed), so a restart never applies a half status. Absent = true.
+   */
+  complete?(): boolean;
 }
 
 /** The pino subset the reporter logs with. */
@@ -59,6 +64,8 @@ export interface NodeReporterOptions {
   backoff?: Backoff;
   /** Rewrite an unchanged status this often, to repair outside edits (default 5 min; 0 = never). */
   resyncMs?: number;
+  /** Longest wait for complete node facts before the first status write anyway (default 60 s). */
+  factsWaitMs?: number;
 }
 
 export interface ReporterHealth {
@@ -126,6 +133,8 @@ export class NodeReporter implements Reporter {
   readonly #events: EventSender;
   readonly #lease: LeaseHeartbeat;
   #unsubscribe: (() => void) | undefined;
+  #factsDeadline: NodeJS.Timeout | undefined;
+  #factsWaitOver = false;
   #reachable = true;
   #lastError: string | undefined;
 
@@ -138,6 +147,7 @@ export class NodeReporter implements Reporter {
     this.#status = new Coalescer<VmplugNodeStatus>(
       {
         read: () => toStatus(o.provider.snapshot()),
+        ready: () => this.#factsWaitOver || (o.provider.complete?.() ?? true),
         hash: statusHash,
         write: (status, signal) => this.#writeStatus(status, signal, requestTimeoutMs),
         onFailure: (err, n) => this.#failed('status', err, n),
@@ -167,6 +177,15 @@ export class NodeReporter implements Reporter {
   start(): void {
     if (this.#unsubscribe) return;
     this.#unsubscribe = this.#o.provider.subscribe(() => this.#status.notify());
+    // Facts that never complete (a part systeminformation cannot read here) must not keep the
+    // node unreported: after the wait, the status goes out with what there is.
+    this.#factsDeadline = setTimeout(() => {
+      this.#factsWaitOver = true;
+      if (!(this.#o.provider.complete?.() ?? true))
+        this.#log.warn({}, 'node facts still incomplete; writing the node status without them');
+      this.#status.notify();
+    }, this.#o.factsWaitMs ?? 60_000);
+    this.#factsDeadline.unref();
     this.#status.start();
     this.#lease.start();
   }
@@ -192,6 +211,7 @@ export class NodeReporter implements Reporter {
 
   async stop(opts: { flushTimeoutMs?: number } = {}): Promise<void> {
     this.#unsubscribe?.();
+    clearTimeout(this.#factsDeadline);
     const budget = opts.flushTimeoutMs ?? 2_000;
     if (budget > 0) {
       let timer: NodeJS.Timeout | undefined;

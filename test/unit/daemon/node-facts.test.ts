@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  libvirtVersionString,
   NodeFactsCache,
   type SystemInfo,
   statusNodeFacts,
@@ -191,5 +192,60 @@ describe('NodeFactsCache', () => {
     expect(virtualizationFlag('fpu svm sse')).toBe('svm');
     expect(virtualizationFlag('fpu vmx')).toBe('vmx');
     expect(virtualizationFlag('fpu hypervisor')).toBeNull();
+  });
+
+  it('is complete once static and dynamic facts were gathered; versions reach the status', async () => {
+    let release: () => void = () => {};
+    const slowMem = new Promise<void>((r) => {
+      release = r;
+    });
+    const base = fakeSystem();
+    const facts = new NodeFactsCache({
+      system: fakeSystem({
+        mem: async () => {
+          await slowMem;
+          return base.mem();
+        },
+        virtVersions: async () => ({ qemu: '7.2.19', libvirt: '9.0.0' }),
+      }),
+    });
+    const started = facts.start();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(facts.complete()).toBe(false);
+    release();
+    await started;
+    expect(facts.complete()).toBe(true);
+    expect(statusNodeFacts(facts.current()).virtualization).toEqual({
+      kvm: true,
+      qemuVersion: '7.2.19',
+      libvirtVersion: '9.0.0',
+    });
+    // A monitor's greeting does not override the binary's answer.
+    facts.observeQemuVersion('8.0.0');
+    expect(facts.current().virtualization?.qemuVersion).toBe('7.2.19');
+    facts.close();
+  });
+
+  it('takes QEMU version from a greeting when the binary is not there', async () => {
+    // A greeting heard before the facts were gathered is kept for them.
+    const early = new NodeFactsCache({ system: fakeSystem({ virtVersions: async () => ({}) }) });
+    early.observeQemuVersion('7.2.19');
+    await early.start();
+    expect(early.current().virtualization?.qemuVersion).toBe('7.2.19');
+    early.close();
+
+    const facts = new NodeFactsCache({ system: fakeSystem({ virtVersions: async () => ({}) }) });
+    await facts.start();
+    const changes: number[] = [];
+    facts.onChange(() => changes.push(1));
+    facts.observeQemuVersion('7.2.19');
+    expect(statusNodeFacts(facts.current()).virtualization).toEqual({ kvm: true, qemuVersion: '7.2.19' });
+    expect(changes).toHaveLength(1);
+    facts.close();
+  });
+
+  it('formats libvirt version numbers', () => {
+    expect(libvirtVersionString(9_000_000)).toBe('9.0.0');
+    expect(libvirtVersionString(10_010_003)).toBe('10.10.3');
   });
 });

@@ -118,4 +118,48 @@ describe('NodeReporter', () => {
     await stopped;
     expect(r.health().events).toMatchObject({ sent: 0, queued: 1 });
   });
+
+  it('writes no status before the node facts are complete, and after factsWaitMs anyway', async () => {
+    const api = new FakeApiserver();
+    const warn = vi.fn();
+    let complete = false;
+    const p = provider(snap('running'));
+    const r = await createReporter({
+      nodeName: 'n1',
+      provider: { ...p, complete: () => complete },
+      logger: { debug() {}, info() {}, warn },
+      http: api,
+      factsWaitMs: 10_000,
+    });
+    r.start();
+    p.set(snap('paused'));
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(api.calls.filter((c) => c.includes('vmplugnodes'))).toEqual([]);
+    // The facts complete: their change notice writes the status.
+    complete = true;
+    p.set(snap('running'));
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(api.lastStatus).toMatchObject({ sandboxes: [{ state: 'running' }] });
+    await r.stop({ flushTimeoutMs: 0 });
+
+    // Facts that never complete delay the first write by factsWaitMs only, with one warning.
+    const api2 = new FakeApiserver();
+    const r2 = await createReporter({
+      nodeName: 'n1',
+      provider: { ...provider(snap('running')), complete: () => false },
+      logger: { debug() {}, info() {}, warn },
+      http: api2,
+      factsWaitMs: 10_000,
+    });
+    r2.start();
+    await vi.advanceTimersByTimeAsync(9_000);
+    expect(api2.lastStatus).toBeUndefined();
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(api2.lastStatus).toMatchObject({ sandboxes: [{ state: 'running' }] });
+    expect(warn).toHaveBeenCalledWith(
+      {},
+      'node facts still incomplete; writing the node status without them',
+    );
+    await r2.stop({ flushTimeoutMs: 0 });
+  });
 });
