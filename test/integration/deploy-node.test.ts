@@ -6,8 +6,8 @@
  * survive a rolling restart Ready only once /readyz is.
  *
  * The one object the test adds is the optional ConfigMap vmplug-system/vmplugd-env with
- * KUBERNETES_SERVICE_HOST=127.0.0.1 and the apiserver's port: no kube-proxy runs here, and no
- * traffic may leave this machine (docs/deploy.md).
+ * KUBERNETES_SERVICE_HOST=127.0.0.1 and the apiserver's port (no kube-proxy runs here, and no
+ * traffic may leave this machine: docs/deploy.md), and the test bed's device allow-list.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmplugClient } from '../../cli/client.js';
 import { applyDeployFiles, until } from '../env/kube/manifests.js';
 import { type KubeNode, startKubeNode } from '../env/kube-node.js';
-import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { createLoopDevice, type LoopDevice, TEST_BED_ALLOWED_DEVICES } from '../env/loop.js';
 import { repoRoot } from '../env/paths.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
@@ -141,7 +141,9 @@ describe('vmplugd deployed on a real node', () => {
         apiVersion: 'v1',
         kind: 'ConfigMap',
         metadata: { name: 'vmplugd-env' },
-        data: node.apiserverEnv,
+        // The test bed's loop devices stand in for rbd/nbd mappings: allowed like on every
+        // vmplugd the tests start (the default allow-list has no /dev/loop*).
+        data: { ...node.apiserverEnv, VMPLUG_ALLOWED_DEVICES: TEST_BED_ALLOWED_DEVICES },
       },
     });
     // Pod admission refuses a pod whose ServiceAccount has no token yet (the controller makes it).
