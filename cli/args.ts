@@ -54,7 +54,7 @@ export type Command =
   | { name: 'ls'; podUid?: string }
   | { name: 'show'; sandboxId: string; volumeId?: string }
   | { name: 'node' }
-  | { name: 'doctor' };
+  | { name: 'doctor'; kataConfig?: string };
 
 export interface ParsedCommandLine {
   global: GlobalOptions;
@@ -110,7 +110,7 @@ const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, numb
   ls: { options: { 'pod-uid': { type: 'string' } }, positionals: [0, 0] },
   show: { options: {}, positionals: [1, 2] },
   node: { options: {}, positionals: [0, 0] },
-  doctor: { options: {}, positionals: [0, 0] },
+  doctor: { options: { 'kata-config': { type: 'string' } }, positionals: [0, 0] },
   help: { options: {}, positionals: [0, 1] },
 };
 
@@ -173,8 +173,13 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
             ? { name: 'show', sandboxId: p[0]! }
             : { name: 'show', sandboxId: p[0]!, volumeId: p[1] },
       };
-    case 'doctor':
-      return { global, command: { name: 'doctor' } };
+    case 'doctor': {
+      const kataConfig = str(values['kata-config']);
+      return {
+        global,
+        command: kataConfig === undefined ? { name: 'doctor' } : { name: 'doctor', kataConfig },
+      };
+    }
     default:
       return { global, command: { name: 'node' } };
   }
@@ -190,6 +195,7 @@ const VALUE_OPTIONS = new Set(
     ...RESIZE_GUEST_OPTIONS,
     ...NIC_OPTIONS,
     'pod-uid': { type: 'string' },
+    'kata-config': { type: 'string' },
   })
     .filter(([, o]) => o.type === 'string')
     .map(([k]) => `--${k}`),
