@@ -58,11 +58,14 @@ export function tomlGet(doc: TomlDoc, table: string, key: string): TomlValue | u
   return doc.tables.get(table)?.get(key);
 }
 
-/** The line without its # comment (a # inside a string is kept). */
-function stripComment(line: string): string {
+/**
+ * Calls `visit` with each character outside strings (and its index) until it returns true;
+ * returns that index, or -1.
+ */
+function findUnquoted(text: string, visit: (c: string, i: number) => boolean): number {
   let quote: '"' | "'" | undefined;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i] as string;
     if (quote === '"' && c === '\\') {
       i++;
       continue;
@@ -72,28 +75,24 @@ function stripComment(line: string): string {
       continue;
     }
     if (c === '"' || c === "'") quote = c;
-    else if (c === '#') return line.slice(0, i);
+    else if (visit(c, i)) return i;
   }
-  return line;
+  return -1;
+}
+
+/** The line without its # comment (a # inside a string is kept). */
+function stripComment(line: string): string {
+  const at = findUnquoted(line, (c) => c === '#');
+  return at < 0 ? line : line.slice(0, at);
 }
 
 function bracketsBalance(raw: string): boolean {
   let depth = 0;
-  let quote: '"' | "'" | undefined;
-  for (let i = 0; i < raw.length; i++) {
-    const c = raw[i];
-    if (quote === '"' && c === '\\') {
-      i++;
-      continue;
-    }
-    if (quote !== undefined) {
-      if (c === quote) quote = undefined;
-      continue;
-    }
-    if (c === '"' || c === "'") quote = c;
-    else if (c === '[') depth++;
+  findUnquoted(raw, (c) => {
+    if (c === '[') depth++;
     else if (c === ']') depth--;
-  }
+    return false;
+  });
   return depth <= 0;
 }
 
