@@ -564,7 +564,10 @@ function parseStoredSpec(v: unknown): StoredSpec {
   };
   if (s.namespace !== undefined) source.namespace = parseCephName(s.namespace, 'spec.source.namespace');
   if (s.snapshot !== undefined) source.snapshot = parseCephName(s.snapshot, 'spec.source.snapshot');
-  return { mode: 'rbd', source, readOnly, bus: bus as Bus };
+  const backend = o.backend;
+  if (backend !== undefined && backend !== 'qemu' && backend !== 'storage-daemon')
+    throw new Error('bad spec.backend');
+  return { mode: 'rbd', source, readOnly, bus: bus as Bus, ...(backend === undefined ? {} : { backend }) };
 }
 
 function parseLane(v: unknown, bus: FrontendBus): Lane | undefined {
