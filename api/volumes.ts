@@ -36,6 +36,10 @@ export type VolumeState = (typeof VOLUME_STATES)[number];
 
 export type Mode = 'block' | 'rbd';
 export type Bus = 'auto' | 'scsi' | 'virtio-blk';
+/** Who opens an rbd image for a hot-attach (DESIGN §5c); `auto`: storage-daemon when the guest's RAM is shared. */
+export type RbdBackend = 'auto' | 'qemu' | 'storage-daemon';
+/** The backend an attachment uses ('auto' resolved). */
+export type ResolvedRbdBackend = Exclude<RbdBackend, 'auto'>;
 
 /**
  * The Pod a volume is attached for, as a CSI plugin knows it at NodePublish (the volume context
@@ -95,6 +99,13 @@ export const attachBodySchema = {
     },
     readOnly: { type: 'boolean', default: false },
     bus: { type: 'string', enum: ['auto', 'scsi', 'virtio-blk'], default: 'auto' },
+    backend: {
+      type: 'string',
+      enum: ['auto', 'qemu', 'storage-daemon'],
+      default: 'auto',
+      description:
+        "rbd mode only: who opens the image. `qemu`: librbd in the guest's QEMU; `storage-daemon`: a qemu-storage-daemon exporting vhost-user-blk, plugged as vhost-user-blk-pci on a vmplug root port (needs the guest's RAM shared; a Ceph stall never freezes the guest; the disk's serial is `vhost_user_blk`, find it by PCI path); `auto`: storage-daemon when the guest's RAM is shared, else qemu",
+    },
     annotations: {
       type: 'object',
       additionalProperties: { type: 'string' },
@@ -147,6 +158,8 @@ export interface AttachRequest {
   source: AttachSourceRequest;
   readOnly?: boolean;
   bus?: Bus;
+  /** rbd mode only; default auto. */
+  backend?: RbdBackend;
   annotations?: Record<string, string>;
   /**
    * The Pod the volume is for (a CSI plugin's NodePublish has it in the volume context when
@@ -193,6 +206,11 @@ export const attachmentSchema = {
     volumeId: { type: 'string' },
     mode: { type: 'string', enum: ['block', 'rbd'] },
     bus: { type: 'string', enum: ['scsi', 'virtio-blk'] },
+    backend: {
+      type: 'string',
+      enum: ['qemu', 'storage-daemon'],
+      description: 'rbd mode: who opens the image (auto resolved)',
+    },
     readOnly: { type: 'boolean' },
     state: { type: 'string', enum: VOLUME_STATES },
     nodeName: { type: 'string', description: 'QEMU block node name' },
@@ -273,6 +291,8 @@ export interface Attachment {
   mode: Mode;
   /** The frontend in use ('auto' resolved). */
   bus: 'scsi' | 'virtio-blk';
+  /** rbd mode: who opens the image. */
+  backend?: ResolvedRbdBackend;
   readOnly: boolean;
   state: VolumeState;
   /** QEMU block node name. */

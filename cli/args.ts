@@ -66,7 +66,7 @@ export type Command =
   | { name: 'ls'; podUid?: string }
   | { name: 'show'; sandboxId: string; volumeId?: string }
   | { name: 'node' }
-  | { name: 'doctor' }
+  | { name: 'doctor'; kataConfig?: string }
   /** Liveness (/healthz), or readiness (/readyz) with --ready: for exec probes. */
   | { name: 'health'; ready: boolean };
 
@@ -142,7 +142,7 @@ const COMMANDS: Record<string, { options: OptionSpec; positionals: [number, numb
   ls: { options: { 'pod-uid': { type: 'string' } }, positionals: [0, 0] },
   show: { options: {}, positionals: [1, 2] },
   node: { options: {}, positionals: [0, 0] },
-  doctor: { options: {}, positionals: [0, 0] },
+  doctor: { options: { 'kata-config': { type: 'string' } }, positionals: [0, 0] },
   health: { options: { ready: { type: 'boolean' } }, positionals: [0, 0] },
   help: { options: {}, positionals: [0, 1] },
 };
@@ -210,8 +210,13 @@ export function parseCommandLine(argv: readonly string[]): ParsedCommandLine {
             ? { name: 'show', sandboxId: p[0]! }
             : { name: 'show', sandboxId: p[0]!, volumeId: p[1] },
       };
-    case 'doctor':
-      return { global, command: { name: 'doctor' } };
+    case 'doctor': {
+      const kataConfig = str(values['kata-config']);
+      return {
+        global,
+        command: kataConfig === undefined ? { name: 'doctor' } : { name: 'doctor', kataConfig },
+      };
+    }
     case 'health':
       return { global, command: { name: 'health', ready: values.ready === true } };
     default:
@@ -230,6 +235,7 @@ const VALUE_OPTIONS = new Set(
     ...NIC_OPTIONS,
     ...PUBLISH_OPTIONS,
     'pod-uid': { type: 'string' },
+    'kata-config': { type: 'string' },
   })
     .filter(([, o]) => o.type === 'string')
     .map(([k]) => `--${k}`),

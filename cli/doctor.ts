@@ -2,17 +2,13 @@ import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, lstat, readFile } from 'node:fs/promises';
 import { VmplugApiError, type VmplugClient } from './client.js';
+import type { DoctorCheck } from './doctor-check.js';
+import { checkKataConfig, type KataCheckOptions } from './kata-config.js';
+
+export type { CheckStatus, DoctorCheck } from './doctor-check.js';
 
 // `vmplug doctor`: what an operator checks first on a node where attaches fail. Each check is
 // independent and bounded; one failing never stops the others.
-
-export type CheckStatus = 'ok' | 'warn' | 'fail' | 'skip';
-
-export interface DoctorCheck {
-  name: string;
-  status: CheckStatus;
-  detail: string;
-}
 
 export interface DoctorEnv {
   client: VmplugClient;
@@ -25,13 +21,16 @@ export interface DoctorEnv {
   qemuModuleDirs?: string[];
   groupFile?: string;
   timeoutMs?: number;
+  /** Where and how the Kata configuration is found (--kata-config). */
+  kata?: KataCheckOptions;
 }
 
 const EXEC_TIMEOUT_MS = 10_000;
 
 export async function runDoctor(env: DoctorEnv): Promise<DoctorCheck[]> {
   const ready = await readiness(env);
-  return Promise.all([
+  const [kata, ...rest] = await Promise.all([
+    checkKataConfig(env.kata),
     checkKvm(env.kvmPath ?? '/dev/kvm'),
     checkQemu(env.qemuPath),
     checkRbdDriver(
@@ -43,6 +42,7 @@ export async function runDoctor(env: DoctorEnv): Promise<DoctorCheck[]> {
     checkDiscovery(env, ready.checks),
     Promise.resolve(kubernetes(ready.checks)),
   ]);
+  return [...rest, ...kata];
 }
 
 type Checks = Record<string, { ok: boolean; detail?: string }> | undefined;

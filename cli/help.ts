@@ -92,10 +92,16 @@ Shows one sandbox, or one volume (state, QEMU names, guest hint, timeline, stats
 
 Shows the node facts vmplugd reports (GET /v1/node).
 `,
-  doctor: `Usage: vmplug doctor
+  doctor: `Usage: vmplug doctor [--kata-config <configuration.toml>]
 
 Checks the node: KVM, the QEMU binary (VMPLUG_QEMU) and its rbd block driver, Ceph config, the
-socket's permissions, vmplugd's readiness, sandbox discovery and the API server check.
+socket's permissions, vmplugd's readiness, sandbox discovery and the API server check; and Kata's
+configuration (found at /etc/kata-containers/configuration.toml,
+/usr/share/defaults/kata-containers/configuration.toml or kata-deploy's
+/opt/kata/share/defaults/kata-containers/configuration*.toml unless --kata-config names it):
+disable_block_device_use = false, enable_vhost_user_store and its store path, enable_hugepages
+and free huge pages (rbd pod volumes), and the hypervisor path being vmplug-qemu and in
+valid_hypervisor_paths. See docs/kata.md.
 Exit code 1 when a check fails (warnings do not count).
 `,
   health: `Usage: vmplug health [--ready]

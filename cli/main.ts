@@ -231,6 +231,7 @@ async function run(
         client,
         socketPath: client.socketPath,
         qemuPath: io.env.VMPLUG_QEMU ?? '/usr/bin/qemu-system-x86_64',
+        ...(command.kataConfig === undefined ? {} : { kata: { configPath: command.kataConfig } }),
       });
       if (global.json) json(checks);
       else

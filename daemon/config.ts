@@ -51,6 +51,14 @@ export interface DaemonConfig {
   kataDirectVolumeRoot: string;
   /** Kata's vhost_user_store_path: rbd pod volumes are exported there (block/sockets, block/devices). */
   kataVhostUserStore: string;
+  /** qemu-storage-daemon for rbd hot-attach (DESIGN §5c); null: no storage-daemon backend (rbd in QEMU). */
+  hotAttachQsdBinary: string | null;
+  /** The hot-attach storage daemons' own directory (state, QMP sockets: keep it short, < 108-byte sockets). */
+  hotAttachQsdDir: string;
+  /** Where hot-attach exports put their vhost-user sockets: vmplug's own, not Kata's store. */
+  hotAttachVhostUserStore: string;
+  /** rados_osd_op_timeout of a hot-attach export: bounds an image open (and I/O) on a stalled OSD. */
+  hotAttachOsdTimeoutS: number;
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -311,6 +319,30 @@ const SPECS: Specs = {
     env: 'VMPLUG_KATA_VHOST_USER_STORE',
     default: () => '/var/run/kata-containers/vhost-user',
     parse: absolutePath,
+  },
+  hotAttachQsdBinary: {
+    flag: 'hot-attach-qsd-binary',
+    env: 'VMPLUG_HOT_ATTACH_QSD_BINARY',
+    default: () => '/usr/bin/qemu-storage-daemon',
+    parse: (v) => (v === null || v === '' ? null : absolutePath(v)),
+  },
+  hotAttachQsdDir: {
+    flag: 'hot-attach-qsd-dir',
+    env: 'VMPLUG_HOT_ATTACH_QSD_DIR',
+    default: () => '/run/vmplug/qsd-hot',
+    parse: absolutePath,
+  },
+  hotAttachVhostUserStore: {
+    flag: 'hot-attach-vhost-user-store',
+    env: 'VMPLUG_HOT_ATTACH_VHOST_USER_STORE',
+    default: () => '/run/vmplug/vhost-user',
+    parse: absolutePath,
+  },
+  hotAttachOsdTimeoutS: {
+    flag: 'hot-attach-osd-timeout-s',
+    env: 'VMPLUG_HOT_ATTACH_OSD_TIMEOUT_S',
+    default: () => 30,
+    parse: (v) => integer(v, 1, 3_600),
   },
 };
 

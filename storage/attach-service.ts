@@ -4,7 +4,14 @@ import { BackendError, ConflictError, NotFoundError, ValidationError } from '../
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { type JournalRecord, type NewRecord, newRecord } from './journal.js';
 import { guestHint } from './naming.js';
-import { type AttachSpec, formatMonitor, toStoredSpec } from './volume-spec.js';
+import { isVhostUser, vhostUserGuestHint } from './vhost-user.js';
+import {
+  type AttachSpec,
+  formatMonitor,
+  type ResolvedRbdBackend,
+  storedBackend,
+  toStoredSpec,
+} from './volume-spec.js';
 
 // What the volume routes need from the attach engine. The engine (storage/) implements it; the
 // routes only translate HTTP to these calls and the answers back, so the engine can be tested
@@ -89,10 +96,15 @@ export function attachmentFromRecord(record: JournalRecord): Attachment {
     nodeName: record.names.node,
     deviceId: record.names.device,
     serial: record.names.serial,
-    guestHint: guestHint(record.bus, record.names.serial),
+    guestHint:
+      isVhostUser(record) && record.lane?.bus === 'virtio-blk'
+        ? vhostUserGuestHint(record.lane.port)
+        : guestHint(record.bus, record.names.serial),
     source,
     timeline: record.timeline.map((t) => ({ ...t })),
   };
+  const backend = storedBackend(spec);
+  if (backend !== undefined) a.backend = backend;
   if (record.lastError !== undefined) a.lastError = { ...record.lastError };
   if (record.pod !== undefined) a.pod = { ...record.pod };
   return a;
@@ -120,10 +132,11 @@ export function attachConflict(
 export function pendingRecord(
   init: Pick<NewRecord, 'sandboxId' | 'volumeId' | 'kind' | 'fingerprint' | 'bus' | 'lane'>,
   spec: AttachSpec,
+  backend?: ResolvedRbdBackend,
 ): JournalRecord {
   return newRecord({
     ...init,
-    spec: toStoredSpec(spec),
+    spec: toStoredSpec(spec, backend),
     ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
   });
 }

@@ -34,6 +34,14 @@ import { removeConfFile } from './rbd-conf-files.js';
 import { type ReconcileSummary, reconcileAll } from './reconcile.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { attachSteps, type StepContext, teardownSteps } from './steps.js';
+import type { StorageDaemonBackend } from './storage-daemon/index.js';
+import {
+  isVhostUser,
+  requireVhostUser,
+  resolveBackend,
+  stopHotAttachExport,
+  type VhostUserContext,
+} from './vhost-user.js';
 import { type AttachSpec, specFingerprint } from './volume-spec.js';
 
 // The attach engine: AttachService over the journal and each sandbox's QMP monitor. Admission,
@@ -70,6 +78,10 @@ export interface AttachEngineOptions {
    * (host-device.ts); default: the default allow-list and the host-use checks.
    */
   checkHostDevice?: HostDeviceCheck;
+  /** The storage-daemon backend for rbd hot-attach (DESIGN §5c); without it rbd goes through QEMU. */
+  storageDaemon?: StorageDaemonBackend;
+  /** Bound of one export start or stop; default 60 s. */
+  storageDaemonTimeoutMs?: number;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -95,10 +107,13 @@ const STAT_FIELDS = [
 ] as const;
 
 export class AttachEngine extends VolumeEngine implements AttachService {
-  readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate'>> & {
+  readonly #o: Required<
+    Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate' | 'storageDaemon' | 'storageDaemonTimeoutMs'>
+  > & {
     clientMountTimeoutS?: number;
   };
   readonly #hostUse: HostUseWatch;
+  readonly #vhostUser: VhostUserContext | undefined;
 
   constructor(opts: AttachEngineOptions) {
     super({
@@ -116,6 +131,10 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       ...opts,
     };
     this.#hostUse = new HostUseWatch(this.#o.checkHostDevice);
+    this.#vhostUser =
+      opts.storageDaemon === undefined
+        ? undefined
+        : { backend: opts.storageDaemon, timeoutMs: opts.storageDaemonTimeoutMs ?? 60_000 };
   }
 
   protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
@@ -166,11 +185,19 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
       throw backendFailure('inspect lanes', err, step.secrets);
     });
-    const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
+    const backend = await resolveBackend(spec, sandbox.qmp, q, this.#vhostUser !== undefined);
+    if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
+    // vhost-user-blk-pci goes on a root port, as virtio-blk does.
+    const choice = chooseLane(
+      backend === 'storage-daemon' ? 'virtio-blk' : spec.bus,
+      lanes,
+      this.#o.scsiTargets,
+    );
     await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
     const record = pendingRecord(
       { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
       admitted,
+      backend,
     );
     await this.#o.journal.save(record);
     log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
@@ -284,6 +311,9 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       if (presence.state === 'gone') {
         // The sandbox and everything in its QEMU are gone: only vmplug's own files remain.
         if (record !== undefined) {
+          // The storage daemon outlives the sandbox: its export goes with the record.
+          if (isVhostUser(record))
+            await stopHotAttachExport(requireVhostUser(this.#vhostUser), record, signal);
           await removeConfFile(this.#o.stateDir, record.names);
           await this.#o.journal.remove(sandboxId, volumeId);
           await this.#o.journal.pruneSandbox(sandboxId);
@@ -345,6 +375,12 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const { sandboxId, volumeId, sizeBytes, log, signal } = op;
     const sandbox = this.#present(sandboxId);
     const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
+    if (isVhostUser(record)) {
+      throw new BackendError(
+        'block_resize',
+        'resizing a volume served by a storage daemon is not supported yet',
+      );
+    }
     const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
     try {
       // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
@@ -382,6 +418,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       qmpTimeoutMs: this.#o.qmpTimeoutMs,
       unplugWaitMs: this.#o.reconcileUnplugWaitMs,
       exclusive: (sandboxId, signal, fn) => this.admit(sandboxId, signal, fn),
+      ...(this.#vhostUser === undefined ? {} : { vhostUser: this.#vhostUser }),
     });
     // Attached block devices the host started using: reported, never re-attached.
     const records = await this.#o.journal.list(undefined, { signal });
@@ -415,6 +452,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       signal,
       qmpTimeoutMs: this.#o.qmpTimeoutMs,
       secrets: spec?.mode === 'rbd' ? [spec.source.key] : [],
+      ...(this.#vhostUser === undefined ? {} : { vhostUser: this.#vhostUser }),
     };
   }
 

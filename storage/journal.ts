@@ -132,9 +132,11 @@ export function canTransition(
   to: VolumeState,
 ): boolean {
   if (!TRANSITIONS[record.state].includes(to)) return false;
-  // rbd adds its secret first; block mode has no secret step at all.
-  if (record.state === 'Pending' && to === 'BlockdevAdded' && record.spec.mode === 'rbd') return false;
-  if (to === 'SecretAdded' && record.spec.mode !== 'rbd') return false;
+  // rbd in QEMU adds its secret first; block mode has no secret step at all, nor has rbd through a
+  // storage daemon (the key goes to the daemon; the guest's QEMU gets a chardev).
+  const qemuRbd = record.spec.mode === 'rbd' && record.spec.backend !== 'storage-daemon';
+  if (record.state === 'Pending' && to === 'BlockdevAdded' && qemuRbd) return false;
+  if (to === 'SecretAdded' && !qemuRbd) return false;
   // libvirt picks the slot of a domain's disk itself: its records carry no lane.
   if (to === 'DeviceAdded' && record.lane === undefined && record.kind !== 'libvirt') return false;
   return true;
@@ -564,7 +566,10 @@ export function parseStoredSpec(v: unknown): StoredSpec {
   };
   if (s.namespace !== undefined) source.namespace = parseCephName(s.namespace, 'spec.source.namespace');
   if (s.snapshot !== undefined) source.snapshot = parseCephName(s.snapshot, 'spec.source.snapshot');
-  return { mode: 'rbd', source, readOnly, bus: bus as Bus };
+  const backend = o.backend;
+  if (backend !== undefined && backend !== 'qemu' && backend !== 'storage-daemon')
+    throw new Error('bad spec.backend');
+  return { mode: 'rbd', source, readOnly, bus: bus as Bus, ...(backend === undefined ? {} : { backend }) };
 }
 
 function parseLane(v: unknown, bus: FrontendBus): Lane | undefined {

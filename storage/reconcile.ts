@@ -10,6 +10,13 @@ import { isAbsent } from './qmp-failure.js';
 import { listConfHashes, removeConfByHash, removeConfFile } from './rbd-conf-files.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { advance, type StepContext, teardownSteps, unplug } from './steps.js';
+import {
+  hotAttachExportKey,
+  isVhostUser,
+  requireVhostUser,
+  stopHotAttachExport,
+  type VhostUserContext,
+} from './vhost-user.js';
 
 // Reconcile: converge the journal, the sandboxes' QEMU and vmplug's files after a crash, a lost
 // connection or a sandbox that went away. Run at start-up (before serving) and periodically. Per
@@ -19,7 +26,8 @@ import { advance, type StepContext, teardownSteps, unplug } from './steps.js';
 //   - half-done attach: finished when its device exists (the guest may already use the disk),
 //     rolled back otherwise; half-done detach: continued (a pending unplug only waited for);
 //   - vmplug-named devices, block nodes and secrets that no record explains: removed (devices
-//     first, then nodes, then secrets), and conf files no record explains.
+//     first, then nodes, then secrets), and conf files no record explains;
+//   - storage-daemon exports of rbd hot-attach that no record explains: stopped.
 // A quarantined (unreadable) record still explains its objects: a disk the guest may be using is
 // not pulled on the strength of a file vmplug cannot read.
 
@@ -32,7 +40,8 @@ export type RepairAction =
   | 'removed-stray-device'
   | 'removed-stray-node'
   | 'removed-stray-secret'
-  | 'removed-stray-conf';
+  | 'removed-stray-conf'
+  | 'removed-stray-export';
 
 export interface Repair {
   action: RepairAction;
@@ -65,6 +74,8 @@ export interface ReconcileOptions {
   unplugWaitMs: number;
   /** Runs `fn` holding the sandbox's turn (the engine's per-sandbox serialization). */
   exclusive<T>(sandboxId: SandboxId, signal: AbortSignal, fn: () => Promise<T>): Promise<T>;
+  /** The storage-daemon backend of rbd hot-attach: its exports go with their records. */
+  vhostUser?: VhostUserContext;
 }
 
 export async function reconcileAll(o: ReconcileOptions): Promise<ReconcileSummary> {
@@ -72,6 +83,8 @@ export async function reconcileAll(o: ReconcileOptions): Promise<ReconcileSummar
   // Conf files are listed before records: a conf file is written after its record, so any file
   // seen here whose record is live shows up in the record list read next.
   const confHashes = await listConfHashes(o.stateDir);
+  // Exports likewise: a record is written (Pending) before its export is made.
+  const exports = o.vhostUser === undefined ? [] : await o.vhostUser.backend.list();
   // Journal writes take milliseconds: a temp file this old was torn by a crash.
   await o.journal.sweepTemp({ olderThanMs: 10 * 60_000, signal: o.signal });
   const ids = new Set<SandboxId>([...(await o.journal.sandboxIds()), ...o.sandboxes.known()]);
@@ -94,7 +107,29 @@ export async function reconcileAll(o: ReconcileOptions): Promise<ReconcileSummar
     if (!(await removeConfByHash(o.stateDir, hash))) continue;
     repair(o, summary, { action: 'removed-stray-conf', name: hash });
   }
+  if (o.vhostUser !== undefined) await stopStrayExports(o, o.vhostUser, exports, summary);
   return summary;
+}
+
+async function stopStrayExports(
+  o: ReconcileOptions,
+  vu: VhostUserContext,
+  exports: readonly { key: { name: string } }[],
+  summary: ReconcileSummary,
+): Promise<void> {
+  const wanted = new Set(
+    (await o.journal.list()).filter(isVhostUser).map((r) => hotAttachExportKey(r.sandboxId, r.volumeId).name),
+  );
+  for (const e of exports) {
+    if (wanted.has(e.key.name)) continue;
+    try {
+      await vu.backend.stopExport(e.key, { timeoutMs: vu.timeoutMs, signal: o.signal });
+      repair(o, summary, { action: 'removed-stray-export', name: e.key.name });
+    } catch (err) {
+      if (o.signal.aborted) throw err;
+      o.log.error({ export: e.key.name, ...describe(err) }, 'reconcile: stray export not stopped this round');
+    }
+  }
 }
 
 function repair(o: ReconcileOptions, summary: ReconcileSummary, r: Repair): void {
@@ -128,6 +163,8 @@ async function reconcileSandbox(
   const records = (await o.journal.list(sandboxId)).filter((r) => r.kind === 'kata');
   if (presence.state === 'gone') {
     for (const r of records) {
+      // The storage daemon outlives the sandbox: stop its export before the record goes.
+      if (isVhostUser(r)) await stopHotAttachExport(requireVhostUser(o.vhostUser), r, o.signal);
       await removeConfFile(o.stateDir, r.names);
       await o.journal.remove(sandboxId, r.volumeId);
       repair(o, summary, { action: 'dropped-record', sandboxId, volumeId: r.volumeId });
@@ -201,6 +238,7 @@ function stepContext(o: ReconcileOptions, sandbox: ManagedSandbox, log: StepCont
     signal: o.signal,
     qmpTimeoutMs: o.qmpTimeoutMs,
     secrets: [],
+    ...(o.vhostUser === undefined ? {} : { vhostUser: o.vhostUser }),
   };
 }
 

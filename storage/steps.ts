@@ -25,6 +25,14 @@ import {
   isUnplugInProgress,
 } from './qmp-failure.js';
 import { confPath, removeConfFile, writeConfFile } from './rbd-conf-files.js';
+import {
+  disconnectAndStop,
+  exportAndConnect,
+  isVhostUser,
+  requireVhostUser,
+  type VhostUserContext,
+  vhostUserDeviceArgs,
+} from './vhost-user.js';
 import { type AttachSpec, formatMonitor } from './volume-spec.js';
 
 // The attach and detach steps, each resumable from the journal state it starts in. The rule
@@ -42,6 +50,8 @@ export interface StepContext {
   qmpTimeoutMs: number;
   /** Values to cut out of any backend message (the cephx key). */
   secrets: readonly Redactable[];
+  /** The storage-daemon backend (rbd hot-attach with backend storage-daemon). */
+  vhostUser?: VhostUserContext;
 }
 
 function call(ctx: StepContext): CallOptions {
@@ -86,6 +96,13 @@ export async function attachSteps(
   let r = record;
   const names = r.names;
   const q = call(ctx);
+
+  if (r.state === 'Pending' && spec.mode === 'rbd' && isVhostUser(r)) {
+    // The storage daemon holds librbd and the key; the guest's QEMU only a chardev to its export.
+    const t0 = performance.now();
+    await exportAndConnect(ctx.qmp, requireVhostUser(ctx.vhostUser), r, spec, q);
+    r = await advance(ctx, r, 'BlockdevAdded', t0);
+  }
 
   if (r.state === 'Pending' && spec.mode === 'rbd') {
     const t0 = performance.now();
@@ -162,7 +179,11 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
   }
   const lane = await opts.lane(r.lane);
   try {
-    await deviceAdd(ctx.qmp, deviceArgs(r.names, lane), q);
+    await deviceAdd(
+      ctx.qmp,
+      isVhostUser(r) ? vhostUserDeviceArgs(r.names, lane) : deviceArgs(r.names, lane),
+      q,
+    );
   } catch (err) {
     // No second try on a lane found taken ("lun already used", "slot not available"): the lane
     // was read from QEMU under the sandbox's lock, which every vmplug operation that places or
@@ -244,6 +265,7 @@ export async function teardownSteps(
         }
       }
       await removeConfFile(ctx.stateDir, names);
+      if (isVhostUser(r)) await disconnectAndStop(ctx.qmp, requireVhostUser(ctx.vhostUser), r, q);
     }
     await ctx.journal.remove(r.sandboxId, r.volumeId);
     ctx.log.debug({ state: 'Detached' }, 'volume Detached');

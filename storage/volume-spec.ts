@@ -2,9 +2,18 @@ import { createHash, createHmac } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { posix } from 'node:path';
 import { inspect } from 'node:util';
-import { type Bus, DIRECT_MODE_ANNOTATION, LIMITS, type Mode, type PodRef } from '../api/index.js';
+import {
+  type Bus,
+  DIRECT_MODE_ANNOTATION,
+  LIMITS,
+  type Mode,
+  type PodRef,
+  type RbdBackend,
+  type ResolvedRbdBackend,
+} from '../api/index.js';
 import { type Redactable, ValidationError } from '../core/errors.js';
 
+export type { RbdBackend, ResolvedRbdBackend } from '../api/index.js';
 export { type Bus, DIRECT_MODE_ANNOTATION, LIMITS, type Mode, type PodRef };
 
 // The attach request of DESIGN section 5 as types that cannot hold a bad state, and the one
@@ -70,15 +79,28 @@ export type VolumeSource = HostDeviceSource | RbdSource;
 /** Mode and source travel together so that `block` + `rbd` cannot be written down. */
 export type AttachSpec =
   | { mode: 'block'; source: HostDeviceSource; readOnly: boolean; bus: Bus; pod?: PodRef }
-  | { mode: 'rbd'; source: RbdSource; readOnly: boolean; bus: Bus; pod?: PodRef };
+  | { mode: 'rbd'; source: RbdSource; readOnly: boolean; bus: Bus; backend: RbdBackend; pod?: PodRef };
 
 /** What may be stored and shown: the spec without the key. */
 export type StoredSource = HostDeviceSource | Omit<RbdSource, 'key'>;
 export type StoredSpec =
   | { mode: 'block'; source: HostDeviceSource; readOnly: boolean; bus: Bus }
-  | { mode: 'rbd'; source: Omit<RbdSource, 'key'>; readOnly: boolean; bus: Bus };
+  | {
+      mode: 'rbd';
+      source: Omit<RbdSource, 'key'>;
+      readOnly: boolean;
+      bus: Bus;
+      /** Resolved; absent in records written before backends existed (they are `qemu`). */
+      backend?: ResolvedRbdBackend;
+    };
 
-export function toStoredSpec(spec: AttachSpec): StoredSpec {
+/** The backend a stored rbd spec uses. */
+export function storedBackend(spec: StoredSpec): ResolvedRbdBackend | undefined {
+  return spec.mode === 'rbd' ? (spec.backend ?? 'qemu') : undefined;
+}
+
+/** `backend` resolves the request's 'auto' (rbd mode); ignored for block mode. */
+export function toStoredSpec(spec: AttachSpec, backend?: ResolvedRbdBackend): StoredSpec {
   // The pod is kept beside the spec (journal record `pod`), not in it.
   if (spec.mode === 'block') {
     return { mode: 'block', source: { ...spec.source }, readOnly: spec.readOnly, bus: spec.bus };
@@ -89,10 +111,11 @@ export function toStoredSpec(spec: AttachSpec): StoredSpec {
     source: { ...source, monitors: source.monitors.map((m) => ({ ...m })) },
     readOnly: spec.readOnly,
     bus: spec.bus,
+    backend: backend ?? (spec.backend === 'auto' ? 'qemu' : spec.backend),
   };
 }
 
-const TOP_FIELDS = new Set(['mode', 'source', 'readOnly', 'bus', 'annotations', 'pod']);
+const TOP_FIELDS = new Set(['mode', 'source', 'readOnly', 'bus', 'backend', 'annotations', 'pod']);
 const POD_FIELDS = new Set(['uid', 'name', 'namespace']);
 const HOST_DEVICE_FIELDS = new Set(['type', 'path']);
 const RBD_FIELDS = new Set(['type', 'pool', 'namespace', 'image', 'snapshot', 'monitors', 'user', 'key']);
@@ -107,6 +130,7 @@ export function parseAttachRequest(body: unknown): AttachSpec {
   const mode = resolveMode(top.mode, top.annotations);
   const readOnly = optionalBoolean(top.readOnly, 'readOnly') ?? false;
   const bus = parseBus(top.bus);
+  const backend = parseBackend(top.backend);
   const pod = top.pod === undefined || top.pod === null ? undefined : parsePodRef(top.pod);
   const withPod = <T extends object>(spec: T): T & { pod?: PodRef } =>
     pod === undefined ? spec : { ...spec, pod };
@@ -124,6 +148,7 @@ export function parseAttachRequest(body: unknown): AttachSpec {
     );
   }
   if (type === 'hostDevice') {
+    if (backend !== 'auto') throw new ValidationError('backend', 'is for rbd mode only');
     rejectUnknown(src, HOST_DEVICE_FIELDS, 'source.');
     return withPod({
       mode: 'block' as const,
@@ -149,7 +174,13 @@ export function parseAttachRequest(body: unknown): AttachSpec {
     // librbd opens snapshots read-only only; refuse rather than silently flip the flag.
     if (!readOnly) throw new ValidationError('readOnly', 'an RBD snapshot can only be attached read-only');
   }
-  return withPod({ mode: 'rbd' as const, source, readOnly, bus });
+  if (backend === 'storage-daemon' && bus === 'scsi') {
+    throw new ValidationError(
+      'bus',
+      'the storage-daemon backend plugs vhost-user-blk-pci: bus must be "auto" or "virtio-blk"',
+    );
+  }
+  return withPod({ mode: 'rbd' as const, source, readOnly, bus, backend });
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -228,6 +259,12 @@ function notPassthrough(field: string, value: unknown): ValidationError {
     `not a passthrough volume: ${shown} is not "block" or "rbd"`,
     'NOT_PASSTHROUGH',
   );
+}
+
+function parseBackend(v: unknown): RbdBackend {
+  if (v === undefined) return 'auto';
+  if (v === 'auto' || v === 'qemu' || v === 'storage-daemon') return v;
+  throw new ValidationError('backend', 'must be "auto", "qemu" or "storage-daemon"');
 }
 
 function parseBus(v: unknown): Bus {
@@ -398,6 +435,9 @@ export function formatMonitor(m: Monitor): string {
 export function specFingerprint(spec: AttachSpec, fingerprintKey: Uint8Array): string {
   if (fingerprintKey.length < 16) throw new RangeError('fingerprint key must be at least 16 bytes');
   const canonical: unknown[] = ['v1', spec.mode, spec.readOnly, spec.bus];
+  // Only an explicit backend is part of the spec's identity: 'auto' keeps the fingerprints of
+  // records written before backends existed.
+  if (spec.mode === 'rbd' && spec.backend !== 'auto') canonical.push(`backend:${spec.backend}`);
   if (spec.mode === 'block') {
     canonical.push(spec.source.path);
   } else {

@@ -470,14 +470,18 @@ export class SandboxDiscovery implements SandboxDirectory {
   async #loadIdentity(e: Entry): Promise<void> {
     // Sandboxes without a full pod identity (not Kubernetes, or Kata not done writing) are looked
     // at every rescan: only re-read when Kata's files changed.
-    const stamp = await identityStamp(this.#opts.kata, e.id);
+    const files = { ...this.#opts.kata, monitorDir: this.#opts.monitorDir };
+    const stamp = await identityStamp(files, e.id);
     if (stamp === e.identityStamp) return;
-    const identity = await readKataIdentity(this.#opts.kata, e.id, this.#stopper.signal);
+    const identity = await readKataIdentity(files, e.id, this.#stopper.signal);
     if (e.removed) return;
     e.identityStamp = stamp;
     const before = JSON.stringify(e.identity);
     e.identity = identity;
+    // The wrapper's pod.json is known first; Kata's persist.json (which wins, and has QEMU's pid)
+    // is still awaited after it.
     e.identityComplete =
+      identity.podSource === 'kata' &&
       identity.pod?.uid !== undefined &&
       identity.pod.name !== undefined &&
       identity.pod.namespace !== undefined;

@@ -24,16 +24,24 @@ export interface KataFiles {
   sbsRoot: string;
   /** Kata's per-VM directory root, /run/vc/vm by default. */
   vmRoot: string;
+  /**
+   * vmplug's monitor directory: bin/vmplug-qemu writes <monitorDir>/<id>/pod.json at QEMU start
+   * from the sandbox bundle's config.json, so the pod is known before Kata's persist.json exists.
+   */
+  monitorDir?: string;
 }
 
 export interface KataIdentity {
   pod?: PodIdentity;
   /** QEMU's pid when Kata recorded it (persist.json HypervisorState.Pid, or the VM dir's pid file). */
   qemuPid?: number;
+  /** Where `pod` came from: Kata's persist.json, or the wrapper's pod.json (until Kata writes). */
+  podSource?: 'kata' | 'wrapper';
 }
 
 const PERSIST_MAX_BYTES = 4 * 1024 * 1024;
 const PID_MAX_BYTES = 64;
+const WRAPPER_POD_MAX_BYTES = 4096;
 const READ_TIMEOUT_MS = 2_000;
 
 const ANNOTATIONS = {
@@ -55,8 +63,21 @@ export async function readKataIdentity(
   const persist = await readBounded(join(files.sbsRoot, id, 'persist.json'), PERSIST_MAX_BYTES, signal);
   if (persist !== undefined) {
     const parsed = identityFromPersist(persist, id);
-    if (parsed.pod !== undefined) out.pod = parsed.pod;
+    if (parsed.pod !== undefined) {
+      out.pod = parsed.pod;
+      out.podSource = 'kata';
+    }
     if (parsed.qemuPid !== undefined) out.qemuPid = parsed.qemuPid;
+  }
+  // Kata's runtime identity wins; the wrapper's record fills in while persist.json is not written
+  // yet (or lacks the pod), and never mixes with a runtime identity of another pod.
+  if (out.pod?.uid === undefined && files.monitorDir !== undefined) {
+    const text = await readBounded(join(files.monitorDir, id, 'pod.json'), WRAPPER_POD_MAX_BYTES, signal);
+    const wrapper = text === undefined ? undefined : podFromWrapperRecord(text);
+    if (wrapper !== undefined) {
+      out.pod = { ...wrapper, ...out.pod, uid: wrapper.uid };
+      out.podSource = 'wrapper';
+    }
   }
   if (out.qemuPid === undefined) {
     const pidText = await readBounded(join(files.vmRoot, id, 'pid'), PID_MAX_BYTES, signal);
@@ -72,7 +93,11 @@ export async function readKataIdentity(
  */
 export async function identityStamp(files: KataFiles, id: SandboxId): Promise<string> {
   const parts = await Promise.all(
-    [join(files.sbsRoot, id, 'persist.json'), join(files.vmRoot, id, 'pid')].map((p) =>
+    [
+      join(files.sbsRoot, id, 'persist.json'),
+      join(files.vmRoot, id, 'pid'),
+      ...(files.monitorDir === undefined ? [] : [join(files.monitorDir, id, 'pod.json')]),
+    ].map((p) =>
       stat(p).then(
         (st) => `${st.mtimeMs}:${st.size}`,
         () => '-',
@@ -116,6 +141,29 @@ export function identityFromPersist(text: string, id: string): KataIdentity {
     }
   }
   return out;
+}
+
+const UUID_PATTERN = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/;
+const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * The pod in the wrapper's pod.json ({"uid","name","namespace"}); pure. The wrapper validated it,
+ * the daemon validates again: the file sits in a directory other processes may write. A record
+ * without a valid uid is no identity; an invalid name or namespace is dropped alone.
+ */
+export function podFromWrapperRecord(text: string): (PodIdentity & { uid: string }) | undefined {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!isObject(json) || typeof json.uid !== 'string' || !UUID_PATTERN.test(json.uid)) return undefined;
+  const pod: PodIdentity & { uid: string } = { uid: json.uid };
+  if (typeof json.name === 'string' && DNS_SUBDOMAIN.test(json.name)) pod.name = json.name;
+  if (typeof json.namespace === 'string' && DNS_LABEL.test(json.namespace)) pod.namespace = json.namespace;
+  return pod;
 }
 
 export function podFromAnnotations(annotations: Record<string, unknown>): PodIdentity | undefined {

@@ -1,3 +1,5 @@
+import { constants } from 'node:fs';
+import { access } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { VmplugError } from '../../core/errors.js';
 import type { OperationGate } from '../../core/gate.js';
@@ -11,6 +13,7 @@ import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
 import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
 import type { ReconcileSummary } from '../../storage/reconcile.js';
 import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
+import { createStorageDaemonBackend, type StorageDaemonBackend } from '../../storage/storage-daemon/index.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
@@ -53,6 +56,40 @@ export interface EngineHandle {
 }
 
 /**
+ * The qemu-storage-daemon backend of rbd hot-attach (DESIGN §5c), in a directory of its own
+ * (never the pod volumes' one: each backend stops the daemons its owner does not want), exporting
+ * into vmplug's own vhost-user directory (Kata's store is for Kata's records). Absent when the
+ * binary is not configured or not installed: rbd then goes through QEMU's librbd.
+ */
+async function hotAttachBackend(
+  config: DaemonConfig,
+  logger: Logger,
+): Promise<StorageDaemonBackend | undefined> {
+  const binary = config.hotAttachQsdBinary;
+  if (binary === null) return undefined;
+  try {
+    await access(binary, constants.X_OK);
+  } catch {
+    logger.info({ binary }, 'no qemu-storage-daemon: rbd hot-attach goes through QEMU (backend "qemu")');
+    return undefined;
+  }
+  try {
+    return createStorageDaemonBackend({
+      stateDir: config.hotAttachQsdDir,
+      store: config.hotAttachVhostUserStore,
+      binary,
+      rbdConf: { clientMountTimeoutS: 5, osdOpTimeoutS: config.hotAttachOsdTimeoutS },
+    });
+  } catch (err) {
+    logger.error(
+      { error: (err as Error).message },
+      'storage-daemon backend not created: rbd hot-attach goes through QEMU',
+    );
+    return undefined;
+  }
+}
+
+/**
  * Builds the attach engine (storage/engine.ts) over the journal and discovery's sandboxes, with the
  * per-node fingerprint key from the state directory.
  */
@@ -61,6 +98,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
   const fingerprintKey = await loadFingerprintKey(config.stateDir);
   // One block-mode check (allow-list and host use) for every engine.
   const checkHostDevice = hostDeviceCheck(hostDevicePolicy(config.allowedDevices));
+  const storageDaemon = await hotAttachBackend(config, logger);
   const engine = new AttachEngine({
     journal,
     sandboxes,
@@ -69,7 +107,13 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     logger: logger.child({ component: 'engine' }),
     gate,
     checkHostDevice,
+    ...(storageDaemon === undefined ? {} : { storageDaemon }),
   });
+  const closeEngine = async (): Promise<void> => {
+    await engine.close();
+    // Timers only: the daemons outlive vmplugd by design (adopted again at start).
+    await storageDaemon?.close();
+  };
   const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
   if (config.libvirtUri === null) {
     return {
@@ -78,7 +122,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
       reconcile: (signal) => engine.reconcile({ signal }),
       readiness: () => ({ ok: true, detail: `${gate.inFlight} operation(s) in flight` }),
       resolveSandbox: createSandboxResolver(sandboxes),
-      close: () => engine.close(),
+      close: closeEngine,
     };
   }
   // libvirt domains: connected in the background (a node without libvirtd starts all the same).
@@ -140,7 +184,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     resolveSandbox: createSandboxResolver(sandboxes, domains),
     libvirtDomains: domains,
     close: async () => {
-      await engine.close();
+      await closeEngine();
       await libvirt.close();
       await domains.close();
     },

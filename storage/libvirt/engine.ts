@@ -165,6 +165,13 @@ export class LibvirtAttachService extends VolumeEngine implements AttachService 
         "RBD namespaces are not supported for libvirt domains (libvirt's rbd source names pool/image only)",
       );
     }
+    if (spec.mode === 'rbd' && spec.backend === 'storage-daemon') {
+      // libvirt owns the domain's devices: a vhost-user chardev behind its back is not ours to add.
+      throw new ValidationError(
+        'backend',
+        'the storage-daemon backend is for Kata sandboxes; libvirt domains use "qemu"',
+      );
+    }
   }
 
   protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {

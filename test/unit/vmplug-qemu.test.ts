@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -37,9 +37,10 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function runWrapper(args: string[], env: Record<string, string> = {}): Promise<Run> {
+function runWrapper(args: string[], env: Record<string, string> = {}, cwd?: string): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(qemuWrapperPath, args, {
+      ...(cwd === undefined ? {} : { cwd }),
       env: {
         PATH: process.env.PATH ?? '/usr/bin:/bin',
         VMPLUG_QEMU: fake,
@@ -205,5 +206,106 @@ describe('bin/vmplug-qemu', () => {
     const args = ['-machine', 'q35', '-name', 'sandbox-ok'];
     const r = await runWrapper(args, { VMPLUG_MONITOR_DIR: join(blocker, 'sandboxes') });
     expect(r.args).toEqual(args);
+  });
+
+  describe('pod.json from the sandbox bundle in the working directory', () => {
+    const uid = '0f6c1a2e-8d3b-4c5a-9e7f-1a2b3c4d5e6f';
+    let bundle: string;
+    beforeEach(async () => {
+      bundle = join(dir, 'bundle');
+      await mkdir(bundle);
+    });
+
+    function config(annotations: Record<string, string>, pretty = false): string {
+      const doc = { ociVersion: '1.1.0', process: { args: ['/pause'] }, annotations };
+      return pretty ? JSON.stringify(doc, null, 2) : JSON.stringify(doc);
+    }
+
+    async function podJson(id: string): Promise<unknown> {
+      const text = await readFile(join(monitorDir, id, 'pod.json'), 'utf8').catch(() => undefined);
+      return text === undefined ? undefined : JSON.parse(text);
+    }
+
+    for (const pretty of [false, true]) {
+      it(`records uid, name and namespace (${pretty ? 'indented' : 'one-line'} config.json)`, async () => {
+        await writeFile(
+          join(bundle, 'config.json'),
+          config(
+            {
+              'io.kubernetes.cri.sandbox-name': 'web-0',
+              'io.kubernetes.cri.sandbox-uid': uid,
+              'io.kubernetes.cri.sandbox-namespace': 'shop',
+              'io.kubernetes.cri.container-type': 'sandbox',
+            },
+            pretty,
+          ),
+        );
+        const args = ['-machine', 'q35', '-name', 'sandbox-p1'];
+        const r = await runWrapper(args, {}, bundle);
+        expect(r.args).toEqual([...args, ...lanes('p1')]);
+        expect(await podJson('p1')).toEqual({ uid, name: 'web-0', namespace: 'shop' });
+        // Only the record and no temporary file beside it.
+        expect(await readdir(join(monitorDir, 'p1'))).toEqual(['pod.json']);
+      });
+    }
+
+    const bad: [string, Record<string, string>, unknown][] = [
+      ['a uid that is not a UUID', { 'io.kubernetes.cri.sandbox-uid': 'not-a-uuid' }, undefined],
+      ['a uid with a quote', { 'io.kubernetes.cri.sandbox-uid': `${uid}"x` }, undefined],
+      ['no uid', { 'io.kubernetes.cri.sandbox-name': 'web-0' }, undefined],
+      [
+        'a name and namespace that are not DNS names',
+        {
+          'io.kubernetes.cri.sandbox-uid': uid,
+          'io.kubernetes.cri.sandbox-name': 'Web_0',
+          'io.kubernetes.cri.sandbox-namespace': 'a.b',
+        },
+        { uid },
+      ],
+      [
+        'a name that would break the JSON',
+        { 'io.kubernetes.cri.sandbox-uid': uid, 'io.kubernetes.cri.sandbox-name': 'a","uid":"x' },
+        { uid },
+      ],
+    ];
+    for (const [what, annotations, expected] of bad) {
+      it(`runs QEMU with its lanes and records only what is valid for ${what}`, async () => {
+        await writeFile(join(bundle, 'config.json'), config(annotations));
+        const args = ['-machine', 'q35', '-name', 'sandbox-p2'];
+        const r = await runWrapper(args, {}, bundle);
+        expect(r.args).toEqual([...args, ...lanes('p2')]);
+        expect(await podJson('p2')).toEqual(expected);
+      });
+    }
+
+    it('records nothing without a config.json, for one that is not a file, or not JSON', async () => {
+      const args = ['-machine', 'q35', '-name', 'sandbox-p3'];
+      expect((await runWrapper(args, {}, bundle)).args).toEqual([...args, ...lanes('p3')]);
+      expect(await podJson('p3')).toBeUndefined();
+      await mkdir(join(bundle, 'config.json'));
+      expect((await runWrapper(args, {}, bundle)).args).toEqual([...args, ...lanes('p3')]);
+      expect(await podJson('p3')).toBeUndefined();
+      await rm(join(bundle, 'config.json'), { recursive: true });
+      await writeFile(join(bundle, 'config.json'), Buffer.from([0xff, 0x00, 0x22, 0x0a]));
+      expect((await runWrapper(args, {}, bundle)).args).toEqual([...args, ...lanes('p3')]);
+      expect(await podJson('p3')).toBeUndefined();
+    });
+
+    it('replaces a pod.json left by an earlier start', async () => {
+      await mkdir(join(monitorDir, 'p4'), { recursive: true });
+      await writeFile(join(monitorDir, 'p4', 'pod.json'), JSON.stringify({ uid }));
+      const args = ['-machine', 'q35', '-name', 'sandbox-p4'];
+      await runWrapper(args, {}, bundle);
+      expect(await podJson('p4')).toBeUndefined();
+    });
+
+    it('does not write through a symlinked config.json', async () => {
+      const outside = join(dir, 'outside.json');
+      await writeFile(outside, config({ 'io.kubernetes.cri.sandbox-uid': uid }));
+      await symlink(outside, join(bundle, 'config.json'));
+      const args = ['-machine', 'q35', '-name', 'sandbox-p5'];
+      expect((await runWrapper(args, {}, bundle)).args).toEqual([...args, ...lanes('p5')]);
+      expect(await podJson('p5')).toBeUndefined();
+    });
   });
 });

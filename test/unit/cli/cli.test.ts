@@ -145,6 +145,10 @@ describe('vmplug argument parsing', () => {
     });
     expect(parseCommandLine(['node', '--json']).command).toEqual({ name: 'node' });
     expect(parseCommandLine(['doctor']).command).toEqual({ name: 'doctor' });
+    expect(parseCommandLine(['doctor', '--kata-config', '/etc/k.toml']).command).toEqual({
+      name: 'doctor',
+      kataConfig: '/etc/k.toml',
+    });
     expect(parseCommandLine([]).command).toEqual({ name: 'help' });
     expect(parseCommandLine(['--version']).command).toEqual({ name: 'version' });
     expect(parseCommandLine(['attach', '--help']).command).toEqual({ name: 'help', topic: 'attach' });

@@ -10,7 +10,12 @@ import {
   type DiscoveryOptions,
   SandboxDiscovery,
 } from '../../../daemon/sandboxes/discovery.js';
-import { identityFromPersist } from '../../../daemon/sandboxes/identity.js';
+import {
+  identityFromPersist,
+  identityStamp,
+  podFromWrapperRecord,
+  readKataIdentity,
+} from '../../../daemon/sandboxes/identity.js';
 import { FakeQemu } from '../fakes/qmp-server.js';
 import { memoryLogger } from './helpers.js';
 
@@ -35,6 +40,73 @@ function persist(id: string, annotations: Record<string, string>, pid = 4242): s
     Config: { HypervisorType: 'qemu', ContainerConfigs: [{ ID: id, Annotations: annotations }] },
   });
 }
+
+describe('podFromWrapperRecord', () => {
+  const uid = '0f6c1a2e-8d3b-4c5a-9e7f-1a2b3c4d5e6f';
+  it('reads a valid record and drops invalid names alone', () => {
+    expect(podFromWrapperRecord(JSON.stringify({ uid, name: 'web-0', namespace: 'shop' }))).toEqual({
+      uid,
+      name: 'web-0',
+      namespace: 'shop',
+    });
+    expect(podFromWrapperRecord(JSON.stringify({ uid, name: 'Web_0', namespace: 'a.b' }))).toEqual({ uid });
+    expect(podFromWrapperRecord(JSON.stringify({ uid, name: 'a'.repeat(254) }))).toEqual({ uid });
+  });
+  it('is no identity without a UUID', () => {
+    for (const text of [
+      '',
+      'x',
+      '[]',
+      '{}',
+      JSON.stringify({ uid: 'u' }),
+      JSON.stringify({ uid: `${uid}\n` }),
+    ]) {
+      expect(podFromWrapperRecord(text)).toBeUndefined();
+    }
+  });
+});
+
+describe('readKataIdentity with the wrapper record', () => {
+  const uid = '0f6c1a2e-8d3b-4c5a-9e7f-1a2b3c4d5e6f';
+  let root: string;
+  beforeEach(async () => {
+    root = await mkdtemp(join(tmpdir(), 'vmp-ident-'));
+  });
+  afterEach(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+  const files = () => ({
+    sbsRoot: join(root, 'sbs'),
+    vmRoot: join(root, 'vm'),
+    monitorDir: join(root, 'mon'),
+  });
+
+  it('uses pod.json until persist.json has the pod, then the runtime identity wins', async () => {
+    await mkdir(join(root, 'mon', 's1'), { recursive: true });
+    await writeFile(join(root, 'mon', 's1', 'pod.json'), JSON.stringify({ uid }));
+    expect(await readKataIdentity(files(), sid('s1'))).toEqual({ pod: { uid }, podSource: 'wrapper' });
+    const before = await identityStamp(files(), sid('s1'));
+    await mkdir(join(root, 'sbs', 's1'), { recursive: true });
+    await writeFile(
+      join(root, 'sbs', 's1', 'persist.json'),
+      persist('s1', { 'io.kubernetes.cri.sandbox-uid': 'other', 'io.kubernetes.cri.sandbox-name': 'n' }),
+    );
+    expect(await identityStamp(files(), sid('s1'))).not.toBe(before);
+    expect(await readKataIdentity(files(), sid('s1'))).toEqual({
+      pod: { uid: 'other', name: 'n' },
+      podSource: 'kata',
+      qemuPid: 4242,
+    });
+  });
+
+  it('ignores a pod.json that is not a regular file or too big', async () => {
+    await mkdir(join(root, 'mon', 's2', 'pod.json'), { recursive: true });
+    expect(await readKataIdentity(files(), sid('s2'))).toEqual({});
+    await mkdir(join(root, 'mon', 's3'), { recursive: true });
+    await writeFile(join(root, 'mon', 's3', 'pod.json'), JSON.stringify({ uid, pad: 'x'.repeat(5000) }));
+    expect(await readKataIdentity(files(), sid('s3'))).toEqual({});
+  });
+});
 
 describe('identityFromPersist', () => {
   it('reads containerd annotations of the sandbox container and the QEMU pid', () => {
@@ -194,6 +266,32 @@ describe('SandboxDiscovery', () => {
       }),
     );
     await until('identity', () => d.get(sid('late-1'))?.pod?.uid === 'u');
+  });
+
+  it("reports the wrapper's pod.json before Kata's persist.json, and Kata's identity once written", async () => {
+    const uid = '0f6c1a2e-8d3b-4c5a-9e7f-1a2b3c4d5e6f';
+    await sandbox('wr-1');
+    await writeFile(
+      join(monitorDir, 'wr-1', 'pod.json'),
+      JSON.stringify({ uid, name: 'web-0', namespace: 'shop' }),
+    );
+    const d = await startDiscovery();
+    await until('wrapper identity', () => d.get(sid('wr-1'))?.pod?.uid === uid);
+    expect(d.get(sid('wr-1'))?.pod).toEqual({ uid, name: 'web-0', namespace: 'shop' });
+    await mkdir(join(sbsRoot, 'wr-1'), { recursive: true });
+    await writeFile(
+      join(sbsRoot, 'wr-1', 'persist.json'),
+      persist('wr-1', {
+        'io.kubernetes.cri.sandbox-uid': 'runtime-uid',
+        'io.kubernetes.cri.sandbox-name': 'pod-r',
+        'io.kubernetes.cri.sandbox-namespace': 'ns-r',
+      }),
+    );
+    await until('runtime identity', () => d.get(sid('wr-1'))?.pod?.uid === 'runtime-uid');
+    expect(d.get(sid('wr-1'))).toMatchObject({
+      pod: { uid: 'runtime-uid', name: 'pod-r', namespace: 'ns-r' },
+      qemuPid: 4242,
+    });
   });
 
   it('fs.watch alone picks up a new sandbox (no rescan due)', async () => {

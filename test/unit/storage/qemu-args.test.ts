@@ -74,7 +74,7 @@ describe('qemu-args', () => {
     });
     expect(JSON.stringify(node)).not.toContain(KEY);
     // The stored (keyless) source works as well.
-    const stored = toStoredSpec({ mode: 'rbd', source: src, readOnly: false, bus: 'auto' });
+    const stored = toStoredSpec({ mode: 'rbd', source: src, readOnly: false, bus: 'auto', backend: 'auto' });
     expect(
       blockdevRbd(names, stored.source as Omit<RbdSource, 'key'>, { readOnly: false }),
     ).not.toHaveProperty('conf');
