@@ -10,6 +10,7 @@ import type { NicService } from '../../net/index.js';
 import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
+import { DEFAULT_DISCARD_LIMITS, type DiscardLimits, discardBody } from './discard-body.js';
 import {
   fieldOfSchemaIssue,
   PROBLEM_CONTENT_TYPE,
@@ -47,6 +48,8 @@ export interface ServerDeps {
   shutdownSignal?: AbortSignal;
   /** Largest accepted request body; an attach body is well under 4 KiB. */
   bodyLimit?: number;
+  /** How much of an oversized body is read and discarded before the 413 goes out. */
+  discardLimits?: DiscardLimits;
   /** Shown in the OpenAPI document. */
   version?: string;
 }
@@ -110,8 +113,14 @@ export async function buildServer(deps: ServerDeps) {
     }
   });
 
-  app.setErrorHandler((err, request, reply) => {
+  app.setErrorHandler(async (err, request, reply) => {
     const p = problemFor(err as FastifyError, request, bodyLimit);
+    // The client may still be sending the body: read it to its end first, or closing the
+    // connection resets it and the client never reads the 413 (see discard-body.ts).
+    if (p.status === 413) {
+      const outcome = await discardBody(request.raw, deps.discardLimits ?? DEFAULT_DISCARD_LIMITS);
+      if (outcome !== 'drained') request.log.info({ outcome }, 'oversized body not read to its end');
+    }
     p.requestId = request.id;
     if (!(err instanceof VmplugError) && p.status >= 500) request.log.error({ err }, 'request failed');
     else if (p.status >= 500)
