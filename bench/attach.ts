@@ -55,6 +55,7 @@ import {
   removeLeftovers,
 } from '../test/env/hotplug.js';
 import { createLoopDevice, type LoopDevice } from '../test/env/loop.js';
+import { rbdSource } from '../test/env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../test/env/sandbox.js';
 import { hostContext, printTable, type Summary, summarize } from './figures.js';
 
@@ -419,14 +420,7 @@ async function concurrencyPhase(
     return {
       ...common,
       body: {
-        source: {
-          type: 'rbd',
-          pool: ceph.pool,
-          image,
-          monitors: ceph.monitors,
-          user: ceph.clientUser,
-          key: ceph.clientKey,
-        },
+        source: rbdSource(ceph, image),
         annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
       },
       backend: {

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import type { Bus, HostDeviceSourceRequest, Mode, PodRef, RbdSourceRequest } from '../api/index.js';
 
 // `vmplug` command lines parsed into one typed command, or a UsageError (exit code 2). Pure: no
 // I/O here; the cephx key is never an argument, only a file (or "-" for stdin) to read it from.
@@ -17,14 +18,8 @@ export interface GlobalOptions {
   timeoutMs: number | undefined;
 }
 
-export type RbdSourceArgs = {
-  type: 'rbd';
-  pool: string;
-  namespace?: string;
-  image: string;
-  snapshot?: string;
-  monitors: string[];
-  user: string;
+/** The request's rbd source with, instead of the key, where to read it from. */
+export type RbdSourceArgs = Omit<RbdSourceRequest, 'key'> & {
   /** Path of the file holding the key, or "-" for stdin. */
   keyFile: string;
 };
@@ -36,12 +31,12 @@ export type Command =
       name: 'attach';
       sandboxId: string;
       volumeId: string;
-      mode?: 'block' | 'rbd';
-      source: { type: 'hostDevice'; path: string } | RbdSourceArgs;
-      bus?: 'auto' | 'scsi' | 'virtio-blk';
+      mode?: Mode;
+      source: HostDeviceSourceRequest | RbdSourceArgs;
+      bus?: Bus;
       readOnly: boolean;
       annotations?: Record<string, string>;
-      pod?: { uid: string; name?: string; namespace?: string };
+      pod?: PodRef;
     }
   | { name: 'detach'; sandboxId: string; volumeId: string }
   | {

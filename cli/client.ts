@@ -1,7 +1,14 @@
 import { request } from 'node:http';
-import type { NicView as Nic } from '../net/engine.js';
-import type { Attachment } from '../storage/attach-service.js';
-import type { PodRef } from '../storage/volume-spec.js';
+import type {
+  Attachment,
+  AttachRequest,
+  AttachResponse,
+  GuestResizeRequest,
+  GuestResources,
+  Nic,
+  NicRequest,
+  Sandbox,
+} from '../api/index.js';
 
 // A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
 // node plugin written in TypeScript. Only node:http: importing it pulls in no server code. Every
@@ -9,15 +16,21 @@ import type { PodRef } from '../storage/volume-spec.js';
 // becomes a VmplugApiError with the server's stable `code`, and a transport failure a
 // VmplugTransportError, both with `retryable` so a caller knows whether trying again can help.
 
-export type { Attachment, AttachmentSource } from '../storage/attach-service.js';
-export type { PodRef } from '../storage/volume-spec.js';
-
-export interface GuestResources {
-  vcpus: number;
-  maxVcpus: number;
-  memoryMiB: number;
-  maxMemoryMiB: number;
-}
+export type {
+  Attachment,
+  AttachmentSource,
+  AttachRequest,
+  AttachResponse,
+  AttachSourceRequest,
+  GuestResizeRequest,
+  GuestResources,
+  Nic,
+  NicRequest,
+  PodRef,
+  RbdSourceRequest,
+  Sandbox,
+  SandboxState,
+} from '../api/index.js';
 
 export const DEFAULT_SOCKET = '/run/vmplug/vmplug.sock';
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -37,72 +50,6 @@ export interface CallOptions {
   timeoutMs?: number;
   /** Sent as x-request-id: the daemon logs it on every line of the operation. */
   requestId?: string;
-}
-
-export type AttachSourceRequest =
-  | { type: 'hostDevice'; path: string }
-  | {
-      type: 'rbd';
-      pool: string;
-      namespace?: string;
-      image: string;
-      snapshot?: string;
-      monitors: string[];
-      user: string;
-      /** base64 cephx key; sent in the body only, never stored or echoed by vmplugd. */
-      key: string;
-    };
-
-export interface AttachRequest {
-  mode?: 'block' | 'rbd';
-  source: AttachSourceRequest;
-  readOnly?: boolean;
-  bus?: 'auto' | 'scsi' | 'virtio-blk';
-  annotations?: Record<string, string>;
-  /**
-   * The Pod the volume is for (a CSI plugin's NodePublish has it in the volume context when
-   * podInfoOnMount is set): Events go there when the runtime records no pod for the sandbox.
-   */
-  pod?: PodRef;
-}
-
-export interface AttachResponse {
-  /** False when the same volume was already attached with the same spec (HTTP 200, not 201). */
-  created: boolean;
-  attachment: Attachment;
-}
-
-export type SandboxState =
-  | 'running'
-  | 'paused'
-  | 'shutdown'
-  | 'shutoff'
-  | 'crashed'
-  | 'unknown'
-  | 'unreachable';
-
-/** A NIC as vmplugd shows it (net/engine.ts NicView). */
-export type { NicView as Nic } from '../net/engine.js';
-
-/** PUT .../nics/{nicId} body: exactly one of hostInterface.name and hostInterface.bridge. */
-export interface NicRequest {
-  mac?: string;
-  hostInterface: { type: 'tap'; name?: string; bridge?: string };
-  mtu?: number;
-  queues?: 1;
-}
-
-export interface Sandbox {
-  id: string;
-  kind: 'kata' | 'libvirt';
-  state: SandboxState;
-  reason?: string;
-  hypervisorStatus?: string;
-  pod?: { uid?: string; name?: string; namespace?: string };
-  pid?: number;
-  discoveredAt: string;
-  volumes: Attachment[];
-  nics?: Nic[];
 }
 
 /** The daemon answered with an error (problem+json). */
@@ -239,7 +186,7 @@ export class VmplugClient {
   /** Hot-resize of a guest in place (PATCH .../resources); absent fields stay as they are. */
   async resizeGuest(
     sandboxId: string,
-    target: { vcpus?: number; memoryMiB?: number },
+    target: GuestResizeRequest,
     opts: CallOptions = {},
   ): Promise<GuestResources> {
     const path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/resources`;

@@ -1,6 +1,6 @@
 import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { DIRECT_MODE_ANNOTATION } from '../storage/volume-spec.js';
+import { DIRECT_MODE_ANNOTATION } from '../api/index.js';
 import {
   type Command,
   type GlobalOptions,

@@ -3,6 +3,7 @@ import { access, mkdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { VmplugError } from '../core/errors.js';
+import { OperationGate } from '../core/gate.js';
 import { isSandboxId } from '../core/ids.js';
 import type { Readiness, ReadinessCheck, ReadinessProbe } from '../core/readiness.js';
 import type { SandboxCatalog } from '../core/sandbox.js';
@@ -27,15 +28,16 @@ import { listenOnInheritedSocket, listenOnUnixSocket, type UnixListener } from '
 import { createLogger, type Logger } from './logger.js';
 import { ReconcileLoop } from './reconcile-loop.js';
 import type { NicStatus } from './report/kube/status.js';
+import { DaemonMetrics, measuredReconcile } from './report/metrics.js';
 import { observeNicService } from './report/observed-nics.js';
-import { createReporting, type Reporting, type ReportingDeps } from './report/reporting.js';
+import { observeAttachService } from './report/observed-service.js';
+import { PodEvents } from './report/pod-events.js';
+import { createStatusFeed, type StatusFeed, type StatusFeedDeps } from './report/status-feed.js';
 import { resizerResolver } from './resize/resolve.js';
 import { createResourceService, type ResourceService } from './resize/service.js';
 import { combineCatalogs, discoveryCatalog } from './sandboxes/catalog.js';
 import { type DiscoveryOptions, SandboxDiscovery } from './sandboxes/discovery.js';
 import { createAttachService, type EngineDeps, type EngineHandle } from './volumes/attach-engine.js';
-
-export { unavailableAttachService } from './volumes/attach-engine.js';
 
 // The vmplugd process: configuration, the REST server on its socket, and an orderly stop.
 
@@ -109,7 +111,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
         'shutting down: no new requests, finishing in-flight ones',
       );
       const closed = listener.close();
-      let clean = await settlesWithin(closed, config.shutdownTimeoutMs);
+      const clean = await settlesWithin(closed, config.shutdownTimeoutMs);
       if (!clean) {
         logger.warn('in-flight requests outlived the grace period: aborting their operations');
         shutdown.abort(new VmplugError('SHUTTING_DOWN', 'vmplugd is shutting down'));
@@ -117,8 +119,6 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
           app.server.closeAllConnections();
           await closed;
         }
-      } else {
-        clean = true;
       }
       const ms = Math.round(performance.now() - started);
       logger.info({ clean, ms }, 'stopped');
@@ -151,8 +151,8 @@ export interface VmplugdOptions {
   createEngine?: (deps: EngineDeps) => Promise<EngineHandle>;
   /** Discovery tuning beyond the config (tests shorten the QMP backoff). */
   discovery?: Partial<Omit<DiscoveryOptions, 'monitorDir' | 'kata' | 'logger'>>;
-  /** Metrics/node facts/Kubernetes reporter tuning (tests inject node facts, shorten periods). */
-  reporting?: Partial<Pick<ReportingDeps, 'nodeFacts' | 'env' | 'reporter' | 'resyncMs'>>;
+  /** Node facts/Kubernetes reporter tuning (tests inject node facts, shorten periods). */
+  reporting?: Partial<Pick<StatusFeedDeps, 'nodeFacts' | 'env' | 'reporter' | 'resyncMs'>>;
   /** Serve this inherited listening fd (systemd socket activation) instead of binding config.socket. */
   inheritedSocketFd?: number;
 }
@@ -167,8 +167,10 @@ export interface Vmplugd {
   /** NIC hot-plug (net/), journalled under <stateDir>/nics. */
   nics: NicEngine;
   journal: Journal;
-  /** Metrics, node facts and the Kubernetes reporter. */
-  reporting: Reporting;
+  /** Prometheus metrics of the served operations, discovery and reconcile. */
+  metrics: DaemonMetrics;
+  /** Node facts and the Kubernetes reporter (VmplugNode status, Lease). */
+  statusFeed: StatusFeed;
   /** Resolves once the start-up reconcile has run (either way): the moment systemd hears READY=1. */
   startupDone: Promise<void>;
   /** The REST server drains first, then the reconcile loop, the engine, the reporter (flushed) and discovery stop. */
@@ -197,17 +199,14 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     goneGraceMs: config.sandboxGoneGraceMs,
     ...opts.discovery,
   });
-  // Kata sandboxes only: libvirt domains would get NICs through libvirt's device XML (not built).
-  let nicsChanged: (sandboxId: string) => void = () => {};
-  const nics = new NicEngine({
-    stateDir: config.stateDir,
-    sandboxes: discovery,
-    logger: logger.child({ component: 'nic' }),
-    onChange: (id) => nicsChanged(id),
-  });
+  // One lock per sandbox for every engine (volumes of both kinds, NICs, resizes): they compete
+  // for the same root ports, and the node's bound on operations in flight covers them all.
+  const gate = new OperationGate<string>(config.maxConcurrentOps);
   let engine: EngineHandle | undefined;
+  let feed: StatusFeed | undefined;
+  let nics: NicEngine | undefined;
   let loop: ReconcileLoop | undefined;
-  let reporting: Reporting | undefined;
+  const unwatch: (() => void)[] = [];
   try {
     // vvv the attach engine is constructed here, and only here (daemon/volumes/attach-engine.ts) vvv
     engine = await (opts.createEngine ?? createAttachService)({
@@ -215,33 +214,51 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       logger,
       journal,
       sandboxes: discovery,
+      gate,
     });
     const e = engine;
     const catalog =
       e.catalog !== undefined
         ? combineCatalogs(discoveryCatalog(discovery), e.catalog)
         : discoveryCatalog(discovery);
-    const r = await createReporting({
+    // What vmplugd tells the outside, built before the engines that feed it: metrics, the status
+    // feed (VmplugNode, Lease) and Pod events. They observe; none of them can fail an attach.
+    const metrics = new DaemonMetrics({ sandboxes: () => catalog.list() });
+    unwatch.push(discovery.onSessionState((_id, change) => metrics.observeQmpState(change)));
+    const f = await createStatusFeed({
       config,
       logger,
       discovery,
       catalog,
-      engine: e,
-      listNics: async (id) => (isSandboxId(id) ? (await nics.list(id)).map(nicStatus) : []),
+      listVolumes: e.listVolumes,
+      ...(e.libvirtDomains !== undefined ? { libvirtDomains: e.libvirtDomains } : {}),
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...opts.reporting,
     });
-    reporting = r;
-    nicsChanged = (id) => r.nicsChanged(id);
-    if (r.reconcile !== undefined) {
-      const reconcile = r.reconcile;
+    feed = f;
+    const podEvents = new PodEvents(f.reporter, catalog);
+    // Kata sandboxes only: libvirt domains would get NICs through libvirt's device XML (not built).
+    const n = new NicEngine({
+      stateDir: config.stateDir,
+      sandboxes: discovery,
+      logger: logger.child({ component: 'nic' }),
+      onChange: (id) => f.nicsChanged(id),
+      gate,
+    });
+    nics = n;
+    // What the REST API serves: the engines, observed.
+    const attachService = servedAttachService(e.service, { metrics, feed: f, podEvents });
+    const nicService = observeNicService(n, (op) => podEvents.nic(op));
+    if (e.reconcile !== undefined) {
+      const volumes = measuredReconcile(e.reconcile, metrics);
       loop = new ReconcileLoop({
         // Volumes and NICs each converge even when the other fails; the run fails if either did.
         reconcile: async (signal) => {
-          const [volumes, nicRun] = await Promise.allSettled([reconcile(signal), nics.reconcile({ signal })]);
-          if (volumes.status === 'rejected') throw volumes.reason;
+          const [volumeRun, nicRun] = await Promise.allSettled([volumes(signal), n.reconcile({ signal })]);
+          f.refreshAll();
+          if (volumeRun.status === 'rejected') throw volumeRun.reason;
           if (nicRun.status === 'rejected') throw nicRun.reason;
-          return volumes.value;
+          return volumeRun.value;
         },
         intervalMs: config.reconcileIntervalMs,
         logger: logger.child({ component: 'reconcile' }),
@@ -263,14 +280,14 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     const daemon = await startDaemon({
       config,
       logger,
-      attachService: r.service,
+      attachService,
       readiness,
       catalog,
       listVolumes: e.listVolumes,
-      nodeFacts: (signal) => r.nodeFacts.get({ signal }),
-      metrics: r.metrics,
-      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox) }),
-      nics: observeNicService(nics, (op) => r.nicOperation(op)),
+      nodeFacts: (signal) => f.nodeFacts.get({ signal }),
+      metrics,
+      resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox), gate }),
+      nics: nicService,
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });
@@ -278,34 +295,56 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     // instead of skipping them as unreachable (bounded: a wedged QEMU must not delay start-up).
     if (l !== undefined) {
       // A sandbox found gone (its QEMU exited) has its records released now, not at the next round.
-      discovery.onChange((event) => {
-        if (event.type === 'removed') l.kick();
-      });
+      unwatch.push(
+        discovery.onChange((event) => {
+          if (event.type === 'removed') l.kick();
+        }),
+      );
       void discovery.settled(STARTUP_SETTLE_MS).then(() => l.start());
     }
-    r.start(readiness);
+    f.start({
+      readiness,
+      listNics: async (id) => (isSandboxId(id) ? (await n.list(id)).map(nicStatus) : []),
+    });
     let stopping: Promise<StopResult> | undefined;
     const stop = (): Promise<StopResult> => {
       stopping ??= (async () => {
         const result = await daemon.stop();
         await l?.stop();
-        await Promise.all([e.close(), nics.close()]);
-        await r.stop();
+        await Promise.all([e.close(), n.close()]);
+        await f.stop();
+        for (const u of unwatch) u();
         await discovery.close();
         return result;
       })();
       return stopping;
     };
     const startupDone = l !== undefined ? l.firstRun() : Promise.resolve();
-    return { daemon, discovery, engine: e, nics, journal, reporting: r, startupDone, stop };
+    return { daemon, discovery, engine: e, nics: n, journal, metrics, statusFeed: f, startupDone, stop };
   } catch (err) {
     await loop?.stop();
-    await reporting?.stop();
+    await feed?.stop();
     await engine?.close().catch(() => {});
-    await nics.close();
+    await nics?.close();
+    for (const u of unwatch) u();
     await discovery.close();
     throw err;
   }
+}
+
+/** The attach service vmplugd serves: the engine's, each outcome told to metrics, the status feed and Pod events. */
+export function servedAttachService(
+  engine: AttachService,
+  o: { metrics: DaemonMetrics; feed: Pick<StatusFeed, 'volumesChanged' | 'describe'>; podEvents: PodEvents },
+): AttachService {
+  return observeAttachService(engine, {
+    onOperation: (op) => {
+      o.metrics.observeOperation(op);
+      o.feed.volumesChanged(op.sandboxId);
+      o.podEvents.volume(op);
+    },
+    describe: (sandboxId, volumeId) => o.feed.describe(sandboxId, volumeId),
+  });
 }
 
 function nicStatus(n: NicView): NicStatus {

@@ -1,7 +1,10 @@
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
+import { EngineBase } from '../core/engine-base.js';
 import { ConflictError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
+import { OperationGate } from '../core/gate.js';
 import type { NicId, SandboxId } from '../core/ids.js';
+import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
 import { type CallOptions, isQmpError, type QmpExecutor } from '../qmp/index.js';
 import { NicBackendError, NicDetachPendingError, NicLanesFullError } from './errors.js';
 import { type CallOpts, DEFAULT_IP_TIMEOUT_MS, type HostNetwork, IpHostNetwork } from './host.js';
@@ -11,7 +14,6 @@ import {
   addNicDevice,
   addTapNetdev,
   delNetdev,
-  isPortTaken,
   listDevices,
   listVmplugNetdevs,
   portOf,
@@ -24,7 +26,9 @@ import { type NicSpec, type NicSpecInput, specToInput } from './spec.js';
 // over each sandbox's private QMP monitor and the host's iproute2. Every step is journalled
 // before its side effect (Pending -> TapCreated -> NetdevAdded -> Attached; Detaching ->
 // DeviceDeleted -> NetdevDeleted -> record removed), so a crash anywhere is finished or rolled
-// back by the next attach, detach or reconcile. Operations on one sandbox run one at a time.
+// back by the next attach, detach or reconcile. Admission and drain are EngineBase's: operations
+// on one sandbox run one at a time, with its volumes and resizes too (one gate for the node,
+// handed in by the daemon), since NICs and virtio-blk disks take the same vmplug root ports.
 
 /** The pino subset the engine logs through (pino loggers and fastify's request.log fit). */
 export interface NicLogger {
@@ -94,6 +98,8 @@ export interface NicEngineOptions {
   reconcileUnplugWaitMs?: number;
   /** Told after a sandbox's NICs may have changed (attach, detach, a repair): status reporting. */
   onChange?: (sandboxId: string) => void;
+  /** The node's one gate (one lock per sandbox shared with volumes and resizes); default: a private one. */
+  gate?: OperationGate<string>;
 }
 
 export function toNicView(r: NicRecord): NicView {
@@ -122,17 +128,19 @@ function backend(operation: string, err: unknown): VmplugError {
   return new NicBackendError(operation, (err as Error).message ?? String(err), { cause: err });
 }
 
-export class NicEngine {
-  readonly #o: Required<Omit<NicEngineOptions, 'host' | 'instance' | 'onChange'>>;
+export class NicEngine extends EngineBase {
+  readonly #o: Required<Omit<NicEngineOptions, 'host' | 'instance' | 'onChange' | 'gate'>>;
   readonly #onChange: (sandboxId: string) => void;
   readonly #host: HostNetwork;
   readonly #alias: string;
   readonly #journal: NicJournal;
-  readonly #tails = new Map<string, Promise<unknown>>();
-  readonly #running = new Set<Promise<unknown>>();
-  #closed = false;
 
   constructor(opts: NicEngineOptions) {
+    super({
+      gate: opts.gate ?? new OperationGate(8),
+      closedError: () =>
+        new NicBackendError('engine', 'vmplugd is shutting down; retry', { retryable: true }),
+    });
     this.#o = {
       qmpTimeoutMs: 10_000,
       ipTimeoutMs: DEFAULT_IP_TIMEOUT_MS,
@@ -167,50 +175,58 @@ export class NicEngine {
     const log = ctx.log.child({ op: 'nic-attach', sandboxId, nicId });
     return this.#observed(
       sandboxId,
-      this.#exclusive(sandboxId, ctx.signal, async () => {
+      this.admit(sandboxId, ctx.signal, async (signal) => {
         const qmp = this.#present(sandboxId);
-        const q = this.#q(ctx.signal);
-        let existing = await this.#journal.load(sandboxId, nicId);
+        const existing = await this.#journal.load(sandboxId, nicId);
         const fresh = newNicRecord(sandboxId, nicId, spec);
-        if (existing !== undefined && existing.fingerprint !== fresh.fingerprint) {
-          throw new ConflictError(
-            `NIC ${nicId} of sandbox ${sandboxId} exists with a different spec; detach it first`,
-          );
+        const plan = planAttach(
+          existing,
+          fresh.fingerprint,
+          needsDeviceCheck(existing, fresh.fingerprint) &&
+            (
+              await listDevices(qmp, this.#q(signal)).catch((e: unknown) => {
+                throw backend('attach', e);
+              })
+            ).has(existing.names.device),
+          isNicAttachState,
+        );
+        let record = fresh;
+        switch (plan.kind) {
+          case 'reuse':
+            return { created: false, nic: toNicView(plan.record) };
+          case 'conflict':
+            throw new ConflictError(
+              plan.reason === 'spec'
+                ? `NIC ${nicId} of sandbox ${sandboxId} exists with a different spec; detach it first`
+                : `NIC ${nicId} of sandbox ${sandboxId} is being detached (${plan.record.state}); finish the detach first`,
+            );
+          case 'resume':
+            log.info({ state: plan.record.state }, 'resuming a half-done NIC attach');
+            record = plan.record;
+            break;
+          case 'clear-lost': {
+            // QEMU lost the device (restarted, or deleted behind vmplug's back): clear what is left
+            // and attach anew rather than answer "attached" for a NIC the guest does not have.
+            log.warn(
+              { device: plan.record.names.device },
+              'attached NIC has no device in QEMU; attaching it again',
+            );
+            const lost = advance(plan.record, 'Detaching', {
+              error: { code: 'DEVICE_LOST', message: `device ${plan.record.names.device} vanished` },
+            });
+            await this.#journal.save(lost);
+            await this.#teardown(qmp, lost, signal, this.#o.detachTimeoutMs);
+            break;
+          }
+          case 'fresh':
+            break;
         }
-        if (existing?.state === 'Attached') {
-          const devices = await listDevices(qmp, q).catch((e: unknown) => {
-            throw backend('attach', e);
-          });
-          if (devices.has(existing.names.device)) return { created: false, nic: toNicView(existing) };
-          // QEMU lost the device (restarted, or deleted behind vmplug's back): clear what is left
-          // and attach anew rather than answer "attached" for a NIC the guest does not have.
-          log.warn(
-            { device: existing.names.device },
-            'attached NIC has no device in QEMU; attaching it again',
-          );
-          existing = advance(existing, 'Detaching', {
-            error: { code: 'DEVICE_LOST', message: `device ${existing.names.device} vanished` },
-          });
-          await this.#journal.save(existing);
-          await this.#teardown(qmp, existing, ctx.signal, this.#o.detachTimeoutMs);
-          existing = undefined;
-        }
-        if (existing !== undefined && !isNicAttachState(existing.state)) {
-          throw new ConflictError(
-            `NIC ${nicId} of sandbox ${sandboxId} is being detached (${existing.state}); finish the detach first`,
-          );
-        }
-        let record: NicRecord;
-        if (existing !== undefined) {
-          log.info({ state: existing.state }, 'resuming a half-done NIC attach');
-          record = existing;
-        } else {
-          await this.#checkHostSide(spec, ctx.signal);
-          record = fresh;
+        if (plan.kind !== 'resume') {
+          await this.#checkHostSide(spec, signal);
           await this.#journal.save(record);
         }
         try {
-          const done = await this.#attachSteps(qmp, record, ctx.signal, log);
+          const done = await this.#attachSteps(qmp, record, signal);
           log.info(
             { device: done.names.device, port: done.port, tap: done.tap, mac: done.spec.mac },
             'NIC attached',
@@ -230,12 +246,12 @@ export class NicEngine {
     const log = ctx.log.child({ op: 'nic-detach', sandboxId, nicId });
     return this.#observed(
       sandboxId,
-      this.#exclusive(sandboxId, ctx.signal, async () => {
+      this.admit(sandboxId, ctx.signal, async (signal) => {
         let record = await this.#journal.load(sandboxId, nicId);
         if (record === undefined) return false;
         const presence = this.#o.sandboxes.lookup(sandboxId);
         if (presence.state === 'gone') {
-          await this.#dropGone(record, ctx.signal);
+          await this.#dropGone(record, signal);
           log.info({}, 'sandbox gone; removed its NIC record and tap');
           return true;
         }
@@ -252,7 +268,7 @@ export class NicEngine {
           record = advance(record, 'Detaching');
           await this.#journal.save(record);
         }
-        await this.#teardown(presence.sandbox.qmp, record, ctx.signal, this.#o.detachTimeoutMs);
+        await this.#teardown(presence.sandbox.qmp, record, signal, this.#o.detachTimeoutMs);
         log.info({}, 'NIC detached');
         return true;
       }),
@@ -282,12 +298,6 @@ export class NicEngine {
     return (await this.#journal.list(sandboxId)).map(toNicView);
   }
 
-  /** Waits for operations in flight and refuses new ones. */
-  async close(): Promise<void> {
-    this.#closed = true;
-    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
-  }
-
   /**
    * Converges the journal, QEMU and the host: half-done attaches are rolled back (the client's
    * retry attaches anew), half-done detaches finished, records of gone sandboxes dropped with
@@ -311,7 +321,7 @@ export class NicEngine {
     for (const id of [...ids].sort()) {
       const sandboxId = id as SandboxId;
       try {
-        await this.#exclusive(sandboxId, signal, () =>
+        await this.admit(sandboxId, signal, () =>
           this.#reconcileSandbox(sandboxId, signal, log, summary, explainedTaps),
         );
       } catch (err) {
@@ -428,12 +438,7 @@ export class NicEngine {
     }
   }
 
-  async #attachSteps(
-    qmp: QmpExecutor,
-    start: NicRecord,
-    signal: AbortSignal,
-    log: NicLogger,
-  ): Promise<NicRecord> {
+  async #attachSteps(qmp: QmpExecutor, start: NicRecord, signal: AbortSignal): Promise<NicRecord> {
     let r = start;
     const q = this.#q(signal);
     if (r.state === 'Pending') {
@@ -463,15 +468,21 @@ export class NicEngine {
       await this.#journal.save(r);
     }
     if (r.state === 'NetdevAdded') {
-      const port = await this.#placeDevice(qmp, r, q, log);
+      const port = await this.#placeDevice(qmp, r, q);
       r = advance(r, 'Attached', { port });
       await this.#journal.save(r);
     }
     return r;
   }
 
-  /** device_add on a free vmplug root port; a port found taken on the way is skipped. */
-  async #placeDevice(qmp: QmpExecutor, r: NicRecord, q: CallOptions, log: NicLogger): Promise<string> {
+  /**
+   * device_add on the first free vmplug root port. No move to the next port on "slot not
+   * available": ports are read under the sandbox's lock, which volumes (whose virtio-blk disks use
+   * the same ports), NICs and resizes all take (one OperationGate for the node), and a device
+   * vmplug did not place counts as busy (qemu.ts rootPorts). A refusal is a device hot-plugged
+   * behind vmplug's back in that very instant: a plain error, rolled back.
+   */
+  async #placeDevice(qmp: QmpExecutor, r: NicRecord, q: CallOptions): Promise<string> {
     if ((await listDevices(qmp, q)).has(r.names.device)) {
       // Resumed after a crash between device_add and the journal write.
       const port = await portOf(qmp, r.names.device, q);
@@ -480,27 +491,20 @@ export class NicEngine {
       return port;
     }
     const ports = await rootPorts(qmp, q);
-    const free = ports.filter((p) => !p.busy);
-    for (const p of free) {
-      try {
-        await addNicDevice(
-          qmp,
-          {
-            id: r.names.device,
-            netdev: r.names.netdev,
-            mac: r.spec.mac,
-            port: p.id,
-            ...(r.spec.mtu !== undefined ? { mtu: r.spec.mtu } : {}),
-          },
-          q,
-        );
-        return p.id;
-      } catch (err) {
-        if (!isPortTaken(err)) throw err;
-        log.warn({ port: p.id }, 'root port taken meanwhile; trying the next');
-      }
-    }
-    throw new NicLanesFullError(ports.length);
+    const free = ports.find((p) => !p.busy);
+    if (free === undefined) throw new NicLanesFullError(ports.length);
+    await addNicDevice(
+      qmp,
+      {
+        id: r.names.device,
+        netdev: r.names.netdev,
+        mac: r.spec.mac,
+        port: free.id,
+        ...(r.spec.mtu !== undefined ? { mtu: r.spec.mtu } : {}),
+      },
+      q,
+    );
+    return free.id;
   }
 
   /** From Detaching/DeviceDeleted/NetdevDeleted to the record's removal. */
@@ -578,33 +582,5 @@ export class NicEngine {
 
   #ip(signal: AbortSignal): CallOpts {
     return { timeoutMs: this.#o.ipTimeoutMs, signal };
-  }
-
-  /** Runs `fn` after every earlier operation on the same sandbox. */
-  #exclusive<T>(sandboxId: string, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) {
-      return Promise.reject(
-        new NicBackendError('engine', 'vmplugd is shutting down; retry', { retryable: true }),
-      );
-    }
-    const prev = this.#tails.get(sandboxId) ?? Promise.resolve();
-    const run = prev.then(
-      () => {
-        signal.throwIfAborted();
-        return fn();
-      },
-      () => {
-        signal.throwIfAborted();
-        return fn();
-      },
-    );
-    const tail = run.catch(() => undefined);
-    this.#tails.set(sandboxId, tail);
-    this.#running.add(run);
-    void tail.then(() => {
-      this.#running.delete(run);
-      if (this.#tails.get(sandboxId) === tail) this.#tails.delete(sandboxId);
-    });
-    return run;
   }
 }

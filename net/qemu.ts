@@ -86,11 +86,6 @@ export function isNotFound(err: unknown): boolean {
   return err instanceof QmpCommandError && err.errorClass === 'DeviceNotFound';
 }
 
-/** device_add on a port that already holds a device (a volume, or a race). */
-export function isPortTaken(err: unknown): boolean {
-  return err instanceof QmpCommandError && /^PCI: slot \d+ function \d+ not available/.test(err.desc);
-}
-
 export function isUnplugInProgress(err: unknown): boolean {
   return err instanceof QmpCommandError && /already in the process of unplug/.test(err.desc);
 }

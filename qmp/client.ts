@@ -78,74 +78,102 @@ export class QmpClient implements QmpExecutor {
   }
 }
 
-type Phase = 'connect' | 'greeting' | 'negotiate' | 'done';
-
-/** Connects, waits for the greeting, negotiates capabilities; one deadline covers it all. */
-function open(path: string, opts: QmpConnectOptions): Promise<QmpProtocol> {
+/**
+ * Establishes a session the way qemu.qmp's `_establish_session` does: connect, greeting,
+ * capabilities, as straight awaits under one AbortSignal that carries the caller's abort or the
+ * overall deadline as its reason. Each phase turns a failure into its own error: the socket
+ * connect into QMP_CONNECT_FAILED, silence after it into QMP_BUSY (another client holds the
+ * monitor), a bad first message into QMP_PROTOCOL, and the capabilities command fails as a
+ * command. The socket is destroyed on any failure.
+ */
+async function open(path: string, opts: QmpConnectOptions): Promise<QmpProtocol> {
+  const operation = `connect ${path}`;
+  if (opts.signal?.aborted) throw new QmpAbortedError(operation, opts.signal.reason);
   const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-  const greetingTimeoutMs = opts.greetingTimeoutMs ?? DEFAULT_GREETING_TIMEOUT_MS;
   const started = performance.now();
-  if (opts.signal?.aborted) return Promise.reject(new QmpAbortedError(`connect ${path}`, opts.signal.reason));
-  return new Promise<QmpProtocol>((resolve, reject) => {
-    let phase: Phase = 'connect';
-    let disarmGreeting = noop;
-    const socket = net.createConnection({ path });
-    const fail = (err: unknown): void => {
-      if (phase === 'done') return;
-      phase = 'done';
-      disarm();
-      disarmGreeting();
-      socket.destroy();
-      reject(err);
-    };
-    const disarm = armDeadline(`connect ${path}`, timeoutMs, opts.signal, (err) => {
-      // Past the socket connect, silence means the monitor is held by someone else.
-      fail(
-        phase === 'greeting' && err instanceof QmpTimeoutError
-          ? new QmpBusyError(path, Math.round(performance.now() - started))
-          : err,
-      );
+  const elapsed = (): number => performance.now() - started;
+  const session = new AbortController();
+  const disarm = armDeadline(operation, timeoutMs, opts.signal, (err) => session.abort(err));
+  const socket = net.createConnection({ path });
+  // Kept for the socket's whole life: a connect can still report an error after we gave up.
+  socket.on('error', noop);
+  try {
+    await connected(socket, path, session.signal);
+    const protocol = new QmpProtocol(socket, opts);
+    await greeted(
+      protocol,
+      path,
+      opts.greetingTimeoutMs ?? DEFAULT_GREETING_TIMEOUT_MS,
+      session.signal,
+      elapsed,
+    );
+    await untilAborted(
+      protocol.execute('qmp_capabilities', undefined, { timeoutMs: Number.POSITIVE_INFINITY }),
+      session.signal,
+    );
+    return protocol;
+  } catch (err) {
+    socket.destroy();
+    throw err;
+  } finally {
+    disarm();
+  }
+}
+
+/** Phase 1: the socket connect. */
+function connected(socket: net.Socket, path: string, signal: AbortSignal): Promise<void> {
+  return untilAborted(
+    new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', (err) => reject(new QmpConnectError(path, err)));
+    }),
+    signal,
+  );
+}
+
+/** Phase 2: QEMU's greeting; past the connect, silence means another client holds the monitor. */
+async function greeted(
+  protocol: QmpProtocol,
+  path: string,
+  greetingTimeoutMs: number,
+  signal: AbortSignal,
+  elapsed: () => number,
+): Promise<void> {
+  const busy = (): QmpBusyError => new QmpBusyError(path, Math.round(elapsed()));
+  const quiet = new AbortController();
+  const timer = setTimeout(() => quiet.abort(busy()), greetingTimeoutMs);
+  const onAbort = (): void =>
+    // The overall deadline running out while we wait for the greeting is the same silence.
+    quiet.abort(signal.reason instanceof QmpTimeoutError ? busy() : signal.reason);
+  signal.addEventListener('abort', onAbort, { once: true });
+  if (signal.aborted) onAbort();
+  try {
+    const greeting = await untilAborted(protocol.greeting(), quiet.signal).catch((err: unknown) => {
+      throw err instanceof QmpClosedError ? new QmpClosedError(`connect ${path}`, err) : err;
     });
-    // Kept for the socket's whole life: a connect can still report an error after we gave up.
-    socket.on('error', (err) => {
-      if (phase === 'connect') fail(new QmpConnectError(path, err));
-    });
-    socket.once('connect', () => {
-      if (phase !== 'connect') return;
-      phase = 'greeting';
-      const protocol = new QmpProtocol(socket, opts);
-      const remaining = timeoutMs - (performance.now() - started);
-      disarmGreeting = armDeadline('greeting', Math.min(greetingTimeoutMs, remaining), undefined, () =>
-        fail(new QmpBusyError(path, Math.round(performance.now() - started))),
-      );
-      protocol.greeting().then(
-        (greeting) => {
-          if (phase !== 'greeting') return;
-          disarmGreeting();
-          if (!isGreeting(greeting)) {
-            fail(new QmpProtocolError(`QMP socket ${path} sent a malformed greeting`));
-            return;
-          }
-          phase = 'negotiate';
-          protocol
-            .execute('qmp_capabilities', undefined, {
-              timeoutMs: Math.max(0, timeoutMs - (performance.now() - started)),
-              ...(opts.signal ? { signal: opts.signal } : {}),
-            })
-            .then(
-              () => {
-                if (phase !== 'negotiate') return;
-                phase = 'done';
-                disarm();
-                resolve(protocol);
-              },
-              (err: unknown) => fail(err),
-            );
-        },
-        (err: unknown) =>
-          fail(err instanceof QmpClosedError ? new QmpClosedError(`connect ${path}`, err) : err),
-      );
-    });
+    if (!isGreeting(greeting)) throw new QmpProtocolError(`QMP socket ${path} sent a malformed greeting`);
+  } finally {
+    clearTimeout(timer);
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+/** `promise`, or a rejection with the signal's reason (a typed QmpError) once it aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
   });
 }
 

@@ -1,7 +1,9 @@
+import type { Attachment, AttachmentSource } from '../api/index.js';
+import { BackendError, ConflictError, NotFoundError, ValidationError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
-import type { JournalRecord, TimelineEntry, VolumeState } from './journal.js';
+import { type JournalRecord, type NewRecord, newRecord } from './journal.js';
 import { guestHint } from './naming.js';
-import { type AttachSpec, formatMonitor, type Mode, type PodRef } from './volume-spec.js';
+import { type AttachSpec, formatMonitor, toStoredSpec } from './volume-spec.js';
 
 // What the volume routes need from the attach engine. The engine (storage/) implements it; the
 // routes only translate HTTP to these calls and the answers back, so the engine can be tested
@@ -32,43 +34,7 @@ export interface OperationLogger {
 /** The engine's volumes of a sandbox. */
 export type ListVolumes = (sandboxId: SandboxId, ctx: OperationContext) => Promise<Attachment[]>;
 
-/** A volume as the REST API shows it (DESIGN section 5). Never holds a key. */
-export interface Attachment {
-  sandboxId: string;
-  volumeId: string;
-  mode: Mode;
-  /** The frontend in use ('auto' resolved). */
-  bus: 'scsi' | 'virtio-blk';
-  readOnly: boolean;
-  state: VolumeState;
-  /** QEMU block node name. */
-  nodeName: string;
-  /** QEMU device id. */
-  deviceId: string;
-  serial: string;
-  /** Where the disk shows up in a guest with udev. */
-  guestHint: string;
-  source: AttachmentSource;
-  timeline: TimelineEntry[];
-  lastError?: { code: string; message: string; at: string };
-  /** From query-blockstats, on GET. */
-  stats?: Record<string, number>;
-  /** The Pod the attach request named (absent when it named none). */
-  pod?: PodRef;
-}
-
-/** The source in the request's own spelling, without the key. */
-export type AttachmentSource =
-  | { type: 'hostDevice'; path: string }
-  | {
-      type: 'rbd';
-      pool: string;
-      namespace?: string;
-      image: string;
-      snapshot?: string;
-      monitors: string[];
-      user: string;
-    };
+export type { Attachment, AttachmentSource } from '../api/index.js';
 
 export interface AttachResult {
   /** False when the same spec was already attached (the API answers 200 instead of 201). */
@@ -129,4 +95,50 @@ export function attachmentFromRecord(record: JournalRecord): Attachment {
   if (record.lastError !== undefined) a.lastError = { ...record.lastError };
   if (record.pod !== undefined) a.pod = { ...record.pod };
   return a;
+}
+
+/** What a volume operation gets once its engine is closing (both engines: the same 502, retryable). */
+export function shuttingDown(): BackendError {
+  return new BackendError('engine', 'vmplugd is shutting down; retry', { retryable: true });
+}
+
+/** The 409 of an attach planned as a conflict (core/plan-attach.ts); `where`: "sandbox <id>", "domain <id>". */
+export function attachConflict(
+  plan: { reason: 'spec' | 'detaching'; record: Pick<JournalRecord, 'volumeId' | 'state'> },
+  where: string,
+): ConflictError {
+  const volume = plan.record.volumeId;
+  return new ConflictError(
+    plan.reason === 'spec'
+      ? `volume ${volume} is already attached to ${where} with a different spec; detach it first`
+      : `volume ${volume} is being detached from ${where} (${plan.record.state}); finish the detach first`,
+  );
+}
+
+/** The Pending record of a fresh attach of `spec` (both engines; `placement`: bus, and lane for Kata). */
+export function pendingRecord(
+  init: Pick<NewRecord, 'sandboxId' | 'volumeId' | 'kind' | 'fingerprint' | 'bus' | 'lane'>,
+  spec: AttachSpec,
+): JournalRecord {
+  return newRecord({
+    ...init,
+    spec: toStoredSpec(spec),
+    ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
+  });
+}
+
+/** A resize's new size: whole 512-byte sectors, else a 422 naming sizeBytes (checked before admission). */
+export function checkResizeBytes(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+    throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
+  }
+}
+
+/** The record a resize acts on: 404 without one (`record` undefined), 409 unless it is Attached. */
+export function resizableRecord(record: JournalRecord | undefined, volumeId: VolumeId): JournalRecord {
+  if (record === undefined) throw new NotFoundError('volume', volumeId);
+  if (record.state !== 'Attached') {
+    throw new ConflictError(`volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`);
+  }
+  return record;
 }

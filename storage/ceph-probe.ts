@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { CephUnreachableError } from '../core/errors.js';
-import { formatMonitor, type Monitor } from './volume-spec.js';
+import { type AttachSpec, formatMonitor, type Monitor } from './volume-spec.js';
 
 // Before an rbd blockdev-add, vmplug checks that a Ceph monitor answers: librbd's connect runs
 // inside QEMU's main loop, so a dead cluster would freeze the guest's monitor (and I/O
@@ -76,4 +76,18 @@ function probeOne(m: Monitor, name: string, signal: AbortSignal): Promise<string
     socket.on('error', (e: NodeJS.ErrnoException) => done(new Error(`${name}: ${e.code ?? e.message}`)));
     socket.on('end', () => done(new Error(`${name}: closed before its banner`)));
   });
+}
+
+/**
+ * The check of an rbd attach before anything exists, its journal record included: with Ceph down
+ * the attach fails here and leaves nothing behind. Block mode has nothing to check.
+ */
+export async function checkCephFirst(
+  spec: AttachSpec,
+  opts: CephProbeOptions,
+  log: { debug(obj: Record<string, unknown>, msg?: string): void },
+): Promise<void> {
+  if (spec.mode !== 'rbd') return;
+  const probe = await probeMonitors(spec.source.monitors, opts);
+  log.debug({ monitor: probe.monitor, ms: probe.ms }, 'ceph monitor answered');
 }

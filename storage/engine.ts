@@ -1,6 +1,8 @@
-import { BackendError, ConflictError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
+import { EngineBase } from '../core/engine-base.js';
+import { BackendError, NotFoundError, ValidationError, type VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
+import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
 import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
 import type {
   Attachment,
@@ -9,21 +11,31 @@ import type {
   OperationContext,
   OperationLogger,
 } from './attach-service.js';
-import { attachmentFromRecord } from './attach-service.js';
-import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
+import {
+  attachConflict,
+  attachmentFromRecord,
+  checkResizeBytes,
+  pendingRecord,
+  resizableRecord,
+  shuttingDown,
+} from './attach-service.js';
+import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { checkHostBlockDevice } from './host-device.js';
-import { isAttachState, type Journal, type JournalRecord, newRecord, transition } from './journal.js';
-import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes } from './lanes.js';
+import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
+import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes, sameLane } from './lanes.js';
+import type { FrontendBus } from './naming.js';
+import type { Lane } from './qemu-args.js';
 import { deviceExists } from './qemu-view.js';
 import { backendFailure } from './qmp-failure.js';
 import { removeConfFile } from './rbd-conf-files.js';
 import { type ReconcileSummary, reconcileAll } from './reconcile.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { attachSteps, type StepContext, teardownSteps } from './steps.js';
-import { type AttachSpec, specFingerprint, toStoredSpec } from './volume-spec.js';
+import { type AttachSpec, specFingerprint } from './volume-spec.js';
 
-// The attach engine: AttachService over the journal and each sandbox's QMP monitor. Operations on
-// one sandbox run one at a time; at most `maxConcurrentOps` run on the node at once.
+// The attach engine: AttachService over the journal and each sandbox's QMP monitor. Admission,
+// drain and the shutting-down error are EngineBase's (core/engine-base.ts): operations on one
+// sandbox run one at a time (with its NICs and resizes too, through the shared gate).
 
 export interface AttachEngineOptions {
   journal: Journal;
@@ -34,8 +46,10 @@ export interface AttachEngineOptions {
   stateDir: string;
   /** Logger for work not tied to a request (reconcile). */
   logger: OperationLogger;
-  /** Operations in flight across the node; default 8. */
+  /** Operations in flight across the node; default 8. Ignored when `gate` is given. */
   maxConcurrentOps?: number;
+  /** The node's one gate (one lock per sandbox shared with libvirt volumes, NICs and resizes). */
+  gate?: OperationGate<string>;
   /** Bound of each QMP command; default 10 s. */
   qmpTimeoutMs?: number;
   /** How long a detach waits for DEVICE_DELETED before answering DetachPending; default 10 s. */
@@ -74,13 +88,16 @@ const STAT_FIELDS = [
   'wr_highest_offset',
 ] as const;
 
-export class AttachEngine implements AttachService {
-  readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS'>> & { clientMountTimeoutS?: number };
-  readonly #gate: OperationGate<SandboxId>;
-  readonly #running = new Set<Promise<unknown>>();
-  #closed = false;
+export class AttachEngine extends EngineBase implements AttachService {
+  readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate'>> & {
+    clientMountTimeoutS?: number;
+  };
 
   constructor(opts: AttachEngineOptions) {
+    super({
+      gate: opts.gate ?? new OperationGate(opts.maxConcurrentOps ?? DEFAULT_MAX_CONCURRENT_OPS),
+      closedError: shuttingDown,
+    });
     this.#o = {
       maxConcurrentOps: DEFAULT_MAX_CONCURRENT_OPS,
       qmpTimeoutMs: DEFAULT_QMP_TIMEOUT_MS,
@@ -91,12 +108,6 @@ export class AttachEngine implements AttachService {
       checkHostDevice: checkHostBlockDevice,
       ...opts,
     };
-    this.#gate = new OperationGate(this.#o.maxConcurrentOps);
-  }
-
-  /** Operations holding a global slot right now. */
-  get inFlight(): number {
-    return this.#gate.inFlight;
   }
 
   async attach(
@@ -107,77 +118,59 @@ export class AttachEngine implements AttachService {
   ): Promise<AttachResult> {
     const log = ctx.log.child({ op: 'attach', sandboxId, volumeId });
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.#admit(sandboxId, ctx.signal, async () => {
+    return this.admit(sandboxId, ctx.signal, async (signal) => {
       const sandbox = this.#present(sandboxId);
-      let existing = await this.#o.journal.load(sandboxId, volumeId);
-      if (existing?.state === 'Attached' && existing.fingerprint === fingerprint) {
-        const q = { timeoutMs: this.#o.qmpTimeoutMs, signal: ctx.signal };
-        const present = await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
-          throw backendFailure('attach', err);
-        });
-        if (!present) {
+      const existing = await this.#o.journal.load(sandboxId, volumeId);
+      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
+      const plan = planAttach(
+        existing,
+        fingerprint,
+        needsDeviceCheck(existing, fingerprint) &&
+          (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
+            throw backendFailure('attach', err);
+          })),
+        isAttachState,
+      );
+      switch (plan.kind) {
+        case 'reuse':
+          return { created: false, attachment: attachmentFromRecord(plan.record) };
+        case 'conflict':
+          throw attachConflict(plan, `sandbox ${sandboxId}`);
+        case 'resume':
+          log.info({ state: plan.record.state }, 'resuming a half-done attach');
+          return {
+            created: true,
+            attachment: await this.#runAttach(sandbox, plan.record, spec, signal, log, true),
+          };
+        case 'clear-lost':
           // The guest lost the disk (QEMU restarted, or the device was deleted behind vmplug's
           // back): answering "already attached" would be a lie. Clear what is left, attach anew.
           log.warn(
-            { device: existing.names.device },
+            { device: plan.record.names.device },
             'attached volume has no device in QEMU; attaching it again',
           );
-          await this.#clearLost(sandbox, existing, ctx.signal, log);
-          existing = undefined;
-        }
-      }
-      if (existing !== undefined) {
-        if (existing.fingerprint !== fingerprint) {
-          throw new ConflictError(
-            `volume ${volumeId} is already attached to sandbox ${sandboxId} with a different spec; detach it first`,
-          );
-        }
-        if (existing.state === 'Attached')
-          return { created: false, attachment: attachmentFromRecord(existing) };
-        if (!isAttachState(existing.state)) {
-          throw new ConflictError(
-            `volume ${volumeId} is being detached from sandbox ${sandboxId} (${existing.state}); finish the detach first`,
-          );
-        }
-        log.info({ state: existing.state }, 'resuming a half-done attach');
-        return {
-          created: true,
-          attachment: await this.#runAttach(sandbox, existing, spec, ctx.signal, log, true),
-        };
+          await this.#clearLost(sandbox, plan.record, signal, log);
+          break;
+        case 'fresh':
+          break;
       }
 
       if (spec.mode === 'block') await this.#o.checkHostDevice(spec.source.path);
-      const step = this.#stepContext(sandbox, ctx.signal, log, spec);
-      const lanes = await inspectLanes(sandbox.qmp, {
-        timeoutMs: this.#o.qmpTimeoutMs,
-        signal: ctx.signal,
-      }).catch((err: unknown) => {
+      const step = this.#stepContext(sandbox, signal, log, spec);
+      const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
         throw backendFailure('inspect lanes', err, step.secrets);
       });
       const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
-      if (spec.mode === 'rbd') {
-        // Before anything exists: with Ceph down the attach fails here and leaves nothing behind.
-        const probe = await probeMonitors(spec.source.monitors, {
-          timeoutMs: this.#o.cephProbeTimeoutMs,
-          signal: ctx.signal,
-        });
-        log.debug({ monitor: probe.monitor, ms: probe.ms }, 'ceph monitor answered');
-      }
-      const record = newRecord({
-        sandboxId,
-        volumeId,
-        kind: 'kata',
-        spec: toStoredSpec(spec),
-        fingerprint,
-        ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
-        bus: choice.bus,
-        lane: choice.lane,
-      });
+      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+      const record = pendingRecord(
+        { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
+        spec,
+      );
       await this.#o.journal.save(record);
       log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
       return {
         created: true,
-        attachment: await this.#runAttach(sandbox, record, spec, ctx.signal, log, false),
+        attachment: await this.#runAttach(sandbox, record, spec, signal, log, false),
       };
     });
   }
@@ -198,13 +191,13 @@ export class AttachEngine implements AttachService {
     }
     try {
       const done = await attachSteps(step, record, spec, {
-        chooseLane: async (taken) =>
-          chooseLane(
-            record.bus,
-            await inspectLanes(sandbox.qmp, { timeoutMs: this.#o.qmpTimeoutMs, signal }),
-            this.#o.scsiTargets,
-            taken,
-          ).lane,
+        // A fresh attach chose its lane from QEMU's view moments ago under this sandbox's lock:
+        // nothing can have taken it since. A resumed one holds a lane chosen before a crash,
+        // which a NIC or an operator may have taken since: it is read again.
+        lane: (recorded) =>
+          !resumed && recorded !== undefined
+            ? Promise.resolve(recorded)
+            : this.#freeLane(sandbox, record.bus, recorded, signal),
         ...(this.#o.clientMountTimeoutS !== undefined
           ? { clientMountTimeoutS: this.#o.clientMountTimeoutS }
           : {}),
@@ -215,10 +208,22 @@ export class AttachEngine implements AttachService {
       );
       return attachmentFromRecord(done);
     } catch (err) {
-      const failure = err instanceof VmplugError ? err : backendFailure('attach', err, step.secrets);
+      const failure = backendFailure('attach', err, step.secrets);
       await this.#rollback(step, record.sandboxId, record.volumeId, failure, log);
       throw failure;
     }
+  }
+
+  /** `recorded` while QEMU shows it free, else a free lane of `bus`. */
+  async #freeLane(
+    sandbox: ManagedSandbox,
+    bus: FrontendBus,
+    recorded: Lane | undefined,
+    signal: AbortSignal,
+  ): Promise<Lane> {
+    const lanes = await inspectLanes(sandbox.qmp, { timeoutMs: this.#o.qmpTimeoutMs, signal });
+    if (recorded !== undefined && !lanes.used.some((l) => sameLane(l, recorded))) return recorded;
+    return chooseLane(bus, lanes, this.#o.scsiTargets).lane;
   }
 
   async #clearLost(
@@ -268,7 +273,7 @@ export class AttachEngine implements AttachService {
 
   async detach(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<void> {
     const log = ctx.log.child({ op: 'detach', sandboxId, volumeId });
-    await this.#admit(sandboxId, ctx.signal, async () => {
+    await this.admit(sandboxId, ctx.signal, async (signal) => {
       const presence = this.#o.sandboxes.lookup(sandboxId);
       let record = await this.#o.journal.load(sandboxId, volumeId);
       if (presence.state === 'gone') {
@@ -292,7 +297,7 @@ export class AttachEngine implements AttachService {
         );
       }
       if (record === undefined) return;
-      const step = this.#stepContext(presence.sandbox, ctx.signal, log);
+      const step = this.#stepContext(presence.sandbox, signal, log);
       if (isAttachState(record.state)) {
         record = transition(record, 'Detaching');
         await this.#o.journal.save(record);
@@ -335,26 +340,18 @@ export class AttachEngine implements AttachService {
     sizeBytes: number,
     ctx: OperationContext,
   ): Promise<Attachment> {
-    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-      throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
-    }
+    checkResizeBytes(sizeBytes);
     const log = ctx.log.child({ op: 'resize', sandboxId, volumeId });
-    return this.#admit(sandboxId, ctx.signal, async () => {
+    return this.admit(sandboxId, ctx.signal, async (signal) => {
       const sandbox = this.#present(sandboxId);
-      const record = await this.#o.journal.load(sandboxId, volumeId);
-      if (record === undefined) throw new NotFoundError('volume', volumeId);
-      if (record.state !== 'Attached') {
-        throw new ConflictError(
-          `volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`,
-        );
-      }
-      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal: ctx.signal };
+      const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
+      const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
       try {
         // QEMU 7.2 crashes (SIGSEGV, checked) on block_resize of a node no device uses.
         if (!(await deviceExists(sandbox.qmp, record.names.device, q))) {
           throw new BackendError('block_resize', `device ${record.names.device} is gone from the sandbox`);
         }
-        const current = await this.#size(sandbox, record, ctx.signal);
+        const current = await this.#size(sandbox, record, signal);
         if (current !== undefined && sizeBytes < current) {
           throw new ValidationError(
             'sizeBytes',
@@ -367,34 +364,10 @@ export class AttachEngine implements AttachService {
       }
       log.info({ sizeBytes }, 'resized');
       const attachment = attachmentFromRecord(record);
-      const stats = await this.#stats(sandbox, record, ctx.signal).catch(() => undefined);
+      const stats = await this.#stats(sandbox, record, signal).catch(() => undefined);
       if (stats !== undefined) attachment.stats = stats;
       return attachment;
     });
-  }
-
-  /**
-   * Stops admitting operations (they fail with a retryable BackendError) and waits for those in
-   * flight, reconcile rounds included, to end.
-   */
-  async close(): Promise<void> {
-    this.#closed = true;
-    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
-  }
-
-  #admit<T>(sandboxId: SandboxId, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) {
-      return Promise.reject(
-        new BackendError('engine', 'vmplugd is shutting down; retry', { retryable: true }),
-      );
-    }
-    const p = this.#gate.run(sandboxId, signal, fn);
-    this.#running.add(p);
-    const forget = (): void => {
-      this.#running.delete(p);
-    };
-    p.then(forget, forget);
-    return p;
   }
 
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */
@@ -407,7 +380,7 @@ export class AttachEngine implements AttachService {
       signal: opts.signal ?? new AbortController().signal,
       qmpTimeoutMs: this.#o.qmpTimeoutMs,
       unplugWaitMs: this.#o.reconcileUnplugWaitMs,
-      exclusive: (sandboxId, signal, fn) => this.#admit(sandboxId, signal, fn),
+      exclusive: (sandboxId, signal, fn) => this.admit(sandboxId, signal, fn),
     });
   }
 

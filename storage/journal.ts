@@ -1,6 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readdir, readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import {
+  type ATTACH_STATES,
+  type DETACH_STATES,
+  type TimelineEntry,
+  VOLUME_STATES,
+  type VolumeState,
+} from '../api/index.js';
 import { fsyncDir as fsyncDirOf, writeFileAtomic } from '../core/atomic-file.js';
 import { InvalidTransitionError, JournalCorruptError, JournalIoError } from '../core/errors.js';
 import {
@@ -33,23 +40,12 @@ import {
 // Ids never start with ".", so hidden names never collide with records. A record never holds
 // the cephx key: the spec is stored without it, plus the keyed fingerprint.
 
-export type AttachState = 'Pending' | 'SecretAdded' | 'BlockdevAdded' | 'DeviceAdded' | 'Attached';
-export type DetachState = 'Detaching' | 'DetachPending' | 'DeviceDeleted' | 'BlockdevDeleted' | 'Detached';
-export type VolumeState = AttachState | DetachState;
+export type { VolumeState };
+export type AttachState = (typeof ATTACH_STATES)[number];
+export type DetachState = (typeof DETACH_STATES)[number];
 
-/** Every state, attach ones first, in the order an operation goes through them. */
-export const VOLUME_STATES: readonly VolumeState[] = [
-  'Pending',
-  'SecretAdded',
-  'BlockdevAdded',
-  'DeviceAdded',
-  'Attached',
-  'Detaching',
-  'DetachPending',
-  'DeviceDeleted',
-  'BlockdevDeleted',
-  'Detached',
-];
+/** Every state, attach ones first, in the order an operation goes through them (api/volumes.ts). */
+export { VOLUME_STATES };
 
 // Any attach state may turn into Detaching: that is both a detach request and the rollback of a
 // failed or interrupted attach. Detaching may skip steps that never happened (no device yet: go
@@ -73,13 +69,7 @@ export function isAttachState(s: VolumeState): s is AttachState {
 
 export type SandboxKind = 'kata' | 'libvirt';
 
-export interface TimelineEntry {
-  step: VolumeState;
-  /** ISO 8601 time the step was reached. */
-  at: string;
-  /** How long the step took. */
-  ms: number;
-}
+export type { TimelineEntry };
 
 export interface RecordedError {
   code: string;

@@ -32,14 +32,6 @@ export function isDuplicate(err: unknown): boolean {
   );
 }
 
-/** The lane is taken after all: "lun already used by ..." (scsi), "PCI: slot 0 function 0 not available ..." */
-export function isLaneTaken(err: unknown): boolean {
-  if (!(err instanceof QmpCommandError)) return false;
-  return (
-    err.desc.startsWith('lun already used by ') || /^PCI: slot \d+ function \d+ not available/.test(err.desc)
-  );
-}
-
 /** blockdev-del of a node a device still uses: "Node <name> is in use". */
 export function isNodeInUse(err: unknown): boolean {
   return err instanceof QmpCommandError && / is in use$/.test(err.desc);

@@ -13,7 +13,7 @@ import {
 } from '../qmp/index.js';
 import type { OperationLogger } from './attach-service.js';
 import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
-import { laneOfDevice, sameLane } from './lanes.js';
+import { laneOfDevice } from './lanes.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';
 import { deviceExists, isNotFound, listPeripherals, nodeExists, objectExists } from './qemu-view.js';
 import {
@@ -21,7 +21,6 @@ import {
   isAbsent,
   isCephConnectFailure,
   isDuplicate,
-  isLaneTaken,
   isNodeInUse,
   isUnplugInProgress,
 } from './qmp-failure.js';
@@ -49,7 +48,6 @@ function call(ctx: StepContext): CallOptions {
   return { timeoutMs: ctx.qmpTimeoutMs, signal: ctx.signal };
 }
 
-/** Persists the next state; `since` is when the step began (its duration goes in the timeline). */
 /**
  * Persists the next state (or several, when no side effect lies between them); `since` is when
  * the step began (its duration goes in the timeline).
@@ -73,12 +71,10 @@ export async function advance(
 }
 
 export interface AttachStepOptions {
-  /** A free lane, avoiding `taken` (lanes a device_add just found busy). */
-  chooseLane(taken: readonly Lane[]): Promise<Lane>;
+  /** The lane device_add uses, given the one the record holds (if any). */
+  lane(recorded: Lane | undefined): Promise<Lane>;
   clientMountTimeoutS?: number;
 }
-
-const LANE_ATTEMPTS = 4;
 
 /** Runs the attach from the record's (attach) state to Attached. */
 export async function attachSteps(
@@ -164,21 +160,19 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
       throw new BackendError('device_add', `device ${r.names.device} is not on a vmplug lane`);
     return lane;
   }
-  const taken: Lane[] = [];
-  let lane = r.lane ?? (await opts.chooseLane(taken));
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await deviceAdd(ctx.qmp, deviceArgs(r.names, lane), q);
-      return lane;
-    } catch (err) {
-      if (!isLaneTaken(err) || attempt >= LANE_ATTEMPTS) throw backendFailure('device_add', err, ctx.secrets);
-      ctx.log.warn({ lane }, 'lane taken by a device vmplug did not place; trying another');
-      taken.push(lane);
-      const next = await opts.chooseLane(taken);
-      if (sameLane(next, lane)) throw backendFailure('device_add', err, ctx.secrets);
-      lane = next;
-    }
+  const lane = await opts.lane(r.lane);
+  try {
+    await deviceAdd(ctx.qmp, deviceArgs(r.names, lane), q);
+  } catch (err) {
+    // No second try on a lane found taken ("lun already used", "slot not available"): the lane
+    // was read from QEMU under the sandbox's lock, which every vmplug operation that places or
+    // removes a device takes (volumes of both engines, NICs, resizes: one OperationGate,
+    // core/engine-base.ts), and lanes.ts counts devices vmplug did not place (an operator's) as
+    // taken. A refusal here is a device hot-plugged behind vmplug's back in that very instant:
+    // a plain error, and the rollback leaves nothing.
+    throw backendFailure('device_add', err, ctx.secrets);
   }
+  return lane;
 }
 
 export interface TeardownOptions {

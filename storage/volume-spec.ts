@@ -2,12 +2,13 @@ import { createHash, createHmac } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { posix } from 'node:path';
 import { inspect } from 'node:util';
+import { type Bus, DIRECT_MODE_ANNOTATION, LIMITS, type Mode, type PodRef } from '../api/index.js';
 import { type Redactable, ValidationError } from '../core/errors.js';
+
+export { type Bus, DIRECT_MODE_ANNOTATION, LIMITS, type Mode, type PodRef };
 
 // The attach request of DESIGN section 5 as types that cannot hold a bad state, and the one
 // parser that builds them. Every rejection names the field in the request's own spelling.
-
-export const DIRECT_MODE_ANNOTATION = 'volume.katacontainers.io/direct-mode';
 
 /**
  * A cephx key. Its value leaves only through `reveal()` (for QEMU's secret object); printing,
@@ -42,9 +43,6 @@ export class Secret implements Redactable {
   }
 }
 
-export type Mode = 'block' | 'rbd';
-export type Bus = 'auto' | 'scsi' | 'virtio-blk';
-
 export interface Monitor {
   /** IPv4 dotted quad, IPv6 without brackets, or a DNS name. */
   host: string;
@@ -68,18 +66,6 @@ export interface RbdSource {
 }
 
 export type VolumeSource = HostDeviceSource | RbdSource;
-
-/**
- * The Pod a volume is attached for, as a CSI plugin knows it at NodePublish (the volume context
- * `csi.storage.k8s.io/pod.uid|name|namespace` when the CSIDriver sets podInfoOnMount). It only
- * says where Kubernetes Events go: it is not part of what is attached, so it stays out of the
- * spec fingerprint and a retry that adds or drops it is the same attach.
- */
-export interface PodRef {
-  uid: string;
-  name?: string;
-  namespace?: string;
-}
 
 /** Mode and source travel together so that `block` + `rbd` cannot be written down. */
 export type AttachSpec =
@@ -105,16 +91,6 @@ export function toStoredSpec(spec: AttachSpec): StoredSpec {
     bus: spec.bus,
   };
 }
-
-export const LIMITS = {
-  monitors: 16,
-  cephName: 128,
-  cephUser: 64,
-  hostDevicePath: 255,
-  hostname: 253,
-  podName: 253,
-  podNamespace: 63,
-} as const;
 
 const TOP_FIELDS = new Set(['mode', 'source', 'readOnly', 'bus', 'annotations', 'pod']);
 const POD_FIELDS = new Set(['uid', 'name', 'namespace']);

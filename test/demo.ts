@@ -26,6 +26,7 @@ import { type DemoBed, startDemoBed } from './env/demo-bed.js';
 import type { GuestAgent, GuestDisk, GuestEvent } from './env/guest.js';
 import { readInGuest, writeInGuest } from './env/hotplug.js';
 import { createLoopDevice, type LoopDevice } from './env/loop.js';
+import { rbdSource } from './env/rbd-request.js';
 
 const MiB = 1024 * 1024;
 const VMPLUG_CLI = fileURLToPath(new URL('../bin/vmplug.js', import.meta.url));
@@ -229,14 +230,7 @@ async function runDemo(bed: DemoBed, made: Made): Promise<void> {
   say(`PUT /v1/sandboxes/${sandbox.id}/volumes/pvc-rbd  (RBD image ${ceph.pool}/${image}, 128 MiB)`);
   say(`   annotation ${DIRECT_MODE_ANNOTATION}: rbd, bus auto, key: <cephx key, in the body only>`);
   const rbd = await attach(made, guest, sandbox.id, 'pvc-rbd', {
-    source: {
-      type: 'rbd',
-      pool: ceph.pool,
-      image,
-      monitors: ceph.monitors,
-      user: ceph.clientUser,
-      key: ceph.clientKey,
-    },
+    source: rbdSource(ceph, image),
     annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
   });
 

@@ -2,6 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } from 'fastify';
+import {
+  attachmentSchema,
+  nicSchema,
+  problemSchema,
+  sandboxListSchema,
+  sandboxSchema,
+} from '../../api/index.js';
 import { VmplugError } from '../../core/errors.js';
 import { isSandboxId } from '../../core/ids.js';
 import type { ReadinessProbe } from '../../core/readiness.js';
@@ -21,11 +28,10 @@ import {
   schemaIssueMessage,
 } from './problem.js';
 import { healthRoutes } from './routes/health.js';
-import { nicRoutes, nicSchema, unavailableNicService } from './routes/nics.js';
+import { nicRoutes, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
 import { resourceRoutes } from './routes/resources.js';
 import { type ListNics, sandboxRoutes } from './routes/sandboxes.js';
-import { attachmentSchema, problemSchema, sandboxListSchema, sandboxSchema } from './routes/schemas.js';
 import { volumeRoutes } from './routes/volumes.js';
 
 export interface ServerDeps {

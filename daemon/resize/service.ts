@@ -1,5 +1,5 @@
 import { NotFoundError } from '../../core/errors.js';
-import { KeyedMutex } from '../../core/gate.js';
+import { OperationGate } from '../../core/gate.js';
 import type { SandboxId } from '../../core/ids.js';
 import { ResizeError } from './errors.js';
 import { type GuestResizer, type GuestResources, type ResizeRequest, resourcesOf } from './types.js';
@@ -7,8 +7,9 @@ import { planResize } from './validate.js';
 
 // GET and PATCH of a sandbox's resources, one operation at a time per sandbox. Which resizer serves
 // a sandbox (Kata monitor or libvirt domain) is the resolver's decision, injected by the daemon.
-// Resizes do not share the attach engine's lock: CPUs and DIMMs sit on no PCI lane and in no
-// journal record of the engine, so the two cannot tear each other's objects down.
+// Resizes take the sandbox's one lock with its volumes and NICs (the node's OperationGate, handed
+// in by the daemon; KubeVirt's domainModifyLock): one change to a guest's devices at a time, so
+// whatever one operation reads of the guest (QOM, query-pci, the domain XML) still holds when it acts.
 
 export type ResolvedResizer =
   | { state: 'present'; resizer: GuestResizer }
@@ -30,10 +31,12 @@ export interface ResourceServiceOptions {
   resolve: ResolveResizer;
   /** Bound on waiting for the guest to release a CPU or DIMM. */
   unplugTimeoutMs?: number;
+  /** The node's one gate; default: a private one (resizes then only exclude each other). */
+  gate?: OperationGate<string>;
 }
 
 export function createResourceService(opts: ResourceServiceOptions): ResourceService {
-  const locks = new KeyedMutex<SandboxId>();
+  const gate = opts.gate ?? new OperationGate<string>(8);
 
   const resizerOf = async (sandboxId: SandboxId): Promise<GuestResizer> => {
     const found = await opts.resolve(sandboxId);
@@ -46,18 +49,8 @@ export function createResourceService(opts: ResourceServiceOptions): ResourceSer
     return found.resizer;
   };
 
-  const locked = async <T>(
-    sandboxId: SandboxId,
-    ctx: ResourceOpContext,
-    fn: () => Promise<T>,
-  ): Promise<T> => {
-    const release = await locks.acquire(sandboxId, ctx.signal);
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
-  };
+  const locked = async <T>(sandboxId: SandboxId, ctx: ResourceOpContext, fn: () => Promise<T>): Promise<T> =>
+    gate.run(sandboxId, ctx.signal, fn);
 
   return {
     get: (sandboxId, ctx) =>

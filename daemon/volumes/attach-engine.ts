@@ -1,5 +1,6 @@
 import { dirname } from 'node:path';
 import { VmplugError } from '../../core/errors.js';
+import type { OperationGate } from '../../core/gate.js';
 import type { ReadinessCheck } from '../../core/readiness.js';
 import type { SandboxCatalog } from '../../core/sandbox.js';
 import { LibvirtDomains } from '../../libvirt/domains.js';
@@ -23,6 +24,11 @@ export interface EngineDeps {
   logger: Logger;
   journal: Journal;
   sandboxes: SandboxDirectory;
+  /**
+   * The node's one gate: one lock per sandbox taken by both volume engines, the NIC engine and
+   * resizes, so nothing races for a sandbox's root ports (created once, in main.ts).
+   */
+  gate: OperationGate<string>;
 }
 
 export interface EngineHandle {
@@ -50,7 +56,7 @@ export interface EngineHandle {
  * per-node fingerprint key from the state directory.
  */
 export async function createAttachService(deps: EngineDeps): Promise<EngineHandle> {
-  const { config, logger, journal, sandboxes } = deps;
+  const { config, logger, journal, sandboxes, gate } = deps;
   const fingerprintKey = await loadFingerprintKey(config.stateDir);
   const engine = new AttachEngine({
     journal,
@@ -58,7 +64,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     fingerprintKey,
     stateDir: config.stateDir,
     logger: logger.child({ component: 'engine' }),
-    maxConcurrentOps: config.maxConcurrentOps,
+    gate,
   });
   const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
   if (config.libvirtUri === null) {
@@ -66,7 +72,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
       service: engine,
       listVolumes: kataVolumes,
       reconcile: (signal) => engine.reconcile({ signal }),
-      readiness: () => ({ ok: true, detail: `${engine.inFlight} operation(s) in flight` }),
+      readiness: () => ({ ok: true, detail: `${gate.inFlight} operation(s) in flight` }),
       resolveSandbox: createSandboxResolver(sandboxes),
       close: () => engine.close(),
     };
@@ -84,7 +90,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     // Next to the monitor dir (/run/vmplug/libvirt by default): QEMU, running as libvirt's
     // unprivileged user, must reach these files, which the 0700 state dir does not allow.
     cephConfBase: `${dirname(config.monitorDir)}/libvirt`,
-    maxConcurrentOps: config.maxConcurrentOps,
+    gate,
   });
   const router = new AttachRouter({
     kata: engine,
@@ -97,8 +103,20 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     service: router,
     listVolumes: router.listVolumes,
     reconcile: async (signal): Promise<ReconcileSummary> => {
-      const k = await engine.reconcile({ signal });
-      const l = await libvirt.reconcile({ signal });
+      // Both engines converge even when the other one throws; the round fails if either did,
+      // with both failures when both did.
+      const [kata, lv] = [
+        await settle(engine.reconcile({ signal })),
+        await settle(libvirt.reconcile({ signal })),
+      ];
+      if (!kata.ok || !lv.ok) {
+        const reasons = [kata, lv].flatMap((x) => (x.ok ? [] : [x.reason]));
+        throw reasons.length === 1
+          ? reasons[0]
+          : new AggregateError(reasons, 'volume reconcile failed in both engines');
+      }
+      const k = kata.value;
+      const l = lv.value;
       return {
         sandboxes: k.sandboxes + l.sandboxes,
         repairs: [...k.repairs, ...l.repairs],
@@ -109,7 +127,8 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     },
     readiness: () => ({
       ok: true,
-      detail: `${engine.inFlight + libvirt.inFlight} operation(s) in flight`,
+      // One gate: its count covers both engines (and NICs and resizes).
+      detail: `${gate.inFlight} operation(s) in flight`,
     }),
     catalog: domains.catalog(),
     optionalReadiness: () => ({ libvirt: domains.health() }),
@@ -123,20 +142,18 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
   };
 }
 
-/** The stand-in for tests and tools that run the daemon without an engine. */
-export function unavailableEngine(): EngineHandle {
-  return {
-    service: unavailableAttachService(),
-    listVolumes: async () => [],
-    readiness: () => ({ ok: false, detail: 'not available in this build' }),
-    close: async () => {},
-  };
-}
-
 /** Every volume call answers 503 NOT_READY. */
 export function unavailableAttachService(): AttachService {
   const refuse = async (): Promise<never> => {
     throw new VmplugError('NOT_READY', 'the attach engine is not available in this build');
   };
   return { attach: refuse, detach: refuse, get: refuse, resize: refuse };
+}
+
+async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; reason: unknown }> {
+  try {
+    return { ok: true, value: await p };
+  } catch (reason) {
+    return { ok: false, reason };
+  }
 }

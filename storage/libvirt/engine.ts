@@ -16,6 +16,7 @@
 import { constants } from 'node:fs';
 import { access, mkdir, stat } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { EngineBase } from '../../core/engine-base.js';
 import {
   BackendError,
   ConflictError,
@@ -27,6 +28,7 @@ import {
 } from '../../core/errors.js';
 import { OperationGate } from '../../core/gate.js';
 import type { SandboxId, VolumeId } from '../../core/ids.js';
+import { needsDeviceCheck, planAttach } from '../../core/plan-attach.js';
 import {
   DomainModify,
   type LibvirtConnection,
@@ -40,23 +42,21 @@ import {
   type Attachment,
   type AttachResult,
   type AttachService,
+  attachConflict,
   attachmentFromRecord,
+  checkResizeBytes,
   type OperationContext,
   type OperationLogger,
+  pendingRecord,
+  resizableRecord,
+  shuttingDown,
 } from '../attach-service.js';
-import { DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from '../ceph-probe.js';
-import {
-  isAttachState,
-  type Journal,
-  type JournalRecord,
-  newRecord,
-  transition,
-  type VolumeState,
-} from '../journal.js';
+import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS } from '../ceph-probe.js';
+import { isAttachState, type Journal, type JournalRecord, transition, type VolumeState } from '../journal.js';
 import { parseVmplugName, volumeNames } from '../naming.js';
 import { listConfHashes, removeConfByHash, removeConfFile, writeConfFile } from '../rbd-conf-files.js';
 import type { ReconcileSummary, Repair } from '../reconcile.js';
-import { type AttachSpec, specFingerprint, toStoredSpec } from '../volume-spec.js';
+import { type AttachSpec, specFingerprint } from '../volume-spec.js';
 import {
   deviceOfAlias,
   diskAlias,
@@ -82,7 +82,10 @@ export interface LibvirtAttachOptions {
    * check still guards the attach). Undefined: no config files.
    */
   cephConfBase?: string;
+  /** Ignored when `gate` is given. */
   maxConcurrentOps?: number;
+  /** The node's one gate (one lock per sandbox shared with Kata volumes, NICs and resizes). */
+  gate?: OperationGate<string>;
   /** Bound of each libvirt call; default 15 s. */
   callTimeoutMs?: number;
   /** How long a detach waits for deviceRemoved before answering DetachPending; default 10 s. */
@@ -119,16 +122,17 @@ function failure(step: string, err: unknown, spec?: AttachSpec): VmplugError {
   return new BackendError(step, (err as Error).message ?? String(err), { secrets, cause: err });
 }
 
-export class LibvirtAttachService implements AttachService {
-  readonly #o: Required<Omit<LibvirtAttachOptions, 'cephConfBase'>> & { cephConfBase?: string };
-  readonly #gate: OperationGate<SandboxId>;
-  readonly #running = new Set<Promise<unknown>>();
-  #closed = false;
+export class LibvirtAttachService extends EngineBase implements AttachService {
+  readonly #o: Required<Omit<LibvirtAttachOptions, 'cephConfBase' | 'gate'>> & { cephConfBase?: string };
   /** Whether QEMU can reach files under cephConfBase (checked once). */
   #confCheck: Promise<boolean> | undefined;
   #reconciledOnce = false;
 
   constructor(opts: LibvirtAttachOptions) {
+    super({
+      gate: opts.gate ?? new OperationGate(opts.maxConcurrentOps ?? 8),
+      closedError: shuttingDown,
+    });
     this.#o = {
       maxConcurrentOps: 8,
       callTimeoutMs: 15_000,
@@ -139,11 +143,6 @@ export class LibvirtAttachService implements AttachService {
       startupConnectWaitMs: 5_000,
       ...opts,
     };
-    this.#gate = new OperationGate(this.#o.maxConcurrentOps);
-  }
-
-  get inFlight(): number {
-    return this.#gate.inFlight;
   }
 
   /** True when vmplug has a journal record of a libvirt attachment on `sandboxId`. */
@@ -165,61 +164,46 @@ export class LibvirtAttachService implements AttachService {
     }
     const log = ctx.log.child({ op: 'attach', sandboxId, volumeId, kind: 'libvirt' });
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
-    return this.#admit(sandboxId, ctx.signal, async () => {
-      const t = await this.#target(sandboxId, ctx.signal, true);
-      let existing = await this.#o.journal.load(sandboxId, volumeId);
+    return this.admit(sandboxId, ctx.signal, async (signal) => {
+      const t = await this.#target(sandboxId, signal, true);
+      const existing = await this.#o.journal.load(sandboxId, volumeId);
       if (existing !== undefined && existing.kind !== 'libvirt') {
         throw new ConflictError(`volume ${volumeId} is recorded for a Kata sandbox of the same id`);
       }
-      if (existing?.state === 'Attached' && existing.fingerprint === fingerprint) {
-        const disks = await this.#disks(t, ctx.signal);
-        if (!disks.some((d) => d.alias === diskAlias(existing?.names ?? { device: '' }))) {
+      const plan = planAttach(
+        existing,
+        fingerprint,
+        needsDeviceCheck(existing, fingerprint) &&
+          (await this.#disks(t, signal)).some((d) => d.alias === diskAlias(existing.names)),
+        isAttachState,
+      );
+      switch (plan.kind) {
+        case 'reuse':
+          return { created: false, attachment: this.#view(plan.record) };
+        case 'conflict':
+          throw attachConflict(plan, `domain ${sandboxId}`);
+        case 'clear-lost':
           // The domain lost the disk (restarted, or detached behind vmplug's back): answering
           // "already attached" would be a lie. Clear what is left and attach anew.
           log.warn(
-            { alias: diskAlias(existing.names) },
+            { alias: diskAlias(plan.record.names) },
             'attached volume has no disk in the domain; attaching it again',
           );
-          await this.#clear(t, existing, 'DEVICE_LOST', 'the disk vanished from the domain', ctx.signal, log);
-          existing = undefined;
-        }
-      }
-      if (existing !== undefined) {
-        if (existing.fingerprint !== fingerprint) {
-          throw new ConflictError(
-            `volume ${volumeId} is already attached to domain ${sandboxId} with a different spec; detach it first`,
-          );
-        }
-        if (existing.state === 'Attached') return { created: false, attachment: this.#view(existing) };
-        if (!isAttachState(existing.state)) {
-          throw new ConflictError(
-            `volume ${volumeId} is being detached from domain ${sandboxId} (${existing.state}); finish the detach first`,
-          );
-        }
-        // A half-done attach (a crash, or a rollback that did not finish): undo it, then start over.
-        log.info({ state: existing.state }, 'rolling back a half-done attach before attaching again');
-        await this.#clear(t, existing, 'RESTARTED', 'attach restarted', ctx.signal, log);
+          await this.#clear(t, plan.record, 'DEVICE_LOST', 'the disk vanished from the domain', signal, log);
+          break;
+        case 'resume':
+          // A half-done attach (a crash, or a rollback that did not finish): undo it, then start over.
+          log.info({ state: plan.record.state }, 'rolling back a half-done attach before attaching again');
+          await this.#clear(t, plan.record, 'RESTARTED', 'attach restarted', signal, log);
+          break;
+        case 'fresh':
+          break;
       }
       const bus = spec.bus === 'virtio-blk' ? 'virtio-blk' : 'scsi';
-      if (spec.mode === 'rbd') {
-        // Before anything exists: with Ceph down the attach fails here and leaves nothing behind.
-        const probe = await probeMonitors(spec.source.monitors, {
-          timeoutMs: this.#o.cephProbeTimeoutMs,
-          signal: ctx.signal,
-        });
-        log.debug({ monitor: probe.monitor, ms: probe.ms }, 'ceph monitor answered');
-      }
-      const record = newRecord({
-        sandboxId,
-        volumeId,
-        kind: 'libvirt',
-        spec: toStoredSpec(spec),
-        fingerprint,
-        ...(spec.pod !== undefined ? { pod: spec.pod } : {}),
-        bus,
-      });
+      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+      const record = pendingRecord({ sandboxId, volumeId, kind: 'libvirt', fingerprint, bus }, spec);
       await this.#o.journal.save(record);
-      return { created: true, attachment: await this.#runAttach(t, record, spec, ctx.signal, log) };
+      return { created: true, attachment: await this.#runAttach(t, record, spec, signal, log) };
     });
   }
 
@@ -237,8 +221,9 @@ export class LibvirtAttachService implements AttachService {
       let cephConfFile: string | undefined;
       if (spec.mode === 'rbd') {
         const started = performance.now();
-        if (this.#o.cephConfBase !== undefined && (await this.#confUsable())) {
-          cephConfFile = await writeConfFile(this.#o.cephConfBase, record.names, {
+        const confBase = this.#o.cephConfBase;
+        if (confBase !== undefined && (await this.#confUsable(confBase))) {
+          cephConfFile = await writeConfFile(confBase, record.names, {
             clientMountTimeoutS: this.#o.clientMountTimeoutS,
           });
         }
@@ -357,8 +342,9 @@ export class LibvirtAttachService implements AttachService {
           throw new DetachPendingError(alias, waitMs);
         }
         r = await this.#advance(r, ['DeviceDeleted'], performance.now() - started);
-      } else {
-        r = await this.#advance(r, r.state === 'DetachPending' ? ['DeviceDeleted'] : [], 0);
+      } else if (r.state === 'DetachPending') {
+        // Detaching with no disk: nothing to record before the next step's write.
+        r = await this.#advance(r, ['DeviceDeleted'], 0);
       }
     }
     if (r.state !== 'BlockdevDeleted' && r.state !== 'Detached') {
@@ -387,13 +373,15 @@ export class LibvirtAttachService implements AttachService {
     again: boolean,
   ): Promise<boolean> {
     // Subscribed before the request: the event can arrive before detachDeviceAlias returns.
+    // Its own controller: a refused request ends the wait at once rather than at its timeout.
+    const waiting = new AbortController();
     const removed = t.conn
       .waitForEvent(
         (e: LibvirtEvent) =>
           (e.kind === 'deviceRemoved' || e.kind === 'deviceRemovalFailed') &&
           e.domain.uuid === t.uuid &&
           e.alias === alias,
-        { timeoutMs: waitMs, signal },
+        { timeoutMs: waitMs, signal: AbortSignal.any([signal, waiting.signal]) },
       )
       .then(
         (e) => e.kind === 'deviceRemoved',
@@ -408,7 +396,7 @@ export class LibvirtAttachService implements AttachService {
       if (isLibvirt(err, 'LIBVIRT_DEVICE_MISSING')) return true;
       // A repeated request while the guest still holds the device: the first one stands.
       if (!(again && isLibvirt(err, 'LIBVIRT_OPERATION_FAILED', 'LIBVIRT_OPERATION_INVALID'))) {
-        void removed;
+        waiting.abort();
         throw failure('detachDeviceAlias', err);
       }
     }
@@ -430,16 +418,16 @@ export class LibvirtAttachService implements AttachService {
 
   async detach(sandboxId: SandboxId, volumeId: VolumeId, ctx: OperationContext): Promise<void> {
     const log = ctx.log.child({ op: 'detach', sandboxId, volumeId, kind: 'libvirt' });
-    await this.#admit(sandboxId, ctx.signal, async () => {
+    await this.admit(sandboxId, ctx.signal, async (signal) => {
       let record = await this.#o.journal.load(sandboxId, volumeId);
       if (record === undefined || record.kind !== 'libvirt') return;
-      const t = await this.#target(sandboxId, ctx.signal, false);
+      const t = await this.#target(sandboxId, signal, false);
       if (isAttachState(record.state)) {
         record = transition(record, 'Detaching');
         await this.#o.journal.save(record);
       }
       // A domain that is gone took its disks with it: only the secret and files remain.
-      await this.#teardown(t, record, this.#o.detachTimeoutMs, ctx.signal, log);
+      await this.#teardown(t, record, this.#o.detachTimeoutMs, signal, log);
       log.info({}, t === undefined ? 'domain gone; dropped its record' : 'detached');
     });
   }
@@ -487,24 +475,17 @@ export class LibvirtAttachService implements AttachService {
     sizeBytes: number,
     ctx: OperationContext,
   ): Promise<Attachment> {
-    if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-      throw new ValidationError('sizeBytes', 'must be a positive whole number of 512-byte sectors');
-    }
+    checkResizeBytes(sizeBytes);
     const log = ctx.log.child({ op: 'resize', sandboxId, volumeId, kind: 'libvirt' });
-    return this.#admit(sandboxId, ctx.signal, async () => {
-      const t = await this.#target(sandboxId, ctx.signal, true);
-      const record = await this.#o.journal.load(sandboxId, volumeId);
-      if (record === undefined || record.kind !== 'libvirt') throw new NotFoundError('volume', volumeId);
-      if (record.state !== 'Attached') {
-        throw new ConflictError(
-          `volume ${volumeId} is ${record.state}, not Attached; it cannot be resized now`,
-        );
-      }
-      const disk = (await this.#disks(t, ctx.signal)).find((d) => d.alias === diskAlias(record.names));
+    return this.admit(sandboxId, ctx.signal, async (signal) => {
+      const t = await this.#target(sandboxId, signal, true);
+      const found = await this.#o.journal.load(sandboxId, volumeId);
+      const record = resizableRecord(found?.kind === 'libvirt' ? found : undefined, volumeId);
+      const disk = (await this.#disks(t, signal)).find((d) => d.alias === diskAlias(record.names));
       if (disk === undefined) {
         throw new BackendError('blockResize', `disk ${diskAlias(record.names)} is gone from the domain`);
       }
-      const call = { timeoutMs: this.#o.callTimeoutMs, signal: ctx.signal };
+      const call = { timeoutMs: this.#o.callTimeoutMs, signal };
       try {
         const before = await t.conn.getBlockInfo(t.uuid, disk.targetDev, call);
         if (sizeBytes < before.capacity) {
@@ -524,29 +505,9 @@ export class LibvirtAttachService implements AttachService {
     });
   }
 
-  async close(): Promise<void> {
-    this.#closed = true;
-    while (this.#running.size > 0) await Promise.allSettled([...this.#running]);
-  }
-
   #view(record: JournalRecord): Attachment {
     // In a libvirt domain the QEMU device id is the alias; libvirt names the block nodes itself.
     return { ...attachmentFromRecord(record), deviceId: diskAlias(record.names) };
-  }
-
-  #admit<T>(sandboxId: SandboxId, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) {
-      return Promise.reject(
-        new BackendError('engine', 'vmplugd is shutting down; retry', { retryable: true }),
-      );
-    }
-    const p = this.#gate.run(sandboxId, signal, fn);
-    this.#running.add(p);
-    const forget = (): void => {
-      this.#running.delete(p);
-    };
-    p.then(forget, forget);
-    return p;
   }
 
   /**
@@ -583,10 +544,8 @@ export class LibvirtAttachService implements AttachService {
     }
   }
 
-  #confUsable(): Promise<boolean> {
-    this.#confCheck ??= (async () => {
-      const base = this.#o.cephConfBase;
-      if (base === undefined) return false;
+  #confUsable(base: string): Promise<boolean> {
+    this.#confCheck ??= (async (base: string) => {
       try {
         await mkdir(base, { recursive: true, mode: 0o755 });
         await access(base, constants.W_OK);
@@ -604,7 +563,7 @@ export class LibvirtAttachService implements AttachService {
         );
         return false;
       }
-    })();
+    })(base);
     return this.#confCheck;
   }
 
@@ -625,7 +584,8 @@ export class LibvirtAttachService implements AttachService {
     }
     this.#reconciledOnce = true;
     const conn = this.#o.domains.connection;
-    const confHashes = this.#o.cephConfBase !== undefined ? await listConfHashes(this.#o.cephConfBase) : [];
+    const confBase = this.#o.cephConfBase;
+    const confHashes = confBase !== undefined ? await listConfHashes(confBase) : [];
     const records = (await this.#o.journal.list()).filter((r) => r.kind === 'libvirt');
     const ids = new Set<SandboxId>([
       ...records.map((r) => r.sandboxId),
@@ -643,7 +603,7 @@ export class LibvirtAttachService implements AttachService {
       signal.throwIfAborted();
       summary.sandboxes++;
       try {
-        await this.#admit(sandboxId, signal, () =>
+        await this.admit(sandboxId, signal, () =>
           this.#reconcileDomain(sandboxId, signal, log, summary, repair),
         );
       } catch (err) {
@@ -682,10 +642,11 @@ export class LibvirtAttachService implements AttachService {
         summary.failures.push({ sandboxId: '', name: s.usageId, code: e.code, message: e.message });
       }
     }
-    for (const hash of confHashes) {
-      if (explained.has(hash) || this.#o.cephConfBase === undefined) continue;
-      if (await removeConfByHash(this.#o.cephConfBase, hash))
-        repair({ action: 'removed-stray-conf', name: hash });
+    if (confBase !== undefined) {
+      for (const hash of confHashes) {
+        if (!explained.has(hash) && (await removeConfByHash(confBase, hash)))
+          repair({ action: 'removed-stray-conf', name: hash });
+      }
     }
     return summary;
   }

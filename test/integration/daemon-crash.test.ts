@@ -4,10 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { QmpClient } from '../../qmp/index.js';
-import type { VolumeState } from '../../storage/journal.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { type DaemonProcess, diesOn, startDaemonProcess, waitServing } from '../env/daemon.js';
 import { objectsOf, vmplugObjects } from '../env/inspect.js';
+import { ATTACH_KILL_POINTS, DETACH_KILL_POINTS } from '../env/kill-points.js';
+import { rbdRequest } from '../env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // kill -9 of vmplugd in the middle of attach and of detach, then a restart: the start-up
@@ -78,18 +79,7 @@ describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
     return name;
   }
 
-  const rbdBody = (image: string) => ({
-    mode: 'rbd',
-    bus: 'scsi',
-    source: {
-      type: 'rbd',
-      pool: ceph.pool,
-      image,
-      monitors: ceph.monitors,
-      user: ceph.clientUser,
-      key: ceph.clientKey,
-    },
-  });
+  const rbdBody = (image: string) => rbdRequest(ceph, image, { bus: 'scsi' });
 
   /** Either fully attached (the guest has it) or fully clean (nothing in QEMU, nothing in the guest). */
   async function expectAttachedOrClean(d: DaemonProcess, volumeId: string, serial: string | undefined) {
@@ -116,22 +106,13 @@ describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
     expect(await objectsOf(inspector, sandbox.id, volumeId)).toEqual([]);
   }
 
-  // Attach writes Pending, then adds the secret, SecretAdded, the node, BlockdevAdded, the device,
-  // then DeviceAdded+Attached in one write (nothing happens between them).
-  const attachPoints: [string, VolumeState][] = [
-    ['kill-after', 'Pending'],
-    ['kill-after', 'SecretAdded'],
-    ['kill-after', 'BlockdevAdded'],
-    ['kill-before', 'Attached'],
-  ];
-  for (const [kind, state] of attachPoints) {
-    it(`attach killed ${kind.slice(5)} writing ${state}: restart leaves it attached or clean`, async () => {
+  for (const { failpoint, volumeId, title } of ATTACH_KILL_POINTS.kata) {
+    it(title, async () => {
       const image = await newImage();
-      const volumeId = `a-${kind}-${state.toLowerCase()}`;
       const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
-      daemon = await start(`${kind}:${state}`);
+      daemon = await start(failpoint);
       const died = await diesOn(daemon, 'PUT', volPath, rbdBody(image));
-      expect(died, `the failpoint ${kind}:${state} fired`).toBe(true);
+      expect(died, `the failpoint ${failpoint} fired`).toBe(true);
 
       daemon = await start();
       const outcome = await expectAttachedOrClean(daemon, volumeId, undefined);
@@ -143,25 +124,18 @@ describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
     });
   }
 
-  const detachPoints: [string, VolumeState][] = [
-    ['kill-after', 'Detaching'],
-    ['kill-before', 'DeviceDeleted'],
-    ['kill-after', 'DeviceDeleted'],
-    ['kill-after', 'BlockdevDeleted'],
-  ];
-  for (const [kind, state] of detachPoints) {
-    it(`detach killed ${kind.slice(5)} writing ${state}: restart leaves it attached or clean`, async () => {
+  for (const { failpoint, volumeId, title } of DETACH_KILL_POINTS) {
+    it(title, async () => {
       const image = await newImage();
-      const volumeId = `d-${kind}-${state.toLowerCase()}`;
       const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
-      daemon = await start(`${kind}:${state}`);
+      daemon = await start(failpoint);
       const put = await daemon.call<Attachment>('PUT', volPath, rbdBody(image));
       expect(put.status, JSON.stringify(put.body)).toBe(201);
       const disk = await sandbox.guest.waitForDisk((g) => g.serial === put.body.serial, {
         timeoutMs: 20_000,
       });
       const died = await diesOn(daemon, 'DELETE', volPath);
-      expect(died, `the failpoint ${kind}:${state} fired`).toBe(true);
+      expect(died, `the failpoint ${failpoint} fired`).toBe(true);
 
       daemon = await start();
       const outcome = await expectAttachedOrClean(daemon, volumeId, put.body.serial);

@@ -8,6 +8,7 @@ import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { type ApiResponse, apiCallOversized, type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import { vmplugObjects } from '../env/inspect.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { rbdSource } from '../env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // End to end through vmplugd's REST socket: a real vmplugd process, a real Kata-shaped sandbox
@@ -48,14 +49,7 @@ describe('vmplugd end to end (REST socket, real QEMU, Ceph, loop devices)', () =
   const images: string[] = [];
 
   const rbdBody = (image: string, extra: Record<string, unknown> = {}) => ({
-    source: {
-      type: 'rbd',
-      pool: ceph.pool,
-      image,
-      monitors: ceph.monitors,
-      user: ceph.clientUser,
-      key: ceph.clientKey,
-    },
+    source: rbdSource(ceph, image),
     annotations: { 'volume.katacontainers.io/direct-mode': 'rbd' },
     ...extra,
   });

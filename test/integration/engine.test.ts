@@ -24,6 +24,7 @@ import {
 } from '../../storage/volume-spec.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { rbdSource } from '../env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // The attach engine against a real Kata-shaped sandbox (QEMU 7.2 through bin/vmplug-qemu, TCG
@@ -119,7 +120,7 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
   ): AttachSpec =>
     parseAttachRequest({
       mode: 'rbd',
-      source: { type: 'rbd', pool: ceph.pool, image, monitors, user: ceph.clientUser, key: ceph.clientKey },
+      source: rbdSource(ceph, image, { monitors }),
       ...extra,
     });
   const blockSpec = (path: string, extra: Record<string, unknown> = {}): AttachSpec =>
@@ -374,20 +375,7 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
     randomBytes(16).copy(blob, 12);
     const wrongKey = blob.toString('base64');
     const cases: [string, AttachSpec][] = [
-      [
-        'wrong key',
-        parseAttachRequest({
-          mode: 'rbd',
-          source: {
-            type: 'rbd',
-            pool: ceph.pool,
-            image,
-            monitors: ceph.monitors,
-            user: ceph.clientUser,
-            key: wrongKey,
-          },
-        }),
-      ],
+      ['wrong key', parseAttachRequest({ mode: 'rbd', source: rbdSource(ceph, image, { key: wrongKey }) })],
       ['missing image', rbdSpec(`missing-${randomBytes(4).toString('hex')}`)],
     ];
     for (const [what, spec] of cases) {

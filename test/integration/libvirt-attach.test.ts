@@ -23,6 +23,7 @@ import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { apiCall, startDaemonProcess } from '../env/daemon.js';
 import { startTestDomain, type TestDomain, virsh } from '../env/libvirt.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { rbdRequest } from '../env/rbd-request.js';
 
 const MiB = 1024 * 1024;
 const log = (s: string): void => {
@@ -185,18 +186,7 @@ describe('libvirt domains through vmplugd', () => {
     const image = `lv-rbd-${randomBytes(3).toString('hex')}`;
     images.push(image);
     await ceph.createImage(image, 64 * MiB);
-    const body = {
-      mode: 'rbd',
-      bus: 'virtio-blk',
-      source: {
-        type: 'rbd',
-        pool: ceph.pool,
-        image,
-        monitors: ceph.monitors,
-        user: ceph.clientUser,
-        key: ceph.clientKey,
-      },
-    };
+    const body = rbdRequest(ceph, image, { bus: 'virtio-blk' });
     const t0 = performance.now();
     const put = await call<Attachment>('PUT', volPath('vol-rbd'), body);
     const tPut = performance.now();
@@ -258,17 +248,7 @@ describe('libvirt domains through vmplugd', () => {
     const image = `lv-rec-${randomBytes(3).toString('hex')}`;
     images.push(image);
     await ceph.createImage(image, 16 * MiB);
-    const body = (img: string) => ({
-      mode: 'rbd',
-      source: {
-        type: 'rbd',
-        pool: ceph.pool,
-        image: img,
-        monitors: ceph.monitors,
-        user: ceph.clientUser,
-        key: ceph.clientKey,
-      },
-    });
+    const body = (img: string) => rbdRequest(ceph, img);
     const stray = await call<Attachment>('PUT', volPath('vol-stray'), body(image));
     expect(stray.status, JSON.stringify(stray.body)).toBe(201);
     const disk = await domain.guest.waitForDisk((d) => d.serial === stray.body.serial, { timeoutMs: 30_000 });

@@ -12,11 +12,12 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseSandboxId, parseVolumeId } from '../../core/ids.js';
 import { LibvirtConnection, type LibvirtUuid } from '../../libvirt/index.js';
-import type { VolumeState } from '../../storage/journal.js';
 import { volumeNames } from '../../storage/naming.js';
 import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { type DaemonProcess, diesOn, startDaemonProcess, waitServing } from '../env/daemon.js';
+import { ATTACH_KILL_POINTS, DETACH_KILL_POINTS } from '../env/kill-points.js';
 import { startTestDomain, type TestDomain } from '../env/libvirt.js';
+import { rbdRequest } from '../env/rbd-request.js';
 
 const MiB = 1024 * 1024;
 
@@ -98,17 +99,7 @@ describe('vmplugd killed mid-operation on a libvirt domain, then restarted', () 
     return name;
   }
 
-  const rbdBody = (image: string) => ({
-    mode: 'rbd',
-    source: {
-      type: 'rbd',
-      pool: ceph.pool,
-      image,
-      monitors: ceph.monitors,
-      user: ceph.clientUser,
-      key: ceph.clientKey,
-    },
-  });
+  const rbdBody = (image: string) => rbdRequest(ceph, image);
 
   async function expectAttachedOrClean(d: DaemonProcess, volumeId: string): Promise<'attached' | 'clean'> {
     const n = namesOf(volumeId);
@@ -142,24 +133,14 @@ describe('vmplugd killed mid-operation on a libvirt domain, then restarted', () 
     expect(await vmplugSecrets()).not.toContain(`vmplug/${n.secret}`);
   }
 
-  // Attach writes Pending, defines the secret, SecretAdded, attaches the disk, then
-  // BlockdevAdded+DeviceAdded in one write, checks libvirt's XML, then Attached.
-  const attachPoints: [string, VolumeState][] = [
-    ['kill-after', 'Pending'],
-    ['kill-after', 'SecretAdded'],
-    ['kill-before', 'DeviceAdded'],
-    ['kill-after', 'DeviceAdded'],
-  ];
-  for (const [kind, state] of attachPoints) {
-    it(`attach killed ${kind.slice(5)} writing ${state}: restart leaves it attached or clean`, async () => {
+  for (const { failpoint, volumeId, title } of ATTACH_KILL_POINTS.libvirt) {
+    it(title, async () => {
       const image = await newImage();
-      const volumeId = `a-${kind}-${state.toLowerCase()}`;
       const volPath = `/v1/sandboxes/${domain.name}/volumes/${volumeId}`;
-      daemon = await start(`${kind}:${state}`);
-      expect(
-        await diesOn(daemon, 'PUT', volPath, rbdBody(image)),
-        `the failpoint ${kind}:${state} fired`,
-      ).toBe(true);
+      daemon = await start(failpoint);
+      expect(await diesOn(daemon, 'PUT', volPath, rbdBody(image)), `the failpoint ${failpoint} fired`).toBe(
+        true,
+      );
       daemon = await start();
       const outcome = await expectAttachedOrClean(daemon, volumeId);
       const retry = await daemon.call<Attachment>('PUT', volPath, rbdBody(image));
@@ -169,22 +150,15 @@ describe('vmplugd killed mid-operation on a libvirt domain, then restarted', () 
     });
   }
 
-  const detachPoints: [string, VolumeState][] = [
-    ['kill-after', 'Detaching'],
-    ['kill-before', 'DeviceDeleted'],
-    ['kill-after', 'DeviceDeleted'],
-    ['kill-after', 'BlockdevDeleted'],
-  ];
-  for (const [kind, state] of detachPoints) {
-    it(`detach killed ${kind.slice(5)} writing ${state}: restart leaves it attached or clean`, async () => {
+  for (const { failpoint, volumeId, title } of DETACH_KILL_POINTS) {
+    it(title, async () => {
       const image = await newImage();
-      const volumeId = `d-${kind}-${state.toLowerCase()}`;
       const volPath = `/v1/sandboxes/${domain.name}/volumes/${volumeId}`;
-      daemon = await start(`${kind}:${state}`);
+      daemon = await start(failpoint);
       const put = await daemon.call<Attachment>('PUT', volPath, rbdBody(image));
       expect(put.status, JSON.stringify(put.body)).toBe(201);
       await domain.guest.waitForDisk((g) => g.serial === put.body.serial, { timeoutMs: 30_000 });
-      expect(await diesOn(daemon, 'DELETE', volPath), `the failpoint ${kind}:${state} fired`).toBe(true);
+      expect(await diesOn(daemon, 'DELETE', volPath), `the failpoint ${failpoint} fired`).toBe(true);
       daemon = await start();
       await expectAttachedOrClean(daemon, volumeId);
       await detachAndExpectClean(daemon, volumeId);

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { problemResponses } from '../../../api/index.js';
 import { VmplugError } from '../../../core/errors.js';
 import type { Readiness, ReadinessProbe } from '../../../core/readiness.js';
-import { problemResponses } from './schemas.js';
 
 export interface HealthRoutesOptions {
   readiness: ReadinessProbe;

@@ -1,8 +1,8 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { nicBodySchema, nicParamsSchema, problemResponses } from '../../../api/index.js';
 import { VmplugError } from '../../../core/errors.js';
 import { type NicId, parseNicId, parseSandboxId, type SandboxId } from '../../../core/ids.js';
 import { type NicContext, type NicService, parseNicSpec } from '../../../net/index.js';
-import { ID_PATTERN, problemResponses } from './schemas.js';
 
 // PUT / GET / DELETE /v1/sandboxes/{sandboxId}/nics/{nicId}: NIC hot-plug. As with volumes, ids
 // and the body are checked by net/'s parsers first (INVALID_ID 400, INVALID_FIELD 422 naming the
@@ -20,123 +20,6 @@ export const unavailableNicService: NicService = {
   },
   list: async () => [],
 };
-
-const idSchema = (description: string) =>
-  ({ type: 'string', minLength: 1, maxLength: 128, pattern: ID_PATTERN, description }) as const;
-
-export const nicParamsSchema = {
-  type: 'object',
-  required: ['sandboxId', 'nicId'],
-  properties: {
-    sandboxId: idSchema('Kata sandbox id'),
-    nicId: idSchema('NIC id, chosen by the caller (e.g. the network attachment name)'),
-  },
-} as const;
-
-const ifname = { type: 'string', minLength: 1, maxLength: 15 } as const;
-
-export const nicBodySchema = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['hostInterface'],
-  properties: {
-    mac: {
-      type: 'string',
-      description:
-        'Unicast MAC, xx:xx:xx:xx:xx:xx. Default: derived from a hash of (sandbox, nic), locally administered',
-    },
-    hostInterface: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['type'],
-      description:
-        'Exactly one of `name` (an existing tap; vmplug uses it and never deletes it) and `bridge` (vmplug creates a tap vmpt<hash>, enslaves it to this existing bridge, and deletes it on detach)',
-      properties: {
-        type: { type: 'string', enum: ['tap'] },
-        name: { ...ifname, description: 'an existing tap device on the node' },
-        bridge: { ...ifname, description: 'an existing Linux bridge on the node' },
-      },
-    },
-    mtu: {
-      type: 'integer',
-      minimum: 68,
-      maximum: 65535,
-      description: "set on the tap and offered to the guest's virtio-net driver (host_mtu)",
-    },
-    queues: { type: 'integer', enum: [1], description: 'only 1 (multiqueue is not supported yet)' },
-  },
-} as const;
-
-export const nicSchema = {
-  $id: 'Nic',
-  type: 'object',
-  additionalProperties: false,
-  required: [
-    'sandboxId',
-    'nicId',
-    'state',
-    'mac',
-    'spec',
-    'tap',
-    'tapOwned',
-    'netdevId',
-    'deviceId',
-    'timeline',
-  ],
-  properties: {
-    sandboxId: { type: 'string' },
-    nicId: { type: 'string' },
-    state: {
-      type: 'string',
-      enum: [
-        'Pending',
-        'TapCreated',
-        'NetdevAdded',
-        'Attached',
-        'Detaching',
-        'DeviceDeleted',
-        'NetdevDeleted',
-      ],
-    },
-    mac: { type: 'string' },
-    spec: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['hostInterface', 'queues'],
-      properties: {
-        mac: { type: 'string' },
-        hostInterface: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['type'],
-          properties: { type: { type: 'string' }, name: { type: 'string' }, bridge: { type: 'string' } },
-        },
-        mtu: { type: 'integer' },
-        queues: { type: 'integer' },
-      },
-    },
-    tap: { type: 'string', description: 'the host tap QEMU uses' },
-    tapOwned: { type: 'boolean', description: 'vmplug created the tap and deletes it on detach' },
-    netdevId: { type: 'string', description: 'QEMU netdev id (vmpn-<hash>)' },
-    deviceId: { type: 'string', description: 'QEMU virtio-net-pci id (vmpnd-<hash>)' },
-    port: { type: 'string', description: 'the vmplug root port the device sits on' },
-    timeline: {
-      type: 'array',
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['step', 'at', 'ms'],
-        properties: { step: { type: 'string' }, at: { type: 'string' }, ms: { type: 'number' } },
-      },
-    },
-    lastError: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['code', 'message', 'at'],
-      properties: { code: { type: 'string' }, message: { type: 'string' }, at: { type: 'string' } },
-    },
-  },
-} as const;
 
 export interface NicRoutesOptions {
   service: NicService;

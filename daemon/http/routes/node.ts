@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { problemResponses } from '../../../api/index.js';
 import { VmplugError } from '../../../core/errors.js';
 import type { NodeFacts } from '../../report/node-facts.js';
-import { problemResponses } from './schemas.js';
 
 // GET /v1/node (node facts) and GET /metrics (Prometheus text). Both read caches: node facts are
 // gathered in the background (daemon/report/node-facts.ts), metrics are counters in memory.

@@ -1,8 +1,13 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import {
+  guestResourcesSchema,
+  problemResponses,
+  resizeGuestBodySchema,
+  sandboxParamsSchema,
+} from '../../../api/index.js';
 import { parseSandboxId } from '../../../core/ids.js';
 import type { ResourceService } from '../../resize/service.js';
 import type { ResizeRequest } from '../../resize/types.js';
-import { problemResponses, sandboxParamsSchema } from './schemas.js';
 
 // GET / PATCH /v1/sandboxes/{sandboxId}/resources: a guest's vCPUs and memory, resized in place
 // (CPU and DIMM hot-plug), never by migration.
@@ -12,36 +17,6 @@ export interface ResourceRoutesOptions {
   /** Aborted when the daemon stops waiting for in-flight operations. */
   shutdownSignal: AbortSignal;
 }
-
-export const guestResourcesSchema = {
-  type: 'object',
-  description: "A guest's vCPUs and memory now, and the ceilings it was started with",
-  required: ['vcpus', 'maxVcpus', 'memoryMiB', 'maxMemoryMiB'],
-  additionalProperties: false,
-  properties: {
-    vcpus: { type: 'integer', description: 'vCPUs plugged' },
-    maxVcpus: { type: 'integer', description: "the guest's maxcpus" },
-    memoryMiB: { type: 'integer', description: 'boot memory plus hot-added DIMMs' },
-    maxMemoryMiB: { type: 'integer', description: "the guest's maxmem" },
-  },
-} as const;
-
-export const resizeGuestBodySchema = {
-  type: 'object',
-  description:
-    'Target vCPU count and/or memory. Memory changes in whole 128 MiB steps (one DIMM per increase); only what vmplug hot-added can be removed again, and only if the guest releases it.',
-  additionalProperties: false,
-  minProperties: 1,
-  properties: {
-    vcpus: { type: 'integer', minimum: 1, maximum: 1024, description: "1 up to the guest's maxcpus" },
-    memoryMiB: {
-      type: 'integer',
-      minimum: 1,
-      maximum: 16 * 1024 * 1024,
-      description: "up to the guest's maxmem, a multiple of 128 MiB away from the current size",
-    },
-  },
-} as const;
 
 export const resourceRoutes: FastifyPluginAsync<ResourceRoutesOptions> = async (app, opts) => {
   const { service, shutdownSignal } = opts;

@@ -1,17 +1,17 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from '../../../api/index.js';
 import { NotFoundError } from '../../../core/errors.js';
 import { parseSandboxId, type SandboxId } from '../../../core/ids.js';
 import type { SandboxCatalog, SandboxRecord } from '../../../core/sandbox.js';
 import type { NicView } from '../../../net/index.js';
 import type { Attachment, ListVolumes, OperationContext } from '../../../storage/attach-service.js';
-import { problemResponses, sandboxParamsSchema, sandboxQuerySchema } from './schemas.js';
 
 // What the node runs, as the API shows it: the catalogs' sandboxes (core/sandbox.ts) with the
 // volumes and NICs the engines have attached to each.
 
+/** api/ Sandbox as the engines hold it (net/'s NicView; the schema serializes it). */
 export interface SandboxView extends SandboxRecord {
   volumes: Attachment[];
-  /** NICs vmplug hot-plugged (net/); absent when the daemon serves no NIC engine. */
   nics?: NicView[];
 }
 

@@ -1,8 +1,13 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import {
+  attachBodySchema,
+  problemResponses,
+  resizeBodySchema,
+  volumeParamsSchema,
+} from '../../../api/index.js';
 import { parseSandboxId, parseVolumeId, type SandboxId, type VolumeId } from '../../../core/ids.js';
 import type { AttachService, OperationContext } from '../../../storage/attach-service.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';
-import { attachBodySchema, problemResponses, resizeBodySchema, volumeParamsSchema } from './schemas.js';
 
 export interface VolumeRoutesOptions {
   service: AttachService;

@@ -13,7 +13,7 @@ import {
   SandboxDiscovery,
 } from '../../../daemon/sandboxes/discovery.js';
 import { identityFromPersist } from '../../../daemon/sandboxes/identity.js';
-import { FakeQemu } from '../qmp/fake-qemu.js';
+import { FakeQemu } from '../fakes/qmp-server.js';
 import { memoryLogger } from './helpers.js';
 
 const sid = (s: string) => s as SandboxId;

@@ -6,9 +6,10 @@ import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-htt
 import type { NicStatus } from '../../../daemon/report/kube/status.js';
 import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
 import { observeNicService } from '../../../daemon/report/observed-nics.js';
-import { createReporting } from '../../../daemon/report/reporting.js';
+import { PodEvents } from '../../../daemon/report/pod-events.js';
+import { createStatusFeed } from '../../../daemon/report/status-feed.js';
 import { type NicService, type NicView, parseNicSpec } from '../../../net/index.js';
-import { FakeAttachService, memoryLogger } from './helpers.js';
+import { memoryLogger } from './helpers.js';
 
 // NIC operations as the Kubernetes reporter sees them: Pod events for news only, and the NICs in
 // the VmplugNode status.
@@ -69,24 +70,13 @@ describe('NIC reporting', () => {
       get: async (sandboxId) => nicView(sandboxId),
       list: async (sandboxId) => (attached.has(sandboxId) ? [nicView(sandboxId)] : []),
     };
-    const reporting = await createReporting({
+    const catalog = { list: () => records, get: (id: string) => records.find((r) => r.id === id) };
+    const feed = await createStatusFeed({
       config,
       logger: log.logger,
-      discovery: { onChange: () => () => {}, onSessionState: () => () => {} },
-      catalog: { list: () => records, get: (id) => records.find((r) => r.id === id) },
-      engine: {
-        service: new FakeAttachService(),
-        listVolumes: async () => [],
-        readiness: () => ({ ok: true }),
-        close: async () => {},
-      },
-      listNics: async (id): Promise<NicStatus[]> =>
-        (await inner.list(parseSandboxId(id))).map((n) => ({
-          id: n.nicId,
-          mac: n.mac,
-          tap: n.tap,
-          state: n.state,
-        })),
+      discovery: { onChange: () => () => {} },
+      catalog,
+      listVolumes: async () => [],
       nodeFacts: new NodeFactsCache({
         system: {
           cpu: async () => ({ manufacturer: '', brand: 'cpu', cores: 2, physicalCores: 2 }),
@@ -101,14 +91,24 @@ describe('NIC reporting', () => {
       env: {},
       reporter: { http, leaseRenewMs: 60_000 },
     });
-    reporting.start(() => ({ ready: true, checks: {} }));
-    const nics = observeNicService(inner, (op) => reporting.nicOperation(op));
+    feed.start({
+      readiness: () => ({ ready: true, checks: {} }),
+      listNics: async (id): Promise<NicStatus[]> =>
+        (await inner.list(parseSandboxId(id))).map((n) => ({
+          id: n.nicId,
+          mac: n.mac,
+          tap: n.tap,
+          state: n.state,
+        })),
+    });
+    const podEvents = new PodEvents(feed.reporter, catalog);
+    const nics = observeNicService(inner, (op) => podEvents.nic(op));
     const ctx = { signal: new AbortController().signal, log: log.logger };
 
     await nics.attach(sb1, net1, spec, ctx);
     await nics.attach(sb1, net1, spec, ctx); // repeat: no news
     await nics.attach(sb2, net1, spec, ctx); // no pod: no event
-    reporting.nicsChanged('sb1');
+    feed.nicsChanged('sb1');
     await vi.waitFor(
       () =>
         expect(
@@ -125,7 +125,7 @@ describe('NIC reporting', () => {
     expect(await nics.detach(sb1, net1, ctx)).toBe(false); // unknown: no news
     fail = Object.assign(new Error('no free root port'), { code: 'LANES_FULL' });
     await expect(nics.attach(sb1, net1, spec, ctx)).rejects.toThrow();
-    await reporting.reporter.flush();
+    await feed.reporter.flush();
     const events = requests
       .filter((r) => r.method === 'POST' && r.path.endsWith('/events'))
       .map(
@@ -137,6 +137,6 @@ describe('NIC reporting', () => {
       'NicAttachFailed/Warning/web-0',
     ]);
     expect(events[2]?.message).toContain('LANES_FULL');
-    await reporting.stop();
+    await feed.stop();
   });
 });

@@ -2,9 +2,12 @@ import { describe, expect, it, vi } from 'vitest';
 import type { SandboxId, VolumeId } from '../../../core/ids.js';
 import type { SandboxRecord } from '../../../core/sandbox.js';
 import { resolveConfig } from '../../../daemon/config.js';
+import { servedAttachService } from '../../../daemon/main.js';
 import type { KubeHttp, KubeRequest } from '../../../daemon/report/kube/kube-http.js';
+import { DaemonMetrics } from '../../../daemon/report/metrics.js';
 import { NodeFactsCache } from '../../../daemon/report/node-facts.js';
-import { createReporting, podEventTarget } from '../../../daemon/report/reporting.js';
+import { PodEvents, podEventTarget } from '../../../daemon/report/pod-events.js';
+import { createStatusFeed } from '../../../daemon/report/status-feed.js';
 import type { DomainChange, LibvirtDomains } from '../../../libvirt/domains.js';
 import type { AttachSpec } from '../../../storage/volume-spec.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
@@ -50,33 +53,38 @@ async function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) 
       kvmDevice: async () => 'missing',
     },
   });
-  const reporting = await createReporting({
+  const catalog = { list: () => records, get: (id: string) => records.find((r) => r.id === id) };
+  const feed = await createStatusFeed({
     config,
     logger: log.logger,
-    discovery: { onChange: () => () => {}, onSessionState: () => () => {} },
-    catalog: { list: () => records, get: (id) => records.find((r) => r.id === id) },
-    engine: {
-      service: fake,
-      listVolumes: async (id) => {
-        const out = [];
-        for (const v of ['v1']) {
-          try {
-            out.push(await fake.get(id, v as VolumeId, ctx));
-          } catch {
-            // not attached
-          }
+    discovery: { onChange: () => () => {} },
+    catalog,
+    listVolumes: async (id) => {
+      const out = [];
+      for (const v of ['v1']) {
+        try {
+          out.push(await fake.get(id, v as VolumeId, ctx));
+        } catch {
+          // not attached
         }
-        return out;
-      },
-      readiness: () => ({ ok: true }),
-      close: async () => {},
-      ...(opts.domains !== undefined ? { libvirtDomains: opts.domains } : {}),
+      }
+      return out;
     },
+    ...(opts.domains !== undefined ? { libvirtDomains: opts.domains } : {}),
     nodeFacts,
     env: {},
     ...(opts.kube ? { reporter: { http, leaseRenewMs: 60_000 } } : {}),
   });
-  reporting.start(() => ({ ready: true, checks: {} }));
+  const metrics = new DaemonMetrics({ sandboxes: () => records });
+  const podEvents = new PodEvents(feed.reporter, catalog);
+  // What vmplugd serves, wired as daemon/main.ts wires it.
+  const reporting = {
+    service: servedAttachService(fake, { metrics, feed, podEvents }),
+    metrics,
+    reporter: feed.reporter,
+    stop: () => feed.stop(),
+  };
+  feed.start({ readiness: () => ({ ready: true, checks: {} }) });
   const events = () =>
     requests
       .filter((r) => r.method === 'POST' && r.path.endsWith('/events'))
@@ -84,7 +92,7 @@ async function harness(opts: { kube?: boolean; domains?: LibvirtDomains } = {}) 
   return { reporting, log, ctx, fake, requests, events, records };
 }
 
-describe('createReporting', () => {
+describe('what vmplugd reports (status feed, Pod events, metrics)', () => {
   it('without a cluster: a disabled reporter that says so once, metrics still counted', async () => {
     const h = await harness();
     expect(h.reporting.reporter.enabled).toBe(false);

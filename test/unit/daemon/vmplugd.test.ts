@@ -7,7 +7,7 @@ import { VmplugClient } from '../../../cli/client.js';
 import { type DaemonConfig, resolveConfig } from '../../../daemon/config.js';
 import { startVmplugd, type Vmplugd } from '../../../daemon/main.js';
 import type { EngineHandle } from '../../../daemon/volumes/attach-engine.js';
-import { FakeQemu } from '../qmp/fake-qemu.js';
+import { FakeQemu } from '../fakes/qmp-server.js';
 import { FakeAttachService, memoryLogger } from './helpers.js';
 
 // The whole daemon wired together (journal, discovery, engine handle, reconcile loop, REST server)

@@ -12,7 +12,8 @@ import {
   parseNicSpec,
 } from '../../../net/index.js';
 import { advance, newNicRecord } from '../../../net/journal.js';
-import { FakeHost, FakeNicQemu } from './fakes.js';
+import { FakeQemu } from '../fakes/qemu.js';
+import { FakeHost } from './fakes.js';
 
 const quiet: NicLogger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
 const ctx = (): NicContext => ({ signal: AbortSignal.timeout(5_000), log: quiet });
@@ -23,7 +24,7 @@ const bridgeSpec = (extra: Record<string, unknown> = {}) =>
 
 describe('NicEngine over a fake QEMU and host', () => {
   let dir: string;
-  let qemu: FakeNicQemu;
+  let qemu: FakeQemu;
   let host: FakeHost;
   let presence: NicSandboxPresence;
   let engine: NicEngine;
@@ -31,7 +32,7 @@ describe('NicEngine over a fake QEMU and host', () => {
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'vmplug-nic-unit-'));
-    qemu = new FakeNicQemu();
+    qemu = new FakeQemu();
     host = new FakeHost();
     host.addBridge('br0');
     presence = { state: 'present', sandbox: { qmp: qemu } };
@@ -88,16 +89,29 @@ describe('NicEngine over a fake QEMU and host', () => {
     });
   });
 
-  it('skips a port a disk holds and one taken in a race', async () => {
-    qemu.devices.set('vmpd-0123456789abcdef', { type: 'virtio-blk-pci', bus: 'vmplug-rp0' });
-    qemu.raced.add('vmplug-rp1');
+  it('skips a port a disk holds', async () => {
+    qemu.devices.set('vmpd-0123456789abcdef', {
+      id: 'vmpd-0123456789abcdef',
+      type: 'virtio-blk-pci',
+      bus: 'vmplug-rp0',
+    });
     const r = await engine.attach(sb, nic, bridgeSpec(), ctx());
-    expect(r.nic.port).toBe('vmplug-rp2');
+    expect(r.nic.port).toBe('vmplug-rp1');
+  });
+
+  it('a port refused although it looked free (a device hot-plugged behind vmplug) is a plain error, rolled back', async () => {
+    // vmplug's own operations cannot race for it: they take the sandbox's one lock.
+    qemu.raced.add('vmplug-rp0');
+    await expect(engine.attach(sb, nic, bridgeSpec(), ctx())).rejects.toMatchObject({ status: 502 });
+    expect(qemu.calls.filter((c) => c.command === 'device_add')).toHaveLength(1);
+    expect(qemu.netdevs.size).toBe(0);
+    expect(host.links_.has(names.tap)).toBe(false);
+    expect(await engine.list(sb)).toEqual([]);
   });
 
   it('all ports busy: LANES_FULL, and the tap and netdev it made are rolled back', async () => {
     for (let n = 0; n < 4; n++)
-      qemu.devices.set(`vmpd-${n}`, { type: 'virtio-blk-pci', bus: `vmplug-rp${n}` });
+      qemu.devices.set(`vmpd-${n}`, { id: `vmpd-${n}`, type: 'virtio-blk-pci', bus: `vmplug-rp${n}` });
     await expect(engine.attach(sb, nic, bridgeSpec(), ctx())).rejects.toMatchObject({ code: 'LANES_FULL' });
     expect(qemu.netdevs.size).toBe(0);
     expect(host.links_.has(names.tap)).toBe(false);
@@ -128,7 +142,7 @@ describe('NicEngine over a fake QEMU and host', () => {
 
   it('detach waits for the DEVICE_DELETED naming the device; a guest that holds on gets DETACH_PENDING, a retry finishes', async () => {
     await engine.attach(sb, nic, bridgeSpec(), ctx());
-    qemu.guestUnplug = 'never';
+    qemu.opts.guestUnplug = 'never';
     await expect(engine.detach(sb, nic, ctx())).rejects.toMatchObject({
       code: 'DETACH_PENDING',
       retryable: true,
@@ -136,7 +150,7 @@ describe('NicEngine over a fake QEMU and host', () => {
     expect((await engine.get(sb, nic)).state).toBe('Detaching');
     expect(qemu.netdevs.has(names.netdev)).toBe(true);
     // The guest lets go later; the retry's device_del meets "already in the process of unplug".
-    setTimeout(() => qemu.releaseDevice(names.device), 20);
+    setTimeout(() => qemu.guestReleases(names.device), 20);
     await engine.detach(sb, nic, ctx());
     expect(qemu.devices.has(names.device)).toBe(false);
     expect(qemu.netdevs.size).toBe(0);

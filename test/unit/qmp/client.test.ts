@@ -10,7 +10,7 @@ import {
   QmpTimeoutError,
 } from '../../../qmp/errors.js';
 import { deviceIs } from '../../../qmp/events.js';
-import { FakeQemu } from './fake-qemu.js';
+import { FakeQemu } from '../fakes/qmp-server.js';
 
 let fake: FakeQemu;
 const clients: QmpClient[] = [];

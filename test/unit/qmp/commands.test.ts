@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient } from '../../../qmp/client.js';
 import * as cmd from '../../../qmp/commands.js';
 import { QmpCommandError } from '../../../qmp/errors.js';
-import { FakeQemu } from './fake-qemu.js';
+import { FakeQemu } from '../fakes/qmp-server.js';
 
 let fake: FakeQemu;
 let qmp: QmpClient;

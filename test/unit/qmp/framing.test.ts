@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { QmpProtocolError } from '../../../qmp/errors.js';
 import { MessageSplitter } from '../../../qmp/framing.js';
-import { QEMU_72_GREETING } from './fake-qemu.js';
+import { QEMU_72_GREETING } from '../fakes/qmp-server.js';
 
 // Bytes as captured from QEMU 7.2 (greeting, a reply, an error, an event), "\r\n" included.
 const CAPTURED = Buffer.from(

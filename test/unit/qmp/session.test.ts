@@ -3,7 +3,7 @@ import { backoffDelay } from '../../../qmp/backoff.js';
 import { QmpAbortedError, QmpClosedError, QmpTimeoutError } from '../../../qmp/errors.js';
 import { deviceIs } from '../../../qmp/events.js';
 import { QmpSession, type QmpSessionStateChange } from '../../../qmp/session.js';
-import { FakeQemu } from './fake-qemu.js';
+import { FakeQemu } from '../fakes/qmp-server.js';
 
 let fake: FakeQemu;
 const sessions: QmpSession[] = [];

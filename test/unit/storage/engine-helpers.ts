@@ -8,7 +8,7 @@ import { AttachEngine, type AttachEngineOptions } from '../../../storage/engine.
 import { Journal } from '../../../storage/journal.js';
 import type { SandboxDirectory, SandboxPresence } from '../../../storage/sandbox-directory.js';
 import { type AttachSpec, parseAttachRequest } from '../../../storage/volume-spec.js';
-import { FakeQemu, type FakeQemuOptions } from './fake-qemu-executor.js';
+import { FakeQemu, type FakeQemuOptions } from '../fakes/qemu.js';
 
 /** A cephx key of the shape `ceph auth get-key` prints. */
 export const KEY = 'AQDuSQNrSIzGGhAAA42jGo01/mILR5NFi7XNYA==';

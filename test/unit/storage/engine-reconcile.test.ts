@@ -6,8 +6,8 @@ import { type JournalRecord, newRecord, transition, type VolumeState } from '../
 import { volumeNames } from '../../../storage/naming.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane } from '../../../storage/qemu-args.js';
 import { confPath, writeConfFile } from '../../../storage/rbd-conf-files.js';
-import { startPeriodicReconcile } from '../../../storage/reconcile.js';
 import { type AttachSpec, specFingerprint, toStoredSpec } from '../../../storage/volume-spec.js';
+import { FakeQemu } from '../fakes/qemu.js';
 import {
   type Bed,
   blockSpec,
@@ -20,7 +20,6 @@ import {
   sb2,
   vol,
 } from './engine-helpers.js';
-import { FakeQemu } from './fake-qemu-executor.js';
 
 // A crash of vmplugd at any point leaves a journal record in some state and some of its QEMU
 // objects. Each case saves the record a crash at that point leaves, builds the objects that may
@@ -305,22 +304,5 @@ describe('reconcile after a crash at each journal state', () => {
     expect(bed.log.lines.join('\n')).not.toContain(KEY);
     // A second round finds nothing to do.
     expect((await bed.engine.reconcile()).repairs).toEqual([]);
-  });
-
-  it('periodic reconcile runs rounds until stopped', async () => {
-    let rounds = 0;
-    const loop = startPeriodicReconcile(
-      async (signal) => {
-        rounds++;
-        return bed.engine.reconcile({ signal });
-      },
-      { intervalMs: 5, log: bed.log },
-    );
-    await new Promise((r) => setTimeout(r, 60));
-    await loop.stop();
-    const after = rounds;
-    expect(after).toBeGreaterThan(1);
-    await new Promise((r) => setTimeout(r, 30));
-    expect(rounds).toBe(after);
   });
 });

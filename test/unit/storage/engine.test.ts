@@ -13,6 +13,7 @@ import {
 import { volumeNames } from '../../../storage/naming.js';
 import { confPath } from '../../../storage/rbd-conf-files.js';
 import { parseAttachRequest } from '../../../storage/volume-spec.js';
+import { FakeQemu } from '../fakes/qemu.js';
 import {
   type Bed,
   blockSpec,
@@ -25,7 +26,6 @@ import {
   sb2,
   vol,
 } from './engine-helpers.js';
-import { FakeQemu } from './fake-qemu-executor.js';
 
 const OTHER_KEY = 'AQDuSQNrSIzGGhAAA42jGo01/mILR5NFi7XNZA==';
 const MUTATIONS = new Set([

@@ -1,7 +1,8 @@
-// An in-process QmpExecutor that keeps the state a QEMU 7.2 sandbox started through
-// bin/vmplug-qemu has (q35, Kata's scsi0 and pci-bridge-0, vmplug-scsi0, vmplug-rp<N>) and answers
-// the commands the attach engine sends the way QEMU 7.2 does. Error classes and descriptions were
-// captured from qemu-system-x86_64 7.2 (Debian 1:7.2+dfsg-7+deb12u18):
+// The one in-process fake QEMU of the unit tests: a QmpExecutor that keeps the state a QEMU 7.2
+// sandbox started through bin/vmplug-qemu has (q35, Kata's scsi0 and pci-bridge-0, vmplug-scsi0,
+// vmplug-rp<N>) and answers the commands the volume and NIC engines send the way QEMU 7.2 does.
+// (qmp-server.ts beside it is the other layer: QEMU's wire behaviour over a real socket.)
+// Error classes and descriptions were captured from qemu-system-x86_64 7.2 (Debian 1:7.2+dfsg-7+deb12u18):
 //   blockdev-add twice     GenericError "Duplicate nodes with node-name='<n>'"
 //   object-add twice       GenericError "attempt to add duplicate property '<id>' to object (type 'container')"
 //   device_add twice       GenericError "Duplicate device ID '<id>'"
@@ -17,6 +18,11 @@
 //   device_del again while the guest has not released a PCI device
 //                          GenericError "Device <id> is already in the process of unplug"
 //   qom-list, unknown path DeviceNotFound "Device '<path>' not found"
+//   netdev_add, taken id   GenericError "Duplicate ID '<id>'"
+//   netdev_del, unknown    DeviceNotFound "Device '<id>' not found"
+//   virtio-net-pci addr=0 on an occupied root port
+//                          GenericError "PCI: slot 0 function 0 not available for virtio-net-pci, in use by <type>,id=<id>"
+//   info network (HMP)     "<nic id>: index=0,type=nic,model=virtio-net-pci,macaddr=..\r\n \\ <netdev>: index=0,type=tap,ifname=..\r\n"
 //   block_resize of a node no device uses: QEMU 7.2 dies (SIGSEGV): the connection closes.
 // Unplug: scsi-hd leaves at once (DEVICE_DELETED before the reply); virtio-blk-pci leaves when the
 // guest acknowledges (ACPI), emitting DEVICE_DELETED for its virtio-backend path (no `device`)
@@ -40,6 +46,7 @@ interface Device {
   scsiId?: number;
   drive?: string;
   serial?: string;
+  netdev?: string;
 }
 
 interface Node {
@@ -68,6 +75,9 @@ export class FakeQemu implements QmpExecutor {
   readonly objects = new Map<string, { type: string; data?: string }>();
   readonly nodes = new Map<string, Node>();
   readonly unplugging = new Set<string>();
+  readonly netdevs = new Map<string, { ifname: string }>();
+  /** Root ports that query-pci shows free but that a racing device_add took meanwhile. */
+  readonly raced = new Set<string>();
   /** Every command received, in order (arguments included: object-add carries the key). */
   readonly calls: { command: string; args: Record<string, unknown> }[] = [];
   dead = false;
@@ -239,6 +249,21 @@ export class FakeQemu implements QmpExecutor {
       }
       case 'device_add':
         return this.#deviceAdd(a);
+      case 'query-pci':
+        return this.#queryPci();
+      case 'human-monitor-command':
+        return this.#infoNetwork();
+      case 'netdev_add': {
+        const id = String(a.id);
+        if (this.netdevs.has(id)) this.#err(command, `Duplicate ID '${id}'`);
+        this.netdevs.set(id, { ifname: String(a.ifname) });
+        return {};
+      }
+      case 'netdev_del': {
+        const id = String(a.id);
+        if (!this.netdevs.delete(id)) this.#err(command, `Device '${id}' not found`, 'DeviceNotFound');
+        return {};
+      }
       case 'device_del':
         return this.#deviceDel(String(a.id));
       case 'block_resize': {
@@ -346,7 +371,58 @@ export class FakeQemu implements QmpExecutor {
       this.devices.set(id, { id, type: driver, bus, drive, serial: String(a.serial) });
       return {};
     }
+    if (driver === 'virtio-net-pci') {
+      if (this.devices.get(bus)?.type !== 'pcie-root-port') this.#err('device_add', `Bus '${bus}' not found`);
+      const holder = [...this.devices.values()].find((d) => d.bus === bus);
+      if (holder !== undefined || this.raced.has(bus)) {
+        this.#err(
+          'device_add',
+          `PCI: slot 0 function 0 not available for virtio-net-pci, in use by ${holder?.type ?? 'virtio-blk-pci'},id=${holder?.id ?? 'vmpd-0000000000000000'}`,
+        );
+      }
+      if (!this.netdevs.has(String(a.netdev))) {
+        this.#err('device_add', `Property 'virtio-net-pci.netdev' can't find value '${a.netdev}'`);
+      }
+      this.devices.set(id, { id, type: driver, bus, netdev: String(a.netdev) });
+      return {};
+    }
     this.#err('device_add', `'${driver}' is not a valid device model name`);
+  }
+
+  /** The root ports and what sits on each, as query-pci shows them. */
+  #queryPci(): unknown {
+    const ports = [...this.devices.values()].filter((d) => d.type === 'pcie-root-port');
+    return [
+      {
+        bus: 0,
+        devices: ports.map((p, i) => ({
+          bus: 0,
+          slot: 3 + i,
+          function: 0,
+          qdev_id: p.id,
+          pci_bridge: {
+            bus: { number: i + 1 },
+            devices: [...this.devices.values()]
+              .filter((d) => d.bus === p.id)
+              .map((d) => ({ bus: i + 1, slot: 0, function: 0, qdev_id: d.id })),
+          },
+        })),
+      },
+    ];
+  }
+
+  /** HMP `info network`: NICs with their netdev, then netdevs no NIC uses. */
+  #infoNetwork(): string {
+    let out = '';
+    for (const d of this.devices.values()) {
+      if (d.netdev === undefined) continue;
+      out += `${d.id}: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56\r\n \\ ${d.netdev}: index=0,type=tap,ifname=${this.netdevs.get(d.netdev)?.ifname},script=no,downscript=no\r\n`;
+    }
+    for (const [id, n] of this.netdevs) {
+      if (![...this.devices.values()].some((d) => d.netdev === id))
+        out += `${id}: index=0,type=tap,ifname=${n.ifname}\r\n`;
+    }
+    return out;
   }
 
   #checkDriveFree(drive: string): void {

@@ -1,0 +1,155 @@
+import type { SandboxId, VolumeId } from '../../core/ids.js';
+import type { Readiness } from '../../core/readiness.js';
+import type { SandboxCatalog } from '../../core/sandbox.js';
+import type { LibvirtDomains } from '../../libvirt/domains.js';
+import type { ListVolumes } from '../../storage/attach-service.js';
+import type { DaemonConfig } from '../config.js';
+import type { Logger } from '../logger.js';
+import type { SandboxDiscovery } from '../sandboxes/discovery.js';
+import type { KubeHttp } from './kube/kube-http.js';
+import { createReporter, type Reporter } from './kube/reporter.js';
+import type { NicStatus } from './kube/status.js';
+import { NodeFactsCache } from './node-facts.js';
+import { NodeSnapshot } from './node-snapshot.js';
+
+// The node's status as Kubernetes sees it (the VmplugNode object and the Lease): the Kubernetes
+// reporter fed by a snapshot of sandboxes, volumes, NICs, node facts and readiness. Built before
+// the engines that tell it of changes, so they are handed its methods at construction; what it
+// reads from them (readiness, the NIC list) is handed to start(). Observes; cannot fail an attach.
+
+export interface StatusFeedDeps {
+  config: DaemonConfig;
+  logger: Logger;
+  version?: string;
+  discovery: Pick<SandboxDiscovery, 'onChange'>;
+  /** Every sandbox and domain the REST API shows. */
+  catalog: SandboxCatalog;
+  listVolumes: ListVolumes;
+  /** libvirt domains, whose state changes arrive as events. */
+  libvirtDomains?: Pick<LibvirtDomains, 'onChange'>;
+  /** Replaces the systeminformation-backed cache (tests). */
+  nodeFacts?: NodeFactsCache;
+  /** Where the reporter looks for KUBECONFIG and the in-cluster variables (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Reporter tuning beyond the config (tests shorten the Lease period). */
+  reporter?: { leaseRenewMs?: number; minWriteIntervalMs?: number; http?: KubeHttp };
+  /** How often every sandbox's volume list is re-read for the status (default 30 s). */
+  resyncMs?: number;
+}
+
+export interface StatusFeedSources {
+  readiness: () => Readiness;
+  /** The NICs of a sandbox (net/); none when absent. */
+  listNics?: (sandboxId: string) => Promise<NicStatus[]>;
+}
+
+export interface StatusFeed {
+  reporter: Reporter;
+  nodeFacts: NodeFactsCache;
+  /** What a volume is (for labelling a detach), as last read; undefined before start(). */
+  describe(sandboxId: SandboxId, volumeId: VolumeId): ReturnType<NodeSnapshot['describe']>;
+  /** A sandbox's volumes changed: re-read them, then tell the reporter. */
+  volumesChanged(sandboxId: string): void;
+  /** A sandbox's NICs may have changed: re-read them. */
+  nicsChanged(sandboxId: string): void;
+  /** Re-read everything (after a reconcile run). */
+  refreshAll(): void;
+  /** Starts the snapshot, node facts and the reporter once readiness can be asked. */
+  start(sources: StatusFeedSources): void;
+  /** Flushes (bounded) and stops the reporter, then the rest. */
+  stop(): Promise<void>;
+}
+
+/** Throws KubeError KUBE_CONFIG when a named kubeconfig cannot be loaded. */
+export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed> {
+  const { config, catalog } = deps;
+  const log = deps.logger.child({ component: 'report' });
+  const nodeFacts =
+    deps.nodeFacts ??
+    new NodeFactsCache({
+      onError: (part, err) => log.debug({ part, err: err.message }, 'node fact not gathered'),
+    });
+  let snapshot: NodeSnapshot | undefined;
+  const started = (): NodeSnapshot => {
+    if (snapshot === undefined) throw new Error('the node snapshot is read before start()');
+    return snapshot;
+  };
+  const reporter = await createReporter({
+    nodeName: config.nodeName,
+    provider: { snapshot: () => started().snapshot(), subscribe: (l) => started().subscribe(l) },
+    logger: log,
+    ...(config.kubeconfig !== null ? { kubeconfigPath: config.kubeconfig } : {}),
+    env: deps.env ?? process.env,
+    leaseNamespace: config.leaseNamespace,
+    ...deps.reporter,
+  });
+  const unsubscribe: (() => void)[] = [];
+  let resync: NodeJS.Timeout | undefined;
+  let stopping: Promise<void> | undefined;
+
+  return {
+    reporter,
+    nodeFacts,
+    describe: (sandboxId, volumeId) => snapshot?.describe(sandboxId, volumeId),
+    volumesChanged(sandboxId) {
+      // Told once the volume list is re-read: a notice before it would spend the next write (and
+      // its 1 s bound) on the old list.
+      const s = snapshot;
+      if (s !== undefined) void s.refreshVolumes(sandboxId).then(() => s.changed());
+    },
+    nicsChanged(sandboxId) {
+      if (snapshot !== undefined) void snapshot.refreshVolumes(sandboxId);
+    },
+    refreshAll() {
+      void snapshot?.refreshAll();
+    },
+    start({ readiness, listNics }) {
+      if (snapshot !== undefined || stopping !== undefined) return;
+      const s = new NodeSnapshot({
+        catalog,
+        listVolumes: deps.listVolumes,
+        ...(listNics !== undefined ? { listNics } : {}),
+        facts: () => nodeFacts.current(),
+        readiness,
+        log,
+        ...(deps.version !== undefined ? { vmplugVersion: deps.version } : {}),
+      });
+      snapshot = s;
+      unsubscribe.push(
+        deps.discovery.onChange((event) => {
+          if (event.type === 'removed') s.forget(event.id);
+          else void s.refreshVolumes(event.sandbox.id);
+          s.changed();
+        }),
+        nodeFacts.onChange(() => s.changed()),
+      );
+      // libvirt domains: state changes come as events (the catalog is read live by snapshot()).
+      if (deps.libvirtDomains !== undefined) {
+        unsubscribe.push(
+          deps.libvirtDomains.onChange((c) => {
+            if (c.kind === 'updated') void s.refreshVolumes(c.domain.name);
+            else if (c.kind === 'removed') s.forget(c.name);
+            s.changed();
+          }),
+        );
+      }
+      void nodeFacts.start();
+      void s.refreshAll();
+      // Volume changes made behind the REST API's back (other than by reconcile runs, which
+      // refresh on their own) are caught up by this slow resync.
+      resync = setInterval(() => void s.refreshAll(), deps.resyncMs ?? 30_000);
+      resync.unref();
+      reporter.start();
+    },
+    stop() {
+      stopping ??= (async () => {
+        clearInterval(resync);
+        for (const u of unsubscribe) u();
+        await reporter.stop();
+        snapshot?.close();
+        nodeFacts.close();
+      })();
+      return stopping;
+    },
+  };
+}
