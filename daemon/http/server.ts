@@ -17,6 +17,7 @@ import type { NicService } from '../../net/index.js';
 import type { AttachService, ListVolumes } from '../../storage/attach-service.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
+import { handleClientError } from './client-error.js';
 import { DEFAULT_DISCARD_LIMITS, type DiscardLimits, discardBody } from './discard-body.js';
 import {
   fieldOfSchemaIssue,
@@ -81,6 +82,7 @@ export async function buildServer(deps: ServerDeps) {
     genReqId: requestIdFor,
     requestIdHeader: false,
     bodyLimit,
+    clientErrorHandler: handleClientError,
     // Answered with problem+json by the onRequest hook below instead of fastify's plain JSON.
     return503OnClosing: false,
     // Path parameters are ids of at most 128 characters; anything longer (or a malformed URL) is
