@@ -319,3 +319,19 @@ function collectResponse<T>(res: IncomingMessage): Promise<ApiResponse<T>> {
     });
   });
 }
+
+/** vmplugd on a test root (quiet logs), serving `sandboxId`: what the benchmarks start with. */
+export async function startServingDaemon(
+  root: { monitorDir: string; kataVmRoot: string },
+  sandboxId: string,
+  dir: string,
+): Promise<DaemonProcess> {
+  const d = await startDaemonProcess({
+    dir,
+    monitorDir: root.monitorDir,
+    kataVmRoot: root.kataVmRoot,
+    logLevel: 'warn',
+  });
+  await waitServing(d, sandboxId);
+  return d;
+}
