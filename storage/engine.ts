@@ -31,7 +31,7 @@ import { removeConfFile } from './rbd-conf-files.js';
 import { type ReconcileSummary, reconcileAll } from './reconcile.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { attachSteps, type StepContext, teardownSteps } from './steps.js';
-import { type AttachSpec, specFingerprint } from './volume-spec.js';
+import { type AttachSpec, type RbdSource, specFingerprint } from './volume-spec.js';
 
 // The attach engine: AttachService over the journal and each sandbox's QMP monitor. Admission,
 // drain and the shutting-down error are EngineBase's (core/engine-base.ts): operations on one
@@ -64,6 +64,12 @@ export interface AttachEngineOptions {
   reconcileUnplugWaitMs?: number;
   /** Checks a block-mode path before anything is done; default: it must be a block device here. */
   checkHostDevice?: (path: string) => Promise<void>;
+  /**
+   * Opens an rbd image out of process, bounded, before its blockdev-add in the guest's QEMU
+   * (rbd-preflight.ts): a Ceph whose OSD cannot serve the header is refused (CEPH_STALLED) instead
+   * of freezing the guest. Absent: no such check.
+   */
+  rbdPreflight?: (source: RbdSource, signal: AbortSignal) => Promise<unknown>;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -89,8 +95,9 @@ const STAT_FIELDS = [
 ] as const;
 
 export class AttachEngine extends EngineBase implements AttachService {
-  readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate'>> & {
+  readonly #o: Required<Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate' | 'rbdPreflight'>> & {
     clientMountTimeoutS?: number;
+    rbdPreflight?: AttachEngineOptions['rbdPreflight'];
   };
 
   constructor(opts: AttachEngineOptions) {
@@ -162,6 +169,9 @@ export class AttachEngine extends EngineBase implements AttachService {
       });
       const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
       await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+      if (spec.mode === 'rbd' && this.#o.rbdPreflight !== undefined) {
+        await this.#o.rbdPreflight(spec.source, signal);
+      }
       const record = pendingRecord(
         { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
         spec,

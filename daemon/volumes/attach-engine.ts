@@ -1,4 +1,5 @@
-import { dirname } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { VmplugError } from '../../core/errors.js';
 import type { OperationGate } from '../../core/gate.js';
 import type { ReadinessCheck } from '../../core/readiness.js';
@@ -8,8 +9,10 @@ import type { AttachService, ListVolumes } from '../../storage/attach-service.js
 import { AttachEngine } from '../../storage/engine.js';
 import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
 import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
+import { PreflightUnavailableError, preflightRbdOpen } from '../../storage/rbd-preflight.js';
 import type { ReconcileSummary } from '../../storage/reconcile.js';
 import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
+import type { RbdSource } from '../../storage/volume-spec.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
@@ -65,6 +68,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     stateDir: config.stateDir,
     logger: logger.child({ component: 'engine' }),
     gate,
+    rbdPreflight: await rbdPreflightOf(config.stateDir, logger),
   });
   const kataVolumes: ListVolumes = (sandboxId, ctx) => engine.list(sandboxId, { signal: ctx.signal });
   if (config.libvirtUri === null) {
@@ -156,4 +160,28 @@ async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: 
   } catch (reason) {
     return { ok: false, reason };
   }
+}
+
+/**
+ * The out-of-process rbd open before an rbd attach (storage/rbd-preflight.ts), in
+ * <stateDir>/rbd-preflight (0700); without qemu-storage-daemon on the node, attaches go on
+ * without it and the first one logs why.
+ */
+async function rbdPreflightOf(
+  stateDir: string,
+  logger: Logger,
+): Promise<(source: RbdSource, signal: AbortSignal) => Promise<unknown>> {
+  const runDir = join(stateDir, 'rbd-preflight');
+  await mkdir(runDir, { recursive: true, mode: 0o700 });
+  let warned = false;
+  return async (source, signal) => {
+    try {
+      return await preflightRbdOpen(source, { runDir, signal });
+    } catch (err) {
+      if (!(err instanceof PreflightUnavailableError)) throw err;
+      if (!warned) logger.warn({}, `${err.message}: a stalled OSD can freeze a guest during an rbd attach`);
+      warned = true;
+      return undefined;
+    }
+  };
 }
