@@ -1,5 +1,5 @@
 import { EngineBase } from '../core/engine-base.js';
-import { BackendError, NotFoundError, ValidationError, type VmplugError } from '../core/errors.js';
+import { BackendError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
@@ -142,7 +142,13 @@ export class AttachEngine extends EngineBase implements AttachService {
         case 'reuse':
           return { created: false, attachment: attachmentFromRecord(plan.record) };
         case 'conflict':
-          throw attachConflict(plan, `sandbox ${sandboxId}`);
+          if (plan.reason !== 'detaching' || plan.record.fingerprint !== fingerprint)
+            throw attachConflict(plan, `sandbox ${sandboxId}`);
+          // The same spec again while its rollback (an attach that failed, e.g. QEMU answered
+          // too late) or a detach is unfinished: finish it now rather than wait for reconcile,
+          // then attach afresh; while QEMU still cannot finish it, a retryable 503, not a 409.
+          await this.#settleTeardown(sandbox, plan.record, signal, log);
+          break;
         case 'resume':
           log.info({ state: plan.record.state }, 'resuming a half-done attach');
           return {
@@ -247,6 +253,28 @@ export class AttachEngine extends EngineBase implements AttachService {
     });
     await this.#o.journal.save(lost);
     await teardownSteps(this.#stepContext(sandbox, signal, log), lost, { waitMs: this.#o.detachTimeoutMs });
+  }
+
+  /** Finishes an unfinished rollback or detach of `record` now; DETACH_PENDING (503, retryable) when it cannot. */
+  async #settleTeardown(
+    sandbox: ManagedSandbox,
+    record: JournalRecord,
+    signal: AbortSignal,
+    log: OperationLogger,
+  ): Promise<void> {
+    try {
+      await teardownSteps(this.#stepContext(sandbox, signal, log), record, {
+        waitMs: this.#o.detachTimeoutMs,
+      });
+      log.info({ state: record.state }, 'finished an unfinished rollback/detach before attaching again');
+    } catch (err) {
+      if (err instanceof VmplugError && err.retryable) throw err;
+      throw new VmplugError(
+        'DETACH_PENDING',
+        `volume ${record.volumeId} is still being rolled back or detached (${record.state}); retry shortly`,
+        { cause: err },
+      );
+    }
   }
 
   /** Undoes a failed attach: whatever exists goes, in reverse order, and the record with it. */
