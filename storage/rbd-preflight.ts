@@ -4,7 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CephStalledError } from '../core/errors.js';
-import { blockdevAdd, objectAdd, QmpClient } from '../qmp/index.js';
+import { blockdevAdd, blockdevDel, objectAdd, QmpClient } from '../qmp/index.js';
 import { blockdevRbd, rbdConf, secretObject } from './qemu-args.js';
 import { backendFailure } from './qmp-failure.js';
 import type { RbdSource } from './volume-spec.js';
@@ -77,7 +77,14 @@ export async function preflightRbdOpen(
     const call = { timeoutMs, signal: deadline };
     await objectAdd(qmp, secretObject(NAMES, source.key), call);
     await blockdevAdd(qmp, blockdevRbd(NAMES, source, { readOnly: true, confPath }), call);
-    return { ms: Math.round(performance.now() - started) };
+    const ms = Math.round(performance.now() - started);
+    // Closed, not killed, when it opened: a killed librbd leaves its watch on the image header
+    // until the OSD times it out (~30 s), and `rbd rm` refuses the image meanwhile.
+    await blockdevDel(qmp, NAMES.node, { timeoutMs: 2_000 }).catch(() => undefined);
+    await qmp.execute('quit', undefined, { timeoutMs: 2_000 }).catch(() => undefined);
+    if (child.exitCode === null && child.signalCode === null)
+      await Promise.race([once(child, 'exit'), sleep(2_000)]);
+    return { ms };
   } catch (err) {
     opts.signal?.throwIfAborted();
     const e = err as NodeJS.ErrnoException;
