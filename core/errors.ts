@@ -46,6 +46,8 @@ export const ERROR_CODES = {
   RESIZE_FAILED: { status: 500, title: 'Resize failed' },
   // Backends and the node.
   CEPH_UNREACHABLE: { status: 503, title: 'Ceph unreachable', retryable: true },
+  /** Monitors answer but the image cannot be opened in time (an OSD stalled): refused before the guest's QEMU. */
+  CEPH_STALLED: { status: 503, title: 'Ceph stalled', retryable: true },
   /** 502; net/ answers 503 when the failure is retryable (see NicBackendError). */
   BACKEND_FAILED: { status: 502, title: 'Backend failed' },
   HOST_NETWORK_FAILED: { status: 502, title: 'Host network failed' },
@@ -193,6 +195,25 @@ export class CephUnreachableError extends VmplugError<'CEPH_UNREACHABLE'> {
     super(
       'CEPH_UNREACHABLE',
       `no Ceph monitor answered within ${waitedMs} ms (${monitors.join(', ')})`,
+      options,
+    );
+  }
+}
+
+/**
+ * The monitors answer, but a throwaway process could not open the image (its header lives on an
+ * OSD) within the bound: attaching it in the guest's QEMU would freeze the guest until Ceph serves
+ * it again, so the attach is refused first.
+ */
+export class CephStalledError extends VmplugError<'CEPH_STALLED'> {
+  constructor(
+    readonly image: string,
+    readonly waitedMs: number,
+    options: VmplugErrorOptions = {},
+  ) {
+    super(
+      'CEPH_STALLED',
+      `Ceph could not open image ${image} within ${waitedMs} ms (monitors answer; an OSD does not serve it); retry later`,
       options,
     );
   }

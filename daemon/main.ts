@@ -292,7 +292,15 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     });
     // Let the monitors found by the first scan connect, so the start-up reconcile can act on them
     // instead of skipping them as unreachable (bounded: a wedged QEMU must not delay start-up).
-    if (l !== undefined) void discovery.settled(STARTUP_SETTLE_MS).then(() => l.start());
+    if (l !== undefined) {
+      // A sandbox found gone (its QEMU exited) has its records released now, not at the next round.
+      unwatch.push(
+        discovery.onChange((event) => {
+          if (event.type === 'removed') l.kick();
+        }),
+      );
+      void discovery.settled(STARTUP_SETTLE_MS).then(() => l.start());
+    }
     f.start({
       readiness,
       listNics: async (id) => (isSandboxId(id) ? (await n.list(id)).map(nicStatus) : []),

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ReadinessCheck } from '../core/readiness.js';
 
-// Runs the engine's reconcile at start-up and then every `intervalMs` (0: start-up only), one run
+// Runs the engine's reconcile at start-up, then every `intervalMs` (0: start-up only) and when kicked, one run
 // at a time, so that what a crash left half-done is finished and nothing of vmplug's leaks. A
 // failed run is logged and retried at the next tick; it never stops the daemon.
 
@@ -25,6 +25,10 @@ export class ReconcileLoop {
   #lastError: string | undefined;
   #firstRun: Promise<void>;
   #firstRunDone!: () => void;
+  /** Wakes the wait between runs early (kick()). */
+  #wake: AbortController | undefined;
+  /** A kick came during a run: run once more right after it. */
+  #kicked = false;
 
   constructor(opts: ReconcileLoopOptions) {
     this.#o = opts;
@@ -42,6 +46,15 @@ export class ReconcileLoop {
   /** Resolves when the start-up run has finished (either way). */
   firstRun(): Promise<void> {
     return this.#firstRun;
+  }
+
+  /**
+   * Runs again now (or right after the run in progress) instead of at the next tick: something
+   * changed that a run settles, e.g. a sandbox found gone whose records are to be released.
+   */
+  kick(): void {
+    this.#kicked = true;
+    this.#wake?.abort();
   }
 
   readiness(): ReadinessCheck {
@@ -62,6 +75,7 @@ export class ReconcileLoop {
     const { intervalMs, logger } = this.#o;
     const runTimeoutMs = this.#o.runTimeoutMs ?? Math.max(60_000, intervalMs);
     for (;;) {
+      this.#kicked = false;
       const started = performance.now();
       try {
         const summary = await this.#o.reconcile(AbortSignal.any([signal, AbortSignal.timeout(runTimeoutMs)]));
@@ -79,11 +93,19 @@ export class ReconcileLoop {
         this.#runs++;
         this.#firstRunDone();
       }
-      if (intervalMs === 0 || signal.aborted) break;
+      if (signal.aborted) break;
+      if (this.#kicked) continue;
+      this.#wake = new AbortController();
       try {
-        await sleep(intervalMs, undefined, { signal });
+        // intervalMs 0: no periodic runs, only kicked ones.
+        await sleep(intervalMs === 0 ? 2 ** 31 - 1 : intervalMs, undefined, {
+          signal: AbortSignal.any([signal, this.#wake.signal]),
+          ref: intervalMs !== 0,
+        });
       } catch {
-        break;
+        if (signal.aborted) break;
+      } finally {
+        this.#wake = undefined;
       }
     }
   }

@@ -1,4 +1,4 @@
-import { BackendError, NotFoundError, ValidationError, type VmplugError } from '../core/errors.js';
+import { BackendError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
@@ -42,7 +42,7 @@ import {
   stopHotAttachExport,
   type VhostUserContext,
 } from './vhost-user.js';
-import { type AttachSpec, specFingerprint } from './volume-spec.js';
+import { type AttachSpec, type RbdSource, specFingerprint } from './volume-spec.js';
 
 // The attach engine: AttachService over the journal and each sandbox's QMP monitor. Admission,
 // drain and the shutting-down error are EngineBase's (core/engine-base.ts): operations on one
@@ -82,6 +82,12 @@ export interface AttachEngineOptions {
   storageDaemon?: StorageDaemonBackend;
   /** Bound of one export start or stop; default 60 s. */
   storageDaemonTimeoutMs?: number;
+  /**
+   * Opens an rbd image out of process, bounded, before its blockdev-add in the guest's QEMU
+   * (rbd-preflight.ts): a Ceph whose OSD cannot serve the header is refused (CEPH_STALLED) instead
+   * of freezing the guest. Absent: no such check.
+   */
+  rbdPreflight?: (source: RbdSource, signal: AbortSignal) => Promise<unknown>;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -108,9 +114,13 @@ const STAT_FIELDS = [
 
 export class AttachEngine extends VolumeEngine implements AttachService {
   readonly #o: Required<
-    Omit<AttachEngineOptions, 'clientMountTimeoutS' | 'gate' | 'storageDaemon' | 'storageDaemonTimeoutMs'>
+    Omit<
+      AttachEngineOptions,
+      'clientMountTimeoutS' | 'gate' | 'storageDaemon' | 'storageDaemonTimeoutMs' | 'rbdPreflight'
+    >
   > & {
     clientMountTimeoutS?: number;
+    rbdPreflight?: AttachEngineOptions['rbdPreflight'];
   };
   readonly #hostUse: HostUseWatch;
   readonly #vhostUser: VhostUserContext | undefined;
@@ -156,7 +166,13 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       case 'reuse':
         return { created: false, attachment: attachmentFromRecord(plan.record) };
       case 'conflict':
-        throw attachConflict(plan, `sandbox ${sandboxId}`);
+        if (plan.reason !== 'detaching' || plan.record.fingerprint !== fingerprint)
+          throw attachConflict(plan, `sandbox ${sandboxId}`);
+        // The same spec again while its rollback (an attach that failed, e.g. QEMU answered
+        // too late) or a detach is unfinished: finish it now rather than wait for reconcile,
+        // then attach afresh; while QEMU still cannot finish it, a retryable 503, not a 409.
+        await this.#settleTeardown(sandbox, plan.record, signal, log);
+        break;
       case 'resume': {
         log.info({ state: plan.record.state }, 'resuming a half-done attach');
         // Checked again: the host may have taken the device since (never attached once it has).
@@ -194,6 +210,11 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       this.#o.scsiTargets,
     );
     await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+    // The image open about to run in the guest's own QEMU would stall its main loop on a stuck
+    // OSD: try it out of process first. Through a storage daemon the stall stays there anyway.
+    if (spec.mode === 'rbd' && backend !== 'storage-daemon' && this.#o.rbdPreflight !== undefined) {
+      await this.#o.rbdPreflight(spec.source, signal);
+    }
     const record = pendingRecord(
       { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
       admitted,
@@ -269,6 +290,28 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     });
     await this.#o.journal.save(lost);
     await teardownSteps(this.#stepContext(sandbox, signal, log), lost, { waitMs: this.#o.detachTimeoutMs });
+  }
+
+  /** Finishes an unfinished rollback or detach of `record` now; DETACH_PENDING (503, retryable) when it cannot. */
+  async #settleTeardown(
+    sandbox: ManagedSandbox,
+    record: JournalRecord,
+    signal: AbortSignal,
+    log: OperationLogger,
+  ): Promise<void> {
+    try {
+      await teardownSteps(this.#stepContext(sandbox, signal, log), record, {
+        waitMs: this.#o.detachTimeoutMs,
+      });
+      log.info({ state: record.state }, 'finished an unfinished rollback/detach before attaching again');
+    } catch (err) {
+      if (err instanceof VmplugError && err.retryable) throw err;
+      throw new VmplugError(
+        'DETACH_PENDING',
+        `volume ${record.volumeId} is still being rolled back or detached (${record.state}); retry shortly`,
+        { cause: err },
+      );
+    }
   }
 
   /** Undoes a failed attach: whatever exists goes, in reverse order, and the record with it. */

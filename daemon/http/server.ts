@@ -19,6 +19,8 @@ import { DEFAULT_KUBELET_ROOT } from '../../storage/pod/spec.js';
 import type { Logger } from '../logger.js';
 import type { ResourceService } from '../resize/service.js';
 import { type AuditOptions, auditFromAddon, auditHooks } from './audit.js';
+import { handleClientError } from './client-error.js';
+import { DEFAULT_DISCARD_LIMITS, type DiscardLimits, discardBody } from './discard-body.js';
 import {
   fieldOfSchemaIssue,
   PROBLEM_CONTENT_TYPE,
@@ -64,6 +66,8 @@ export interface ServerDeps {
   shutdownSignal?: AbortSignal;
   /** Largest accepted request body; an attach body is well under 4 KiB. */
   bodyLimit?: number;
+  /** How much of an oversized body is read and discarded before the 413 goes out. */
+  discardLimits?: DiscardLimits;
   /** Shown in the OpenAPI document. */
   version?: string;
   /** Peer credentials for the audit lines; default: the peer-credentials addon (audit.ts). */
@@ -91,6 +95,7 @@ export async function buildServer(deps: ServerDeps) {
     genReqId: requestIdFor,
     requestIdHeader: false,
     bodyLimit,
+    clientErrorHandler: handleClientError,
     // Answered with problem+json by the onRequest hook below instead of fastify's plain JSON.
     return503OnClosing: false,
     // Path parameters are ids of at most 128 characters; anything longer (or a malformed URL) is
@@ -138,8 +143,14 @@ export async function buildServer(deps: ServerDeps) {
     }
   });
 
-  app.setErrorHandler((err, request, reply) => {
+  app.setErrorHandler(async (err, request, reply) => {
     const p = problemFor(err as FastifyError, request, bodyLimit);
+    // The client may still be sending the body: read it to its end first, or closing the
+    // connection resets it and the client never reads the 413 (see discard-body.ts).
+    if (p.status === 413) {
+      const outcome = await discardBody(request.raw, deps.discardLimits ?? DEFAULT_DISCARD_LIMITS);
+      if (outcome !== 'drained') request.log.info({ outcome }, 'oversized body not read to its end');
+    }
     p.requestId = request.id;
     if (!(err instanceof VmplugError) && p.status >= 500) request.log.error({ err }, 'request failed');
     else if (p.status >= 500)

@@ -2,6 +2,7 @@ import { type FSWatcher, watch } from 'node:fs';
 import { lstat, readdir, rmdir, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { isSandboxId, type SandboxId } from '../../core/ids.js';
 import { ListenerSet } from '../../core/listeners.js';
 import type { LeveledLog } from '../../core/log.js';
@@ -22,6 +23,7 @@ import {
   type PodIdentity,
   readKataIdentity,
 } from './identity.js';
+import { livenessOf, type ProcessStamp, processStamp } from './process-liveness.js';
 
 // Finds the Kata sandboxes vmplug can drive: every `<monitor-dir>/<sandbox-id>/qmp.sock` made by
 // bin/vmplug-qemu (DESIGN section 3). It keeps one reconnecting QMP session per sandbox on that
@@ -37,6 +39,13 @@ import {
 // removes its directories, so discovery prunes a dead sandbox's leftovers (the stale socket and
 // the then empty directory), re-checking just before that nobody listens: a sandbox restarted
 // under the same id is never pruned.
+//
+// A QEMU that dies (SIGKILL, OOM kill, crash) leaves its socket file behind, so the grace period
+// alone would keep it "unreachable" for seconds. Its exit is seen at once instead: when the
+// monitor connection ends (EOF), discovery checks every EXIT_CHECK_MS whether QEMU's process (pid
+// and start time, from Kata's files) is gone and nobody listens on the socket; either proof plus
+// the refused connect makes it gone then, not after the grace. With no pid known, EOF plus a
+// refused connect suffices: QEMU never closes its listening monitor while it runs.
 
 /** QEMU's run state, coarsely, as the API reports it. */
 export type VmState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'unknown';
@@ -93,6 +102,8 @@ export interface DiscoveryHealth {
 
 const SOCKET_NAME = 'qmp.sock';
 const PROBE_TIMEOUT_MS = 1_000;
+/** How often a sandbox whose monitor closed is checked for an exited QEMU. */
+const EXIT_CHECK_MS = 100;
 
 interface Entry {
   id: SandboxId;
@@ -118,6 +129,10 @@ interface Entry {
   removed: boolean;
   /** The first connection attempt has been decided (connected or failed). */
   settled: boolean;
+  /** QEMU's process as first seen alive (pid from Kata's files, start time from /proc). */
+  qemu: ProcessStamp | undefined;
+  /** An exit watch (after the monitor closed) is running. */
+  exitWatch: boolean;
 }
 
 export class SandboxDiscovery implements SandboxDirectory {
@@ -360,6 +375,8 @@ export class SandboxDiscovery implements SandboxDirectory {
       unsubscribe: [],
       removed: false,
       settled: false,
+      qemu: undefined,
+      exitWatch: false,
     };
     this.#entries.set(id, e);
     e.unsubscribe.push(
@@ -373,7 +390,10 @@ export class SandboxDiscovery implements SandboxDirectory {
           this.#setReach(e, 'present', undefined);
           void this.#refreshStatus(e);
         } else if (change.state === 'connecting') {
+          const wasPresent = e.reachability === 'present';
           this.#noteFailure(e, change.error);
+          // The monitor closed under us: QEMU may have died; find out now, not after the grace.
+          if (wasPresent) void this.#watchExit(e);
         }
       }),
       session.subscribe('STOP', () => this.#onRunEvent(e, 'paused')),
@@ -460,11 +480,62 @@ export class SandboxDiscovery implements SandboxDirectory {
         return;
       }
     }
+    if (e.refusingSince !== undefined && (await this.#qemuState(e)) === 'exited') {
+      await this.#gone(e, `QEMU (pid ${e.identity.qemuPid}) has exited and nobody listens on its monitor`);
+      return;
+    }
     if (e.refusingSince !== undefined && now - e.refusingSince > this.#graceMs) {
       await this.#gone(e, `nobody has listened on its monitor for over ${this.#graceMs} ms (QEMU is dead)`);
       return;
     }
     if (!e.identityComplete) await this.#loadIdentity(e);
+  }
+
+  /**
+   * After the monitor closed: checks every EXIT_CHECK_MS, for at most the grace period and while
+   * the monitor stays unconnected, whether QEMU has exited; declares the sandbox gone when it has.
+   */
+  async #watchExit(e: Entry): Promise<void> {
+    if (e.exitWatch) return;
+    e.exitWatch = true;
+    const deadline = this.#now() + this.#graceMs;
+    try {
+      while (!e.removed && e.reachability !== 'present' && !this.#stopper.signal.aborted) {
+        const why = await this.#exitVerdict(e);
+        if (why !== undefined) {
+          await this.#gone(e, why);
+          return;
+        }
+        if (this.#now() >= deadline) return;
+        await sleep(EXIT_CHECK_MS, undefined, { signal: this.#stopper.signal });
+      }
+    } catch {
+      // Stopped.
+    } finally {
+      e.exitWatch = false;
+    }
+  }
+
+  /** Why QEMU must have exited, or undefined while it may be alive. */
+  async #exitVerdict(e: Entry): Promise<string | undefined> {
+    const st = await lstat(e.socketPath).catch(() => undefined);
+    if (st === undefined) return 'its monitor socket was removed (QEMU exited)';
+    const qemu = await this.#qemuState(e);
+    if (qemu === 'alive' || (await isListening(e.socketPath))) return undefined;
+    return qemu === 'exited'
+      ? `QEMU (pid ${e.identity.qemuPid}) has exited`
+      : 'its monitor closed and nobody listens on it any more (QEMU exited)';
+  }
+
+  /** QEMU's process by pid and start time: unknown when Kata's files name no pid. */
+  async #qemuState(e: Entry): Promise<'alive' | 'exited' | 'unknown'> {
+    const pid = e.identity.qemuPid;
+    if (pid === undefined) return 'unknown';
+    if (e.qemu === undefined || e.qemu.pid !== pid) {
+      e.qemu = await processStamp(pid);
+      if (e.qemu === undefined) return 'exited';
+    }
+    return livenessOf(e.qemu);
   }
 
   async #loadIdentity(e: Entry): Promise<void> {
@@ -478,6 +549,10 @@ export class SandboxDiscovery implements SandboxDirectory {
     e.identityStamp = stamp;
     const before = JSON.stringify(e.identity);
     e.identity = identity;
+    // Stamp QEMU's process while it is alive, so a reused pid is never taken for it later.
+    if (identity.qemuPid !== undefined && e.qemu?.pid !== identity.qemuPid) {
+      e.qemu = await processStamp(identity.qemuPid);
+    }
     // The wrapper's pod.json is known first; Kata's persist.json (which wins, and has QEMU's pid)
     // is still awaited after it.
     e.identityComplete =

@@ -1,6 +1,6 @@
 import { constants } from 'node:fs';
-import { access } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { access, mkdir } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { VmplugError } from '../../core/errors.js';
 import type { OperationGate } from '../../core/gate.js';
 import type { ReadinessCheck } from '../../core/readiness.js';
@@ -11,9 +11,11 @@ import { AttachEngine } from '../../storage/engine.js';
 import { hostDeviceCheck, hostDevicePolicy } from '../../storage/host-device.js';
 import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
 import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
+import { PreflightUnavailableError, preflightRbdOpen } from '../../storage/rbd-preflight.js';
 import type { ReconcileSummary } from '../../storage/reconcile.js';
 import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
 import { createStorageDaemonBackend, type StorageDaemonBackend } from '../../storage/storage-daemon/index.js';
+import type { RbdSource } from '../../storage/volume-spec.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
@@ -108,6 +110,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     gate,
     checkHostDevice,
     ...(storageDaemon === undefined ? {} : { storageDaemon }),
+    rbdPreflight: await rbdPreflightOf(config.stateDir, logger),
   });
   const closeEngine = async (): Promise<void> => {
     await engine.close();
@@ -205,4 +208,28 @@ async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: 
   } catch (reason) {
     return { ok: false, reason };
   }
+}
+
+/**
+ * The out-of-process rbd open before an rbd attach (storage/rbd-preflight.ts), in
+ * <stateDir>/rbd-preflight (0700); without qemu-storage-daemon on the node, attaches go on
+ * without it and the first one logs why.
+ */
+async function rbdPreflightOf(
+  stateDir: string,
+  logger: Logger,
+): Promise<(source: RbdSource, signal: AbortSignal) => Promise<unknown>> {
+  const runDir = join(stateDir, 'rbd-preflight');
+  await mkdir(runDir, { recursive: true, mode: 0o700 });
+  let warned = false;
+  return async (source, signal) => {
+    try {
+      return await preflightRbdOpen(source, { runDir, signal });
+    } catch (err) {
+      if (!(err instanceof PreflightUnavailableError)) throw err;
+      if (!warned) logger.warn({}, `${err.message}: a stalled OSD can freeze a guest during an rbd attach`);
+      warned = true;
+      return undefined;
+    }
+  };
 }

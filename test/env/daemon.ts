@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir, readFile } from 'node:fs/promises';
-import { request } from 'node:http';
+import { type IncomingMessage, request } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -254,27 +254,86 @@ export function apiCall<T = unknown>(
         headers: payload === undefined ? {} : { 'content-type': 'application/json' },
         signal: AbortSignal.timeout(timeoutMs),
       },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', reject);
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          const contentType = String(res.headers['content-type'] ?? '');
-          let parsed: unknown = text;
-          if (contentType.includes('json') && text !== '') {
-            try {
-              parsed = JSON.parse(text);
-            } catch {
-              parsed = text;
-            }
-          }
-          resolve({ status: res.statusCode ?? 0, contentType, body: parsed as T });
-        });
-      },
+      (res) => collectResponse<T>(res).then(resolve, reject),
     );
     req.on('error', reject);
     if (payload !== undefined) req.write(payload);
     req.end();
   });
+}
+
+/**
+ * A request whose whole body is written, as a plain client does (no `Expect: 100-continue`, no
+ * early stop), with node:http, in 64 KiB pieces a couple of milliseconds apart, the way a body
+ * streamed from a file or a slow producer goes out: the server must read an oversized body to its
+ * end and answer after it. A server that answers and closes early makes a later write fail with
+ * EPIPE and node:http then reports the error, not the answer: this rejects with it.
+ */
+export function apiCallWholeBody(
+  socketPath: string,
+  method: string,
+  path: string,
+  body: string | Buffer,
+  timeoutMs = 60_000,
+): Promise<ApiResponse> {
+  const payload = typeof body === 'string' ? Buffer.from(body) : body;
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        socketPath,
+        method,
+        path,
+        headers: { 'content-type': 'application/json', 'content-length': payload.length },
+        signal: AbortSignal.timeout(timeoutMs),
+      },
+      (res) => collectResponse(res).then(resolve, reject),
+    );
+    req.on('error', reject);
+    void (async () => {
+      const piece = 64 * 1024;
+      for (let at = 0; at < payload.length && !req.destroyed; at += piece) {
+        if (!req.write(payload.subarray(at, at + piece))) await once(req, 'drain');
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      if (!req.destroyed) req.end();
+    })().catch(() => undefined);
+  });
+}
+
+/** A response's status, content type and body (parsed when JSON). */
+function collectResponse<T>(res: IncomingMessage): Promise<ApiResponse<T>> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on('data', (c: Buffer) => chunks.push(c));
+    res.on('error', reject);
+    res.on('end', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const contentType = String(res.headers['content-type'] ?? '');
+      let parsed: unknown = text;
+      if (contentType.includes('json') && text !== '') {
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          parsed = text;
+        }
+      }
+      resolve({ status: res.statusCode ?? 0, contentType, body: parsed as T });
+    });
+  });
+}
+
+/** vmplugd on a test root (quiet logs), serving `sandboxId`: what the benchmarks start with. */
+export async function startServingDaemon(
+  root: { monitorDir: string; kataVmRoot: string },
+  sandboxId: string,
+  dir: string,
+): Promise<DaemonProcess> {
+  const d = await startDaemonProcess({
+    dir,
+    monitorDir: root.monitorDir,
+    kataVmRoot: root.kataVmRoot,
+    logLevel: 'warn',
+  });
+  await waitServing(d, sandboxId);
+  return d;
 }

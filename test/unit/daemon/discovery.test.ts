@@ -1,3 +1,5 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { link, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -172,6 +174,7 @@ describe('SandboxDiscovery', () => {
   let vmRoot: string;
   let discovery: SandboxDiscovery | undefined;
   const fakes: FakeQemu[] = [];
+  const children: ChildProcess[] = [];
   const events: DiscoveryEvent[] = [];
   let log: ReturnType<typeof memoryLogger>;
 
@@ -188,6 +191,7 @@ describe('SandboxDiscovery', () => {
     await discovery?.close();
     discovery = undefined;
     await Promise.allSettled(fakes.splice(0).map((f) => f.stopListening()));
+    for (const c of children.splice(0)) c.kill('SIGKILL');
     await rm(root, { recursive: true, force: true });
   });
 
@@ -369,6 +373,74 @@ describe('SandboxDiscovery', () => {
     await until('gone', () => d.lookup(sid('dead')).state === 'gone');
     expect(existsSync(join(monitorDir, 'dead'))).toBe(false);
     expect(events.find((e) => e.type === 'removed')).toMatchObject({ id: 'dead' });
+  });
+
+  /** A QEMU stand-in in its own process (a QMP greeting and empty answers), so SIGKILL leaves its socket file. */
+  function qemuProcess(socketPath: string): Promise<ChildProcess> {
+    const script = `
+      const net = require('node:net');
+      net.createServer((c) => {
+        c.write(JSON.stringify({ QMP: { version: { qemu: { major: 7, minor: 2, micro: 0 } }, capabilities: [] } }) + '\\r\\n');
+        // Commands come without separators: split them by brace depth (none holds a brace in a string).
+        let depth = 0, start = 0, buf = '';
+        c.on('data', (d) => {
+          buf += d;
+          for (let k = 0; k < buf.length; k++) {
+            if (buf[k] === '{' && depth++ === 0) start = k;
+            else if (buf[k] === '}' && --depth === 0) {
+              const line = buf.slice(start, k + 1);
+              const ret = line.includes('query-status') ? { status: 'running', running: true } : {};
+              c.write(JSON.stringify({ return: ret, id: JSON.parse(line).id }) + '\\r\\n');
+              buf = buf.slice(k + 1); k = -1;
+            }
+          }
+        });
+      }).listen(process.argv[1], () => process.stdout.write('up\\n'));`;
+    const child = spawn(process.execPath, ['-e', script, socketPath], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    children.push(child);
+    return new Promise((resolve, reject) => {
+      child.stdout?.once('data', () => resolve(child));
+      child.once('exit', () => reject(new Error('the QEMU stand-in exited')));
+    });
+  }
+
+  it.each([
+    ['with its pid known from Kata', true],
+    ['with no pid known', false],
+  ])(
+    'a QEMU killed under a connected monitor is gone at once, not after the grace (%s)',
+    async (_, withPid) => {
+      await mkdir(join(monitorDir, 'killed'), { recursive: true });
+      const socketPath = join(monitorDir, 'killed', 'qmp.sock');
+      const child = await qemuProcess(socketPath);
+      if (withPid) {
+        await mkdir(join(sbsRoot, 'killed'), { recursive: true });
+        await writeFile(join(sbsRoot, 'killed', 'persist.json'), persist('killed', {}, child.pid));
+      }
+      const d = await startDiscovery({ goneGraceMs: 60_000, rescanIntervalMs: 60_000 });
+      await until('present', () => d.lookup(sid('killed')).state === 'present');
+      if (withPid) await until('pid read', () => d.get(sid('killed'))?.qemuPid === child.pid);
+      child.kill('SIGKILL');
+      await once(child, 'exit');
+      // SIGKILL leaves the socket file behind (discovery may already have pruned it by now).
+      await until('gone', () => d.lookup(sid('killed')).state === 'gone', 5_000);
+      expect(events.find((e) => e.type === 'removed')).toMatchObject({ id: 'killed' });
+      expect(existsSync(join(monitorDir, 'killed'))).toBe(false);
+    },
+  );
+
+  it('a dead QEMU whose pid Kata recorded is gone at the first check, not after the grace', async () => {
+    await mkdir(join(monitorDir, 'stale'), { recursive: true });
+    const socketPath = join(monitorDir, 'stale', 'qmp.sock');
+    const child = await qemuProcess(socketPath);
+    await mkdir(join(sbsRoot, 'stale'), { recursive: true });
+    await writeFile(join(sbsRoot, 'stale', 'persist.json'), persist('stale', {}, child.pid));
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    const d = await startDiscovery({ goneGraceMs: 60_000, rescanIntervalMs: 100 });
+    await until('gone', () => d.lookup(sid('stale')).state === 'gone', 5_000);
   });
 
   it('a directory whose socket never appears is pruned after the grace period', async () => {

@@ -36,6 +36,39 @@ describe('ReconcileLoop', () => {
     expect(text()).toContain('qemu said no');
   });
 
+  it('kick() runs again at once, and once more after a run in progress, never two at a time', async () => {
+    const { logger } = memoryLogger();
+    let runs = 0;
+    let running = 0;
+    let maxRunning = 0;
+    let release: (() => void) | undefined;
+    const loop = new ReconcileLoop({
+      intervalMs: 0,
+      logger,
+      reconcile: async () => {
+        running++;
+        maxRunning = Math.max(maxRunning, running);
+        runs++;
+        if (runs === 2) await new Promise<void>((r) => (release = r));
+        running--;
+        return {};
+      },
+    });
+    loop.start();
+    await loop.firstRun();
+    expect(runs).toBe(1);
+    loop.kick();
+    while (release === undefined) await new Promise((r) => setTimeout(r, 5));
+    loop.kick(); // during run 2: one more run after it
+    loop.kick();
+    release();
+    while (runs < 3) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(runs).toBe(3);
+    expect(maxRunning).toBe(1);
+    await loop.stop();
+  });
+
   it('interval 0 runs once; stop aborts a run in progress', async () => {
     const { logger } = memoryLogger();
     let runs = 0;

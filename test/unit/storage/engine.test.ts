@@ -267,11 +267,30 @@ describe('AttachEngine, block mode', () => {
     expect((await bed.engine.get(sb, vol('v1'), bed.ctx)).lastError?.code).toBe('DETACH_PENDING');
     // A retry while still pending: QEMU refuses the second device_del; still pending.
     await expect(bed.engine.detach(sb, vol('v1'), bed.ctx)).rejects.toBeInstanceOf(DetachPendingError);
-    // An attach meanwhile is a conflict, not a second disk.
+    // The same attach meanwhile is a retryable 503 (issue 10), never a 409 nor a second disk;
+    // another spec is still a conflict.
+    const same = await bed.engine
+      .attach(sb, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx)
+      .catch((e) => e);
+    expect(same.code).toBe('DETACH_PENDING');
+    expect(same.retryable).toBe(true);
     await expect(
-      bed.engine.attach(sb, vol('v1'), blockSpec('/dev/loop1', { bus: 'virtio-blk' }), bed.ctx),
+      bed.engine.attach(sb, vol('v1'), blockSpec('/dev/loop2', { bus: 'virtio-blk' }), bed.ctx),
     ).rejects.toBeInstanceOf(ConflictError);
+    expect(bed.qemu.vmplugState().devices).toHaveLength(1);
     bed.qemu.guestReleases(attachment.deviceId);
+    // Once the guest lets go, the same attach finishes the detach at once and attaches afresh.
+    const again = await bed.engine.attach(
+      sb,
+      vol('v1'),
+      blockSpec('/dev/loop1', { bus: 'virtio-blk' }),
+      bed.ctx,
+    );
+    expect(again.created).toBe(true);
+    expect(again.attachment.state).toBe('Attached');
+    await bed.engine
+      .detach(sb, vol('v1'), bed.ctx)
+      .catch(() => bed.qemu.guestReleases(again.attachment.deviceId));
     await bed.engine.detach(sb, vol('v1'), bed.ctx);
     expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
     expect(await bed.journal.load(sb, vol('v1'))).toBeUndefined();
