@@ -24,6 +24,7 @@
  * dirs) is removed however it ends.
  *
  *   npm run bench:attach [-- --rounds 20 --sandboxes 10 --attaches 100]
+ *     [--skip-latency] [--cpu-prof DIR]   (DIR: vmplugd's .cpuprofile, written when it stops)
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -44,7 +45,7 @@ import { rootPortId, volumeNames } from '../storage/naming.js';
 import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
-import { type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
+import { type DaemonProcess, startDaemonProcess, VMPLUGD_NODE_FLAGS } from '../test/env/daemon.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import {
   blockdevOf,
@@ -69,7 +70,18 @@ function flag(name: string, fallback: number): number {
   return v;
 }
 
+function stringFlag(name: string): string | undefined {
+  const args = process.argv.slice(2);
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+const has = (name: string): boolean => process.argv.slice(2).includes(`--${name}`);
+
 const rounds = flag('rounds', 20);
+/** Profiles vmplugd (node --cpu-prof into this dir; written when it stops, after the concurrency run). */
+const cpuProfDir = stringFlag('cpu-prof');
+/** Skips the latency phase (for profiling the concurrency phase alone). */
+const skipLatency = has('skip-latency');
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -679,6 +691,9 @@ async function main(): Promise<void> {
       monitorDir: rootA.monitorDir,
       kataVmRoot: rootA.kataVmRoot,
       logLevel: 'info',
+      ...(cpuProfDir
+        ? { nodeArgs: [...VMPLUGD_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', cpuProfDir] }
+        : {}),
     });
     const client = new VmplugClient({ socketPath: stage.daemon.socketPath, timeoutMs: 120_000 });
     await waitDiscovered(client, [a.id]);
@@ -691,7 +706,7 @@ async function main(): Promise<void> {
     out();
     out(`== Latency: vmplugd (sandbox ${a.id}) vs bare QMP (sandbox ${b.id}, vmplugd does not watch it) ==`);
     try {
-      await latencyPhase(stage, client, a, b, qmpB, confPath);
+      if (!skipLatency) await latencyPhase(stage, client, a, b, qmpB, confPath);
     } finally {
       for (const n of ['rbd', 'block'])
         for (const bus of ['scsi', 'virtio-blk'])

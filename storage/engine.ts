@@ -124,6 +124,14 @@ export class AttachEngine extends EngineBase implements AttachService {
   ): Promise<AttachResult> {
     const log = ctx.log.child({ op: 'attach', sandboxId, volumeId });
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
+    // The host-device check and the Ceph probe touch neither QEMU nor the journal: they run while
+    // the request waits for its sandbox's turn instead of inside it, so attaches queued on one
+    // sandbox do not wait for each other's checks (bench/attach.ts, concurrency). Only a fresh,
+    // resumed or re-done attach uses them; an idempotent repeat ignores them.
+    const early = settled(admitSpec(spec, this.#o.checkHostDevice, ctx.signal));
+    const ceph = settled(
+      checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal: ctx.signal }, log),
+    );
     return this.admit(sandboxId, ctx.signal, async (signal) => {
       const sandbox = this.#present(sandboxId);
       const existing = await this.#o.journal.load(sandboxId, volumeId);
@@ -144,8 +152,9 @@ export class AttachEngine extends EngineBase implements AttachService {
           throw attachConflict(plan, `sandbox ${sandboxId}`);
         case 'resume': {
           log.info({ state: plan.record.state }, 'resuming a half-done attach');
-          // Checked again: the host may have taken the device since (never attached once it has).
-          const resumed = await admitSpec(spec, this.#o.checkHostDevice, signal);
+          // Checked (again, for this request): the host may have taken the device since the
+          // first try (never attached once it has).
+          const resumed = await early();
           return {
             created: true,
             attachment: await this.#runAttach(sandbox, plan.record, resumed, signal, log, true),
@@ -165,13 +174,13 @@ export class AttachEngine extends EngineBase implements AttachService {
       }
 
       // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
-      const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
+      const admitted = await early();
       const step = this.#stepContext(sandbox, signal, log, admitted);
       const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
         throw backendFailure('inspect lanes', err, step.secrets);
       });
       const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
-      await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+      await ceph();
       const record = pendingRecord(
         { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
         admitted,
@@ -470,4 +479,13 @@ export class AttachEngine extends EngineBase implements AttachService {
     if (size !== undefined) out.size_bytes = size;
     return out;
   }
+}
+
+/**
+ * Starts `p` now and answers a function that awaits it later: a rejection nobody awaits (the
+ * idempotent path) is not an unhandled one.
+ */
+function settled<T>(p: Promise<T>): () => Promise<T> {
+  p.catch(() => undefined);
+  return () => p;
 }
