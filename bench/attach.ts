@@ -25,6 +25,7 @@
  *
  *   npm run bench:attach [-- --rounds 20 --sandboxes 10 --attaches 100]
  *     [--skip-latency] [--cpu-prof DIR]   (DIR: vmplugd's .cpuprofile, written when it stops)
+ *     [--phases]   (vmplugd logs at debug; medians of where each fresh attach's time went)
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -82,6 +83,8 @@ const rounds = flag('rounds', 20);
 const cpuProfDir = stringFlag('cpu-prof');
 /** Skips the latency phase (for profiling the concurrency phase alone). */
 const skipLatency = has('skip-latency');
+/** vmplugd at log level debug, and its per-attach phase timings (engine.ts 'attach timing') printed. */
+const phasesWanted = has('phases');
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -649,6 +652,40 @@ async function bareConcurrencyPhase(
   }
 }
 
+/**
+ * Medians of vmplugd's 'attach timing' debug lines (storage/engine.ts), by latency case and for
+ * the concurrent attaches: the turn (waiting for the sandbox's lock and a node slot), the journal
+ * read, the wait for the host-device check (started before the turn), the lane listing, the wait
+ * for the Ceph probe (likewise), the Pending record, and the steps (QMP + their journal writes).
+ */
+function printPhases(daemon: DaemonProcess): void {
+  const groups = new Map<string, Record<string, number[]>>();
+  for (const line of daemon.lines) {
+    if (!line.includes('"attach timing"')) continue;
+    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number> };
+    const g = o.volumeId.startsWith('lat-') ? o.volumeId : 'concurrent (all)';
+    const acc = groups.get(g) ?? {};
+    for (const [k, v] of Object.entries(o.phases)) acc[k] = [...(acc[k] ?? []), v];
+    groups.set(g, acc);
+  }
+  const keys = ['turnMs', 'loadMs', 'hostCheckMs', 'lanesMs', 'cephMs', 'pendingMs', 'stepsMs'];
+  out("\nvmplugd's attach phases (medians, ms; engine.ts 'attach timing' lines, warm-up included)");
+  out(
+    `  ${'case'.padEnd(20)}${keys.map((k) => k.replace('Ms', '').padStart(10)).join('')}${'n'.padStart(5)}`,
+  );
+  for (const [g, acc] of groups) {
+    out(
+      `  ${g.padEnd(20)}${keys
+        .map((k) =>
+          summarize(acc[k] ?? [])
+            .median.toFixed(2)
+            .padStart(10),
+        )
+        .join('')}${String(acc.turnMs?.length ?? 0).padStart(5)}`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   const stage = new Stage();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -690,7 +727,7 @@ async function main(): Promise<void> {
       dir: daemonDir,
       monitorDir: rootA.monitorDir,
       kataVmRoot: rootA.kataVmRoot,
-      logLevel: 'info',
+      logLevel: phasesWanted ? 'debug' : 'info',
       ...(cpuProfDir
         ? { nodeArgs: [...VMPLUGD_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', cpuProfDir] }
         : {}),
@@ -742,6 +779,7 @@ async function main(): Promise<void> {
     const confA = join(rootA.dir, 'rbd.conf');
     await writeFile(confA, rbdConf(), { mode: 0o600 });
     const jobs = await concurrencyPhase(stage, client, all, confA);
+    if (phasesWanted) printPhases(stage.daemon);
     // The bare run needs the private monitors vmplugd holds.
     await stage.daemon.stop();
     out(hostContext());

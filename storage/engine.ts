@@ -132,7 +132,10 @@ export class AttachEngine extends EngineBase implements AttachService {
     const ceph = settled(
       checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal: ctx.signal }, log),
     );
+    // Where a fresh attach's time went outside the QMP steps (debug line; bench/attach.ts --phases).
+    const phases = new PhaseClock();
     return this.admit(sandboxId, ctx.signal, async (signal) => {
+      phases.mark('turnMs');
       const sandbox = this.#present(sandboxId);
       const existing = await this.#o.journal.load(sandboxId, volumeId);
       const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
@@ -174,23 +177,28 @@ export class AttachEngine extends EngineBase implements AttachService {
       }
 
       // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
+      phases.mark('loadMs');
       const admitted = await early();
+      phases.mark('hostCheckMs');
       const step = this.#stepContext(sandbox, signal, log, admitted);
       const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
         throw backendFailure('inspect lanes', err, step.secrets);
       });
+      phases.mark('lanesMs');
       const choice = chooseLane(spec.bus, lanes, this.#o.scsiTargets);
       await ceph();
+      phases.mark('cephMs');
       const record = pendingRecord(
         { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
         admitted,
       );
       await this.#o.journal.save(record);
+      phases.mark('pendingMs');
       log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
-      return {
-        created: true,
-        attachment: await this.#runAttach(sandbox, record, admitted, signal, log, false),
-      };
+      const attachment = await this.#runAttach(sandbox, record, admitted, signal, log, false);
+      phases.mark('stepsMs');
+      log.debug({ phases: phases.done() }, 'attach timing');
+      return { created: true, attachment };
     });
   }
 
@@ -488,4 +496,20 @@ export class AttachEngine extends EngineBase implements AttachService {
 function settled<T>(p: Promise<T>): () => Promise<T> {
   p.catch(() => undefined);
   return () => p;
+}
+
+/** Durations between marks, in ms (rounded to 0.01). */
+class PhaseClock {
+  #last = performance.now();
+  readonly #ms: Record<string, number> = {};
+
+  mark(name: string): void {
+    const now = performance.now();
+    this.#ms[name] = Math.round((now - this.#last) * 100) / 100;
+    this.#last = now;
+  }
+
+  done(): Record<string, number> {
+    return this.#ms;
+  }
 }
