@@ -25,6 +25,7 @@
  *
  *   npm run bench:attach [-- --rounds 20 --sandboxes 10 --attaches 100]
  *     [--skip-latency] [--cpu-prof DIR]   (DIR: vmplugd's .cpuprofile, written when it stops)
+ *     [--build]   (vmplugd from a tsc build, as installed, rather than the sources through tsx)
  *     [--phases]   (vmplugd logs at debug; medians of where each fresh attach's time went)
  */
 import { randomBytes } from 'node:crypto';
@@ -46,7 +47,12 @@ import { rootPortId, volumeNames } from '../storage/naming.js';
 import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
-import { type DaemonProcess, startDaemonProcess, VMPLUGD_NODE_FLAGS } from '../test/env/daemon.js';
+import {
+  buildDaemon,
+  type DaemonProcess,
+  startDaemonProcess,
+  VMPLUGD_NODE_FLAGS,
+} from '../test/env/daemon.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import {
   blockdevOf,
@@ -85,6 +91,8 @@ const cpuProfDir = stringFlag('cpu-prof');
 const skipLatency = has('skip-latency');
 /** vmplugd at log level debug, and its per-attach phase timings (engine.ts 'attach timing') printed. */
 const phasesWanted = has('phases');
+/** vmplugd from a tsc build (what production runs) instead of the sources through tsx. */
+const fromBuild = has('build');
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -723,11 +731,14 @@ async function main(): Promise<void> {
     out(`Ceph and two sandboxes (A for vmplugd, B for bare QMP) up in ${secs(performance.now() - t)}`);
 
     const daemonDir = join(rootA.dir, 'vmplugd');
+    const script = fromBuild ? await buildDaemon(join(rootA.dir, 'build')) : undefined;
+    out(`vmplugd runs from ${script ? 'a tsc build' : 'the sources through tsx'}`);
     stage.daemon = await startDaemonProcess({
       dir: daemonDir,
       monitorDir: rootA.monitorDir,
       kataVmRoot: rootA.kataVmRoot,
       logLevel: phasesWanted ? 'debug' : 'info',
+      ...(script ? { script } : {}),
       ...(cpuProfDir
         ? { nodeArgs: [...VMPLUGD_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', cpuProfDir] }
         : {}),

@@ -8,24 +8,26 @@
  *   build    the tsc build (what `npm run build` ships and the systemd unit starts)
  *   build+flags  the build with the node flags of systemd/vmplugd.service (VMPLUGD_NODE_FLAGS)
  *
- *   npm run bench:daemon-memory [-- --calls 500]
+ *   npm run bench:daemon-memory [-- --calls 3000]
  */
-import { execFile, spawn } from 'node:child_process';
-import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { type DaemonProcess, startDaemonProcess, VMPLUGD_NODE_FLAGS } from '../test/env/daemon.js';
-import { repoRoot } from '../test/env/paths.js';
+import {
+  buildDaemon,
+  type DaemonProcess,
+  startDaemonProcess,
+  VMPLUGD_NODE_FLAGS,
+} from '../test/env/daemon.js';
 import { hostContext } from './figures.js';
 
-const run = promisify(execFile);
 const out = (line = ''): void => {
   process.stdout.write(`${line}\n`);
 };
 const calls = (() => {
   const i = process.argv.indexOf('--calls');
-  return i >= 0 ? Number(process.argv[i + 1]) : 500;
+  return i >= 0 ? Number(process.argv[i + 1]) : 3000;
 })();
 
 interface Mem {
@@ -84,26 +86,10 @@ async function main(): Promise<void> {
   out('bench:daemon-memory: vmplugd VmRSS / VmHWM (MiB) idle after start-up and after REST calls');
   out(hostContext());
   const dir = await mkdtemp(join(tmpdir(), 'vmplug-mem-'));
-  // Outside the checkout (the linter would read it), resolving the checkout's node_modules.
-  const build = join(dir, 'build');
   try {
-    await mkdir(build, { recursive: true });
-    await symlink(join(repoRoot, 'node_modules'), join(build, 'node_modules'));
-    // "type": "module" (and the version the daemon reports) for the build's .js files.
-    await copyFile(join(repoRoot, 'package.json'), join(build, 'package.json'));
     await mkdir(join(dir, 'monitors'), { recursive: true });
     await mkdir(join(dir, 'kata'), { recursive: true });
-    await run('npx', ['tsc', '-p', join(repoRoot, 'tsconfig.build.json'), '--outDir', build], {
-      cwd: repoRoot,
-      timeout: 300_000,
-    });
-    // bin/vmplugd.js prefers the sources when tsx is installed: a runner of the build instead.
-    const runner = join(build, 'run-vmplugd.mjs');
-    await writeFile(
-      runner,
-      `const { main } = await import('./daemon/main.js');\n` +
-        `process.exit(await main({ argv: process.argv.slice(2), env: process.env, stdout: process.stdout, stderr: process.stderr }));\n`,
-    );
+    const runner = await buildDaemon(join(dir, 'build'));
     const bare = await bareNode();
     const rows = [
       await measure(dir, 'sources (tsx)', {}),
