@@ -24,6 +24,12 @@ export interface AtomicWriteOptions {
   tempPath?: string;
   signal?: AbortSignal | undefined;
   step?: FileStep;
+  /**
+   * False: no fsync of the file nor of the directory. The replacement stays atomic for every
+   * reader and survives the writer being killed (the page cache holds it), but not a power cut or
+   * a kernel crash: only for files describing state that dies with the host too. Default true.
+   */
+  durable?: boolean;
 }
 
 export async function writeFileAtomic(
@@ -45,14 +51,14 @@ export async function writeFileAtomic(
     const fh = await step('create', tmp, () => open(tmp, flags, opts.mode));
     try {
       await step('write', tmp, () => fh.writeFile(data, opts.signal ? { signal: opts.signal } : {}));
-      await step('fsync', tmp, () => fh.sync());
+      if (opts.durable !== false) await step('fsync', tmp, () => fh.sync());
     } finally {
       await fh.close();
     }
     opts.signal?.throwIfAborted();
     await step('rename', path, () => rename(tmp, path));
     renamed = true;
-    await fsyncDir(dir, step);
+    if (opts.durable !== false) await fsyncDir(dir, step);
   } finally {
     if (!renamed) await unlink(tmp).catch(() => undefined);
   }

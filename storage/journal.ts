@@ -192,7 +192,7 @@ export class Journal {
   readonly #onWrite: JournalWriteHook | undefined;
 
   /**
-   * `onWrite` runs just before each record write starts and just after it is durable: the
+   * `onWrite` runs just before each record write starts and just after it is written (and durable, for a libvirt record): the
    * daemon's crash tests hang their failpoints there (die between a side effect and the write
    * that records it, or between the write and the next side effect).
    */
@@ -206,7 +206,19 @@ export class Journal {
     return join(this.root, sandboxId, `${volumeId}.json`);
   }
 
-  /** Atomically replaces the record: temp file, fsync, rename, fsync of the directory. */
+  /**
+   * Atomically replaces the record: temp file, fsync, rename, fsync of the directory; a Kata
+   * record without the two fsyncs. Why a Kata record needs no fsync: it describes objects in a
+   * QEMU process of this host (secret, block node, device) and vmplug's own files beside it. vmplugd
+   * killed at any instant (kill -9, OOM, a crash) leaves every write it made in the page cache,
+   * so the record still covers whatever the next side effect did; only a power cut or a kernel
+   * crash loses unsynced writes, and those kill every QEMU of the host with them, so what a lost or
+   * older record would have described no longer exists (a record of a gone sandbox is dropped at
+   * reconcile; one left empty or torn is quarantined; an unexplained conf file is swept). Under
+   * concurrent attaches the fsyncs were most of vmplugd's own time (bench/attach.ts --phases: 39 ms
+   * for the Pending record alone). A libvirt record keeps them: a persistent domain outlives a
+   * reboot with whatever its definition holds.
+   */
   async save(record: JournalRecord, opts: IoOptions = {}): Promise<void> {
     const data = `${JSON.stringify(record, null, 2)}\n`;
     // Never write what load() would reject: a bug must fail here, not after a crash.
@@ -219,6 +231,7 @@ export class Journal {
       mode: 0o600,
       signal: opts.signal,
       step: io,
+      durable: record.kind !== 'kata',
     });
     this.#onWrite?.(record, 'after');
   }

@@ -47,4 +47,30 @@ describe('writeFileAtomic', () => {
     expect(await readdir(dir)).toEqual(['c.conf']);
     expect((await stat(path)).mode & 0o777).toBe(0o644);
   });
+
+  it('fsyncs the file and the directory unless durable is false (still atomic: temp + rename)', async () => {
+    const record = (durable?: boolean) => {
+      const steps: string[] = [];
+      return {
+        steps,
+        run: () =>
+          writeFileAtomic(join(dir, 'd.json'), 'x', {
+            mode: 0o600,
+            ...(durable !== undefined ? { durable } : {}),
+            step: async (operation, _path, fn) => {
+              steps.push(operation);
+              return fn();
+            },
+          }),
+      };
+    };
+    const durable = record();
+    await durable.run();
+    expect(durable.steps).toEqual(['create', 'write', 'fsync', 'rename', 'open', 'fsync']);
+    const volatile = record(false);
+    await volatile.run();
+    expect(volatile.steps).toEqual(['create', 'write', 'rename']);
+    expect(await readFile(join(dir, 'd.json'), 'utf8')).toBe('x');
+    expect(await readdir(dir)).toEqual(['d.json']);
+  });
 });
