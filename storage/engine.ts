@@ -178,10 +178,13 @@ export class AttachEngine extends EngineBase implements AttachService {
 
       // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
       phases.mark('loadMs');
+      // The lane listing (a QMP round trip, read only) overlaps what is left of the host check;
+      // a refused device still answers first.
+      const listing = settled(inspectLanes(sandbox.qmp, q));
       const admitted = await early();
       phases.mark('hostCheckMs');
       const step = this.#stepContext(sandbox, signal, log, admitted);
-      const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
+      const lanes = await listing().catch((err: unknown) => {
         throw backendFailure('inspect lanes', err, step.secrets);
       });
       phases.mark('lanesMs');
