@@ -47,12 +47,7 @@ import { rootPortId, volumeNames } from '../storage/naming.js';
 import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
-import {
-  buildDaemon,
-  type DaemonProcess,
-  startDaemonProcess,
-  VMPLUGD_NODE_FLAGS,
-} from '../test/env/daemon.js';
+import { buildDaemon, type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import {
   blockdevOf,
@@ -739,9 +734,7 @@ async function main(): Promise<void> {
       kataVmRoot: rootA.kataVmRoot,
       logLevel: phasesWanted ? 'debug' : 'info',
       ...(script ? { script } : {}),
-      ...(cpuProfDir
-        ? { nodeArgs: [...VMPLUGD_NODE_FLAGS, '--cpu-prof', '--cpu-prof-dir', cpuProfDir] }
-        : {}),
+      ...(cpuProfDir ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] } : {}),
     });
     const client = new VmplugClient({ socketPath: stage.daemon.socketPath, timeoutMs: 120_000 });
     await waitDiscovered(client, [a.id]);

@@ -15,13 +15,6 @@ import { repoRoot } from './paths.js';
 
 const VMPLUGD = fileURLToPath(new URL('../../bin/vmplugd.js', import.meta.url));
 
-/**
- * The node flags of systemd/vmplugd.service's ExecStart (keep the two the same). V8's young
- * generation grows to 16 MiB semi-spaces by default; a daemon allocating small short-lived objects
- * gains nothing from more than 2 MiB but pays ~12 MiB of RSS for them (bench/daemon-memory.ts).
- */
-export const VMPLUGD_NODE_FLAGS = ['--max-semi-space-size=2'] as const;
-
 export interface DaemonProcessOptions {
   /** Directory for the socket and the state dir (journal). */
   dir: string;
@@ -37,7 +30,7 @@ export interface DaemonProcessOptions {
   /** Until /healthz answers (default 30 s: tsx compiles the sources on first start). */
   startTimeoutMs?: number;
   logLevel?: string;
-  /** Node flags before the script; default VMPLUGD_NODE_FLAGS (benches add e.g. --cpu-prof). */
+  /** Node flags before the script, e.g. ['--cpu-prof', '--cpu-prof-dir', dir] (benches). */
   nodeArgs?: string[];
   /** The entry script instead of bin/vmplugd.js (e.g. a runner of a build, bench/daemon-memory.ts). */
   script?: string;
@@ -98,7 +91,7 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
   const socketPath = join(opts.dir, 'vmplug.sock');
   await mkdir(stateDir, { recursive: true });
   const args = [
-    ...(opts.nodeArgs ?? VMPLUGD_NODE_FLAGS),
+    ...(opts.nodeArgs ?? []),
     opts.script ?? VMPLUGD,
     '--socket',
     socketPath,
