@@ -214,10 +214,10 @@ export class Journal {
    * so the record still covers whatever the next side effect did; only a power cut or a kernel
    * crash loses unsynced writes, and those kill every QEMU of the host with them, so what a lost or
    * older record would have described no longer exists (a record of a gone sandbox is dropped at
-   * reconcile; one left empty or torn is quarantined; an unexplained conf file is swept). Under
-   * concurrent attaches the fsyncs were most of vmplugd's own time (bench/attach.ts --phases: 39 ms
-   * for the Pending record alone). A libvirt record keeps them: a persistent domain outlives a
-   * reboot with whatever its definition holds.
+   * reconcile; one left empty or torn is quarantined; an unexplained conf file is swept). An attach
+   * writes its record 3-4 times; with the fsyncs each write took 1.5-5 ms here, without them ~1 ms
+   * (bench/attach.ts --phases, 'pending'). A libvirt record keeps them: a persistent domain outlives
+   * a reboot with whatever its definition holds.
    */
   async save(record: JournalRecord, opts: IoOptions = {}): Promise<void> {
     const data = `${JSON.stringify(record, null, 2)}\n`;
