@@ -24,6 +24,9 @@
  * dirs) is removed however it ends.
  *
  *   npm run bench:attach [-- --rounds 20 --sandboxes 10 --attaches 100]
+ *     [--skip-latency] [--cpu-prof DIR]   (DIR: vmplugd's .cpuprofile, written when it stops)
+ *     [--build]   (vmplugd from a tsc build, as installed, rather than the sources through tsx)
+ *     [--phases]   (vmplugd logs at debug; medians of where each fresh attach's time went)
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -44,7 +47,7 @@ import { rootPortId, volumeNames } from '../storage/naming.js';
 import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
-import { type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
+import { buildDaemon, type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import {
   blockdevOf,
@@ -69,7 +72,22 @@ function flag(name: string, fallback: number): number {
   return v;
 }
 
+function stringFlag(name: string): string | undefined {
+  const args = process.argv.slice(2);
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+const has = (name: string): boolean => process.argv.slice(2).includes(`--${name}`);
+
 const rounds = flag('rounds', 20);
+/** Profiles vmplugd (node --cpu-prof into this dir; written when it stops, after the concurrency run). */
+const cpuProfDir = stringFlag('cpu-prof');
+/** Skips the latency phase (for profiling the concurrency phase alone). */
+const skipLatency = has('skip-latency');
+/** vmplugd at log level debug, and its per-attach phase timings (engine.ts 'attach timing') printed. */
+const phasesWanted = has('phases');
+/** vmplugd from a tsc build (what production runs) instead of the sources through tsx. */
+const fromBuild = has('build');
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -637,6 +655,40 @@ async function bareConcurrencyPhase(
   }
 }
 
+/**
+ * Medians of vmplugd's 'attach timing' debug lines (storage/engine.ts), by latency case and for
+ * the concurrent attaches: the turn (waiting for the sandbox's lock and a node slot), the journal
+ * read, the wait for the host-device check (started before the turn), the lane listing, the wait
+ * for the Ceph probe (likewise), the Pending record, and the steps (QMP + their journal writes).
+ */
+function printPhases(daemon: DaemonProcess): void {
+  const groups = new Map<string, Record<string, number[]>>();
+  for (const line of daemon.lines) {
+    if (!line.includes('"attach timing"')) continue;
+    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number> };
+    const g = o.volumeId.startsWith('lat-') ? o.volumeId : 'concurrent (all)';
+    const acc = groups.get(g) ?? {};
+    for (const [k, v] of Object.entries(o.phases)) acc[k] = [...(acc[k] ?? []), v];
+    groups.set(g, acc);
+  }
+  const keys = ['turnMs', 'loadMs', 'hostCheckMs', 'lanesMs', 'cephMs', 'pendingMs', 'stepsMs'];
+  out("\nvmplugd's attach phases (medians, ms; engine.ts 'attach timing' lines, warm-up included)");
+  out(
+    `  ${'case'.padEnd(20)}${keys.map((k) => k.replace('Ms', '').padStart(10)).join('')}${'n'.padStart(5)}`,
+  );
+  for (const [g, acc] of groups) {
+    out(
+      `  ${g.padEnd(20)}${keys
+        .map((k) =>
+          summarize(acc[k] ?? [])
+            .median.toFixed(2)
+            .padStart(10),
+        )
+        .join('')}${String(acc.turnMs?.length ?? 0).padStart(5)}`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   const stage = new Stage();
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -674,11 +726,15 @@ async function main(): Promise<void> {
     out(`Ceph and two sandboxes (A for vmplugd, B for bare QMP) up in ${secs(performance.now() - t)}`);
 
     const daemonDir = join(rootA.dir, 'vmplugd');
+    const script = fromBuild ? await buildDaemon(join(rootA.dir, 'build')) : undefined;
+    out(`vmplugd runs from ${script ? 'a tsc build' : 'the sources through tsx'}`);
     stage.daemon = await startDaemonProcess({
       dir: daemonDir,
       monitorDir: rootA.monitorDir,
       kataVmRoot: rootA.kataVmRoot,
-      logLevel: 'info',
+      logLevel: phasesWanted ? 'debug' : 'info',
+      ...(script ? { script } : {}),
+      ...(cpuProfDir ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] } : {}),
     });
     const client = new VmplugClient({ socketPath: stage.daemon.socketPath, timeoutMs: 120_000 });
     await waitDiscovered(client, [a.id]);
@@ -691,7 +747,7 @@ async function main(): Promise<void> {
     out();
     out(`== Latency: vmplugd (sandbox ${a.id}) vs bare QMP (sandbox ${b.id}, vmplugd does not watch it) ==`);
     try {
-      await latencyPhase(stage, client, a, b, qmpB, confPath);
+      if (!skipLatency) await latencyPhase(stage, client, a, b, qmpB, confPath);
     } finally {
       for (const n of ['rbd', 'block'])
         for (const bus of ['scsi', 'virtio-blk'])
@@ -727,6 +783,7 @@ async function main(): Promise<void> {
     const confA = join(rootA.dir, 'rbd.conf');
     await writeFile(confA, rbdConf(), { mode: 0o600 });
     const jobs = await concurrencyPhase(stage, client, all, confA);
+    if (phasesWanted) printPhases(stage.daemon);
     // The bare run needs the private monitors vmplugd holds.
     await stage.daemon.stop();
     out(hostContext());

@@ -1,5 +1,6 @@
 import { LanesFullError } from '../core/errors.js';
 import type { CallOptions, QmpExecutor } from '../qmp/index.js';
+import { lanesOf } from './lane-memo.js';
 import { type FrontendBus, parseRootPortId, SCSI_BUS, SCSI_CONTROLLER_ID } from './naming.js';
 import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
 import { listPeripherals, type PeripheralDevice, qomGet } from './qemu-view.js';
@@ -32,7 +33,7 @@ export async function inspectLanes(qmp: QmpExecutor, opts?: CallOptions): Promis
   // Every device that could sit on a lane, not only vmplug's disks: a port holding a NIC is as
   // full as one holding a disk, and choosing it would cost a refused device_add per NIC.
   const candidates = devices.filter((d) => d.type !== 'pcie-root-port' && d.id !== SCSI_CONTROLLER_ID);
-  const used = (await Promise.all(candidates.map((d) => laneOfDevice(qmp, d, opts)))).filter(
+  const used = (await lanesOf(qmp, candidates, (d) => laneOfDevice(qmp, d, opts))).filter(
     (l): l is Lane => l !== undefined,
   );
   return { scsi: devices.some((d) => d.id === SCSI_CONTROLLER_ID), rootPorts, used };

@@ -1,11 +1,13 @@
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdir, readFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { type IncomingMessage, request } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { TEST_BED_ALLOWED_DEVICES } from './loop.js';
+import { repoRoot } from './paths.js';
 
 // vmplugd as a real child process, for end-to-end tests and benchmarks: started from the
 // checkout's bin/vmplugd.js with flags (no config file), JSON log lines captured, REST calls over
@@ -28,6 +30,10 @@ export interface DaemonProcessOptions {
   /** Until /healthz answers (default 30 s: tsx compiles the sources on first start). */
   startTimeoutMs?: number;
   logLevel?: string;
+  /** Node flags before the script, e.g. ['--cpu-prof', '--cpu-prof-dir', dir] (benches). */
+  nodeArgs?: string[];
+  /** The entry script instead of bin/vmplugd.js (e.g. a runner of a build, bench/daemon-memory.ts). */
+  script?: string;
 }
 
 export interface ApiResponse<T = unknown> {
@@ -56,12 +62,37 @@ export interface DaemonProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
+/**
+ * Compiles the daemon (tsconfig.build.json, as `npm run build`) into `dir`, outside the checkout
+ * (the linter would read it) and resolving its node_modules, and answers a runner script for
+ * `script`: bin/vmplugd.js prefers the sources whenever tsx is installed. For benches measuring
+ * what a production install runs (tsx's loader thread and esbuild cost ~25 MiB more).
+ */
+export async function buildDaemon(dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  await symlink(join(repoRoot, 'node_modules'), join(dir, 'node_modules'));
+  // "type": "module" (and the version the daemon reports) for the build's .js files.
+  await copyFile(join(repoRoot, 'package.json'), join(dir, 'package.json'));
+  await promisify(execFile)('npx', ['tsc', '-p', join(repoRoot, 'tsconfig.build.json'), '--outDir', dir], {
+    cwd: repoRoot,
+    timeout: 300_000,
+  });
+  const runner = join(dir, 'run-vmplugd.mjs');
+  await writeFile(
+    runner,
+    "const { main } = await import('./daemon/main.js');\n" +
+      'process.exit(await main({ argv: process.argv.slice(2), env: process.env, stdout: process.stdout, stderr: process.stderr }));\n',
+  );
+  return runner;
+}
+
 export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<DaemonProcess> {
   const stateDir = join(opts.dir, 'state');
   const socketPath = join(opts.dir, 'vmplug.sock');
   await mkdir(stateDir, { recursive: true });
   const args = [
-    VMPLUGD,
+    ...(opts.nodeArgs ?? []),
+    opts.script ?? VMPLUGD,
     '--socket',
     socketPath,
     '--state-dir',

@@ -70,6 +70,8 @@ export interface StartSandboxOptions {
    * storage daemon maps the guest's memory). Off by default.
    */
   sharedMemory?: boolean;
+  /** An initrd to boot instead of the test guest's own (bench/guest-io: the guest's plus fio). */
+  initrd?: string;
 }
 
 export interface KataSandbox {
@@ -369,7 +371,7 @@ export async function startKataSandbox(root: TestRoot, opts: StartSandboxOptions
     '-kernel',
     image.kernel,
     '-initrd',
-    image.initrd,
+    opts.initrd ?? image.initrd,
     '-append',
     // The busybox guest has no udev: hot-added memory must come up online by itself (a Kata
     // guest's agent onlines it). Movable, so the guest can give a DIMM back on unplug.

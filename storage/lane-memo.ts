@@ -1,0 +1,75 @@
+import type { QmpExecutor } from '../qmp/index.js';
+import type { Lane } from './qemu-args.js';
+import type { PeripheralDevice } from './qemu-view.js';
+
+// Where each device of a sandbox sits, remembered between lane inspections. An attach reads every
+// peripheral's lane (qom-get parent_bus, and scsi-id on the scsi bus): 1 + 2N round trips on a
+// monitor with N devices, each queued behind the guest's own QMP traffic. A device's lane cannot
+// change while it exists, and QEMU tells every monitor when one goes (DEVICE_DELETED, in wire order
+// before any later reply), so a lane read once stays true until that event: only the listing
+// (qom-list) is read on every attach. Forgotten whole when the session reconnects (events sent
+// while it was away are lost; a restarted QEMU starts afresh), and per id when a listing no longer
+// shows it or shows it with another type.
+
+interface Memo {
+  generation: number | undefined;
+  lanes: Map<string, { type: string; lane: Lane | undefined }>;
+  /** DEVICE_DELETED events seen: a lane read while one came in may be of a device gone since. */
+  deletions: number;
+}
+
+const memos = new WeakMap<QmpExecutor, Memo>();
+
+/** The session's reconnect count when it has one (QmpSession), else undefined (one connection). */
+function generationOf(qmp: QmpExecutor): number | undefined {
+  const g = (qmp as { generation?: unknown }).generation;
+  return typeof g === 'number' ? g : undefined;
+}
+
+function memoOf(qmp: QmpExecutor): Memo {
+  let memo = memos.get(qmp);
+  if (memo === undefined) {
+    const created: Memo = { generation: generationOf(qmp), lanes: new Map(), deletions: 0 };
+    qmp.subscribe('DEVICE_DELETED', (event) => {
+      const id = (event.data as { device?: unknown } | undefined)?.device;
+      created.deletions++;
+      if (typeof id === 'string') created.lanes.delete(id);
+    });
+    memos.set(qmp, created);
+    memo = created;
+  }
+  const generation = generationOf(qmp);
+  if (memo.generation !== generation) {
+    memo.generation = generation;
+    memo.lanes.clear();
+  }
+  return memo;
+}
+
+/**
+ * The lanes of `devices` (one listing of the sandbox), reading from QEMU only those not known yet.
+ * `read` is laneOfDevice; a failed read is not remembered.
+ */
+export async function lanesOf(
+  qmp: QmpExecutor,
+  devices: readonly PeripheralDevice[],
+  read: (device: PeripheralDevice) => Promise<Lane | undefined>,
+): Promise<Array<Lane | undefined>> {
+  const memo = memoOf(qmp);
+  const listed = new Set(devices.map((d) => d.id));
+  for (const id of memo.lanes.keys()) if (!listed.has(id)) memo.lanes.delete(id);
+  const generation = memo.generation;
+  const deletions = memo.deletions;
+  return Promise.all(
+    devices.map(async (d) => {
+      const known = memo.lanes.get(d.id);
+      if (known !== undefined && known.type === d.type) return known.lane;
+      const lane = await read(d);
+      // Not remembered when a reconnect or a deletion happened while it was read.
+      if (generationOf(qmp) === generation && memo.deletions === deletions) {
+        memo.lanes.set(d.id, { type: d.type, lane });
+      }
+      return lane;
+    }),
+  );
+}
