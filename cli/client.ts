@@ -7,9 +7,12 @@ import type {
   GuestResources,
   Nic,
   NicRequest,
+  PodVolume,
+  PublishRequest,
+  PublishResponse,
   Sandbox,
 } from '../api/index.js';
-import { type PodVolume, type PublishRequest, type PublishResponse, podVolumePath } from './pod-types.js';
+import { podVolumePath } from '../api/index.js';
 
 // A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
 // node plugin written in TypeScript. Only node:http: importing it pulls in no server code. Every
@@ -380,4 +383,4 @@ function transportError(
   return new VmplugTransportError('BAD_RESPONSE', `${what}: ${(err as Error).message}`, { cause: err });
 }
 
-export type { PodVolume, PodVolumeState, PublishRequest, PublishResponse } from './pod-types.js';
+export type { PodVolume, PodVolumeState, PublishRequest, PublishResponse } from '../api/index.js';
