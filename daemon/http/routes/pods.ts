@@ -9,6 +9,7 @@ import {
 import { VmplugError } from '../../../core/errors.js';
 import { type PodUid, parsePodUid, parseVolumeId, type VolumeId } from '../../../core/ids.js';
 import { type PublishSpec, parsePublishRequest } from '../../../storage/pod/spec.js';
+import { putAnswer, schemaLeftover, validatedRoute } from './request.js';
 
 // DESIGN §5b: volumes published per pod (by pod UID, before the pod's sandbox exists) and handed
 // to Kata through its direct-volume record. Ids and the body are checked by the storage parsers
@@ -48,53 +49,44 @@ const podVolumeRef = { $ref: 'PodVolume#' } as const;
 
 export const podRoutes: FastifyPluginAsync<PodRoutesOptions> = async (app, opts) => {
   const { service, kubeletRoot, shutdownSignal } = opts;
+  const ctx = { signal: shutdownSignal };
 
   const ids = (request: FastifyRequest): { podUid: PodUid; volumeId: VolumeId } => {
     const p = request.params as Record<string, unknown>;
     return { podUid: parsePodUid(p.podUid), volumeId: parseVolumeId(p.volumeId) };
   };
-  const schemaLeftover = (request: FastifyRequest): void => {
-    if (request.validationError !== undefined) throw request.validationError;
-  };
 
   app.put(
     '/v1/pods/:podUid/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary:
-          'Publish a volume for a Kata pod (idempotent): prepare the backend, write the Kata direct-volume record',
-        tags: ['pods'],
-        params: podVolumeParamsSchema,
-        body: publishBodySchema,
-        response: {
-          200: { ...podVolumeRef, description: 'already published with the same spec' },
-          201: { ...podVolumeRef, description: 'published' },
-          ...problemResponses,
-        },
+    validatedRoute({
+      summary:
+        'Publish a volume for a Kata pod (idempotent): prepare the backend, write the Kata direct-volume record',
+      tags: ['pods'],
+      params: podVolumeParamsSchema,
+      body: publishBodySchema,
+      response: {
+        200: { ...podVolumeRef, description: 'already published with the same spec' },
+        201: { ...podVolumeRef, description: 'published' },
+        ...problemResponses,
       },
-    },
+    }),
     async (request, reply) => {
       const { podUid, volumeId } = ids(request);
       const spec = parsePublishRequest(request.body, podUid, kubeletRoot);
       schemaLeftover(request);
-      const { created, volume } = await service.publish(podUid, volumeId, spec, { signal: shutdownSignal });
-      if (created) reply.header('location', `/v1/pods/${podUid}/volumes/${volumeId}`);
-      return reply.code(created ? 201 : 200).send(volume);
+      const { created, volume } = await service.publish(podUid, volumeId, spec, ctx);
+      return putAnswer(reply, created, `/v1/pods/${podUid}/volumes/${volumeId}`, volume);
     },
   );
 
   app.get(
     '/v1/pods/:podUid/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'State of a pod volume: Published, Consumed (with sandboxId) or Failed (with a problem)',
-        tags: ['pods'],
-        params: podVolumeParamsSchema,
-        response: { 200: podVolumeRef, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'State of a pod volume: Published, Consumed (with sandboxId) or Failed (with a problem)',
+      tags: ['pods'],
+      params: podVolumeParamsSchema,
+      response: { 200: podVolumeRef, ...problemResponses },
+    }),
     async (request) => {
       const { podUid, volumeId } = ids(request);
       schemaLeftover(request);
@@ -104,15 +96,12 @@ export const podRoutes: FastifyPluginAsync<PodRoutesOptions> = async (app, opts)
 
   app.get(
     '/v1/pods/:podUid/volumes',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'All published volumes of a pod',
-        tags: ['pods'],
-        params: podParamsSchema,
-        response: { 200: { $ref: 'PodVolumeList#' }, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'All published volumes of a pod',
+      tags: ['pods'],
+      params: podParamsSchema,
+      response: { 200: { $ref: 'PodVolumeList#' }, ...problemResponses },
+    }),
     async (request) => {
       const podUid = parsePodUid((request.params as Record<string, unknown>).podUid);
       schemaLeftover(request);
@@ -122,19 +111,16 @@ export const podRoutes: FastifyPluginAsync<PodRoutesOptions> = async (app, opts)
 
   app.delete(
     '/v1/pods/:podUid/volumes/:volumeId',
-    {
-      attachValidation: true,
-      schema: {
-        summary: 'Unpublish (idempotent: also 204 when unknown): record removed, backend stopped',
-        tags: ['pods'],
-        params: podVolumeParamsSchema,
-        response: { 204: { type: 'null', description: 'unpublished' }, ...problemResponses },
-      },
-    },
+    validatedRoute({
+      summary: 'Unpublish (idempotent: also 204 when unknown): record removed, backend stopped',
+      tags: ['pods'],
+      params: podVolumeParamsSchema,
+      response: { 204: { type: 'null', description: 'unpublished' }, ...problemResponses },
+    }),
     async (request, reply) => {
       const { podUid, volumeId } = ids(request);
       schemaLeftover(request);
-      await service.unpublish(podUid, volumeId, { signal: shutdownSignal });
+      await service.unpublish(podUid, volumeId, ctx);
       return reply.code(204).send();
     },
   );
