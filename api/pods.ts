@@ -1,10 +1,11 @@
-import { ID_PATTERN } from './common.js';
+import { listSchema } from './common.js';
 import type { Assert, Matches } from './schema-type.js';
 import {
   type AttachmentSource,
   type AttachSourceRequest,
   attachBodySchema,
   attachmentSchema,
+  volumeParamsSchema,
 } from './volumes.js';
 
 // The pod-volume routes' wire contract (DESIGN §5b), written once: the JSON schemas fastify checks
@@ -55,13 +56,7 @@ export const podVolumeParamsSchema = {
   required: ['podUid', 'volumeId'],
   properties: {
     ...podParamsSchema.properties,
-    volumeId: {
-      type: 'string',
-      minLength: 1,
-      maxLength: 128,
-      pattern: ID_PATTERN,
-      description: 'Volume id (the CSI volume id or the PV name)',
-    },
+    volumeId: volumeParamsSchema.properties.volumeId,
   },
 } as const;
 
@@ -160,13 +155,7 @@ export const podVolumeSchema = {
   },
 } as const;
 
-export const podVolumeListSchema = {
-  $id: 'PodVolumeList',
-  type: 'object',
-  additionalProperties: false,
-  required: ['items'],
-  properties: { items: { type: 'array', items: { $ref: 'PodVolume#' } } },
-} as const;
+export const podVolumeListSchema = listSchema('PodVolumeList', 'PodVolume#');
 
 /** PUT /v1/pods/{podUid}/volumes/{volumeId} body. */
 export interface PublishRequest {
