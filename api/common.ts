@@ -9,6 +9,16 @@ export const ID_PATTERN = `^(?!.*\\.\\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,${ID_MAX_LEN
 export const idSchema = (description: string) =>
   ({ type: 'string', minLength: 1, maxLength: ID_MAX_LENGTH, pattern: ID_PATTERN, description }) as const;
 
+/** A collection's answer `{ items: [...] }`, its items by reference to the schema `$id` they name. */
+export const listSchema = <const Id extends string, const Ref extends string>(id: Id, itemRef: Ref) =>
+  ({
+    $id: id,
+    type: 'object',
+    additionalProperties: false,
+    required: ['items'],
+    properties: { items: { type: 'array', items: { $ref: itemRef } } },
+  }) as const;
+
 /** The last failure of a volume or NIC operation, kept on the record. */
 export const lastErrorSchema = {
   type: 'object',

@@ -4,6 +4,7 @@
 
 export * from './common.js';
 export * from './nics.js';
+export * from './pods.js';
 export * from './resources.js';
 export * from './sandboxes.js';
 export type { FromSchema } from './schema-type.js';

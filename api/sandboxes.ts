@@ -1,4 +1,4 @@
-import { idSchema } from './common.js';
+import { idSchema, listSchema } from './common.js';
 import type { Nic } from './nics.js';
 import type { Assert, Matches } from './schema-type.js';
 import type { Attachment } from './volumes.js';
@@ -47,13 +47,7 @@ export const sandboxSchema = {
   },
 } as const;
 
-export const sandboxListSchema = {
-  $id: 'SandboxList',
-  type: 'object',
-  additionalProperties: false,
-  required: ['items'],
-  properties: { items: { type: 'array', items: { $ref: 'Sandbox#' } } },
-} as const;
+export const sandboxListSchema = listSchema('SandboxList', 'Sandbox#');
 
 /** The API's coarse state of a sandbox. */
 export type SandboxState = (typeof sandboxSchema.properties.state.enum)[number];

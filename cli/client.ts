@@ -7,9 +7,12 @@ import type {
   GuestResources,
   Nic,
   NicRequest,
+  PodVolume,
+  PublishRequest,
+  PublishResponse,
   Sandbox,
 } from '../api/index.js';
-import { type PodVolume, type PublishRequest, type PublishResponse, podVolumePath } from './pod-types.js';
+import { podVolumePath } from '../api/index.js';
 
 // A typed client of vmplugd's REST API over its unix socket, for the `vmplug` CLI and for a CSI
 // node plugin written in TypeScript. Only node:http: importing it pulls in no server code. Every
@@ -135,42 +138,21 @@ export class VmplugClient {
     body: AttachRequest,
     opts: CallOptions = {},
   ): Promise<AttachResponse> {
-    const res = await this.#call('PUT', volumePath(sandboxId, volumeId), body, opts);
-    return { created: res.status === 201, attachment: res.body as Attachment };
+    const { created, body: attachment } = await this.#put<Attachment>(
+      volumePath(sandboxId, volumeId),
+      body,
+      opts,
+    );
+    return { created, attachment };
   }
 
   /** DELETE: idempotent detach (also fine when the volume is unknown). */
-  /** Publishes a volume for a Kata pod (PUT /v1/pods/{podUid}/volumes/{volumeId}). */
-  async publish(
-    podUid: string,
-    volumeId: string,
-    body: PublishRequest,
-    opts: CallOptions = {},
-  ): Promise<PublishResponse> {
-    const res = await this.#call('PUT', podVolumePath(podUid, volumeId), body, opts);
-    return { created: res.status === 201, volume: res.body as PodVolume };
-  }
-
-  /** Unpublishes (idempotent: also fine when unknown). */
-  async unpublish(podUid: string, volumeId: string, opts: CallOptions = {}): Promise<void> {
-    await this.#call('DELETE', podVolumePath(podUid, volumeId), undefined, opts);
-  }
-
-  async getPodVolume(podUid: string, volumeId: string, opts: CallOptions = {}): Promise<PodVolume> {
-    return (await this.#call('GET', podVolumePath(podUid, volumeId), undefined, opts)).body as PodVolume;
-  }
-
-  async listPodVolumes(podUid: string, opts: CallOptions = {}): Promise<PodVolume[]> {
-    return ((await this.#call('GET', podVolumePath(podUid), undefined, opts)).body as { items: PodVolume[] })
-      .items;
-  }
-
   async detach(sandboxId: string, volumeId: string, opts: CallOptions = {}): Promise<void> {
     await this.#call('DELETE', volumePath(sandboxId, volumeId), undefined, opts);
   }
 
   async get(sandboxId: string, volumeId: string, opts: CallOptions = {}): Promise<Attachment> {
-    return (await this.#call('GET', volumePath(sandboxId, volumeId), undefined, opts)).body as Attachment;
+    return this.#get<Attachment>(volumePath(sandboxId, volumeId), opts);
   }
 
   async resize(
@@ -183,6 +165,30 @@ export class VmplugClient {
     return res.body as Attachment;
   }
 
+  /** Publishes a volume for a Kata pod (PUT /v1/pods/{podUid}/volumes/{volumeId}). */
+  async publish(
+    podUid: string,
+    volumeId: string,
+    body: PublishRequest,
+    opts: CallOptions = {},
+  ): Promise<PublishResponse> {
+    const { created, body: volume } = await this.#put<PodVolume>(podVolumePath(podUid, volumeId), body, opts);
+    return { created, volume };
+  }
+
+  /** Unpublishes (idempotent: also fine when unknown). */
+  async unpublish(podUid: string, volumeId: string, opts: CallOptions = {}): Promise<void> {
+    await this.#call('DELETE', podVolumePath(podUid, volumeId), undefined, opts);
+  }
+
+  async getPodVolume(podUid: string, volumeId: string, opts: CallOptions = {}): Promise<PodVolume> {
+    return this.#get<PodVolume>(podVolumePath(podUid, volumeId), opts);
+  }
+
+  async listPodVolumes(podUid: string, opts: CallOptions = {}): Promise<PodVolume[]> {
+    return (await this.#get<{ items: PodVolume[] }>(podVolumePath(podUid), opts)).items;
+  }
+
   /** PUT: idempotent NIC hot-plug. */
   async attachNic(
     sandboxId: string,
@@ -190,8 +196,8 @@ export class VmplugClient {
     body: NicRequest,
     opts: CallOptions = {},
   ): Promise<{ created: boolean; nic: Nic }> {
-    const res = await this.#call('PUT', nicPath(sandboxId, nicId), body, opts);
-    return { created: res.status === 201, nic: res.body as Nic };
+    const { created, body: nic } = await this.#put<Nic>(nicPath(sandboxId, nicId), body, opts);
+    return { created, nic };
   }
 
   /** DELETE: idempotent NIC unplug (also fine when the NIC is unknown). */
@@ -200,13 +206,13 @@ export class VmplugClient {
   }
 
   async getNic(sandboxId: string, nicId: string, opts: CallOptions = {}): Promise<Nic> {
-    return (await this.#call('GET', nicPath(sandboxId, nicId), undefined, opts)).body as Nic;
+    return this.#get<Nic>(nicPath(sandboxId, nicId), opts);
   }
 
   /** A guest's vCPUs and memory (GET .../resources). */
   async guestResources(sandboxId: string, opts: CallOptions = {}): Promise<GuestResources> {
     const path = `/v1/sandboxes/${encodeURIComponent(sandboxId)}/resources`;
-    return (await this.#call('GET', path, undefined, opts)).body as GuestResources;
+    return this.#get<GuestResources>(path, opts);
   }
 
   /** Hot-resize of a guest in place (PATCH .../resources); absent fields stay as they are. */
@@ -221,8 +227,7 @@ export class VmplugClient {
 
   async listSandboxes(filter: { podUid?: string } = {}, opts: CallOptions = {}): Promise<Sandbox[]> {
     const q = filter.podUid === undefined ? '' : `?podUid=${encodeURIComponent(filter.podUid)}`;
-    return ((await this.#call('GET', `/v1/sandboxes${q}`, undefined, opts)).body as { items: Sandbox[] })
-      .items;
+    return (await this.#get<{ items: Sandbox[] }>(`/v1/sandboxes${q}`, opts)).items;
   }
 
   async getSandbox(sandboxId: string, opts: CallOptions = {}): Promise<Sandbox> {
@@ -247,6 +252,16 @@ export class VmplugClient {
         checks: Record<string, { ok: boolean }>;
       }
     ).checks;
+  }
+
+  /** An idempotent PUT: 201 when it created the resource, 200 when it was already there. */
+  async #put<T>(path: string, body: unknown, opts: CallOptions): Promise<{ created: boolean; body: T }> {
+    const res = await this.#call('PUT', path, body, opts);
+    return { created: res.status === 201, body: res.body as T };
+  }
+
+  async #get<T>(path: string, opts: CallOptions): Promise<T> {
+    return (await this.#call('GET', path, undefined, opts)).body as T;
   }
 
   async #call(method: string, path: string, body: unknown, opts: CallOptions): Promise<RawResponse> {
@@ -380,4 +395,4 @@ function transportError(
   return new VmplugTransportError('BAD_RESPONSE', `${what}: ${(err as Error).message}`, { cause: err });
 }
 
-export type { PodVolume, PodVolumeState, PublishRequest, PublishResponse } from './pod-types.js';
+export type { PodVolume, PodVolumeState, PublishRequest, PublishResponse } from '../api/index.js';

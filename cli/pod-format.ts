@@ -1,5 +1,5 @@
+import type { PodVolume } from '../api/index.js';
 import { table } from './format.js';
-import type { PodVolume } from './pod-types.js';
 
 // Human output of the pod-volume commands.
 

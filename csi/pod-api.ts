@@ -3,30 +3,23 @@
 // HTTP half can be replaced by the typed client's pod methods (cli/client.ts) once they exist:
 // only UnixPodVolumes changes, the errors keep their `status`, `code` and `retryable`.
 import { request } from 'node:http';
+import type { AttachSourceRequest, PublishRequest, RbdSourceRequest } from '../api/index.js';
 
-export type RbdSource = {
-  type: 'rbd';
-  pool: string;
-  namespace?: string;
-  image: string;
-  monitors: string[];
-  user: string;
-  /** base64 cephx key: in the request body only; vmplugd never stores or echoes it. */
-  key: string;
-};
+/** The rbd source of a publish: api/'s one spelling of it (the cephx key travels in the body only). */
+export type RbdSource = RbdSourceRequest;
 
-export type PublishSource = RbdSource | { type: 'hostDevice'; path: string };
+export type PublishSource = AttachSourceRequest;
 
-/** `PUT /v1/pods/{podUid}/volumes/{volumeId}` body, exactly as DESIGN §5b writes it. */
-export interface PublishBody {
-  mode: 'rbd' | 'block';
-  source: PublishSource;
-  targetPath: string;
+/**
+ * `PUT /v1/pods/{podUid}/volumes/{volumeId}` body (api/pods.ts's PublishRequest) as vmplug-csi
+ * always fills it; `fsType` is passed on as kubelet gave it, for vmplugd to judge.
+ */
+export type PublishBody = Required<
+  Pick<PublishRequest, 'mode' | 'source' | 'targetPath' | 'readOnly' | 'mountOptions'>
+> & {
   fsType: string;
-  readOnly: boolean;
-  mountOptions: string[];
   pod?: { name: string; namespace: string };
-}
+};
 
 /** What `GET` answers, as far as vmplug-csi reads it. */
 export interface PodVolumeView {

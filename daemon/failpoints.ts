@@ -1,5 +1,5 @@
+import { POD_STATES, type PodState } from '../api/index.js';
 import { VOLUME_STATES, type VolumeState } from '../storage/journal.js';
-import { POD_STATES, type PodState } from '../storage/pod/journal.js';
 import type { Logger } from './logger.js';
 
 // Crash failpoints for vmplug's own crash tests: `VMPLUG_FAILPOINT=kill-after:<State>` makes

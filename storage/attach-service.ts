@@ -9,6 +9,7 @@ import {
   type AttachSpec,
   formatMonitor,
   type ResolvedRbdBackend,
+  type StoredSpec,
   storedBackend,
   toStoredSpec,
 } from './volume-spec.js';
@@ -71,21 +72,25 @@ export interface AttachService {
   ): Promise<Attachment>;
 }
 
+/** The API view of a stored spec's source: the key is never stored, so never shown. */
+export function attachmentSource(spec: StoredSpec): AttachmentSource {
+  return spec.mode === 'block'
+    ? { type: 'hostDevice', path: spec.source.path }
+    : {
+        type: 'rbd',
+        pool: spec.source.pool,
+        image: spec.source.image,
+        monitors: spec.source.monitors.map(formatMonitor),
+        user: spec.source.user,
+        ...(spec.source.namespace !== undefined ? { namespace: spec.source.namespace } : {}),
+        ...(spec.source.snapshot !== undefined ? { snapshot: spec.source.snapshot } : {}),
+      };
+}
+
 /** The API view of a journal record; the engine adds `stats` where it has them. */
 export function attachmentFromRecord(record: JournalRecord): Attachment {
   const spec = record.spec;
-  const source: AttachmentSource =
-    spec.mode === 'block'
-      ? { type: 'hostDevice', path: spec.source.path }
-      : {
-          type: 'rbd',
-          pool: spec.source.pool,
-          image: spec.source.image,
-          monitors: spec.source.monitors.map(formatMonitor),
-          user: spec.source.user,
-          ...(spec.source.namespace !== undefined ? { namespace: spec.source.namespace } : {}),
-          ...(spec.source.snapshot !== undefined ? { snapshot: spec.source.snapshot } : {}),
-        };
+  const source = attachmentSource(spec);
   const a: Attachment = {
     sandboxId: record.sandboxId,
     volumeId: record.volumeId,

@@ -446,7 +446,8 @@ function fsyncDir(dir: string): Promise<void> {
   return fsyncDirOf(dir, io);
 }
 
-async function readNames(dir: string): Promise<string[]> {
+/** The names in a journal directory; none when it does not exist (yet). */
+export async function readNames(dir: string): Promise<string[]> {
   try {
     return await readdir(dir);
   } catch (err) {

@@ -5,6 +5,8 @@ import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest } fr
 import {
   attachmentSchema,
   nicSchema,
+  podVolumeListSchema,
+  podVolumeSchema,
   problemSchema,
   sandboxListSchema,
   sandboxSchema,
@@ -33,13 +35,7 @@ import {
 import { healthRoutes } from './routes/health.js';
 import { nicRoutes, unavailableNicService } from './routes/nics.js';
 import { type NodeRoutesOptions, nodeRoutes } from './routes/node.js';
-import {
-  type PodService,
-  podRoutes,
-  podVolumeListSchema,
-  podVolumeSchema,
-  unavailablePodService,
-} from './routes/pods.js';
+import { type PodService, podRoutes, unavailablePodService } from './routes/pods.js';
 import { resourceRoutes } from './routes/resources.js';
 import { type ListNics, sandboxRoutes } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';

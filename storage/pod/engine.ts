@@ -1,3 +1,4 @@
+import type { PodState, PodVolume } from '../../api/index.js';
 import {
   BackendError,
   ConflictError,
@@ -20,10 +21,10 @@ import {
   removeRecord,
   writeRecord,
 } from './dav.js';
-import { newPodRecord, type PodJournal, type PodRecord, type PodState, podTransition } from './journal.js';
+import { newPodRecord, type PodJournal, type PodRecord, podTransition } from './journal.js';
 import { exportKeyOf } from './naming.js';
 import { type PublishSpec, publishFingerprint, recordOptions, toStoredPublishSpec } from './spec.js';
-import { type PodVolume, podVolumeView } from './view.js';
+import { podVolumeView } from './view.js';
 
 // The pod-volume engine (DESIGN §5b): publish a volume for a pod that has no sandbox yet, by
 // preparing its backend and writing the Kata direct-volume record Kata's runtime reads at

@@ -1,11 +1,18 @@
-import { readdir, readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
+import { readFile, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import {
+  FS_TYPES,
+  type FsType,
+  POD_STATES,
+  type PodState,
+  type PodVolumeTimelineEntry as PodTimelineEntry,
+} from '../../api/index.js';
 import { fsyncDir, isAtomicTempName, unlinkDurable, writeFileAtomic } from '../../core/atomic-file.js';
 import { InvalidTransitionError, JournalCorruptError, JournalIoError } from '../../core/errors.js';
 import { isPodUid, isVolumeId, type PodUid, parseVolumeId, type VolumeId } from '../../core/ids.js';
-import { parseStoredSpec } from '../journal.js';
+import { parseStoredSpec, readNames } from '../journal.js';
 import { type PodRef, parsePodRef } from '../volume-spec.js';
-import { FS_TYPES, type FsType, type StoredPublishSpec } from './spec.js';
+import type { StoredPublishSpec } from './spec.js';
 
 // The pod-volume journal: one record per (podUid, volumeId) under <stateDir>/pods/<podUid>/,
 // written atomically BEFORE each side effect, so a crash anywhere leaves a record saying what may
@@ -16,25 +23,6 @@ import { FS_TYPES, type FsType, type StoredPublishSpec } from './spec.js';
 //   unpublish: Unpublishing -> RecordRemoved -> BackendStopped -> (journal record removed)
 //   a failed publish is torn down the same way (rollback: true) and ends in Failed, which keeps
 //   the problem for GET until the next PUT or a DELETE.
-
-export type PodState =
-  | 'Publishing'
-  | 'BackendReady'
-  | 'Published'
-  | 'Unpublishing'
-  | 'RecordRemoved'
-  | 'BackendStopped'
-  | 'Failed';
-
-export const POD_STATES: readonly PodState[] = [
-  'Publishing',
-  'BackendReady',
-  'Published',
-  'Unpublishing',
-  'RecordRemoved',
-  'BackendStopped',
-  'Failed',
-];
 
 const TRANSITIONS: Readonly<Record<PodState, readonly PodState[]>> = {
   Publishing: ['BackendReady', 'Unpublishing'],
@@ -48,12 +36,6 @@ const TRANSITIONS: Readonly<Record<PodState, readonly PodState[]>> = {
 
 export function canPodTransition(from: PodState, to: PodState): boolean {
   return TRANSITIONS[from].includes(to);
-}
-
-export interface PodTimelineEntry {
-  step: PodState;
-  at: string;
-  ms: number;
 }
 
 export interface PodRecord {
@@ -177,10 +159,10 @@ export class PodJournal {
   }
 
   async list(podUid?: PodUid): Promise<PodRecord[]> {
-    const pods = podUid !== undefined ? [podUid] : (await names(this.root)).filter(isPodUid).sort();
+    const pods = podUid !== undefined ? [podUid] : (await readNames(this.root)).filter(isPodUid).sort();
     const out: PodRecord[] = [];
     for (const p of pods) {
-      for (const n of (await names(join(this.root, p))).sort()) {
+      for (const n of (await readNames(join(this.root, p))).sort()) {
         if (n.startsWith('.') || !n.endsWith('.json')) continue;
         const v = n.slice(0, -'.json'.length);
         if (!isVolumeId(v)) continue;
@@ -210,8 +192,8 @@ export class PodJournal {
   /** Temp files of writes a crash cut short (start-up only, before anything is served). */
   async sweepTemp(): Promise<number> {
     let removed = 0;
-    for (const p of (await names(this.root)).filter(isPodUid)) {
-      for (const n of await names(join(this.root, p))) {
+    for (const p of (await readNames(this.root)).filter(isPodUid)) {
+      for (const n of await readNames(join(this.root, p))) {
         if (!isAtomicTempName(n)) continue;
         await unlink(join(this.root, p, n)).catch(() => undefined);
         removed++;
@@ -225,15 +207,6 @@ export class PodJournal {
     await rename(path, aside).catch(() => undefined);
     this.#logger.error({ path, quarantinedAs: aside, reason }, 'pod journal: corrupt record set aside');
     return undefined;
-  }
-}
-
-async function names(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw new JournalIoError('readdir', dir, err);
   }
 }
 

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
+import { FS_TYPES, type FsType, POD_LIMITS } from '../../api/index.js';
 import { ValidationError } from '../../core/errors.js';
 import type { PodUid } from '../../core/ids.js';
 import {
@@ -16,17 +17,7 @@ import {
 // same rules and codes), plus where and how the volume is mounted. Every rejection names the
 // field; nothing is journalled before this parser and the host-device check have passed.
 
-export const FS_TYPES = ['ext4', 'xfs'] as const;
-export type FsType = (typeof FS_TYPES)[number];
-
 export const DEFAULT_KUBELET_ROOT = '/var/lib/kubelet';
-
-export const POD_LIMITS = {
-  mountOptions: 32,
-  mountOption: 128,
-  targetPath: 1024,
-  csiVolumeName: 253,
-} as const;
 
 export interface PublishSpec {
   /** mode + source + readOnly, as an attach spec (bus is not the publisher's to choose). */

@@ -1,6 +1,7 @@
-import { formatMonitor } from '../volume-spec.js';
+import type { PodVolume, PodVolumeState } from '../../api/index.js';
+import { attachmentSource } from '../attach-service.js';
 import type { RecordOnDisk } from './dav.js';
-import type { PodRecord, PodState, PodTimelineEntry } from './journal.js';
+import type { PodRecord } from './journal.js';
 
 // What GET answers for a pod volume. `state` is what a CSI plugin or an operator acts on:
 //   Published   record written (ours, intact) and backend ready
@@ -10,34 +11,11 @@ import type { PodRecord, PodState, PodTimelineEntry } from './journal.js';
 //               Published volume is missing or was replaced by someone else
 // `step` is the journal state underneath.
 
-export type PodVolumeState = 'Publishing' | 'Published' | 'Consumed' | 'Unpublishing' | 'Failed';
-
-export interface PodVolume {
-  podUid: string;
-  volumeId: string;
-  mode: 'block' | 'rbd';
-  state: PodVolumeState;
-  step: PodState;
-  sandboxId?: string;
-  targetPath: string;
-  recordPath: string;
-  device?: string;
-  fsType: string;
-  readOnly: boolean;
-  mountOptions: string[];
-  source: Record<string, unknown>;
-  pod?: { uid: string; name?: string; namespace?: string };
-  problem?: { code: string; detail: string; at?: string };
-  timeline: PodTimelineEntry[];
-}
-
 export function podVolumeView(
   r: PodRecord,
   seen: { onDisk?: RecordOnDisk | undefined; sandboxId?: string | undefined },
 ): PodVolume {
   const v = r.spec.volume;
-  const source: Record<string, unknown> =
-    v.mode === 'block' ? { ...v.source } : { ...v.source, monitors: v.source.monitors.map(formatMonitor) };
   let state: PodVolumeState;
   let problem: PodVolume['problem'];
   switch (r.state) {
@@ -86,7 +64,7 @@ export function podVolumeView(
     fsType: r.spec.fsType,
     readOnly: v.readOnly,
     mountOptions: [...r.spec.mountOptions],
-    source,
+    source: attachmentSource(v),
     timeline: r.timeline.map((t) => ({ ...t })),
   };
   if (state === 'Consumed' && seen.sandboxId !== undefined) out.sandboxId = seen.sandboxId;
