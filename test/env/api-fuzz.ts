@@ -276,7 +276,11 @@ function send(socketPath: string, r: FuzzRequest, timeoutMs: number): Promise<An
         socketPath,
         method: r.method,
         path: r.path,
-        headers: r.headers,
+        // A body always goes framed (Content-Length), as a real client sends it: node's client
+        // sends a DELETE/OPTIONS/HEAD/GET body unframed, and the server then parses its bytes as
+        // the next request on the connection (a 400 and a close racing the client's write).
+        headers:
+          r.body === undefined ? r.headers : { ...r.headers, 'content-length': Buffer.byteLength(r.body) },
         signal: AbortSignal.timeout(timeoutMs),
       },
       (res) => {
