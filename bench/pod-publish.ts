@@ -12,9 +12,11 @@ import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import type { AttachSourceRequest } from '../api/index.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
 import { type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
 import { createLoopDevice, type LoopDevice } from '../test/env/loop.js';
+import { rbdSource } from '../test/env/rbd-request.js';
 import { hostContext, printTable, summarize } from './figures.js';
 
 const roundsArg = process.argv.indexOf('--rounds');
@@ -65,7 +67,7 @@ async function main(): Promise<void> {
       for (const mode of ['block', 'rbd'] as const) {
         const uid = randomUUID();
         const targetPath = `/var/lib/kubelet/pods/${uid}/volumes/kubernetes.io~csi/pvc-${i}/mount`;
-        let source: Record<string, unknown>;
+        let source: AttachSourceRequest;
         if (mode === 'block') source = { type: 'hostDevice', path: loop.path };
         else {
           // One image for every round: the first publish formats it, the others find ext4.
@@ -74,14 +76,7 @@ async function main(): Promise<void> {
             await ceph.createImage(images[0] as string, 64 * 1024 * 1024);
           }
           const image = images[0] as string;
-          source = {
-            type: 'rbd',
-            pool: ceph.pool,
-            image,
-            monitors: ceph.monitors,
-            user: ceph.clientUser,
-            key: ceph.clientKey,
-          };
+          source = rbdSource(ceph, image);
         }
         const url = `/v1/pods/${uid}/volumes/v${i}`;
         const t0 = performance.now();

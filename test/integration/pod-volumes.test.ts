@@ -10,6 +10,7 @@ import { attachCeph } from '../env/ceph.js';
 import { type DaemonProcess, diesOn, startDaemonProcess } from '../env/daemon.js';
 import { kataVolumeDirName, plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
+import { rbdSource } from '../env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 // Pod volumes end to end (issue 8, DESIGN §5b) through a vmplugd process: a CSI-style publish by
@@ -213,14 +214,7 @@ describe('pod volumes through vmplugd', () => {
       const url = `/v1/pods/${podUid}/volumes/vol-rbd-1`;
       const body = {
         mode: 'rbd',
-        source: {
-          type: 'rbd',
-          pool: ceph.pool,
-          image,
-          monitors: ceph.monitors,
-          user: ceph.clientUser,
-          key: ceph.clientKey,
-        },
+        source: rbdSource(ceph, image),
         targetPath,
         fsType: 'ext4',
       };
@@ -313,14 +307,7 @@ describe('pod volumes through vmplugd', () => {
       const url = `/v1/pods/${podUid}/volumes/vol-sup`;
       const body = {
         mode: 'rbd',
-        source: {
-          type: 'rbd',
-          pool: ceph.pool,
-          image,
-          monitors: ceph.monitors,
-          user: ceph.clientUser,
-          key: ceph.clientKey,
-        },
+        source: rbdSource(ceph, image),
         targetPath: targetOf(podUid, 'pvc-sup'),
       };
       const put = await daemon.call<PodVolume>('PUT', url, body);
