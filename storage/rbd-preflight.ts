@@ -4,9 +4,12 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CephStalledError } from '../core/errors.js';
-import { blockdevAdd, blockdevDel, objectAdd, QmpClient } from '../qmp/index.js';
+import { blockdevAdd, blockdevDel, objectAdd, type QmpClient } from '../qmp/index.js';
 import { blockdevRbd, rbdConf, secretObject } from './qemu-args.js';
 import { backendFailure } from './qmp-failure.js';
+import { daemonArgv } from './storage-daemon/argv.js';
+import { Budget } from './storage-daemon/budget.js';
+import { connectMonitor } from './storage-daemon/monitor.js';
 import type { RbdSource } from './volume-spec.js';
 
 // Before an rbd blockdev-add in a guest's own QEMU (the `qemu` backend), the image is opened out
@@ -55,7 +58,8 @@ export async function preflightRbdOpen(
   const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
   let child: ChildProcess | undefined;
   let qmp: QmpClient | undefined;
-  const deadline = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(opts.signal ? [opts.signal] : [])]);
+  const budget = new Budget({ timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}) }, timeoutMs);
+  const deadline = budget.signal;
   try {
     // No secret in it: mon_host and the key go over QMP.
     await writeFile(
@@ -63,17 +67,13 @@ export async function preflightRbdOpen(
       rbdConf({ clientMountTimeoutS: seconds, monOpTimeoutS: seconds, osdOpTimeoutS: seconds }),
       { mode: 0o600 },
     );
-    child = spawn(
-      opts.binary ?? 'qemu-storage-daemon',
-      ['--chardev', `socket,id=m,path=${socketPath},server=on,wait=off`, '--monitor', 'chardev=m'],
-      { stdio: 'ignore' },
-    );
+    child = spawn(opts.binary ?? 'qemu-storage-daemon', daemonArgv(socketPath), { stdio: 'ignore' });
     const spawned = once(child, 'spawn');
     const failed = once(child, 'error').then(([err]) => {
       throw err;
     });
     await Promise.race([spawned, failed]);
-    qmp = await connectWhenUp(socketPath, deadline);
+    qmp = await connectMonitor(socketPath, budget);
     const call = { timeoutMs, signal: deadline };
     await objectAdd(qmp, secretObject(NAMES, source.key), call);
     await blockdevAdd(qmp, blockdevRbd(NAMES, source, { readOnly: true, confPath }), call);
@@ -103,22 +103,5 @@ export async function preflightRbdOpen(
       await exited;
     }
     await rm(dir, { recursive: true, force: true });
-  }
-}
-
-async function connectWhenUp(path: string, signal: AbortSignal): Promise<QmpClient> {
-  for (;;) {
-    try {
-      return await QmpClient.connect(path, { timeoutMs: 1_000, signal });
-    } catch (err) {
-      signal.throwIfAborted();
-      if (
-        !/ENOENT|ECONNREFUSED/.test(
-          String((err as Error).message) + String((err as { errno?: string }).errno),
-        )
-      )
-        throw err;
-    }
-    await sleep(10, undefined, { signal });
   }
 }
