@@ -2,30 +2,42 @@
  * What direct mode is for: fio in the test guest on the same backing storage through each path,
  * in one run. 4k random read and write IOPS (iodepth 16, O_DIRECT) and 1 MiB sequential read and
  * write MB/s, a few seconds each:
- *   (a) virtio-fs: Debian's virtiofsd (/usr/lib/qemu/virtiofsd, cache=none so O_DIRECT reaches the
- *       host) sharing a host directory on the same file system as the loop device's backing file,
+ *   (a) virtio-fs: Debian's virtiofsd (/usr/lib/qemu/virtiofsd, cache=none: no guest page cache;
+ *       it drops the guest's O_DIRECT, so the host side is buffered like the loop device's)
+ *       sharing a host directory on the same file system as the loop device's backing file,
  *       vhost-user-fs-pci hot-plugged, guest RAM shared (sandbox.ts sharedMemory), guest module
  *       virtiofs: Kata's default way of giving a pod a volume
  *   (b) block mode through vmplugd: the loop device as scsi-hd and as virtio-blk-pci
  *   (c) rbd mode through vmplugd: librbd in the guest's QEMU
- *   (e) the host itself: the same fio on the loop device, and fio's rbd engine on the same image
- * (d) rbd through the storage daemon (vhost-user-blk) is not measured yet.
+ *   (d) rbd mode through vmplugd with `backend: storage-daemon` (DESIGN §5c): vmplugd starts a
+ *       qemu-storage-daemon that opens the image with librbd and exports vhost-user-blk; the
+ *       guest's QEMU gets a socket chardev and a vhost-user-blk-pci (guest RAM shared). vmplugd
+ *       does the plugging (storage/storage-daemon/, storage/vhost-user.ts), as in
+ *       test/integration/hot-attach-qsd.test.ts, so nothing of it is repeated here.
+ *   (e) the host itself: the same fio on the loop device, and fio's rbd engine (librbd in fio's
+ *       process: this host has no rbd or nbd kernel module) on the same image
  * fio comes from Debian's package with its libraries in a second cpio appended to the guest's
  * initramfs (bench/guest-io-initrd; test/env/build-guest is left alone).
  *
  *   npm run bench:guest-io [-- --seconds 4 --size-mib 256]
+ * Run time is about 8 paths x 4 jobs x --seconds, plus Ceph and the guest's boot (3-4 min at 4 s).
+ * KVM when VMPLUG_TEST_ACCEL=kvm and /dev/kvm opens read-write, TCG otherwise; the output says
+ * which.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { VmplugClient } from '../cli/client.js';
 import { QmpSession } from '../qmp/index.js';
 import { rootPortId } from '../storage/naming.js';
+import { findDaemons } from '../storage/storage-daemon/process.js';
 import { DIRECT_MODE_ANNOTATION } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
 import { type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
-import { ensureGuestImage } from '../test/env/guest.js';
+import { ensureGuestImage, type GuestDisk } from '../test/env/guest.js';
 import { createLoopDevice, type LoopDevice } from '../test/env/loop.js';
 import { repoRoot } from '../test/env/paths.js';
 import { rbdSource } from '../test/env/rbd-request.js';
@@ -44,7 +56,17 @@ function flag(name: string, fallback: number): number {
 }
 const seconds = flag('seconds', 4);
 const sizeMiB = flag('size-mib', 256);
-const accel = process.env.VMPLUG_TEST_ACCEL === 'kvm' ? 'kvm' : 'tcg';
+
+/** KVM only when asked for and /dev/kvm opens; the reason goes into the output either way. */
+async function chooseAccel(): Promise<{ accel: 'kvm' | 'tcg'; why: string }> {
+  if (process.env.VMPLUG_TEST_ACCEL !== 'kvm') return { accel: 'tcg', why: 'VMPLUG_TEST_ACCEL=kvm for KVM' };
+  try {
+    await access('/dev/kvm', constants.R_OK | constants.W_OK);
+    return { accel: 'kvm', why: 'VMPLUG_TEST_ACCEL=kvm, /dev/kvm usable' };
+  } catch {
+    return { accel: 'tcg', why: 'VMPLUG_TEST_ACCEL=kvm but /dev/kvm is not usable' };
+  }
+}
 
 interface Figures {
   randReadIops: number;
@@ -120,9 +142,10 @@ async function onHost(
 }
 
 async function main(): Promise<void> {
-  out(
-    `bench:guest-io: fio in the test guest (${accel.toUpperCase()}${accel === 'tcg' ? ', VMPLUG_TEST_ACCEL=kvm for KVM' : ''}), ${seconds} s per job`,
-  );
+  const { accel, why } = await chooseAccel();
+  const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, guest on ${accel.toUpperCase()}`;
+  out(`bench:guest-io: fio in the test guest, accel ${accel.toUpperCase()} (${why}), ${seconds} s per job`);
+  out(`machine: ${machine}`);
   out(hostContext());
   const cleanups: Array<() => Promise<unknown>> = [];
   let root: TestRoot | undefined;
@@ -161,11 +184,20 @@ async function main(): Promise<void> {
     const shareDir = join(dirname(loop.backingFile), 'share');
     await mkdir(shareDir);
 
+    // Short: the storage daemons' QMP and vhost-user sockets live under it (< 108 bytes).
+    const qsdRoot = await mkdtemp('/tmp/vgio-');
+    const qsdDir = join(qsdRoot, 'qsd');
+    cleanups.push(async () => {
+      // Storage daemons outlive vmplugd by design: a failed run must not leave one running.
+      for (const d of await findDaemons('qemu-storage-daemon', qsdDir)) process.kill(d.pid, 'SIGKILL');
+      await rm(qsdRoot, { recursive: true, force: true });
+    });
     const daemon: DaemonProcess = await startDaemonProcess({
       dir: join(root.dir, 'vmplugd'),
       monitorDir: root.monitorDir,
       kataVmRoot: root.kataVmRoot,
       logLevel: 'warn',
+      extraArgs: ['--hot-attach-qsd-dir', qsdDir, '--hot-attach-vhost-user-store', join(qsdRoot, 'vu')],
     });
     cleanups.push(() => daemon.stop());
     const client = new VmplugClient({ socketPath: daemon.socketPath, timeoutMs: 120_000 });
@@ -200,7 +232,7 @@ async function main(): Promise<void> {
       ),
     ]);
 
-    // (b) block mode, scsi and virtio-blk; (c) rbd mode.
+    // (b) block mode, scsi and virtio-blk; (c) rbd mode; (d) rbd through the storage daemon.
     const cases = [
       ['(b) block, scsi-hd', { mode: 'block', bus: 'scsi', source: { type: 'hostDevice', path: loop.path } }],
       [
@@ -219,12 +251,24 @@ async function main(): Promise<void> {
           annotations: { [DIRECT_MODE_ANNOTATION]: 'rbd' },
         },
       ],
+      [
+        '(d) rbd, storage daemon, vhost-user-blk',
+        { mode: 'rbd', bus: 'virtio-blk', source: rbdSource(ceph, imageName), backend: 'storage-daemon' },
+      ],
     ] as const;
     for (const [i, [label, body]] of cases.entries()) {
       step(label);
       const volumeId = `io-${i}`;
+      const before = new Set((await sb.guest.snapshot()).map((d) => d.name));
       const { attachment } = await client.attach(sb.id, volumeId, body as never);
-      const disk = await sb.guest.waitForDisk((d) => d.serial === attachment.serial, { timeoutMs: 60_000 });
+      if (label.startsWith('(d)') && attachment.backend !== 'storage-daemon')
+        throw new Error(`(d) got backend ${attachment.backend}, not storage-daemon`);
+      // A vhost-user-blk disk has no serial of ours (every one reads "vhost_user_blk"): the new one.
+      const match =
+        attachment.backend === 'storage-daemon'
+          ? (d: GuestDisk) => d.serial === 'vhost_user_blk' && !before.has(d.name)
+          : (d: GuestDisk) => d.serial === attachment.serial;
+      const disk = await sb.guest.waitForDisk(match, { timeoutMs: 60_000 });
       rows.push([label, await inGuest(sb, [`--filename=/dev/${disk.name}`])]);
       await client.detach(sb.id, volumeId);
       await sb.guest.waitForDiskGone(disk.name, { timeoutMs: 60_000 });
@@ -276,33 +320,51 @@ async function main(): Promise<void> {
     if (mount.exitCode !== 0) throw new Error(`virtiofs mount failed: ${mount.stderr} ${vfsErr}`);
     rows.push(['(a) virtio-fs (virtiofsd, cache=none)', await inGuest(sb, ['--filename=/mnt/fs/fio.dat'])]);
 
-    // The table.
-    const a = rows.find(([l]) => l.startsWith('(a)'))?.[1] as Figures;
-    const eLoop = rows[0]?.[1] as Figures;
-    const eRbd = rows[1]?.[1] as Figures;
+    // The table (markdown, for the README): each cell is the figure, its ratio to (a) virtio-fs
+    // and to (e) the host on the same backing: the loop device for (a) and (b), the image for (c), (d).
+    const row = (prefix: string): Figures => rows.find(([l]) => l.startsWith(prefix))?.[1] as Figures;
+    const a = row('(a)');
+    const eLoop = row('(e) host, loop');
+    const eRbd = row('(e) host, fio rbd');
+    // Measured in the order the guest's root ports allow; shown (a) to (e).
+    rows.sort(([x], [y]) => x.localeCompare(y));
     out();
     out(
-      `fio, ${seconds} s per job, ${Math.min(sizeMiB, 128)} MiB region; ${accel.toUpperCase()} guest (1 vCPU, 1 GiB); host loop device and Ceph (1 OSD on a sparse file) on the same disk`,
+      `fio ${seconds} s per job, ${Math.min(sizeMiB, 128)} MiB region, libaio O_DIRECT, 4k iodepth 16, 1M iodepth 4; ` +
+        `1 vCPU, 1 GiB shared RAM; machine: ${machine}; ${new Date().toISOString().slice(0, 10)}`,
     );
+    out();
     const cols = ['4k randread IOPS', '4k randwrite IOPS', '1M read MB/s', '1M write MB/s'];
-    out(`  ${'path'.padEnd(40)}${cols.map((c) => c.padStart(26)).join('')}`);
     const keys = ['randReadIops', 'randWriteIops', 'seqReadMBs', 'seqWriteMBs'] as const;
+    const width = Math.max(...rows.map(([l]) => l.length));
+    out(`| ${'path'.padEnd(width)} | ${cols.map((c) => c.padEnd(24)).join(' | ')} |`);
+    out(`|${'-'.repeat(width + 2)}|${cols.map(() => '-'.repeat(26)).join('|')}|`);
     for (const [label, f] of rows) {
       const e = label.includes('rbd') ? eRbd : eLoop;
-      out(
-        `  ${label.padEnd(40)}${keys
-          .map((k) =>
-            `${f[k].toFixed(0)} (${(f[k] / a[k]).toFixed(2)}xa ${(f[k] / e[k]).toFixed(2)}xe)`.padStart(26),
-          )
-          .join('')}`,
-      );
+      const cell = (k: (typeof keys)[number]): string =>
+        `${f[k].toFixed(0)} (${(f[k] / a[k]).toFixed(2)} a, ${(f[k] / e[k]).toFixed(2)} e)`.padEnd(24);
+      out(`| ${label.padEnd(width)} | ${keys.map(cell).join(' | ')} |`);
     }
+    out();
     out(
-      '  (N xa = ratio to virtio-fs, N xe = ratio to the host on the same device: loop for (a)(b), the image for (c))',
+      '(x a) = ratio to (a) virtio-fs; (x e) = ratio to (e) the host on the same backing: the loop device for',
     );
     out(
-      "  the host's loop device reaches its backing file through the host's page cache (O_DIRECT stops at the loop device)",
+      "(a)(b), the rbd image through librbd for (c)(d). The loop device and virtiofsd (which drops the guest's",
     );
+    out(
+      "O_DIRECT: no_allow_direct_io, its default and Kata's) both reach the backing file system through the host's",
+    );
+    out(
+      'page cache; the rbd image lives in a 1-OSD Ceph on loopback whose store is on the same disk. librbd runs',
+    );
+    out(
+      "with its defaults (rbd cache on) in fio's rbd engine, the guest's QEMU and the storage daemon alike.",
+    );
+    if (accel === 'tcg')
+      out(
+        'TCG: every guest instruction is emulated, so the guest rows are bound by the CPU cost of each I/O in the guest (driver, interrupts) and not by storage; compare guest paths with each other, not with (e).',
+      );
     out(hostContext());
   } finally {
     for (const c of cleanups.reverse()) await c().catch(() => {});
