@@ -19,8 +19,9 @@
  * fio comes from Debian's package with its libraries in a second cpio appended to the guest's
  * initramfs (bench/guest-io-initrd; test/env/build-guest is left alone).
  *
- *   npm run bench:guest-io [-- --seconds 4 --size-mib 256]
- * Run time is about 8 paths x 4 jobs x --seconds, plus Ceph and the guest's boot (3-4 min at 4 s).
+ *   npm run bench:guest-io [-- --seconds 4 --size-mib 256 --rounds 1]
+ * Run time is about 8 paths x 4 jobs x --rounds x --seconds, plus Ceph, the guest's boot and fio's
+ * start-up in the guest (about 5 min at the defaults on TCG).
  * KVM when VMPLUG_TEST_ACCEL=kvm and /dev/kvm opens read-write, TCG otherwise; the output says
  * which.
  */
@@ -42,7 +43,7 @@ import { createLoopDevice, type LoopDevice } from '../test/env/loop.js';
 import { repoRoot } from '../test/env/paths.js';
 import { rbdSource } from '../test/env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../test/env/sandbox.js';
-import { hostContext } from './figures.js';
+import { hostContext, summarize } from './figures.js';
 
 const run = promisify(execFile);
 const out = (line = ''): void => {
@@ -56,6 +57,7 @@ function flag(name: string, fallback: number): number {
 }
 const seconds = flag('seconds', 4);
 const sizeMiB = flag('size-mib', 256);
+const rounds = flag('rounds', 1);
 
 /** KVM only when asked for and /dev/kvm opens; the reason goes into the output either way. */
 async function chooseAccel(): Promise<{ accel: 'kvm' | 'tcg'; why: string }> {
@@ -111,15 +113,35 @@ function figureOf(json: string, key: (typeof JOBS)[number][0]): number {
   return j.write.bw_bytes / 1e6;
 }
 
-async function inGuest(sb: KataSandbox, target: string[]): Promise<Figures> {
+/**
+ * Each job --rounds times in a row, the median kept: on a shared 2-core machine one round can land
+ * on another process's burst (two single runs differed up to 3x in a cell).
+ */
+async function measure(
+  runJob: (args: string[], rw: string) => Promise<string>,
+  args: JobArgs,
+): Promise<Figures> {
   const f = {} as Figures;
   for (const [key, rw, bs, depth] of JOBS) {
-    const cmd = `LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu/ceph /usr/bin/fio ${fioArgs(target, rw, bs, depth).join(' ')}`;
-    const r = await sb.guest.run(cmd, { timeoutMs: (seconds + 60) * 1000 });
-    if (r.exitCode !== 0) throw new Error(`guest fio ${rw} failed (${r.exitCode}): ${r.stderr.slice(-500)}`);
-    f[key] = figureOf(r.stdout, key);
+    const samples: number[] = [];
+    for (let r = 0; r < rounds; r++) samples.push(figureOf(await runJob(args(rw, bs, depth), rw), key));
+    f[key] = summarize(samples).median;
   }
   return f;
+}
+type JobArgs = (rw: string, bs: string, depth: number) => string[];
+
+async function inGuest(sb: KataSandbox, target: string[]): Promise<Figures> {
+  return measure(
+    async (args, rw) => {
+      const cmd = `LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu/ceph /usr/bin/fio ${args.join(' ')}`;
+      const r = await sb.guest.run(cmd, { timeoutMs: (seconds + 60) * 1000 });
+      if (r.exitCode !== 0)
+        throw new Error(`guest fio ${rw} failed (${r.exitCode}): ${r.stderr.slice(-500)}`);
+      return r.stdout;
+    },
+    (rw, bs, depth) => fioArgs(target, rw, bs, depth),
+  );
 }
 
 async function onHost(
@@ -129,22 +151,25 @@ async function onHost(
   engine = 'libaio',
   env: Record<string, string> = {},
 ): Promise<Figures> {
-  const f = {} as Figures;
-  for (const [key, rw, bs, depth] of JOBS) {
-    const { stdout } = await run(fio, fioArgs(target, rw, bs, depth, engine), {
-      env: { ...process.env, LD_LIBRARY_PATH: libDir, ...env },
-      timeout: (seconds + 60) * 1000,
-      maxBuffer: 16 * 1024 * 1024,
-    });
-    f[key] = figureOf(stdout, key);
-  }
-  return f;
+  return measure(
+    async (args) => {
+      const { stdout } = await run(fio, args, {
+        env: { ...process.env, LD_LIBRARY_PATH: libDir, ...env },
+        timeout: (seconds + 60) * 1000,
+        maxBuffer: 16 * 1024 * 1024,
+      });
+      return stdout;
+    },
+    (rw, bs, depth) => fioArgs(target, rw, bs, depth, engine),
+  );
 }
 
 async function main(): Promise<void> {
   const { accel, why } = await chooseAccel();
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, guest on ${accel.toUpperCase()}`;
-  out(`bench:guest-io: fio in the test guest, accel ${accel.toUpperCase()} (${why}), ${seconds} s per job`);
+  out(
+    `bench:guest-io: fio in the test guest, accel ${accel.toUpperCase()} (${why}), ${seconds} s per job, median of ${rounds} round(s)`,
+  );
   out(`machine: ${machine}`);
   out(hostContext());
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -330,7 +355,7 @@ async function main(): Promise<void> {
     rows.sort(([x], [y]) => x.localeCompare(y));
     out();
     out(
-      `fio ${seconds} s per job, ${Math.min(sizeMiB, 128)} MiB region, libaio O_DIRECT, 4k iodepth 16, 1M iodepth 4; ` +
+      `fio ${seconds} s per job (median of ${rounds}), ${Math.min(sizeMiB, 128)} MiB region, libaio O_DIRECT, 4k iodepth 16, 1M iodepth 4; ` +
         `1 vCPU, 1 GiB shared RAM; machine: ${machine}; ${new Date().toISOString().slice(0, 10)}`,
     );
     out();
