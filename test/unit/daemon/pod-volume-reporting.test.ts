@@ -1,3 +1,6 @@
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { PodVolume } from '../../../api/index.js';
 import { NotFoundError } from '../../../core/errors.js';
@@ -163,6 +166,34 @@ describe('PodVolumeWatch', () => {
     await w.refresh();
     expect(watched.size).toBe(0);
     w.close();
+  });
+
+  it("notices Kata's sandbox-id file through a real directory watch, without being asked", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'vmp-podwatch-'));
+    const recordDir = join(dir, 'L3Zhcg==');
+    await mkdir(recordDir);
+    await writeFile(join(recordDir, 'mountInfo.json'), '{}');
+    const recordPath = join(recordDir, 'mountInfo.json');
+    const consumed: PodVolume[] = [];
+    // What the engine's list answers: Consumed once the sandbox-id file is there (as consumerOf).
+    const w = new PodVolumeWatch({
+      list: async () => {
+        const mark = (await readdir(recordDir)).find((n) => n !== 'mountInfo.json');
+        return [volume({ recordPath, ...(mark ? { state: 'Consumed', sandboxId: mark } : {}) })];
+      },
+      onConsumed: (v) => consumed.push(v),
+      log: { debug: () => {} },
+    });
+    try {
+      await w.refresh();
+      await writeFile(join(recordDir, 'sb-7'), '');
+      const deadline = Date.now() + 10_000;
+      while (consumed.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      expect(consumed.map((v) => v.sandboxId)).toEqual(['sb-7']);
+    } finally {
+      w.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('keeps the last list when a read fails', async () => {
