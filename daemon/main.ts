@@ -34,8 +34,10 @@ import { ReconcileLoop } from './reconcile-loop.js';
 import type { NicStatus } from './report/kube/status.js';
 import { DaemonMetrics, measuredReconcile } from './report/metrics.js';
 import { observeNicService } from './report/observed-nics.js';
+import { observePodService } from './report/observed-pods.js';
 import { observeAttachService } from './report/observed-service.js';
 import { PodEvents } from './report/pod-events.js';
+import { PodVolumeWatch } from './report/pod-volumes.js';
 import { createStatusFeed, type StatusFeed, type StatusFeedDeps } from './report/status-feed.js';
 import { resizerResolver } from './resize/resolve.js';
 import { createResourceService } from './resize/service.js';
@@ -230,6 +232,14 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     });
     feed = f;
     const podEvents = new PodEvents(f.reporter, catalog);
+    // The pod volumes as the status and Events see them: re-read after each publish/unpublish
+    // and when Kata consumes one (its sandbox-id file beside the record).
+    const podWatch = new PodVolumeWatch({
+      list: () => pods.list(),
+      onConsumed: (v) => podEvents.podVolumeConsumed(v),
+      log: logger.child({ component: 'report' }),
+    });
+    unwatch.push(() => podWatch.close());
     // Kata sandboxes only: libvirt domains would get NICs through libvirt's device XML (not built).
     const n = new NicEngine({
       stateDir: config.stateDir,
@@ -242,6 +252,10 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     // What the REST API serves: the engines, observed.
     const attachService = servedAttachService(e.service, { metrics, feed: f, podEvents });
     const nicService = observeNicService(n, (op) => podEvents.nic(op));
+    const podService = observePodService(pods, (op) => {
+      podEvents.podVolume(op);
+      void podWatch.refresh();
+    });
     if (e.reconcile !== undefined) {
       const volumes = measuredReconcile(e.reconcile, metrics);
       loop = new ReconcileLoop({
@@ -253,6 +267,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
             pods.reconcile(signal),
           ]);
           f.refreshAll();
+          void podWatch.refresh();
           if (volumeRun.status === 'rejected') throw volumeRun.reason;
           if (nicRun.status === 'rejected') throw nicRun.reason;
           if (podRun.status === 'rejected') throw podRun.reason;
@@ -286,7 +301,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       metrics,
       resources: createResourceService({ resolve: resizerResolver(discovery, e.resolveSandbox), gate }),
       nics: nicService,
-      pods: { service: pods, kubeletRoot: config.kubeletRoot },
+      pods: { service: podService, kubeletRoot: config.kubeletRoot },
       ...(opts.version !== undefined ? { version: opts.version } : {}),
       ...(opts.inheritedSocketFd !== undefined ? { inheritedSocketFd: opts.inheritedSocketFd } : {}),
     });
@@ -304,7 +319,9 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
     f.start({
       readiness,
       listNics: async (id) => (isSandboxId(id) ? (await n.list(id)).map(nicStatus) : []),
+      podVolumes: podWatch,
     });
+    podWatch.start();
     let stopping: Promise<StopResult> | undefined;
     const stop = (): Promise<StopResult> => {
       stopping ??= (async () => {

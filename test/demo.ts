@@ -10,11 +10,15 @@
  *   - `block` mode: a loop device (a host block device) on virtio-blk;
  * shows what the guest sees (events with timings, a small lsblk), writes data in the guest, shows
  * the attachment as GET returns it (with the `vmplug` CLI), detaches both, finds the data on the
- * host side, and cleans up everything (also on Ctrl-C or an error). The cephx key is never shown.
+ * host side. Then the Kata pod path (DESIGN §5b): a volume published by pod UID (block mode, a
+ * loop device holding an ext4), Kata's side of the hand-off (test/env/kata-runtime.ts: read the
+ * record, plug the device, drop the sandbox-id file), the guest mounts it and reads the file
+ * written on the host before, GET says Consumed, unplug and unpublish. Everything is cleaned up
+ * (also on Ctrl-C or an error). The cephx key is never shown.
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -23,8 +27,10 @@ import { queryNamedBlockNodes } from '../qmp/index.js';
 import { DIRECT_MODE_ANNOTATION } from '../storage/volume-spec.js';
 import { type DaemonProcess, startDaemonProcess } from './env/daemon.js';
 import { type DemoBed, startDemoBed } from './env/demo-bed.js';
+import { catOnHost, ext4Loop } from './env/ext4.js';
 import type { GuestAgent, GuestDisk, GuestEvent } from './env/guest.js';
 import { readInGuest, writeInGuest } from './env/hotplug.js';
+import { plugDirectVolume, unplugDirectVolume } from './env/kata-runtime.js';
 import { createLoopDevice, type LoopDevice } from './env/loop.js';
 import { rbdSource } from './env/rbd-request.js';
 
@@ -47,6 +53,9 @@ interface Made {
   loop?: LoopDevice;
   image?: string;
   attached: Set<string>;
+  /** The pod path's loop device and whether its volume is still published. */
+  podLoop?: LoopDevice;
+  published?: boolean;
 }
 
 function describeEvent(e: GuestEvent): string | undefined {
@@ -196,11 +205,13 @@ async function runDemo(bed: DemoBed, made: Made): Promise<void> {
   say(
     'starting vmplugd (a child process) on a temp socket, watching the monitor dir the wrapper writes to...',
   );
+  const directVolumeRoot = join(bed.root.dir, 'direct-volumes');
   const daemon = await startDaemonProcess({
     dir: join(bed.root.dir, 'vmplugd'),
     monitorDir: bed.root.monitorDir,
     kataVmRoot: bed.root.kataVmRoot,
     logLevel: 'info',
+    extraArgs: ['--kata-direct-volume-root', directVolumeRoot],
   });
   made.daemon = daemon;
   // Whatever way this process ends, vmplugd goes with it (the test bed's guards do the rest).
@@ -298,6 +309,8 @@ async function runDemo(bed: DemoBed, made: Made): Promise<void> {
   );
   await showGuestDisks(guest);
 
+  await podPath(bed, made, directVolumeRoot);
+
   // The key went over the socket and into QMP: it must be nowhere else.
   const key = ceph.clientKey;
   const files = await filesUnder(daemon.stateDir);
@@ -311,14 +324,102 @@ async function runDemo(bed: DemoBed, made: Made): Promise<void> {
   if (inLogs + inFiles > 0 || inArgv) throw new Error('the cephx key leaked');
 }
 
+/**
+ * DESIGN §5b: kubelet publishes a Kata pod's volume before the pod's sandbox exists, and Kata's
+ * agent mounts only what Kata's runtime plugged. So the CSI plugin publishes by pod UID; vmplug
+ * writes Kata's direct-volume record; Kata's runtime plugs the device at CreateContainer.
+ */
+async function podPath(bed: DemoBed, made: Made, directVolumeRoot: string): Promise<void> {
+  const client = made.client as VmplugClient;
+  const guest = bed.sandbox.guest;
+  say('');
+  say("The Kata pod path: kubelet publishes a pod's volume before the pod's sandbox exists, and Kata's");
+  say('agent mounts only what Kata plugged, so a CSI plugin publishes by pod UID and vmplug hands the');
+  say("volume to Kata's runtime through its direct-volume record.");
+  const hello = 'written on the host before publish';
+  const loop = await ext4Loop({ 'hello.txt': `${hello}\n` }, 32 * MiB);
+  made.podLoop = loop;
+  const targetPath = `/var/lib/kubelet/pods/${POD.uid}/volumes/kubernetes.io~csi/pvc-pod/mount`;
+  say(`   ${loop.path}: 32 MiB loop device, ext4 with hello.txt ("${hello}")`);
+  say(`PUT /v1/pods/${POD.uid}/volumes/pvc-pod  (block mode, ext4, pod ${POD.namespace}/${POD.name})`);
+  say(`   targetPath ${targetPath}`);
+  const sent = performance.now();
+  made.published = true;
+  const { created, volume } = await client.publish(POD.uid, 'pvc-pod', {
+    mode: 'block',
+    source: { type: 'hostDevice', path: loop.path },
+    targetPath,
+    fsType: 'ext4',
+    mountOptions: ['noatime'],
+    pod: { name: POD.name, namespace: POD.namespace },
+  });
+  say(
+    `   vmplugd: ${created ? '201 Created' : '200 OK'} in ${ms(performance.now() - sent)}: state ${volume.state}, device ${volume.device}`,
+  );
+  const record = await readFile(volume.recordPath, 'utf8');
+  const enc = volume.recordPath.split('/').at(-2) ?? '';
+  say(
+    `   Kata's record .../direct-volumes/${enc.slice(0, 12)}...${enc.slice(-8)}/mountInfo.json (dir: targetPath in base64url, padded):`,
+  );
+  say(`   ${record}`);
+
+  say("Kata's runtime at CreateContainer (test/env/kata-runtime.ts): record -> blockdev-add + scsi-hd:");
+  const known = new Set(guest.disks().map((d) => d.name));
+  const plugged = performance.now();
+  const plug = await plugDirectVolume({
+    qmp: bed.qmp,
+    directVolumeRoot,
+    mountSource: targetPath,
+    sandboxId: bed.sandbox.id,
+  });
+  const disk = await guest.waitForDisk((d) => !known.has(d.name), { timeoutMs: 30_000 });
+  say(
+    `   guest saw /dev/${disk.name} ${ms(Math.max(disk.seenAt, plugged) - plugged)} after Kata's plug began`,
+  );
+  const got = await client.getPodVolume(POD.uid, 'pvc-pod');
+  say(`   GET: state ${got.state}, sandboxId ${got.sandboxId ?? '-'}`);
+  if (got.state !== 'Consumed') throw new Error(`the pod volume is ${got.state}, not Consumed`);
+
+  // What Kata's agent does in the guest: mount it at the container's path.
+  const r = await guest.run(
+    `mkdir -p /mnt/pvc-pod && mount -t ext4 -o noatime /dev/${disk.name} /mnt/pvc-pod && cat /mnt/pvc-pod/hello.txt && echo written-in-the-pod > /mnt/pvc-pod/guest.txt && sync && umount /mnt/pvc-pod`,
+    { timeoutMs: 30_000 },
+  );
+  const read = r.stdout.trim();
+  say(`   guest$ mount -t ext4 /dev/${disk.name} /mnt/pvc-pod; cat hello.txt  -> "${read}"`);
+  say('   guest$ echo written-in-the-pod > guest.txt; umount');
+  if (r.exitCode !== 0 || read !== hello) throw new Error(`the guest did not read the file: ${r.stderr}`);
+
+  say('The container goes: Kata unplugs; kubelet unpublishes (DELETE):');
+  await unplugDirectVolume(bed.qmp, plug);
+  await guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+  const del = performance.now();
+  await client.unpublish(POD.uid, 'pvc-pod');
+  made.published = false;
+  const recordGone = await stat(volume.recordPath).then(
+    () => false,
+    () => true,
+  );
+  say(
+    `   DELETE pvc-pod: 204 in ${ms(performance.now() - del)}; Kata's record removed: ${recordGone ? 'yes' : 'NO'}`,
+  );
+  const onHost = (await catOnHost(loop.path, '/guest.txt')).trim();
+  say(
+    `   ${loop.path} /guest.txt (read with debugfs): "${onHost}"  ${onHost === 'written-in-the-pod' ? 'OK' : 'MISMATCH'}`,
+  );
+  if (!recordGone || onHost !== 'written-in-the-pod') throw new Error('the pod path check failed');
+}
+
 /** Undoes what runDemo made, in order: volumes (through vmplugd), vmplugd, image, loop device. */
 async function teardown(bed: DemoBed, made: Made): Promise<void> {
   for (const v of made.attached) {
     await made.client?.detach(bed.sandbox.id, v, { timeoutMs: 30_000 }).catch(() => {});
   }
+  if (made.published) await made.client?.unpublish(POD.uid, 'pvc-pod', { timeoutMs: 30_000 }).catch(() => {});
   await made.daemon?.stop().catch(() => {});
   if (made.image !== undefined) await bed.ceph?.removeImage(made.image).catch(() => {});
   await made.loop?.detach().catch(() => {});
+  await made.podLoop?.detach().catch(() => {});
 }
 
 async function main(): Promise<number> {
@@ -333,7 +434,8 @@ async function main(): Promise<number> {
       setImmediate(() => process.exit(130));
     });
   }
-  say('vmplug demo: vmplugd hot-plugs an RBD image and a host block device into a Kata-shaped guest');
+  say('vmplug demo: vmplugd hot-plugs an RBD image and a host block device into a Kata-shaped guest,');
+  say("then publishes a volume for a Kata pod by UID and Kata's side plugs it");
   say('starting a single-node Ceph (mon, mgr, OSD on loopback) and booting the guest...');
   const bed = await startDemoBed({ ceph: true, forDaemon: true, pod: POD, log: (l) => say(l) });
   say(`Kata's monitor ${bed.sandbox.kataQmpPath} stays held (like the Kata shim);`);

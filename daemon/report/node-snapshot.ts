@@ -4,7 +4,14 @@ import type { Readiness } from '../../core/readiness.js';
 import type { SandboxCatalog } from '../../core/sandbox.js';
 import type { Attachment, ListVolumes, OperationLogger } from '../../storage/attach-service.js';
 import type { PodRef } from '../../storage/volume-spec.js';
-import type { Condition, NicStatus, NodeStatusSnapshot, SandboxStatus, VolumeStatus } from './kube/status.js';
+import type {
+  Condition,
+  NicStatus,
+  NodeStatusSnapshot,
+  PodVolumeStatus,
+  SandboxStatus,
+  VolumeStatus,
+} from './kube/status.js';
 import type { NodeFacts } from './node-facts.js';
 import { statusNodeFacts } from './node-facts.js';
 import type { Frontend } from './observed-service.js';
@@ -13,13 +20,16 @@ import type { Frontend } from './observed-service.js';
 // sandboxes (Kata discovery, libvirt domains), each with the engine's volumes, the node facts and
 // a Ready condition. The reporter calls snapshot() synchronously, so the engine's volume lists
 // (read from the journal) are cached here and refreshed when something may have changed them: a
-// sandbox appearing or changing, an attach or detach, a reconcile run.
+// sandbox appearing or changing, an attach or detach, a reconcile run. Pod volumes come from their
+// own cache (pod-volumes.ts), read as they are.
 
 export interface NodeSnapshotOptions {
   catalog: SandboxCatalog;
   listVolumes: ListVolumes;
   /** The NICs vmplug hot-plugged into a sandbox (net/); none when absent. */
   listNics?: (sandboxId: string) => Promise<NicStatus[]>;
+  /** The pod volumes (DESIGN §5b) as last read; none when absent. */
+  podVolumes?: () => PodVolumeStatus[];
   facts: () => NodeFacts;
   readiness: () => Readiness;
   log: OperationLogger;
@@ -77,6 +87,7 @@ export class NodeSnapshot {
     return {
       node: statusNodeFacts(this.#o.facts(), this.#o.vmplugVersion),
       sandboxes,
+      podVolumes: this.#o.podVolumes?.() ?? [],
       conditions,
     };
   }

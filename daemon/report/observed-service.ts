@@ -38,14 +38,19 @@ export interface ObservedServiceOptions {
   ): { mode: 'block' | 'rbd'; frontend: Frontend; pod?: PodRef } | undefined;
 }
 
-export function observeAttachService(inner: AttachService, o: ObservedServiceOptions): AttachService {
-  const tell = (op: VolumeOperation): void => {
+/** A listener that cannot throw into the operation it observes. */
+export function safely<T>(listener: (x: T) => void): (x: T) => void {
+  return (x) => {
     try {
-      o.onOperation(op);
+      listener(x);
     } catch {
-      // An observer's bug must not turn a done attach into a failed request.
+      // An observer's bug must not turn a done operation into a failed request.
     }
   };
+}
+
+export function observeAttachService(inner: AttachService, o: ObservedServiceOptions): AttachService {
+  const tell = safely(o.onOperation);
   return {
     async attach(sandboxId, volumeId, spec, ctx) {
       const started = performance.now();
@@ -109,7 +114,8 @@ export function observeAttachService(inner: AttachService, o: ObservedServiceOpt
   };
 }
 
-function errorOf(err: unknown): { code: string; message: string } {
+/** The code and message of a failed operation, as observers report it (never a stack). */
+export function errorOf(err: unknown): { code: string; message: string } {
   const code = (err as { code?: unknown } | null)?.code;
   return {
     code: typeof code === 'string' && /^[A-Z][A-Z0-9_]{0,63}$/.test(code) ? code : 'INTERNAL',

@@ -1,14 +1,17 @@
+import type { PodVolume } from '../../api/index.js';
 import type { SandboxId } from '../../core/ids.js';
 import type { SandboxCatalog, SandboxPod } from '../../core/sandbox.js';
 import type { PodRef } from '../../storage/volume-spec.js';
 import type { PodEventTarget } from './kube/events.js';
 import type { Reporter } from './kube/reporter.js';
 import type { NicOperation } from './observed-nics.js';
+import type { PodVolumeOperation } from './observed-pods.js';
 import type { VolumeOperation } from './observed-service.js';
 
-// Pod Events for volume and NIC operations: what a `kubectl describe pod` shows of vmplug. Only
-// outcomes that are news become an Event, and only for a sandbox that maps to a pod. Observes;
-// nothing here can fail an attach.
+// Pod Events for volume and NIC operations and for pod volumes (published, consumed by Kata,
+// unpublished): what a `kubectl describe pod` shows of vmplug. Only outcomes that are news become
+// an Event, and only for a sandbox or publish that names a pod (name and namespace). Observes;
+// nothing here can fail an attach or a publish.
 
 export class PodEvents {
   constructor(
@@ -39,6 +42,26 @@ export class PodEvents {
     this.#record(target, 'Nic', `NIC ${op.nicId}`, op, attached);
   }
 
+  /** A publish or unpublish for a pod (DESIGN §5b): Events to the Pod the publish named. */
+  podVolume(op: PodVolumeOperation): void {
+    const news = podVolumeNews(op);
+    const target = podEventTarget(undefined, op.pod);
+    if (news !== undefined && target !== undefined) {
+      this.reporter.recordPodEvent(target, news.reason, news.message, news.type);
+    }
+  }
+
+  /** Kata plugged a published volume into the pod's sandbox (pod-volumes.ts tells when). */
+  podVolumeConsumed(v: PodVolume): void {
+    const target = podEventTarget(undefined, v.pod);
+    if (target === undefined || v.sandboxId === undefined) return;
+    this.reporter.recordPodEvent(
+      target,
+      'VolumeConsumed',
+      `volume ${v.volumeId} plugged by Kata into sandbox ${v.sandboxId} (${v.mode}, device ${v.device ?? '-'})`,
+    );
+  }
+
   /** One Event per outcome: `<Noun>Attached`, `<Noun>Detached`, or a Warning `<Noun>AttachFailed`. */
   #record(
     target: PodEventTarget,
@@ -62,6 +85,42 @@ export class PodEvents {
       this.reporter.recordPodEvent(target, `${noun}Detached`, `${name} detached in ${ms} ms`);
     }
   }
+}
+
+export interface PodEventNews {
+  reason: string;
+  message: string;
+  type: 'Normal' | 'Warning';
+}
+
+/**
+ * Which outcome of a pod-volume operation is news, and how it reads: `VolumePublished`,
+ * `VolumeUnpublished`, or a Warning `VolumePublishFailed` / `VolumeUnpublishFailed`. A publish
+ * that found the same volume published (200) or an unpublish of a volume not known (204) is an
+ * idempotent repeat: no Event.
+ */
+export function podVolumeNews(op: PodVolumeOperation): PodEventNews | undefined {
+  const ms = Math.round(op.ms);
+  const name = `volume ${op.volumeId}`;
+  if (!op.ok) {
+    return {
+      reason: op.op === 'publish' ? 'VolumePublishFailed' : 'VolumeUnpublishFailed',
+      message: `${op.op} of ${name} failed after ${ms} ms: ${op.code}: ${op.message}`,
+      type: 'Warning',
+    };
+  }
+  if (op.op === 'unpublish') {
+    if (!op.known) return undefined;
+    return { reason: 'VolumeUnpublished', message: `${name} unpublished in ${ms} ms`, type: 'Normal' };
+  }
+  if (!op.created) return undefined;
+  const v = op.volume;
+  const how = [v.mode, v.fsType, ...(v.readOnly ? ['read-only'] : []), `device ${v.device ?? '-'}`];
+  return {
+    reason: 'VolumePublished',
+    message: `${name} published for Kata (${how.join(', ')}) in ${ms} ms`,
+    type: 'Normal',
+  };
 }
 
 type Outcome =

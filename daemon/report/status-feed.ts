@@ -12,11 +12,12 @@ import { createReporter, type Reporter } from './kube/reporter.js';
 import type { NicStatus } from './kube/status.js';
 import { NodeFactsCache } from './node-facts.js';
 import { NodeSnapshot } from './node-snapshot.js';
+import { type PodVolumeWatch, podVolumeStatus } from './pod-volumes.js';
 
 // The node's status as Kubernetes sees it (the VmplugNode object and the Lease): the Kubernetes
 // reporter fed by a snapshot of sandboxes, volumes, NICs, node facts and readiness. Built before
 // the engines that tell it of changes, so they are handed its methods at construction; what it
-// reads from them (readiness, the NIC list) is handed to start(). Observes; cannot fail an attach.
+// reads from them (readiness, the NIC list, the pod volumes) is handed to start(). Observes; cannot fail an attach.
 
 export interface StatusFeedDeps {
   config: DaemonConfig;
@@ -43,6 +44,8 @@ export interface StatusFeedSources {
   readiness: () => Readiness;
   /** The NICs of a sandbox (net/); none when absent. */
   listNics?: (sandboxId: string) => Promise<NicStatus[]>;
+  /** The node's pod volumes (DESIGN §5b), kept current by their watch; none when absent. */
+  podVolumes?: Pick<PodVolumeWatch, 'current' | 'subscribe'>;
 }
 
 export interface StatusFeed {
@@ -111,12 +114,13 @@ export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed
     refreshAll() {
       void snapshot?.refreshAll();
     },
-    start({ readiness, listNics }) {
+    start({ readiness, listNics, podVolumes }) {
       if (snapshot !== undefined || stopping !== undefined) return;
       const s = new NodeSnapshot({
         catalog,
         listVolumes: deps.listVolumes,
         ...(listNics !== undefined ? { listNics } : {}),
+        ...(podVolumes !== undefined ? { podVolumes: () => podVolumes.current().map(podVolumeStatus) } : {}),
         facts: () => nodeFacts.current(),
         readiness,
         log,
@@ -131,6 +135,7 @@ export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed
         }),
         nodeFacts.onChange(() => s.changed()),
       );
+      if (podVolumes !== undefined) unsubscribe.push(podVolumes.subscribe(() => s.changed()));
       // libvirt domains: state changes come as events (the catalog is read live by snapshot()).
       if (deps.libvirtDomains !== undefined) {
         unsubscribe.push(

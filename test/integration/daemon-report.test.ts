@@ -5,6 +5,8 @@
  * and the sandbox with its pod; a block-mode attach of a loop device shows up in the status and as
  * an Event on the Pod; the Lease is renewed; GET /v1/node and /metrics answer. A second sandbox
  * without persist.json gets its Events on the pod its attach request names (CSI podInfoOnMount).
+ * A volume published for the Pod by its UID (DESIGN §5b) shows in the status's podVolumes and as
+ * VolumePublished, VolumeConsumed (once Kata's side plugs it) and VolumeUnpublished Events.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -12,7 +14,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KubeHttp } from '../../daemon/report/kube/kube-http.js';
+import { QmpClient } from '../../qmp/index.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
+import { plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
 import { prepareVmplugCluster, until, type VmplugTestCluster } from '../env/kube/manifests.js';
 import { type KubeApiserver, startKubeApiserver } from '../env/kube.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
@@ -35,7 +39,19 @@ interface SandboxStatus {
   pod?: { uid?: string; name?: string; namespace?: string };
   volumes?: VolumeStatus[];
 }
+interface PodVolumeStatus {
+  podUid: string;
+  volumeId: string;
+  mode: string;
+  state: string;
+  sandboxId?: string;
+  targetPath: string;
+  device?: string;
+  pod?: { name?: string; namespace?: string };
+}
 interface NodeStatus {
+  podVolumes?: PodVolumeStatus[] | null;
+  summary?: { podVolumes?: number };
   node?: {
     hostname?: string;
     kernel?: string;
@@ -62,6 +78,7 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
   let root: TestRoot;
   let sandbox: KataSandbox;
   let daemonDir: string;
+  let dvRoot: string;
   let daemon: DaemonProcess;
   let loop: LoopDevice;
   let podless: KataSandbox | undefined;
@@ -84,15 +101,18 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
     cluster = await prepareVmplugCluster(kube);
     admin = cluster.admin;
     root = await createTestRoot();
-    sandbox = await startKataSandbox(root, { pod: { ...cluster.pod } });
+    sandbox = await startKataSandbox(root, { pod: { ...cluster.pod }, inspectMonitor: true });
     loop = await createLoopDevice(16 * MiB);
     daemonDir = await mkdtemp(join(tmpdir(), 'vmpd-report-'));
+    dvRoot = join(daemonDir, 'direct-volumes');
     daemon = await startDaemonProcess({
       dir: daemonDir,
       monitorDir: root.monitorDir,
       kataVmRoot: root.kataVmRoot,
       logLevel: 'info',
       extraArgs: [
+        '--kata-direct-volume-root',
+        dvRoot,
         '--kubeconfig',
         cluster.serviceAccountKubeconfig,
         '--node-name',
@@ -218,6 +238,83 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
         `-> Pod event listed (polled after the status): ${Math.round(toEventMs)} ms ` +
         '(a status write in the second before the attach adds up to 1 s; npm run bench:daemon-report separates them)',
     );
+  });
+
+  it('a volume published for the Pod by UID: status podVolumes and VolumePublished, VolumeConsumed, VolumeUnpublished Events', async () => {
+    const { uid, name, namespace } = cluster.pod;
+    const targetPath = `/var/lib/kubelet/pods/${uid}/volumes/kubernetes.io~csi/pvc-report/mount`;
+    const url = `/v1/pods/${uid}/volumes/vol-pod`;
+    const body = {
+      mode: 'block',
+      source: { type: 'hostDevice', path: loop.path },
+      targetPath,
+      fsType: 'ext4',
+      pod: { name, namespace },
+    };
+    const put = await daemon.call<{ state: string }>('PUT', url, body);
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    const podVolume = (state: string) => async () =>
+      (await status())?.podVolumes?.find((v) => v.volumeId === 'vol-pod' && v.state === state);
+    const published = await until(
+      'the pod volume Published in the VmplugNode status',
+      podVolume('Published'),
+    );
+    expect(published).toMatchObject({
+      podUid: uid,
+      mode: 'block',
+      targetPath,
+      device: loop.path,
+      pod: { name, namespace },
+    });
+    expect((await status())?.summary?.podVolumes).toBe(1);
+    const publishedEvent = await until('the VolumePublished event on the Pod', async () =>
+      (await podEvents()).find((e) => e.reason === 'VolumePublished'),
+    );
+    expect(publishedEvent).toMatchObject({ type: 'Normal', involvedObject: { uid } });
+    expect(publishedEvent.message).toContain('vol-pod');
+    // A CSI retry of the same publish is no news.
+    expect((await daemon.call('PUT', url, body)).status).toBe(200);
+
+    // Kata's runtime at CreateContainer: plugs the device and drops its sandbox-id file.
+    const inspector = await QmpClient.connect(sandbox.inspectQmpPath ?? '');
+    try {
+      const known = new Set(sandbox.guest.disks().map((d) => d.name));
+      const plug = await plugDirectVolume({
+        qmp: inspector,
+        directVolumeRoot: dvRoot,
+        mountSource: targetPath,
+        sandboxId: sandbox.id,
+      });
+      const disk = await sandbox.guest.waitForDisk((d) => !known.has(d.name) && d.sizeBytes === 16 * MiB, {
+        timeoutMs: 30_000,
+      });
+      const consumed = await until('the pod volume Consumed in the status', podVolume('Consumed'));
+      expect(consumed.sandboxId).toBe(sandbox.id);
+      const consumedEvent = await until('the VolumeConsumed event on the Pod', async () =>
+        (await podEvents()).find((e) => e.reason === 'VolumeConsumed'),
+      );
+      expect(consumedEvent.message).toContain(sandbox.id);
+      await unplugDirectVolume(inspector, plug);
+      await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+    } finally {
+      await inspector.close();
+    }
+
+    expect((await daemon.call('DELETE', url)).status).toBe(204);
+    await until('the pod volume gone from the status', async () => {
+      const st = await status();
+      return st !== undefined && !(st.podVolumes ?? []).some((v) => v.volumeId === 'vol-pod')
+        ? true
+        : undefined;
+    });
+    await until('the VolumeUnpublished event on the Pod', async () =>
+      (await podEvents()).find((e) => e.reason === 'VolumeUnpublished'),
+    );
+    expect((await daemon.call('DELETE', url)).status).toBe(204);
+    const events = await podEvents();
+    expect(events.filter((e) => e.reason === 'VolumePublished')).toHaveLength(1);
+    expect(events.filter((e) => e.reason === 'VolumeConsumed')).toHaveLength(1);
+    expect(events.filter((e) => e.reason === 'VolumeUnpublished')).toHaveLength(1);
   });
 
   it('renews the Lease', async () => {

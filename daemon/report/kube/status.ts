@@ -39,6 +39,32 @@ export interface VolumeStatus {
   error?: string;
 }
 
+/**
+ * A volume published for a Kata pod (DESIGN §5b), keyed by pod UID and volume id. Never a
+ * secret: no source at all (the rbd source's key stays in vmplugd's memory), only where the
+ * volume is handed to Kata and what became of it.
+ */
+export interface PodVolumeStatus {
+  podUid: string;
+  volumeId: string;
+  /** block (host device) or rbd (a qemu-storage-daemon's vhost-user-blk export). */
+  mode: string;
+  /** Publishing, Published, Consumed, Unpublishing or Failed. */
+  state: string;
+  /** Set when Consumed: the Kata sandbox that plugged it. */
+  sandboxId?: string;
+  targetPath: string;
+  /** The device Kata's record names. */
+  device?: string;
+  fsType?: string;
+  readOnly?: boolean;
+  /** The Pod's name and namespace, when the publish named them. */
+  pod?: PodRef;
+  /** RFC 3339: the last step of the volume's journal. */
+  since?: string;
+  error?: string;
+}
+
 export interface NicStatus {
   id: string;
   mac?: string;
@@ -70,12 +96,15 @@ export interface Condition {
 export interface NodeStatusSnapshot {
   node: NodeFacts;
   sandboxes: SandboxStatus[];
+  /** Volumes published per pod (none when the node has no pod-volume engine). */
+  podVolumes?: PodVolumeStatus[];
   conditions: Condition[];
 }
 
 /** The status object as written to the API server (the snapshot plus counts for kubectl). */
 export interface VmplugNodeStatus extends NodeStatusSnapshot {
-  summary: { sandboxes: number; volumes: number; nics: number };
+  podVolumes: PodVolumeStatus[];
+  summary: { sandboxes: number; volumes: number; nics: number; podVolumes: number };
 }
 
 /**
@@ -100,14 +129,17 @@ export function toStatus(s: NodeStatusSnapshot): VmplugNodeStatus {
       nics: [...sb.nics].sort(by((n) => n.id)),
     }))
     .sort(by((sb) => sb.id));
+  const podVolumes = [...(s.podVolumes ?? [])].sort(by((v) => `${v.podUid}/${v.volumeId}`));
   return {
     node,
     sandboxes,
+    podVolumes,
     conditions: [...s.conditions].sort(by((c) => c.type)),
     summary: {
       sandboxes: sandboxes.length,
       volumes: sandboxes.reduce((n, sb) => n + sb.volumes.length, 0),
       nics: sandboxes.reduce((n, sb) => n + sb.nics.length, 0),
+      podVolumes: podVolumes.length,
     },
   };
 }

@@ -35,7 +35,7 @@ describe('status canonical form', () => {
     expect(s.sandboxes.map((x) => x.id)).toEqual(['s1', 's2']);
     expect(s.sandboxes[0]?.volumes.map((v) => v.volumeId)).toEqual(['v1', 'v2']);
     expect(s.node.nics?.map((n) => n.name)).toEqual(['eth0', 'eth1']);
-    expect(s.summary).toEqual({ sandboxes: 2, volumes: 2, nics: 0 });
+    expect(s.summary).toEqual({ sandboxes: 2, volumes: 2, nics: 0, podVolumes: 0 });
   });
 
   it('hashes equal meaning equally, whatever the order of lists and keys', () => {
