@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { QmpClient } from '../../qmp/index.js';
 import { attachCeph } from '../env/ceph.js';
 import { type DaemonProcess, diesOn, startDaemonProcess } from '../env/daemon.js';
+import { ext4Image, mkfsExt4, readExt4File } from '../env/ext4.js';
 import { kataVolumeDirName, plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
 import { rbdSource } from '../env/rbd-request.js';
@@ -40,29 +41,10 @@ async function ext4Loop(files: Record<string, string>): Promise<LoopDevice> {
   return loop;
 }
 
-/** mkfs.ext4 of `target` (a device or a file), populated with `files` without mounting it. */
-async function mkfsExt4(target: string, files: Record<string, string>): Promise<void> {
-  const src = await mkdtemp(join(tmpdir(), 'vmp-ext4-'));
-  try {
-    for (const [name, text] of Object.entries(files)) await writeFile(join(src, name), text);
-    await run('mkfs.ext4', ['-q', '-F', '-d', src, target], { timeout: 30_000 });
-  } finally {
-    await rm(src, { recursive: true, force: true });
-  }
-}
-
-/** An ext4 filesystem image (a regular file) holding `files`. */
-async function ext4Image(path: string, sizeBytes: number, files: Record<string, string>): Promise<void> {
-  await writeFile(path, '');
-  await truncate(path, sizeBytes);
-  await mkfsExt4(path, files);
-}
-
 /** A file of the ext4 on `device`, read on the host without mounting it (debugfs). */
 async function catOnHost(device: string, path: string): Promise<string> {
   await run('blockdev', ['--flushbufs', device], { timeout: 10_000 });
-  const { stdout } = await run('debugfs', ['-R', `cat ${path}`, device], { timeout: 10_000 });
-  return stdout;
+  return readExt4File(device, path);
 }
 
 async function listing(dir: string): Promise<string[]> {
@@ -269,8 +251,7 @@ describe('pod volumes through vmplugd', () => {
         ),
       ).toBe(false);
       await writeFile(imgFile, await ceph.exportImage(image));
-      const { stdout } = await run('debugfs', ['-R', 'cat /guest.txt', imgFile], { timeout: 10_000 });
-      expect(stdout).toBe('written-over-vhost-user\n');
+      expect(await readExt4File(imgFile, '/guest.txt')).toBe('written-over-vhost-user\n');
     } catch (err) {
       if (sandbox)
         console.log(`guest console:\n${await readFile(sandbox.consoleLog, 'utf8').catch(() => '')}`);
