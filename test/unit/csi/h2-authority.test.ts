@@ -112,9 +112,7 @@ describe('a gRPC server on bindUnix', () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it("answers a client that sends the socket's path as :authority, call after call", async () => {
-    dir = await mkdtemp(join(tmpdir(), 'vmplug-h2-'));
-    const sock = join(dir, 'plugin-reg.sock');
+  const echoServer = () => {
     const server = new grpc.Server();
     server.addService(
       { Echo: rawMethod('/t.T/Echo') },
@@ -123,22 +121,50 @@ describe('a gRPC server on bindUnix', () => {
           cb(null, call.request),
       },
     );
+    return server;
+  };
+  // What gRPC-Go does when dialing a unix socket by path with the passthrough resolver.
+  const pathAuthorityClient = (sock: string) =>
+    new grpc.Client(`unix:${sock}`, grpc.credentials.createInsecure(), { 'grpc.default_authority': sock });
+  const echo = (client: grpc.Client, i: number, md = new grpc.Metadata()) =>
+    new Promise<Buffer>((resolve, reject) =>
+      client.makeUnaryRequest('/t.T/Echo', identity, identity, Buffer.from([i % 256]), md, (err, res) =>
+        err ? reject(err) : resolve(res!),
+      ),
+    );
+
+  it("is needed: grpc-js's own binding resets such a client's calls", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'vmplug-h2-'));
+    const sock = join(dir, 'plain.sock');
+    const server = echoServer();
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix:${sock}`, grpc.ServerCredentials.createInsecure(), (err) =>
+        err ? reject(err) : resolve(),
+      ),
+    );
+    const client = pathAuthorityClient(sock);
+    try {
+      const err = (await echo(client, 1).catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+      expect(err.code).toBe(grpc.status.INTERNAL);
+      expect(err.details).toContain('RST_STREAM with code 1'); // 1 = PROTOCOL_ERROR
+    } finally {
+      client.close();
+      server.forceShutdown();
+    }
+  });
+
+  it("answers a client that sends the socket's path as :authority, call after call", async () => {
+    dir = await mkdtemp(join(tmpdir(), 'vmplug-h2-'));
+    const sock = join(dir, 'plugin-reg.sock');
+    const server = echoServer();
     const listener = await bindUnix(server, sock);
-    // What gRPC-Go does when dialing a unix socket by path with the passthrough resolver.
-    const client = new grpc.Client(`unix:${sock}`, grpc.credentials.createInsecure(), {
-      'grpc.default_authority': sock,
-    });
+    const client = pathAuthorityClient(sock);
     try {
       // Enough calls with changing metadata to churn the HPACK dynamic table past evictions.
       for (let i = 0; i < 300; i++) {
         const md = new grpc.Metadata();
         md.set('x-call', `${i}-${'v'.repeat(i % 40)}`);
-        const got = await new Promise<Buffer>((resolve, reject) =>
-          client.makeUnaryRequest('/t.T/Echo', identity, identity, Buffer.from([i % 256]), md, (err, res) =>
-            err ? reject(err) : resolve(res!),
-          ),
-        );
-        expect(got[0]).toBe(i % 256);
+        expect((await echo(client, i, md))[0]).toBe(i % 256);
       }
     } finally {
       client.close();
