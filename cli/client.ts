@@ -185,6 +185,17 @@ export class VmplugClient {
     return this.#get<PodVolume>(podVolumePath(podUid, volumeId), opts);
   }
 
+  /** Online expand of a published pod volume (POST /v1/pods/{podUid}/volumes/{volumeId}/resize). */
+  async resizePodVolume(
+    podUid: string,
+    volumeId: string,
+    sizeBytes: number,
+    opts: CallOptions = {},
+  ): Promise<PodVolume> {
+    const res = await this.#call('POST', `${podVolumePath(podUid, volumeId)}/resize`, { sizeBytes }, opts);
+    return res.body as PodVolume;
+  }
+
   async listPodVolumes(podUid: string, opts: CallOptions = {}): Promise<PodVolume[]> {
     return (await this.#get<{ items: PodVolume[] }>(podVolumePath(podUid), opts)).items;
   }

@@ -3,7 +3,10 @@
 // real plugin exactly as kubelet sent it, unknown fields included, and its answer or status comes
 // back unchanged. Intercepted methods get a handler that may decode, answer itself, or forward.
 import { lstat, unlink } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
+import { AuthorityMender } from './h2-authority.js';
 import { CsiError } from './status.js';
 
 /** Every unary method of the CSI spec (v1.x), by service. kubelet calls Identity and Node. */
@@ -155,14 +158,64 @@ export function addCsiServices(
   }
 }
 
-/** Binds `server` on a unix socket, replacing a stale socket file (never any other kind of file). */
-export async function bindUnix(server: grpc.Server, socketPath: string): Promise<void> {
+/** A unix socket a gRPC server is served on; `close` stops accepting and removes the socket. */
+export interface UnixListener {
+  close(): Promise<void>;
+}
+
+/**
+ * Serves `server` on a unix socket, replacing a stale socket file (never any other kind of file).
+ * Connections are accepted here and handed to the server with their `:authority` mended
+ * (h2-authority.ts): kubelets before 1.26 send the socket's path there, which Node's HTTP/2
+ * server refuses. Stop the server (tryShutdown / forceShutdown) first, then `close`.
+ */
+export async function bindUnix(server: grpc.Server, socketPath: string): Promise<UnixListener> {
   const st = await lstat(socketPath).catch(() => undefined);
   if (st?.isSocket()) await unlink(socketPath);
   else if (st !== undefined) throw new Error(`${socketPath} exists and is not a socket`);
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) =>
-      err ? reject(err) : resolve(),
-    ),
-  );
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const listener = createServer((socket) => injector.injectConnection(mendedConnection(socket)));
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(socketPath, () => {
+      listener.off('error', reject);
+      resolve();
+    });
+  });
+  return {
+    close: () =>
+      new Promise<void>((resolve) => {
+        injector.destroy();
+        listener.close(() => resolve());
+      }),
+  };
+}
+
+/** The connection as the HTTP/2 server sees it: the client's bytes through an AuthorityMender. */
+function mendedConnection(socket: Socket): Duplex {
+  const mender = new AuthorityMender();
+  const conn = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _encoding, callback) {
+      socket.write(chunk, callback);
+    },
+    final(callback) {
+      socket.end(callback);
+    },
+    destroy(err, callback) {
+      socket.destroy(err ?? undefined);
+      callback(err);
+    },
+  });
+  socket.on('data', (chunk: Buffer) => {
+    let more = true;
+    for (const part of mender.push(chunk)) more = conn.push(part) && more;
+    if (!more) socket.pause();
+  });
+  socket.on('end', () => conn.push(null));
+  socket.on('error', (err) => conn.destroy(err));
+  socket.on('close', () => conn.destroy());
+  return conn;
 }

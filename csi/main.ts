@@ -7,7 +7,7 @@ import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { pino } from 'pino';
 import { monitorsFromFile } from './ceph-clusters.js';
-import { addCsiServices, bindUnix, Upstream } from './grpc-proxy.js';
+import { addCsiServices, bindUnix, type UnixListener, Upstream } from './grpc-proxy.js';
 import { kubeGet, kubeLookup, type VolumeLookup } from './lookup.js';
 import { NodeProxy } from './node.js';
 import { UnixPodVolumes } from './pod-api.js';
@@ -140,13 +140,14 @@ export async function main(io: MainIo): Promise<number> {
     const e = err as { grpcCode?: number; code?: number; message?: string };
     log.warn({ call: path, code: e.grpcCode ?? e.code, detail: e.message }, 'call failed');
   });
-  const sockets = [listen];
+  const listeners: UnixListener[] = [];
   let regServer: grpc.Server | undefined;
+  let regSocket: string | undefined;
   try {
-    await bindUnix(server, listen);
+    listeners.push(await bindUnix(server, listen));
     const regDir = str('registration-dir');
     if (regDir !== undefined) {
-      const regSocket = join(regDir, `${driver}-reg.sock`);
+      regSocket = join(regDir, `${driver}-reg.sock`);
       regServer = new grpc.Server();
       addRegistrationService(regServer, {
         driver,
@@ -156,17 +157,17 @@ export async function main(io: MainIo): Promise<number> {
             ? log.info({}, 'registered with kubelet')
             : log.warn({ error }, 'kubelet refused the registration'),
       });
-      await bindUnix(regServer, regSocket);
-      sockets.push(regSocket);
+      listeners.push(await bindUnix(regServer, regSocket));
     }
   } catch (err) {
     io.stderr.write(`vmplug-csi: cannot listen: ${(err as Error).message}\n`);
     server.forceShutdown();
     regServer?.forceShutdown();
+    for (const l of listeners) await l.close();
     upstream.close();
     return 1;
   }
-  log.info({ listen, upstream: upstreamPath, registration: sockets[1] ?? 'sidecar' }, 'serving');
+  log.info({ listen, upstream: upstreamPath, registration: regSocket ?? 'sidecar' }, 'serving');
 
   await (io.stopSignal ??
     new Promise<void>((resolve) => {
@@ -174,18 +175,25 @@ export async function main(io: MainIo): Promise<number> {
       process.once('SIGINT', () => resolve());
     }));
   log.info({ credentialsDropped: proxy.credentialsHeld }, 'stopping');
-  for (const s of [server, regServer]) {
-    if (s === undefined) continue;
-    await new Promise<void>((resolve) => {
-      const force = setTimeout(() => s.forceShutdown(), 5_000);
-      s.tryShutdown(() => {
-        clearTimeout(force);
-        resolve();
+  // The registration socket goes first in kubelet's eyes: removing it deregisters the driver.
+  // Each server drains its calls (5 s at most), then its socket is closed (and removed).
+  const stops: [grpc.Server | undefined, UnixListener | undefined][] = [
+    [regServer, listeners[1]],
+    [server, listeners[0]],
+  ];
+  for (const [s, l] of stops) {
+    if (s !== undefined) {
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => s.forceShutdown(), 5_000);
+        s.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
       });
-    });
+    }
+    await l?.close();
   }
   upstream.close();
-  // The registration socket goes first in kubelet's eyes: removing it deregisters the driver.
-  for (const s of sockets.reverse()) await unlink(s).catch(() => {});
+  for (const p of [regSocket, listen]) if (p !== undefined) await unlink(p).catch(() => {});
   return 0;
 }

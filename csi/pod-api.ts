@@ -1,9 +1,9 @@
-// vmplugd's pod-volume API (DESIGN §5b) as vmplug-csi uses it: the one module that speaks HTTP to
-// the daemon. It is a port (PodVolumes) so tests use a fake or a small HTTP server, and so the
-// HTTP half can be replaced by the typed client's pod methods (cli/client.ts) once they exist:
-// only UnixPodVolumes changes, the errors keep their `status`, `code` and `retryable`.
-import { request } from 'node:http';
+// vmplugd's pod-volume API (DESIGN §5b) as vmplug-csi uses it: the one module that talks to the
+// daemon, through the typed client's pod methods (cli/client.ts: node:http on the unix socket, a
+// timeout and an AbortSignal per call). It is a port (PodVolumes) so tests use a fake or a small
+// HTTP server; the errors keep the daemon's `status`, `code` and `retryable`.
 import type { AttachSourceRequest, PublishRequest, RbdSourceRequest } from '../api/index.js';
+import { type CallOptions, VmplugApiError, VmplugClient, VmplugTransportError } from '../cli/client.js';
 
 /** The rbd source of a publish: api/'s one spelling of it (the cephx key travels in the body only). */
 export type RbdSource = RbdSourceRequest;
@@ -72,26 +72,30 @@ export class PodApiError extends Error {
   }
 }
 
-const RETRYABLE_CODES = new Set(['DETACH_PENDING', 'CEPH_UNREACHABLE', 'NOT_READY', 'SHUTTING_DOWN']);
-const MAX_ANSWER_BYTES = 1024 * 1024;
-
 export interface UnixPodVolumesOptions {
   socketPath: string;
   /** Bound of each call (a publish of an rbd volume starts a storage daemon and may wait on Ceph). */
   timeoutMs: number;
 }
 
+/** The port over the typed client (cli/client.ts); its errors become PodApiErrors, codes kept. */
 export class UnixPodVolumes implements PodVolumes {
-  constructor(private readonly opts: UnixPodVolumesOptions) {}
+  readonly #client: VmplugClient;
 
-  async publish(podUid: string, volumeId: string, body: PublishBody, signal?: AbortSignal) {
-    const res = await this.#call('PUT', path(podUid, volumeId), body, signal);
-    return { created: res.status === 201 };
+  constructor(opts: UnixPodVolumesOptions) {
+    this.#client = new VmplugClient({ socketPath: opts.socketPath, timeoutMs: opts.timeoutMs });
   }
 
-  async get(podUid: string, volumeId: string, signal?: AbortSignal) {
+  async publish(podUid: string, volumeId: string, body: PublishBody, signal?: AbortSignal) {
+    // fsType goes as kubelet gave it: vmplugd judges it (422 naming the field), not this cast.
+    const request = body as PublishRequest;
+    const { created } = await wrap(() => this.#client.publish(podUid, volumeId, request, call(signal)));
+    return { created };
+  }
+
+  async get(podUid: string, volumeId: string, signal?: AbortSignal): Promise<PodVolumeView | undefined> {
     try {
-      return (await this.#call('GET', path(podUid, volumeId), undefined, signal)).body as PodVolumeView;
+      return await wrap(() => this.#client.getPodVolume(podUid, volumeId, call(signal)));
     } catch (err) {
       // Unknown volume, or no pod routes at all (ROUTE_NOT_FOUND: a vmplugd without the pod API
       // holds no pod volume either).
@@ -101,92 +105,25 @@ export class UnixPodVolumes implements PodVolumes {
   }
 
   async unpublish(podUid: string, volumeId: string, signal?: AbortSignal) {
-    await this.#call('DELETE', path(podUid, volumeId), undefined, signal);
+    await wrap(() => this.#client.unpublish(podUid, volumeId, call(signal)));
   }
 
   async resize(podUid: string, volumeId: string, sizeBytes: number, signal?: AbortSignal) {
-    const res = await this.#call('POST', `${path(podUid, volumeId)}/resize`, { sizeBytes }, signal);
-    const size = (res.body as { sizeBytes?: unknown } | undefined)?.sizeBytes;
+    const done = await wrap(() => this.#client.resizePodVolume(podUid, volumeId, sizeBytes, call(signal)));
+    const size = (done as { sizeBytes?: unknown } | undefined)?.sizeBytes;
     return typeof size === 'number' ? { sizeBytes: size } : {};
-  }
-
-  #call(method: string, urlPath: string, body: unknown, callerSignal?: AbortSignal) {
-    const what = `${method} ${urlPath}`;
-    const timeout = AbortSignal.timeout(this.opts.timeoutMs);
-    const signal = callerSignal ? AbortSignal.any([callerSignal, timeout]) : timeout;
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: Record<string, string | number> = { accept: 'application/json' };
-    if (payload) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = payload.length;
-    }
-    return new Promise<{ status: number; body: unknown }>((resolve, reject) => {
-      const fail = (err: NodeJS.ErrnoException) => {
-        if (timeout.aborted)
-          reject(new PodApiError(0, 'TIMEOUT', `${what}: no answer in ${this.opts.timeoutMs} ms`, true));
-        else if (signal.aborted) reject(new PodApiError(0, 'ABORTED', `${what}: aborted`, false));
-        else if (err.code === 'EACCES' || err.code === 'EPERM')
-          reject(
-            new PodApiError(
-              0,
-              'PERMISSION_DENIED',
-              `${what}: no permission on ${this.opts.socketPath}`,
-              false,
-            ),
-          );
-        else if (err instanceof PodApiError) reject(err);
-        else
-          reject(
-            new PodApiError(
-              0,
-              'DAEMON_UNREACHABLE',
-              `${what}: vmplugd unreachable at ${this.opts.socketPath}: ${err.code ?? err.message}`,
-              true,
-            ),
-          );
-      };
-      const req = request(
-        { socketPath: this.opts.socketPath, method, path: urlPath, headers, signal },
-        (res) => {
-          const chunks: Buffer[] = [];
-          let size = 0;
-          res.on('data', (c: Buffer) => {
-            size += c.length;
-            if (size > MAX_ANSWER_BYTES)
-              req.destroy(new PodApiError(0, 'BAD_RESPONSE', `${what}: answer too large`, false));
-            else chunks.push(c);
-          });
-          res.on('error', fail);
-          res.on('end', () => {
-            const status = res.statusCode ?? 0;
-            let parsed: unknown;
-            try {
-              const text = Buffer.concat(chunks).toString('utf8');
-              parsed = text.length > 0 ? JSON.parse(text) : undefined;
-            } catch {
-              parsed = undefined;
-            }
-            if (status < 400) {
-              resolve({ status, body: parsed });
-              return;
-            }
-            const p = (parsed ?? {}) as { code?: unknown; detail?: unknown; retryable?: unknown };
-            const code = typeof p.code === 'string' ? p.code : `HTTP_${status}`;
-            const detail = typeof p.detail === 'string' ? p.detail : `HTTP ${status}`;
-            const retryable =
-              typeof p.retryable === 'boolean'
-                ? p.retryable
-                : status === 503 || status === 504 || status === 429 || RETRYABLE_CODES.has(code);
-            reject(new PodApiError(status, code, detail, retryable));
-          });
-        },
-      );
-      req.on('error', fail);
-      req.end(payload);
-    });
   }
 }
 
-function path(podUid: string, volumeId: string): string {
-  return `/v1/pods/${encodeURIComponent(podUid)}/volumes/${encodeURIComponent(volumeId)}`;
+const call = (signal: AbortSignal | undefined): CallOptions => (signal ? { signal } : {});
+
+async function wrap<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof VmplugApiError)
+      throw new PodApiError(err.status, err.code, err.message, err.retryable);
+    if (err instanceof VmplugTransportError) throw new PodApiError(0, err.code, err.message, err.retryable);
+    throw err;
+  }
 }

@@ -81,6 +81,8 @@ export interface KubeNode {
   readonly nodeIp: string;
   readonly dir: string;
   readonly containerdSocket: string;
+  /** The pause image in containerd (a container image a test pod can run: it never pulls). */
+  readonly pauseImage: string;
   /** Milliseconds from the first process spawned to the Node Ready. */
   readonly bringUpMs: number;
   /** KUBERNETES_SERVICE_HOST/PORT for pods on the host network: the apiserver on 127.0.0.1. */
@@ -94,9 +96,63 @@ export interface KubeNode {
   readonly mountNamespacePid: number;
   /** `ctr -n k8s.io images import`: the name comes from the archive's reference. */
   importImage(archive: string): Promise<void>;
+  /**
+   * Starts a process in that mount namespace, where it sees kubelet's paths as a node plugin pod
+   * with Bidirectional mounts would (a CSI plugin), logged to `log(name)`. Stopped (SIGTERM,
+   * then SIGKILL) by the handle or by `stop()`, before kubelet.
+   */
+  spawnInNode(name: string, file: string, args: string[]): NodeProcess;
   /** A log of one of its processes (kubelet, containerd, kube-controller-manager, kube-scheduler). */
   log(name: string): string;
   stop(): Promise<void>;
+}
+
+export interface NodeProcess {
+  readonly pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * What a node's bring-up could leave on the host (compared before and after by the tests that
+ * start one): names in the places kubelet and containerd write, links, sysctls.
+ */
+export function hostState(): Record<string, string[]> {
+  const names = (d: string): string[] => {
+    try {
+      return readdirSync(d).sort();
+    } catch {
+      return [];
+    }
+  };
+  const sysctl = (k: string): string => {
+    try {
+      return `${k}=${readFileSync(`/proc/sys/${k.replaceAll('.', '/')}`, 'utf8').trim()}`;
+    } catch {
+      return `${k}=?`;
+    }
+  };
+  return {
+    ...Object.fromEntries(
+      [
+        '/var/lib',
+        '/var/log',
+        '/run',
+        '/usr/libexec',
+        '/opt',
+        '/etc/cni',
+        '/sys/fs/cgroup/memory',
+        '/sys/fs/cgroup/cpu',
+      ].map((d) => [d, names(d)]),
+    ),
+    links: names('/sys/class/net'),
+    sysctls: [
+      'vm.overcommit_memory',
+      'vm.panic_on_oom',
+      'kernel.panic',
+      'kernel.panic_on_oops',
+      'net.ipv4.ip_forward',
+    ].map(sysctl),
+  };
 }
 
 /** The cached node binaries, building them on first use (about 7 min cold). */
@@ -326,12 +382,23 @@ export async function startKubeNode(opts: KubeNodeOptions = {}): Promise<KubeNod
       nodeIp,
       dir,
       containerdSocket,
+      pauseImage: bins.pauseImage,
       bringUpMs,
       apiserverEnv: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(kube.port) },
       mountNamespacePid: holder,
       hostPathOf: (path) => {
         const i = PRIVATE_PATHS.findIndex((p) => path === p || path.startsWith(`${p}/`));
         return i < 0 ? path : join(priv, String(i), path.slice((PRIVATE_PATHS[i] ?? '').length));
+      },
+      spawnInNode: (name, file, args) => {
+        const pid = inNs(name, file, args);
+        let stopped: Promise<void> | undefined;
+        const stopIt = (): Promise<void> => {
+          stopped ??= killAndWait(pid);
+          return stopped;
+        };
+        undo.push(stopIt);
+        return { pid, stop: stopIt };
       },
       importImage: async (archive) => {
         await ctr(['images', 'import', archive], 300_000);

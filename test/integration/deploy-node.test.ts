@@ -10,14 +10,14 @@
  * traffic may leave this machine: docs/deploy.md), and the test bed's device allow-list.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VmplugClient } from '../../cli/client.js';
 import { applyDeployFiles, until } from '../env/kube/manifests.js';
-import { type KubeNode, startKubeNode } from '../env/kube-node.js';
+import { hostState, type KubeNode, startKubeNode } from '../env/kube-node.js';
 import { createLoopDevice, type LoopDevice, TEST_BED_ALLOWED_DEVICES } from '../env/loop.js';
 import { repoRoot } from '../env/paths.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
@@ -26,46 +26,6 @@ const run = promisify(execFile);
 const NS = 'vmplug-system';
 const SOCKET = '/run/vmplug/vmplug.sock';
 const MiB = 2 ** 20;
-
-/** What a node's bring-up could leave on the host: names in the places kubelet and containerd write, links, sysctls. */
-function hostState(): Record<string, string[]> {
-  const names = (d: string): string[] => {
-    try {
-      return readdirSync(d).sort();
-    } catch {
-      return [];
-    }
-  };
-  const sysctl = (k: string): string => {
-    try {
-      return `${k}=${readFileSync(`/proc/sys/${k.replaceAll('.', '/')}`, 'utf8').trim()}`;
-    } catch {
-      return `${k}=?`;
-    }
-  };
-  return {
-    ...Object.fromEntries(
-      [
-        '/var/lib',
-        '/var/log',
-        '/run',
-        '/usr/libexec',
-        '/opt',
-        '/etc/cni',
-        '/sys/fs/cgroup/memory',
-        '/sys/fs/cgroup/cpu',
-      ].map((d) => [d, names(d)]),
-    ),
-    links: names('/sys/class/net'),
-    sysctls: [
-      'vm.overcommit_memory',
-      'vm.panic_on_oom',
-      'kernel.panic',
-      'kernel.panic_on_oops',
-      'net.ipv4.ip_forward',
-    ].map(sysctl),
-  };
-}
 
 interface Pod {
   metadata: { name: string; uid: string; deletionTimestamp?: string };

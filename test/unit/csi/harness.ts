@@ -6,59 +6,21 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { addCsiServices, bindUnix, CSI_SERVICES, rawMethod, Upstream } from '../../../csi/grpc-proxy.js';
+import {
+  addCsiServices,
+  bindUnix,
+  CSI_SERVICES,
+  type UnixListener,
+  Upstream,
+} from '../../../csi/grpc-proxy.js';
 import type { VolumeLookup } from '../../../csi/lookup.js';
-import { encode } from '../../../csi/messages.js';
 import { NodeProxy, type NodeProxyOptions } from '../../../csi/node.js';
 import { UnixPodVolumes } from '../../../csi/pod-api.js';
+import { TestPlugin } from '../../env/csi-plugin.js';
 
 const identity = (b: Buffer): Buffer => b;
 
-export interface SeenCall {
-  path: string;
-  request: Buffer;
-  metadata: grpc.Metadata;
-}
-
-/** The test CSI node plugin: records every call and answers with `answer(path, req)`. */
-export class TestPlugin {
-  readonly calls: SeenCall[] = [];
-  answer: (path: string, request: Buffer) => Buffer | grpc.StatusObject = (path) =>
-    path.endsWith('/NodeGetCapabilities') ? capabilities([1, 2, 3]) : Buffer.alloc(0);
-  readonly server = new grpc.Server();
-
-  constructor() {
-    for (const [service, methods] of Object.entries(CSI_SERVICES)) {
-      const def: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
-      const impl: grpc.UntypedServiceImplementation = {};
-      for (const m of methods) {
-        const path = `/${service}/${m}`;
-        def[m] = rawMethod(path);
-        impl[m] = (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
-          this.calls.push({ path, request: Buffer.from(call.request), metadata: call.metadata });
-          const a = this.answer(path, call.request);
-          if (Buffer.isBuffer(a)) cb(null, a);
-          else cb(a);
-        };
-      }
-      this.server.addService(def, impl);
-    }
-  }
-
-  paths(): string[] {
-    return this.calls.map((c) => c.path.split('/')[2]!);
-  }
-}
-
-/** NodeGetCapabilitiesResponse with these RPC types. */
-export function capabilities(types: number[]): Buffer {
-  return Buffer.concat(
-    types.map((t) => {
-      const cap = encode('csi.v1.NodeServiceCapability', { rpc: { type: t } });
-      return Buffer.concat([Buffer.from([0x0a, cap.length]), cap]);
-    }),
-  );
-}
+export { capabilities, type SeenCall, TestPlugin } from '../../env/csi-plugin.js';
 
 export interface ApiCall {
   method: string;
@@ -123,12 +85,13 @@ export async function startBed(
 ): Promise<Bed> {
   const dir = await mkdtemp(join(tmpdir(), 'vmplug-csi-'));
   const plugin = new TestPlugin();
-  await bindUnix(plugin.server, join(dir, 'upstream.sock'));
+  await plugin.listen(join(dir, 'upstream.sock'));
   const vmplugd = new FakeVmplugd();
   await new Promise<void>((resolve) => vmplugd.server.listen(join(dir, 'vmplug.sock'), resolve));
 
   const madeDirs: string[] = [];
   let server: grpc.Server;
+  let listener: UnixListener | undefined;
   let upstream: Upstream;
   let proxy!: NodeProxy;
   const start = async () => {
@@ -147,11 +110,12 @@ export async function startBed(
     });
     server = new grpc.Server();
     addCsiServices(server, upstream, proxy.handlers());
-    await bindUnix(server, join(dir, 'csi.sock'));
+    listener = await bindUnix(server, join(dir, 'csi.sock'));
   };
-  const stop = () => {
+  const stop = async () => {
     server.forceShutdown();
     upstream.close();
+    await listener?.close();
   };
   await start();
   const client = new grpc.Client(`unix:${join(dir, 'csi.sock')}`, grpc.credentials.createInsecure());
@@ -177,13 +141,13 @@ export async function startBed(
         );
       }),
     restart: async () => {
-      stop();
+      await stop();
       await start();
     },
     close: async () => {
       client.close();
-      stop();
-      plugin.server.forceShutdown();
+      await stop();
+      await plugin.close();
       await new Promise((r) => vmplugd.server.close(r));
       await rm(dir, { recursive: true, force: true });
     },

@@ -7,7 +7,6 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bindUnix } from '../../../csi/grpc-proxy.js';
 import { main } from '../../../csi/main.js';
 import { decode, encode } from '../../../csi/messages.js';
 import { TestPlugin } from './harness.js';
@@ -54,7 +53,7 @@ describe('vmplug-csi main', () => {
   it('serves the proxy and kubelet registration, and removes its sockets on stop', async () => {
     dir = await mkdtemp(join(tmpdir(), 'vmplug-csi-main-'));
     const plugin = new TestPlugin();
-    await bindUnix(plugin.server, join(dir, 'upstream.sock'));
+    await plugin.listen(join(dir, 'upstream.sock'));
     plugin.answer = () => Buffer.from([0x0a, 0x01, 0x6e]);
     let stop!: () => void;
     const stopSignal = new Promise<void>((r) => {
@@ -105,6 +104,6 @@ describe('vmplug-csi main', () => {
     expect(await done).toBe(0);
     expect(existsSync(listen)).toBe(false);
     expect(existsSync(regSock)).toBe(false);
-    plugin.server.forceShutdown();
+    await plugin.close();
   });
 });

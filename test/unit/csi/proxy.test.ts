@@ -113,7 +113,7 @@ describe('vmplug-csi forwards what is not in direct mode', () => {
 
   it('answers UNAVAILABLE when the real plugin is not there', async () => {
     bed = await startBed();
-    bed.plugin.server.forceShutdown();
+    await bed.plugin.close();
     const err = await code(bed.call('NodeGetInfo', Buffer.alloc(0)));
     expect(err.code).toBe(grpc.status.UNAVAILABLE);
   });
