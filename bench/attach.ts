@@ -658,20 +658,33 @@ async function bareConcurrencyPhase(
 /**
  * Medians of vmplugd's 'attach timing' debug lines (storage/engine.ts), by latency case and for
  * the concurrent attaches: the turn (waiting for the sandbox's lock and a node slot), the journal
- * read, the wait for the host-device check (started before the turn), the lane listing, the wait
- * for the Ceph probe (likewise), the Pending record, and the steps (QMP + their journal writes).
+ * read, the host-device check, the lane listing, the backend choice, the Ceph probe, the rbd
+ * preflight, the Pending record, and the steps (QMP + their journal writes); 'journal+' is the
+ * steps' time outside their own timed side effects (their journal writes, mostly).
  */
 function printPhases(daemon: DaemonProcess): void {
   const groups = new Map<string, Record<string, number[]>>();
   for (const line of daemon.lines) {
     if (!line.includes('"attach timing"')) continue;
-    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number> };
+    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number>; stepTimesMs: number };
     const g = o.volumeId.startsWith('lat-') ? o.volumeId : 'concurrent (all)';
     const acc = groups.get(g) ?? {};
-    for (const [k, v] of Object.entries(o.phases)) acc[k] = [...(acc[k] ?? []), v];
+    const phases = { ...o.phases, 'journal+Ms': (o.phases.stepsMs ?? 0) - o.stepTimesMs };
+    for (const [k, v] of Object.entries(phases)) acc[k] = [...(acc[k] ?? []), v];
     groups.set(g, acc);
   }
-  const keys = ['turnMs', 'loadMs', 'hostCheckMs', 'lanesMs', 'cephMs', 'pendingMs', 'stepsMs'];
+  const keys = [
+    'turnMs',
+    'loadMs',
+    'hostCheckMs',
+    'lanesMs',
+    'backendMs',
+    'cephMs',
+    'preflightMs',
+    'pendingMs',
+    'stepsMs',
+    'journal+Ms',
+  ];
   out("\nvmplugd's attach phases (medians, ms; engine.ts 'attach timing' lines, warm-up included)");
   out(
     `  ${'case'.padEnd(20)}${keys.map((k) => k.replace('Ms', '').padStart(10)).join('')}${'n'.padStart(5)}`,

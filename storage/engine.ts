@@ -148,10 +148,11 @@ export class AttachEngine extends VolumeEngine implements AttachService {
   }
 
   protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
-    const { sandboxId, volumeId, spec, log, signal } = op;
+    const { sandboxId, volumeId, spec, log, signal, phases } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
     const sandbox = this.#present(sandboxId);
     const existing = await this.#o.journal.load(sandboxId, volumeId);
+    phases.mark('loadMs');
     const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
     const plan = planAttach(
       existing,
@@ -197,11 +198,14 @@ export class AttachEngine extends VolumeEngine implements AttachService {
 
     // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
     const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
+    phases.mark('hostCheckMs');
     const step = this.#stepContext(sandbox, signal, log, admitted);
     const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
       throw backendFailure('inspect lanes', err, step.secrets);
     });
+    phases.mark('lanesMs');
     const backend = await resolveBackend(spec, sandbox.qmp, q, this.#vhostUser !== undefined);
+    phases.mark('backendMs');
     if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
     // vhost-user-blk-pci goes on a root port, as virtio-blk does.
     const choice = chooseLane(
@@ -210,22 +214,27 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       this.#o.scsiTargets,
     );
     await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
+    phases.mark('cephMs');
     // The image open about to run in the guest's own QEMU would stall its main loop on a stuck
     // OSD: try it out of process first. Through a storage daemon the stall stays there anyway.
     if (spec.mode === 'rbd' && backend !== 'storage-daemon' && this.#o.rbdPreflight !== undefined) {
       await this.#o.rbdPreflight(spec.source, signal);
     }
+    phases.mark('preflightMs');
     const record = pendingRecord(
       { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
       admitted,
       backend,
     );
     await this.#o.journal.save(record);
+    phases.mark('pendingMs');
     log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
-    return {
-      created: true,
-      attachment: await this.#runAttach(sandbox, record, admitted, signal, log, false),
-    };
+    const attachment = await this.#runAttach(sandbox, record, admitted, signal, log, false);
+    phases.mark('stepsMs');
+    // Where a fresh attach's time went (bench/attach.ts --phases).
+    const stepTimes = attachment.timeline.reduce((sum, t) => sum + t.ms, 0);
+    log.debug({ phases: phases.phases, stepTimesMs: stepTimes }, 'attach timing');
+    return { created: true, attachment };
   }
 
   async #runAttach(
