@@ -194,9 +194,10 @@ export class Journal {
   readonly #onWrite: JournalWriteHook | undefined;
 
   /**
-   * `onWrite` runs just before each record write starts and just after it is durable: the
-   * daemon's crash tests hang their failpoints there (die between a side effect and the write
-   * that records it, or between the write and the next side effect).
+   * `onWrite` runs just before each record write starts and just after it is durable, and for a
+   * state passed unwritten (passed()): the daemon's crash tests hang their failpoints there (die
+   * between a side effect and the write that records it, or between the write and the next side
+   * effect).
    */
   constructor(opts: { stateDir: string; logger: JournalLogger; onWrite?: JournalWriteHook }) {
     this.root = join(opts.stateDir, 'journal');
@@ -222,6 +223,16 @@ export class Journal {
       signal: opts.signal,
       step: io,
     });
+    this.#onWrite?.(record, 'after');
+  }
+
+  /**
+   * A state the steps pass without writing it (the record on disk, in an earlier state of the same
+   * operation, already covers what QEMU may hold, and every step looks at QEMU before acting): only
+   * the write hook runs, so the crash tests still kill exactly at that step boundary.
+   */
+  passed(record: JournalRecord): void {
+    this.#onWrite?.(record, 'before');
     this.#onWrite?.(record, 'after');
   }
 

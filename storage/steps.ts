@@ -80,6 +80,25 @@ export async function advance(
   return next;
 }
 
+/**
+ * The next state in memory only, for a step no later side effect needs on disk: the record the
+ * operation wrote first (Pending, Detaching) already names every object it may create or remove,
+ * and every step looks at QEMU before acting, so a crash here resumes or rolls back the same way.
+ * The write that follows carries this step in its timeline. (Each write is two fsyncs: on a busy
+ * node the largest share of vmplugd's own time per attach and detach.)
+ */
+export function pass(
+  ctx: Pick<StepContext, 'journal' | 'log'>,
+  record: JournalRecord,
+  to: VolumeState,
+  since: number,
+): JournalRecord {
+  const next = transition(record, to, { ms: performance.now() - since });
+  ctx.journal.passed(next);
+  ctx.log.debug({ state: to }, `volume ${to}`);
+  return next;
+}
+
 export interface AttachStepOptions {
   /** The lane device_add uses, given the one the record holds (if any). */
   lane(recorded: Lane | undefined): Promise<Lane>;
@@ -101,7 +120,7 @@ export async function attachSteps(
     // The storage daemon holds librbd and the key; the guest's QEMU only a chardev to its export.
     const t0 = performance.now();
     await exportAndConnect(ctx.qmp, requireVhostUser(ctx.vhostUser), r, spec, q);
-    r = await advance(ctx, r, 'BlockdevAdded', t0);
+    r = pass(ctx, r, 'BlockdevAdded', t0);
   }
 
   if (r.state === 'Pending' && spec.mode === 'rbd') {
@@ -117,7 +136,7 @@ export async function attachSteps(
       // A resumed attach finds its own secret (same ids, same key: the fingerprint matched).
       if (!isDuplicate(err)) throw backendFailure('object-add secret', err, ctx.secrets);
     }
-    r = await advance(ctx, r, 'SecretAdded', t0);
+    r = pass(ctx, r, 'SecretAdded', t0);
   }
 
   if (r.state === 'Pending' || r.state === 'SecretAdded') {
@@ -152,14 +171,14 @@ export async function attachSteps(
         throw backendFailure('blockdev-add', err, ctx.secrets);
       }
     }
-    r = await advance(ctx, r, 'BlockdevAdded', t0);
+    r = pass(ctx, r, 'BlockdevAdded', t0);
   }
 
   if (r.state === 'BlockdevAdded') {
     const t0 = performance.now();
     const lane = await addDevice(ctx, r, opts);
-    // Nothing happens between DeviceAdded and Attached: both steps go into one journal write
-    // (each write is two fsyncs, the largest share of the engine's own latency on a busy disk).
+    // The one write after Pending: the steps passed since (pass()) and the device's lane, with
+    // DeviceAdded and Attached together (nothing happens between them).
     r = await advance(ctx, r, ['DeviceAdded', 'Attached'], t0, { lane });
   }
 
@@ -228,7 +247,7 @@ export async function teardownSteps(
         throw pending;
       }
     }
-    r = await advance(ctx, r, 'DeviceDeleted', t0);
+    r = pass(ctx, r, 'DeviceDeleted', t0);
   }
 
   if (r.state === 'DeviceDeleted') {
@@ -247,12 +266,8 @@ export async function teardownSteps(
         if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
       }
     }
-    if (r.spec.mode === 'rbd') {
-      r = await advance(ctx, r, 'BlockdevDeleted', t0);
-    } else {
-      // Block mode has no further QEMU object: the record's removal is the next write.
-      r = transition(r, 'BlockdevDeleted', { ms: performance.now() - t0 });
-    }
+    // The record's removal is the next write: the secret and conf file (rbd) are looked up first.
+    r = pass(ctx, r, 'BlockdevDeleted', t0);
   }
 
   if (r.state === 'BlockdevDeleted') {

@@ -492,6 +492,36 @@ describe('AttachEngine, rbd mode', () => {
     expect(await allFiles(bed.stateDir)).toEqual([]);
   });
 
+  it('writes the record twice per attach and once plus its removal per detach; the hook sees every step', async () => {
+    const written: string[] = [];
+    const save = bed.journal.save.bind(bed.journal);
+    bed.journal.save = async (record, opts) => {
+      written.push(record.state);
+      await save(record, opts);
+    };
+    let removed = 0;
+    const remove = bed.journal.remove.bind(bed.journal);
+    bed.journal.remove = async (...args) => {
+      removed++;
+      return remove(...args);
+    };
+    const passed: string[] = [];
+    bed.journal.passed = (record) => {
+      passed.push(record.state);
+    };
+    await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
+    // Pending covers the secret and the node (every step looks at QEMU first); one write at the end.
+    expect(written).toEqual(['Pending', 'Attached']);
+    expect(passed).toEqual(['SecretAdded', 'BlockdevAdded']);
+    written.length = 0;
+    passed.length = 0;
+    await bed.engine.detach(sb, vol('pvc-r'), bed.ctx);
+    expect(written).toEqual(['Detaching']);
+    expect(passed).toEqual(['DeviceDeleted', 'BlockdevDeleted']);
+    expect(removed).toBe(1);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+  });
+
   it('a different key is a different spec (409); the key never shows in the error', async () => {
     await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
     const other = parseAttachRequest({
