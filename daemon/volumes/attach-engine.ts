@@ -101,7 +101,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
   // One block-mode check (allow-list and host use) for every engine.
   const checkHostDevice = hostDeviceCheck(hostDevicePolicy(config.allowedDevices));
   const storageDaemon = await hotAttachBackend(config, logger);
-  const preflight = await rbdPreflightOf(config.stateDir, logger);
+  const preflight = await rbdPreflightOf(config.stateDir, config.maxConcurrentOps, logger);
   const engine = new AttachEngine({
     journal,
     sandboxes,
@@ -215,16 +215,19 @@ async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: 
 
 /**
  * The out-of-process rbd open before an rbd attach (storage/rbd-preflight.ts), in
- * <stateDir>/rbd-preflight (0700; daemons a killed vmplugd left there are killed first); without
- * qemu-storage-daemon on the node, attaches go on without it and the first one logs why.
+ * <stateDir>/rbd-preflight (0700; daemons a killed vmplugd left there are killed first; idle ones
+ * quit after 60 s); without qemu-storage-daemon on the node, attaches go on without it and the
+ * first one logs why.
  */
 async function rbdPreflightOf(
   stateDir: string,
+  maxIdle: number,
   logger: Logger,
 ): Promise<{ check: (source: RbdSource, signal: AbortSignal) => Promise<unknown>; close(): Promise<void> }> {
   const runDir = join(stateDir, 'rbd-preflight');
   await mkdir(runDir, { recursive: true, mode: 0o700 });
-  const preflight = new RbdPreflight({ runDir });
+  // As many idle as attaches can run at once: a burst of rbd attaches starts its daemons once.
+  const preflight = new RbdPreflight({ runDir, maxIdle });
   const swept = await preflight.sweep();
   if (swept > 0) logger.warn({ killed: swept }, 'rbd preflight: killed daemons a previous vmplugd left');
   let warned = false;
