@@ -253,6 +253,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     }
     try {
       const done = await attachSteps(step, record, spec, {
+        fresh: !resumed,
         // A fresh attach chose its lane from QEMU's view moments ago under this sandbox's lock:
         // nothing can have taken it since. A resumed one holds a lane chosen before a crash,
         // which a NIC or an operator may have taken since: it is read again.

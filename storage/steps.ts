@@ -15,7 +15,7 @@ import type { OperationLogger } from './attach-service.js';
 import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
 import { laneOfDevice } from './lanes.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';
-import { deviceExists, isNotFound, listPeripherals, nodeExists, objectExists } from './qemu-view.js';
+import { deviceExists, isNotFound, listPeripherals } from './qemu-view.js';
 import {
   backendFailure,
   isAbsent,
@@ -102,6 +102,12 @@ export function pass(
 export interface AttachStepOptions {
   /** The lane device_add uses, given the one the record holds (if any). */
   lane(recorded: Lane | undefined): Promise<Lane>;
+  /**
+   * A fresh attach (not a resume): QEMU was just read under the sandbox's lock, so device_add goes
+   * without looking for the device first; a device of that name found there after all (a record
+   * quarantined as unreadable) is taken over as on a resume, never torn down.
+   */
+  fresh?: boolean;
   clientMountTimeoutS?: number;
 }
 
@@ -188,13 +194,10 @@ export async function attachSteps(
 
 async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOptions): Promise<Lane> {
   const q = call(ctx);
-  const existing = (await listPeripherals(ctx.qmp, q)).find((d) => d.id === r.names.device);
-  if (existing !== undefined) {
+  if (!opts.fresh) {
     // Resumed after a crash between device_add and the journal write: take the lane QEMU reports.
-    const lane = await laneOfDevice(ctx.qmp, existing, q);
-    if (lane === undefined)
-      throw new BackendError('device_add', `device ${r.names.device} is not on a vmplug lane`);
-    return lane;
+    const lane = await existingLane(ctx, r);
+    if (lane !== undefined) return lane;
   }
   const lane = await opts.lane(r.lane);
   try {
@@ -204,6 +207,10 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
       q,
     );
   } catch (err) {
+    if (opts.fresh && isDuplicate(err)) {
+      const held = await existingLane(ctx, r);
+      if (held !== undefined) return held;
+    }
     // No second try on a lane found taken ("lun already used", "slot not available"): the lane
     // was read from QEMU under the sandbox's lock, which every vmplug operation that places or
     // removes a device takes (volumes of both engines, NICs, resizes: one OperationGate,
@@ -212,6 +219,17 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
     // a plain error, and the rollback leaves nothing.
     throw backendFailure('device_add', err, ctx.secrets);
   }
+  return lane;
+}
+
+/** The lane of the device QEMU already holds under this record's name; undefined when it holds none. */
+async function existingLane(ctx: StepContext, r: JournalRecord): Promise<Lane | undefined> {
+  const q = call(ctx);
+  const existing = (await listPeripherals(ctx.qmp, q)).find((d) => d.id === r.names.device);
+  if (existing === undefined) return undefined;
+  const lane = await laneOfDevice(ctx.qmp, existing, q);
+  if (lane === undefined)
+    throw new BackendError('device_add', `device ${r.names.device} is not on a vmplug lane`);
   return lane;
 }
 
@@ -236,35 +254,33 @@ export async function teardownSteps(
 
   if (r.state === 'Detaching' || r.state === 'DetachPending') {
     const t0 = performance.now();
-    if (await deviceExists(ctx.qmp, names.device, q)) {
-      const gone = await unplug(ctx, names.device, opts.waitMs);
-      if (!gone) {
-        const waited = Math.round(performance.now() - t0);
-        const pending = new DetachPendingError(names.device, waited);
-        r = await advance(ctx, r, 'DetachPending', t0, {
-          error: { code: pending.code, message: pending.message },
-        });
-        throw pending;
-      }
+    // No look first: device_del of a device that is gone answers DeviceNotFound (unplug: gone),
+    // and so do blockdev-del and object-del below (isAbsent); a look would be a round trip more.
+    const gone = await unplug(ctx, names.device, opts.waitMs);
+    if (!gone) {
+      const waited = Math.round(performance.now() - t0);
+      const pending = new DetachPendingError(names.device, waited);
+      r = await advance(ctx, r, 'DetachPending', t0, {
+        error: { code: pending.code, message: pending.message },
+      });
+      throw pending;
     }
     r = pass(ctx, r, 'DeviceDeleted', t0);
   }
 
   if (r.state === 'DeviceDeleted') {
     const t0 = performance.now();
-    if (await nodeExists(ctx.qmp, names.node, q)) {
-      try {
-        await blockdevDel(ctx.qmp, names.node, q);
-      } catch (err) {
-        if (isNodeInUse(err)) {
-          // Never pull the backend from under a device: something still uses the node.
-          throw new BackendError('blockdev-del', `node ${names.node} is still in use; retry the detach`, {
-            cause: err,
-            retryable: true,
-          });
-        }
-        if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
+    try {
+      await blockdevDel(ctx.qmp, names.node, q);
+    } catch (err) {
+      if (isNodeInUse(err)) {
+        // Never pull the backend from under a device: something still uses the node.
+        throw new BackendError('blockdev-del', `node ${names.node} is still in use; retry the detach`, {
+          cause: err,
+          retryable: true,
+        });
       }
+      if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
     }
     // The record's removal is the next write: the secret and conf file (rbd) are looked up first.
     r = pass(ctx, r, 'BlockdevDeleted', t0);
@@ -272,12 +288,10 @@ export async function teardownSteps(
 
   if (r.state === 'BlockdevDeleted') {
     if (r.spec.mode === 'rbd') {
-      if (await objectExists(ctx.qmp, names.secret, q)) {
-        try {
-          await objectDel(ctx.qmp, names.secret, q);
-        } catch (err) {
-          if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
-        }
+      try {
+        await objectDel(ctx.qmp, names.secret, q);
+      } catch (err) {
+        if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
       }
       await removeConfFile(ctx.stateDir, names);
       if (isVhostUser(r)) await disconnectAndStop(ctx.qmp, requireVhostUser(ctx.vhostUser), r, q);

@@ -226,6 +226,37 @@ describe('AttachEngine, block mode', () => {
     });
   });
 
+  it('a fresh attach sends device_add right after blockdev-add; a detach sends only the deletions', async () => {
+    await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    const commands = bed.qemu.calls.map((c) => c.command);
+    // The lanes were read under the sandbox's lock before Pending: no second look for the device.
+    expect(commands.slice(commands.indexOf('blockdev-add'))).toEqual(['blockdev-add', 'device_add']);
+    bed.qemu.calls.length = 0;
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    // Nothing looked up first: a deletion of what is gone answers "not found", taken as done.
+    expect(bed.qemu.calls.map((c) => c.command)).toEqual(['device_del', 'blockdev-del']);
+    bed.qemu.calls.length = 0;
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    expect(bed.qemu.calls).toEqual([]);
+  });
+
+  it('a fresh attach finding its device already in QEMU (record quarantined) takes it over, never tears it down', async () => {
+    const names = volumeNames(sb, vol('pvc-q'));
+    bed.qemu.addNode(names.node);
+    bed.qemu.addDevice({
+      driver: 'scsi-hd',
+      id: names.device,
+      drive: names.node,
+      bus: 'vmplug-scsi0.0',
+      'scsi-id': 3,
+    });
+    const { attachment } = await bed.engine.attach(sb, vol('pvc-q'), blockSpec(), bed.ctx);
+    expect(attachment.state).toBe('Attached');
+    expect((await bed.journal.load(sb, vol('pvc-q')))?.lane).toEqual({ bus: 'scsi', scsiId: 3 });
+    expect(bed.qemu.calls.map((c) => c.command)).not.toContain('device_del');
+    expect(bed.qemu.vmplugState().devices).toEqual([names.device]);
+  });
+
   it('detaches: device, node, record; detach again and of unknown volumes succeeds', async () => {
     await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
     await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
