@@ -553,6 +553,70 @@ describe('AttachEngine, rbd mode', () => {
     expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
   });
 
+  it('runs the rbd preflight while the lanes are read, and calls it off when the attach is refused', async () => {
+    const events: string[] = [];
+    let releaseListing: () => void = () => {};
+    const listing = new Promise<void>((r) => {
+      releaseListing = r;
+    });
+    bed.qemu.onCommand(async (command, args) => {
+      if (command === 'qom-list' && args.path === '/machine/peripheral' && events.length === 0) {
+        events.push('lanes asked');
+        await listing;
+        events.push('lanes answered');
+      }
+    });
+    let preflightSignal: AbortSignal | undefined;
+    await bed.cleanup();
+    const qemu = bed.qemu;
+    bed = await makeBed({
+      engine: {
+        scsiTargets: 1,
+        rbdPreflight: async (_source, signal) => {
+          events.push('preflight');
+          preflightSignal = signal;
+          releaseListing();
+        },
+      },
+    });
+    bed.dir.addQemu(sb, qemu);
+    bed.qemu = qemu;
+    await bed.engine.attach(sb, vol('r1'), rbdSpec(mon.address, { bus: 'scsi' }), bed.ctx);
+    // The preflight began before the lane listing answered (it released it).
+    expect(events).toEqual(['lanes asked', 'preflight', 'lanes answered']);
+    expect(preflightSignal?.aborted).toBe(false);
+
+    // The only scsi target is taken: LANES_FULL once the listing answers, with the preflight
+    // under way: its signal is aborted.
+    let hung: AbortSignal | undefined;
+    let started: () => void = () => {};
+    const preflightStarted = new Promise<void>((r) => {
+      started = r;
+    });
+    qemu.onCommand(async (command, args) => {
+      if (command === 'qom-list' && args.path === '/machine/peripheral') await preflightStarted;
+    });
+    await bed.cleanup();
+    bed = await makeBed({
+      engine: {
+        scsiTargets: 1,
+        rbdPreflight: (_source, signal) => {
+          hung = signal;
+          started();
+          return new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)));
+        },
+      },
+    });
+    bed.dir.addQemu(sb, qemu);
+    bed.qemu = qemu;
+    const err = await bed.engine
+      .attach(sb, vol('r2'), rbdSpec(mon.address, { bus: 'scsi' }, 'vol2'), bed.ctx)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LanesFullError);
+    expect(hung?.aborted).toBe(true);
+    expect(await bed.journal.load(sb, vol('r2'))).toBeUndefined();
+  });
+
   it('a different key is a different spec (409); the key never shows in the error', async () => {
     await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
     const other = parseAttachRequest({
