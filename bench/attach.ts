@@ -390,6 +390,15 @@ interface ConcurrentJob {
   attachMs: number;
   detachMs: number;
   stepsMs: number;
+  /** The same volume's bare QMP attach / detach: from the burst's start to its last command's reply. */
+  bareAttachMs: number;
+  bareDetachMs: number;
+}
+
+/** Replies per second of each burst through vmplugd, for the ratios to bare QMP. */
+interface Throughput {
+  attachPerS: number;
+  detachPerS: number;
 }
 
 async function concurrencyPhase(
@@ -397,7 +406,7 @@ async function concurrencyPhase(
   client: VmplugClient,
   sandboxes: KataSandbox[],
   confPath: string,
-): Promise<ConcurrentJob[]> {
+): Promise<{ jobs: ConcurrentJob[]; throughput: Throughput }> {
   const ceph = stage.ceph as CephCluster;
   const daemon = stage.daemon as DaemonProcess;
   // Each sandbox gets rbd and block volumes in turn, so neither mode queues behind the other.
@@ -425,6 +434,8 @@ async function concurrencyPhase(
       attachMs: NaN,
       detachMs: NaN,
       stepsMs: NaN,
+      bareAttachMs: NaN,
+      bareDetachMs: NaN,
     };
     if (mode === 'block') {
       const path = (loops[nextLoop++] as LoopDevice).path;
@@ -556,10 +567,16 @@ async function concurrencyPhase(
         `${after.hwmKiB === idle.hwmKiB ? ' (unchanged by the load: reached at start-up, loading and compiling modules)' : ''}` +
         `; after detaching all VmRSS ${mib(after.rssKiB)}`,
     );
+    return {
+      jobs,
+      throughput: {
+        attachPerS: attachCount / (aReplied / 1000),
+        detachPerS: attachCount / (dReplied / 1000),
+      },
+    };
   } finally {
     clearInterval(sampler);
   }
-  return jobs;
 }
 
 /**
@@ -571,6 +588,7 @@ async function bareConcurrencyPhase(
   stage: Stage,
   jobs: ConcurrentJob[],
   sandboxes: KataSandbox[],
+  vmplug: Throughput,
 ): Promise<void> {
   const sessions = new Map<string, QmpSession>();
   for (const sb of sandboxes) {
@@ -599,6 +617,7 @@ async function bareConcurrencyPhase(
             if (x.d.backend.kind === 'rbd') await objectAdd(x.qmp, secretObject(x.d.names, x.d.backend.key));
             await blockdevAdd(x.qmp, blockdevOf(x.d));
             await deviceAdd(x.qmp, deviceArgs(x.d.names, x.d.lane));
+            x.j.bareAttachMs = performance.now() - a0;
           } catch {
             failures++;
           }
@@ -624,6 +643,7 @@ async function bareConcurrencyPhase(
             await deviceDelAndWait(x.qmp, x.d.names.device);
             await blockdevDel(x.qmp, x.d.names.node);
             if (x.d.backend.kind === 'rbd') await objectDel(x.qmp, x.d.names.secret);
+            x.j.bareDetachMs = performance.now() - d0;
           } catch {
             failures++;
           }
@@ -650,28 +670,70 @@ async function bareConcurrencyPhase(
       `  detach: all done in ${secs(dReplied)} = ${(jobs.length / (dReplied / 1000)).toFixed(1)} detaches/s; every guest lost every disk after ${secs(dGone)}`,
     );
     out(`  failures: ${failures} QMP, ${notSeen} not seen in the guest, ${notGone} still in the guest`);
+    printConcurrencyRatios(jobs, vmplug, {
+      attachPerS: jobs.length / (aReplied / 1000),
+      detachPerS: jobs.length / (dReplied / 1000),
+    });
   } finally {
     for (const x of disks) await removeLeftovers(x.qmp, x.d.names).catch(() => {});
+  }
+}
+
+/** vmplugd against bare QMP under the same burst: throughput and each request's reply (issue 11's targets). */
+function printConcurrencyRatios(jobs: ConcurrentJob[], vmplug: Throughput, bare: Throughput): void {
+  const ok = (xs: number[]) => xs.filter((x) => Number.isFinite(x));
+  const rows: Array<[string, number[], number[]]> = [
+    ['attach', jobs.map((j) => j.attachMs), jobs.map((j) => j.bareAttachMs)],
+    ['detach', jobs.map((j) => j.detachMs), jobs.map((j) => j.bareDetachMs)],
+  ];
+  out('\nconcurrency, vmplugd / bare QMP (targets: throughput >= 0.8x, p99 reply <= 2x)');
+  out(
+    `  ${'op'.padEnd(8)}${'vmplug/s'.padStart(10)}${'bare/s'.padStart(10)}${'ratio'.padStart(8)}` +
+      `${'vmplug p99'.padStart(12)}${'bare p99'.padStart(10)}${'ratio'.padStart(8)}${'med ratio'.padStart(11)}`,
+  );
+  for (const [op, v, b] of rows) {
+    const vs = summarize(ok(v));
+    const bs = summarize(ok(b));
+    const vt = op === 'attach' ? vmplug.attachPerS : vmplug.detachPerS;
+    const bt = op === 'attach' ? bare.attachPerS : bare.detachPerS;
+    out(
+      `  ${op.padEnd(8)}${vt.toFixed(1).padStart(10)}${bt.toFixed(1).padStart(10)}${`${(vt / bt).toFixed(2)}x`.padStart(8)}` +
+        `${vs.p99.toFixed(0).padStart(12)}${bs.p99.toFixed(0).padStart(10)}${`${(vs.p99 / bs.p99).toFixed(2)}x`.padStart(8)}` +
+        `${`${(vs.median / bs.median).toFixed(2)}x`.padStart(11)}`,
+    );
   }
 }
 
 /**
  * Medians of vmplugd's 'attach timing' debug lines (storage/engine.ts), by latency case and for
  * the concurrent attaches: the turn (waiting for the sandbox's lock and a node slot), the journal
- * read, the wait for the host-device check (started before the turn), the lane listing, the wait
- * for the Ceph probe (likewise), the Pending record, and the steps (QMP + their journal writes).
+ * read, the host-device check, the lane listing, the backend choice, the Ceph probe, the rbd
+ * preflight, the Pending record, and the steps (QMP + their journal writes); 'journal+' is the
+ * steps' time outside their own timed side effects (their journal writes, mostly).
  */
 function printPhases(daemon: DaemonProcess): void {
   const groups = new Map<string, Record<string, number[]>>();
   for (const line of daemon.lines) {
     if (!line.includes('"attach timing"')) continue;
-    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number> };
+    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number>; stepTimesMs: number };
     const g = o.volumeId.startsWith('lat-') ? o.volumeId : 'concurrent (all)';
     const acc = groups.get(g) ?? {};
-    for (const [k, v] of Object.entries(o.phases)) acc[k] = [...(acc[k] ?? []), v];
+    const phases = { ...o.phases, 'journal+Ms': (o.phases.stepsMs ?? 0) - o.stepTimesMs };
+    for (const [k, v] of Object.entries(phases)) acc[k] = [...(acc[k] ?? []), v];
     groups.set(g, acc);
   }
-  const keys = ['turnMs', 'loadMs', 'hostCheckMs', 'lanesMs', 'cephMs', 'pendingMs', 'stepsMs'];
+  const keys = [
+    'turnMs',
+    'loadMs',
+    'hostCheckMs',
+    'lanesMs',
+    'backendMs',
+    'cephMs',
+    'preflightMs',
+    'pendingMs',
+    'stepsMs',
+    'journal+Ms',
+  ];
   out("\nvmplugd's attach phases (medians, ms; engine.ts 'attach timing' lines, warm-up included)");
   out(
     `  ${'case'.padEnd(20)}${keys.map((k) => k.replace('Ms', '').padStart(10)).join('')}${'n'.padStart(5)}`,
@@ -782,12 +844,12 @@ async function main(): Promise<void> {
     out(hostContext());
     const confA = join(rootA.dir, 'rbd.conf');
     await writeFile(confA, rbdConf(), { mode: 0o600 });
-    const jobs = await concurrencyPhase(stage, client, all, confA);
+    const { jobs, throughput } = await concurrencyPhase(stage, client, all, confA);
     if (phasesWanted) printPhases(stage.daemon);
     // The bare run needs the private monitors vmplugd holds.
     await stage.daemon.stop();
     out(hostContext());
-    await bareConcurrencyPhase(stage, jobs, all);
+    await bareConcurrencyPhase(stage, jobs, all, throughput);
   } finally {
     out();
     out('cleaning up: vmplugd, guests, RBD images, loop devices, Ceph, temp dirs...');

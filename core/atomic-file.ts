@@ -27,6 +27,11 @@ export interface AtomicWriteOptions {
   tempPath?: string;
   signal?: AbortSignal | undefined;
   step?: FileStep;
+  /**
+   * False: whole-file replace without the two fsyncs, for a file only a live process reads that a
+   * power cut takes down with it (the per-attach rbd conf of a running QEMU). Default true.
+   */
+  durable?: boolean;
 }
 
 export async function writeFileAtomic(
@@ -35,6 +40,7 @@ export async function writeFileAtomic(
   opts: AtomicWriteOptions,
 ): Promise<void> {
   const step = opts.step ?? plainStep;
+  const durable = opts.durable ?? true;
   const dir = dirname(path);
   const tmp = opts.tempPath ?? join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   opts.signal?.throwIfAborted();
@@ -48,14 +54,14 @@ export async function writeFileAtomic(
     const fh = await step('create', tmp, () => open(tmp, flags, opts.mode));
     try {
       await step('write', tmp, () => fh.writeFile(data, opts.signal ? { signal: opts.signal } : {}));
-      await step('fsync', tmp, () => fh.sync());
+      if (durable) await step('fsync', tmp, () => fh.sync());
     } finally {
       await fh.close();
     }
     opts.signal?.throwIfAborted();
     await step('rename', path, () => rename(tmp, path));
     renamed = true;
-    await fsyncDir(dir, step);
+    if (durable) await fsyncDir(dir, step);
   } finally {
     if (!renamed) await unlink(tmp).catch(() => undefined);
   }

@@ -5,7 +5,8 @@ import type { Logger } from './logger.js';
 // Crash failpoints for vmplug's own crash tests: `VMPLUG_FAILPOINT=kill-after:<State>` makes
 // vmplugd SIGKILL itself the moment a journal record in <State> is durable (between that write
 // and the next side effect); `kill-before:<State>` just before that record's write starts
-// (between the previous side effect and the write that would record it). Those are exactly where
+// (between the previous side effect and the write that would record it); a state the steps pass
+// without writing it (storage/steps.ts pass) counts as written there. Those are exactly where
 // a real crash hurts most, and a timer-based kill cannot land there reliably. Unset in production; the daemon warns at start
 // when one is armed. An environment variable rather than a flag, so it never shows in --help.
 

@@ -2,6 +2,7 @@ import type { Attachment, AttachmentSource } from '../api/index.js';
 import { EngineBase } from '../core/engine-base.js';
 import { BackendError, ConflictError, NotFoundError, ValidationError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
+import { PhaseClock } from '../core/phase-clock.js';
 import { type JournalRecord, type NewRecord, newRecord } from './journal.js';
 import { guestHint } from './naming.js';
 import { isVhostUser, vhostUserGuestHint } from './vhost-user.js';
@@ -172,7 +173,11 @@ interface AdmittedOp {
   signal: AbortSignal;
 }
 
-export type AttachOp = AdmittedOp & { spec: AttachSpec };
+export type AttachOp = AdmittedOp & {
+  spec: AttachSpec;
+  /** Started when the request reached the engine; 'turnMs' marked once admitted. */
+  phases: PhaseClock;
+};
 export type ResizeOp = AdmittedOp & { sizeBytes: number };
 
 /**
@@ -202,9 +207,11 @@ export abstract class VolumeEngine extends EngineBase {
   ): Promise<AttachResult> {
     this.refuseSpec(spec);
     const log = ctx.log.child({ op: 'attach', sandboxId, volumeId, ...this.logFields });
-    return this.admit(sandboxId, ctx.signal, (signal) =>
-      this.attachAdmitted({ sandboxId, volumeId, spec, log, signal }),
-    );
+    const phases = new PhaseClock();
+    return this.admit(sandboxId, ctx.signal, (signal) => {
+      phases.mark('turnMs');
+      return this.attachAdmitted({ sandboxId, volumeId, spec, log, signal, phases });
+    });
   }
 
   /** Online expand to `sizeBytes` (AttachService.resize). */

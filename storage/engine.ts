@@ -148,10 +148,11 @@ export class AttachEngine extends VolumeEngine implements AttachService {
   }
 
   protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
-    const { sandboxId, volumeId, spec, log, signal } = op;
+    const { sandboxId, volumeId, spec, log, signal, phases } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
     const sandbox = this.#present(sandboxId);
     const existing = await this.#o.journal.load(sandboxId, volumeId);
+    phases.mark('loadMs');
     const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
     const plan = planAttach(
       existing,
@@ -195,25 +196,49 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         break;
     }
 
+    // The reads before the first journal write, all under this sandbox's lock and none with a side
+    // effect, run at once (each is a round trip: QMP, sysfs, a Ceph monitor); their refusals are
+    // answered in the order they were once made in. The rbd preflight waits for the backend and
+    // the monitor check only: a Ceph that is down must still be answered in milliseconds.
+    const ahead = new AbortController();
+    const aheadSignal = AbortSignal.any([signal, ahead.signal]);
+    const qa = { ...q, signal: aheadSignal };
     // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
-    const admitted = await admitSpec(spec, this.#o.checkHostDevice, signal);
-    const step = this.#stepContext(sandbox, signal, log, admitted);
-    const lanes = await inspectLanes(sandbox.qmp, q).catch((err: unknown) => {
-      throw backendFailure('inspect lanes', err, step.secrets);
+    const hostP = admitSpec(spec, this.#o.checkHostDevice, aheadSignal);
+    const lanesP = inspectLanes(sandbox.qmp, qa).catch((err: unknown) => {
+      throw backendFailure('inspect lanes', err, spec.mode === 'rbd' ? [spec.source.key] : []);
     });
-    const backend = await resolveBackend(spec, sandbox.qmp, q, this.#vhostUser !== undefined);
-    if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
-    // vhost-user-blk-pci goes on a root port, as virtio-blk does.
-    const choice = chooseLane(
-      backend === 'storage-daemon' ? 'virtio-blk' : spec.bus,
-      lanes,
-      this.#o.scsiTargets,
-    );
-    await checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log);
-    // The image open about to run in the guest's own QEMU would stall its main loop on a stuck
-    // OSD: try it out of process first. Through a storage daemon the stall stays there anyway.
-    if (spec.mode === 'rbd' && backend !== 'storage-daemon' && this.#o.rbdPreflight !== undefined) {
-      await this.#o.rbdPreflight(spec.source, signal);
+    const backendP = resolveBackend(spec, sandbox.qmp, qa, this.#vhostUser !== undefined);
+    const cephP = checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal: aheadSignal }, log);
+    const preflightP = Promise.all([backendP, cephP]).then(async ([backend]) => {
+      // The image open about to run in the guest's own QEMU would stall its main loop on a stuck
+      // OSD: try it out of process first. Through a storage daemon the stall stays there anyway.
+      if (spec.mode === 'rbd' && backend !== 'storage-daemon' && this.#o.rbdPreflight !== undefined) {
+        await this.#o.rbdPreflight(spec.source, aheadSignal);
+      }
+    });
+    for (const p of [hostP, lanesP, backendP, cephP, preflightP]) p.catch(() => undefined);
+    let admitted: AttachSpec;
+    let choice: ReturnType<typeof chooseLane>;
+    let backend: Awaited<typeof backendP>;
+    try {
+      admitted = await hostP;
+      phases.mark('hostCheckMs');
+      const lanes = await lanesP;
+      phases.mark('lanesMs');
+      backend = await backendP;
+      phases.mark('backendMs');
+      if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
+      // vhost-user-blk-pci goes on a root port, as virtio-blk does.
+      choice = chooseLane(backend === 'storage-daemon' ? 'virtio-blk' : spec.bus, lanes, this.#o.scsiTargets);
+      await cephP;
+      phases.mark('cephMs');
+      await preflightP;
+      phases.mark('preflightMs');
+    } catch (err) {
+      // Refused: what still runs (a preflight's open) is called off.
+      ahead.abort();
+      throw err;
     }
     const record = pendingRecord(
       { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
@@ -221,11 +246,14 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       backend,
     );
     await this.#o.journal.save(record);
+    phases.mark('pendingMs');
     log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
-    return {
-      created: true,
-      attachment: await this.#runAttach(sandbox, record, admitted, signal, log, false),
-    };
+    const attachment = await this.#runAttach(sandbox, record, admitted, signal, log, false);
+    phases.mark('stepsMs');
+    // Where a fresh attach's time went (bench/attach.ts --phases).
+    const stepTimes = attachment.timeline.reduce((sum, t) => sum + t.ms, 0);
+    log.debug({ phases: phases.phases, stepTimesMs: stepTimes }, 'attach timing');
+    return { created: true, attachment };
   }
 
   async #runAttach(
@@ -244,6 +272,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     }
     try {
       const done = await attachSteps(step, record, spec, {
+        fresh: !resumed,
         // A fresh attach chose its lane from QEMU's view moments ago under this sandbox's lock:
         // nothing can have taken it since. A resumed one holds a lane chosen before a crash,
         // which a NIC or an operator may have taken since: it is read again.

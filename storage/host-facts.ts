@@ -50,11 +50,10 @@ export async function gatherHostUseFacts(
   paths: HostFactsPaths,
   signal: AbortSignal,
 ): Promise<HostUseFacts> {
-  const partitions = await partitionsOf(sysDir, signal);
-  const holders: Record<string, string[]> = {};
-  holders[device.name] = await listDir(`${sysDir}/holders`, signal);
-  for (const p of partitions) holders[p.name] = await listDir(`${sysDir}/${p.name}/holders`, signal);
-  const [mounts, swaps, exclusive] = await Promise.all([
+  // Independent reads, all at once: each is a round trip through libuv's pool, and this check
+  // is on every block attach's path.
+  const [[partitions, holders], mounts, swaps, exclusive] = await Promise.all([
+    partitionsAndHolders(device, sysDir, signal),
     readSmall(paths.mountinfo, signal).then(parseMountinfo),
     readSmall(paths.swaps, signal).then((t) => swapFacts(t, signal)),
     exclusiveOpenOf(devicePath, signal),
@@ -64,19 +63,39 @@ export async function gatherHostUseFacts(
   return facts;
 }
 
-async function partitionsOf(sysDir: string, signal: AbortSignal): Promise<KernelBlockDevice[]> {
-  const out: KernelBlockDevice[] = [];
-  for (const name of await listDir(sysDir, signal)) {
-    // A partition is a subdirectory with a `partition` file; its `dev` file holds major:minor.
-    const isPartition = await stat(`${sysDir}/${name}/partition`).then(
-      () => true,
-      () => false,
-    );
-    if (!isPartition) continue;
-    const majMin = (await readSmall(`${sysDir}/${name}/dev`, signal)).trim();
-    out.push({ name, majMin });
-  }
-  return out.sort((a, b) => a.name.localeCompare(b.name));
+async function partitionsAndHolders(
+  device: KernelBlockDevice,
+  sysDir: string,
+  signal: AbortSignal,
+): Promise<[KernelBlockDevice[], Record<string, string[]>]> {
+  const [partitions, own] = await Promise.all([
+    partitionsOf(device.name, sysDir, signal),
+    listDir(`${sysDir}/holders`, signal),
+  ]);
+  const theirs = await Promise.all(partitions.map((p) => listDir(`${sysDir}/${p.name}/holders`, signal)));
+  const holders: Record<string, string[]> = { [device.name]: own };
+  for (const [i, p] of partitions.entries()) holders[p.name] = theirs[i] ?? [];
+  return [partitions, holders];
+}
+
+/**
+ * A partition is a subdirectory with a `partition` file; its `dev` file holds major:minor. The
+ * kernel names a partition after its disk (sda1, loop0p1, nvme0n1p2), so only entries starting
+ * with the disk's name are looked at (not queue, power, holders, ...), all at once.
+ */
+async function partitionsOf(disk: string, sysDir: string, signal: AbortSignal): Promise<KernelBlockDevice[]> {
+  const names = (await listDir(sysDir, signal)).filter((n) => n.startsWith(disk) && n !== disk);
+  const found = await Promise.all(
+    names.map(async (name): Promise<KernelBlockDevice | undefined> => {
+      const isPartition = await stat(`${sysDir}/${name}/partition`).then(
+        () => true,
+        () => false,
+      );
+      if (!isPartition) return undefined;
+      return { name, majMin: (await readSmall(`${sysDir}/${name}/dev`, signal)).trim() };
+    }),
+  );
+  return found.filter((p) => p !== undefined).sort((a, b) => a.name.localeCompare(b.name));
 }
 
 async function listDir(dir: string, signal: AbortSignal): Promise<string[]> {

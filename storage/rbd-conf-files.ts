@@ -17,14 +17,24 @@ export function confPath(stateDir: string, names: Pick<VolumeNames, 'hash'>): st
   return join(confDir(stateDir), `${names.hash}.conf`);
 }
 
-/** Written whole (core/atomic-file.ts): QEMU never reads half a file. */
+/**
+ * Written whole (core/atomic-file.ts): QEMU never reads half a file. Not fsync'd: only the running
+ * QEMU reads it, during the blockdev-add that follows, from the page cache a vmplugd crash leaves
+ * intact; a power cut that could lose it takes that QEMU down too (and reconcile sweeps a conf no
+ * record explains). The journal record, not this file, is what must survive.
+ */
 export async function writeConfFile(
   stateDir: string,
   names: Pick<VolumeNames, 'hash'>,
   opts: RbdConfOptions = {},
 ): Promise<string> {
   const path = confPath(stateDir, names);
-  await writeFileAtomic(path, rbdConf(opts), { mode: 0o644, dirMode: 0o755, tempPath: `${path}.tmp` });
+  await writeFileAtomic(path, rbdConf(opts), {
+    mode: 0o644,
+    dirMode: 0o755,
+    tempPath: `${path}.tmp`,
+    durable: false,
+  });
   return path;
 }
 

@@ -15,7 +15,7 @@ import type { OperationLogger } from './attach-service.js';
 import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
 import { laneOfDevice } from './lanes.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';
-import { deviceExists, isNotFound, listPeripherals, nodeExists, objectExists } from './qemu-view.js';
+import { deviceExists, isNotFound, listPeripherals } from './qemu-view.js';
 import {
   backendFailure,
   isAbsent,
@@ -80,9 +80,34 @@ export async function advance(
   return next;
 }
 
+/**
+ * The next state in memory only, for a step no later side effect needs on disk: the record the
+ * operation wrote first (Pending, Detaching) already names every object it may create or remove,
+ * and every step looks at QEMU before acting, so a crash here resumes or rolls back the same way.
+ * The write that follows carries this step in its timeline. (Each write is two fsyncs: on a busy
+ * node the largest share of vmplugd's own time per attach and detach.)
+ */
+export function pass(
+  ctx: Pick<StepContext, 'journal' | 'log'>,
+  record: JournalRecord,
+  to: VolumeState,
+  since: number,
+): JournalRecord {
+  const next = transition(record, to, { ms: performance.now() - since });
+  ctx.journal.passed(next);
+  ctx.log.debug({ state: to }, `volume ${to}`);
+  return next;
+}
+
 export interface AttachStepOptions {
   /** The lane device_add uses, given the one the record holds (if any). */
   lane(recorded: Lane | undefined): Promise<Lane>;
+  /**
+   * A fresh attach (not a resume): QEMU was just read under the sandbox's lock, so device_add goes
+   * without looking for the device first; a device of that name found there after all (a record
+   * quarantined as unreadable) is taken over as on a resume, never torn down.
+   */
+  fresh?: boolean;
   clientMountTimeoutS?: number;
 }
 
@@ -101,7 +126,7 @@ export async function attachSteps(
     // The storage daemon holds librbd and the key; the guest's QEMU only a chardev to its export.
     const t0 = performance.now();
     await exportAndConnect(ctx.qmp, requireVhostUser(ctx.vhostUser), r, spec, q);
-    r = await advance(ctx, r, 'BlockdevAdded', t0);
+    r = pass(ctx, r, 'BlockdevAdded', t0);
   }
 
   if (r.state === 'Pending' && spec.mode === 'rbd') {
@@ -117,7 +142,7 @@ export async function attachSteps(
       // A resumed attach finds its own secret (same ids, same key: the fingerprint matched).
       if (!isDuplicate(err)) throw backendFailure('object-add secret', err, ctx.secrets);
     }
-    r = await advance(ctx, r, 'SecretAdded', t0);
+    r = pass(ctx, r, 'SecretAdded', t0);
   }
 
   if (r.state === 'Pending' || r.state === 'SecretAdded') {
@@ -152,14 +177,14 @@ export async function attachSteps(
         throw backendFailure('blockdev-add', err, ctx.secrets);
       }
     }
-    r = await advance(ctx, r, 'BlockdevAdded', t0);
+    r = pass(ctx, r, 'BlockdevAdded', t0);
   }
 
   if (r.state === 'BlockdevAdded') {
     const t0 = performance.now();
     const lane = await addDevice(ctx, r, opts);
-    // Nothing happens between DeviceAdded and Attached: both steps go into one journal write
-    // (each write is two fsyncs, the largest share of the engine's own latency on a busy disk).
+    // The one write after Pending: the steps passed since (pass()) and the device's lane, with
+    // DeviceAdded and Attached together (nothing happens between them).
     r = await advance(ctx, r, ['DeviceAdded', 'Attached'], t0, { lane });
   }
 
@@ -169,13 +194,10 @@ export async function attachSteps(
 
 async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOptions): Promise<Lane> {
   const q = call(ctx);
-  const existing = (await listPeripherals(ctx.qmp, q)).find((d) => d.id === r.names.device);
-  if (existing !== undefined) {
+  if (!opts.fresh) {
     // Resumed after a crash between device_add and the journal write: take the lane QEMU reports.
-    const lane = await laneOfDevice(ctx.qmp, existing, q);
-    if (lane === undefined)
-      throw new BackendError('device_add', `device ${r.names.device} is not on a vmplug lane`);
-    return lane;
+    const lane = await existingLane(ctx, r);
+    if (lane !== undefined) return lane;
   }
   const lane = await opts.lane(r.lane);
   try {
@@ -185,6 +207,10 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
       q,
     );
   } catch (err) {
+    if (opts.fresh && isDuplicate(err)) {
+      const held = await existingLane(ctx, r);
+      if (held !== undefined) return held;
+    }
     // No second try on a lane found taken ("lun already used", "slot not available"): the lane
     // was read from QEMU under the sandbox's lock, which every vmplug operation that places or
     // removes a device takes (volumes of both engines, NICs, resizes: one OperationGate,
@@ -193,6 +219,17 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
     // a plain error, and the rollback leaves nothing.
     throw backendFailure('device_add', err, ctx.secrets);
   }
+  return lane;
+}
+
+/** The lane of the device QEMU already holds under this record's name; undefined when it holds none. */
+async function existingLane(ctx: StepContext, r: JournalRecord): Promise<Lane | undefined> {
+  const q = call(ctx);
+  const existing = (await listPeripherals(ctx.qmp, q)).find((d) => d.id === r.names.device);
+  if (existing === undefined) return undefined;
+  const lane = await laneOfDevice(ctx.qmp, existing, q);
+  if (lane === undefined)
+    throw new BackendError('device_add', `device ${r.names.device} is not on a vmplug lane`);
   return lane;
 }
 
@@ -217,52 +254,44 @@ export async function teardownSteps(
 
   if (r.state === 'Detaching' || r.state === 'DetachPending') {
     const t0 = performance.now();
-    if (await deviceExists(ctx.qmp, names.device, q)) {
-      const gone = await unplug(ctx, names.device, opts.waitMs);
-      if (!gone) {
-        const waited = Math.round(performance.now() - t0);
-        const pending = new DetachPendingError(names.device, waited);
-        r = await advance(ctx, r, 'DetachPending', t0, {
-          error: { code: pending.code, message: pending.message },
-        });
-        throw pending;
-      }
+    // No look first: device_del of a device that is gone answers DeviceNotFound (unplug: gone),
+    // and so do blockdev-del and object-del below (isAbsent); a look would be a round trip more.
+    const gone = await unplug(ctx, names.device, opts.waitMs);
+    if (!gone) {
+      const waited = Math.round(performance.now() - t0);
+      const pending = new DetachPendingError(names.device, waited);
+      r = await advance(ctx, r, 'DetachPending', t0, {
+        error: { code: pending.code, message: pending.message },
+      });
+      throw pending;
     }
-    r = await advance(ctx, r, 'DeviceDeleted', t0);
+    r = pass(ctx, r, 'DeviceDeleted', t0);
   }
 
   if (r.state === 'DeviceDeleted') {
     const t0 = performance.now();
-    if (await nodeExists(ctx.qmp, names.node, q)) {
-      try {
-        await blockdevDel(ctx.qmp, names.node, q);
-      } catch (err) {
-        if (isNodeInUse(err)) {
-          // Never pull the backend from under a device: something still uses the node.
-          throw new BackendError('blockdev-del', `node ${names.node} is still in use; retry the detach`, {
-            cause: err,
-            retryable: true,
-          });
-        }
-        if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
+    try {
+      await blockdevDel(ctx.qmp, names.node, q);
+    } catch (err) {
+      if (isNodeInUse(err)) {
+        // Never pull the backend from under a device: something still uses the node.
+        throw new BackendError('blockdev-del', `node ${names.node} is still in use; retry the detach`, {
+          cause: err,
+          retryable: true,
+        });
       }
+      if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
     }
-    if (r.spec.mode === 'rbd') {
-      r = await advance(ctx, r, 'BlockdevDeleted', t0);
-    } else {
-      // Block mode has no further QEMU object: the record's removal is the next write.
-      r = transition(r, 'BlockdevDeleted', { ms: performance.now() - t0 });
-    }
+    // The record's removal is the next write: the secret and conf file (rbd) are looked up first.
+    r = pass(ctx, r, 'BlockdevDeleted', t0);
   }
 
   if (r.state === 'BlockdevDeleted') {
     if (r.spec.mode === 'rbd') {
-      if (await objectExists(ctx.qmp, names.secret, q)) {
-        try {
-          await objectDel(ctx.qmp, names.secret, q);
-        } catch (err) {
-          if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
-        }
+      try {
+        await objectDel(ctx.qmp, names.secret, q);
+      } catch (err) {
+        if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
       }
       await removeConfFile(ctx.stateDir, names);
       if (isVhostUser(r)) await disconnectAndStop(ctx.qmp, requireVhostUser(ctx.vhostUser), r, q);

@@ -11,7 +11,7 @@ import { AttachEngine } from '../../storage/engine.js';
 import { hostDeviceCheck, hostDevicePolicy } from '../../storage/host-device.js';
 import { type Journal, loadFingerprintKey } from '../../storage/journal.js';
 import { LibvirtAttachService } from '../../storage/libvirt/engine.js';
-import { PreflightUnavailableError, preflightRbdOpen } from '../../storage/rbd-preflight.js';
+import { PreflightUnavailableError, RbdPreflight } from '../../storage/rbd-preflight.js';
 import type { ReconcileSummary } from '../../storage/reconcile.js';
 import type { SandboxDirectory } from '../../storage/sandbox-directory.js';
 import { createStorageDaemonBackend, type StorageDaemonBackend } from '../../storage/storage-daemon/index.js';
@@ -101,6 +101,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
   // One block-mode check (allow-list and host use) for every engine.
   const checkHostDevice = hostDeviceCheck(hostDevicePolicy(config.allowedDevices));
   const storageDaemon = await hotAttachBackend(config, logger);
+  const preflight = await rbdPreflightOf(config.stateDir, config.maxConcurrentOps, logger);
   const engine = new AttachEngine({
     journal,
     sandboxes,
@@ -110,10 +111,12 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     gate,
     checkHostDevice,
     ...(storageDaemon === undefined ? {} : { storageDaemon }),
-    rbdPreflight: await rbdPreflightOf(config.stateDir, logger),
+    rbdPreflight: preflight.check,
   });
   const closeEngine = async (): Promise<void> => {
     await engine.close();
+    // Its idle throwaway daemons quit; nothing of an attach depends on them.
+    await preflight.close();
     // Timers only: the daemons outlive vmplugd by design (adopted again at start).
     await storageDaemon?.close();
   };
@@ -212,24 +215,33 @@ async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: 
 
 /**
  * The out-of-process rbd open before an rbd attach (storage/rbd-preflight.ts), in
- * <stateDir>/rbd-preflight (0700); without qemu-storage-daemon on the node, attaches go on
- * without it and the first one logs why.
+ * <stateDir>/rbd-preflight (0700; daemons a killed vmplugd left there are killed first; idle ones
+ * quit after 60 s); without qemu-storage-daemon on the node, attaches go on without it and the
+ * first one logs why.
  */
 async function rbdPreflightOf(
   stateDir: string,
+  maxIdle: number,
   logger: Logger,
-): Promise<(source: RbdSource, signal: AbortSignal) => Promise<unknown>> {
+): Promise<{ check: (source: RbdSource, signal: AbortSignal) => Promise<unknown>; close(): Promise<void> }> {
   const runDir = join(stateDir, 'rbd-preflight');
   await mkdir(runDir, { recursive: true, mode: 0o700 });
+  // As many idle as attaches can run at once: a burst of rbd attaches starts its daemons once.
+  const preflight = new RbdPreflight({ runDir, maxIdle });
+  const swept = await preflight.sweep();
+  if (swept > 0) logger.warn({ killed: swept }, 'rbd preflight: killed daemons a previous vmplugd left');
   let warned = false;
-  return async (source, signal) => {
-    try {
-      return await preflightRbdOpen(source, { runDir, signal });
-    } catch (err) {
-      if (!(err instanceof PreflightUnavailableError)) throw err;
-      if (!warned) logger.warn({}, `${err.message}: a stalled OSD can freeze a guest during an rbd attach`);
-      warned = true;
-      return undefined;
-    }
+  return {
+    check: async (source, signal) => {
+      try {
+        return await preflight.open(source, signal);
+      } catch (err) {
+        if (!(err instanceof PreflightUnavailableError)) throw err;
+        if (!warned) logger.warn({}, `${err.message}: a stalled OSD can freeze a guest during an rbd attach`);
+        warned = true;
+        return undefined;
+      }
+    },
+    close: () => preflight.close(),
   };
 }

@@ -26,8 +26,9 @@ function points(op: 'attach' | 'detach', table: [KillPoint['kind'], VolumeState]
 }
 
 export const ATTACH_KILL_POINTS = {
-  // The QMP engine writes Pending, adds the secret, SecretAdded, the node, BlockdevAdded, the
-  // device, then DeviceAdded+Attached in one write (nothing happens between them).
+  // The QMP engine writes Pending, adds the secret, passes SecretAdded, adds the node, passes
+  // BlockdevAdded (passed states are not written, Pending covers them; the failpoint still fires
+  // there), adds the device, then writes DeviceAdded+Attached in one write.
   kata: points('attach', [
     ['kill-after', 'Pending'],
     ['kill-after', 'SecretAdded'],
@@ -44,6 +45,8 @@ export const ATTACH_KILL_POINTS = {
   ]),
 };
 
+// Both engines reach these states; the QMP engine writes only Detaching and passes DeviceDeleted and
+// BlockdevDeleted unwritten (the failpoint fires there all the same).
 export const DETACH_KILL_POINTS = points('detach', [
   ['kill-after', 'Detaching'],
   ['kill-before', 'DeviceDeleted'],

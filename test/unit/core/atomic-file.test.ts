@@ -41,6 +41,22 @@ describe('writeFileAtomic', () => {
     expect(steps).toEqual(['create']);
   });
 
+  it('fsyncs the file and its directory, unless told the file need not survive a power cut', async () => {
+    const record =
+      (steps: string[]) =>
+      async <T>(operation: string, _path: string, fn: () => Promise<T>) => {
+        steps.push(operation);
+        return fn();
+      };
+    const durable: string[] = [];
+    await writeFileAtomic(join(dir, 'd.json'), 'x', { mode: 0o600, step: record(durable) });
+    expect(durable).toEqual(['create', 'write', 'fsync', 'rename', 'open', 'fsync']);
+    const volatile: string[] = [];
+    await writeFileAtomic(join(dir, 'e.conf'), 'y', { mode: 0o644, durable: false, step: record(volatile) });
+    expect(volatile).toEqual(['create', 'write', 'rename']);
+    expect(await readFile(join(dir, 'e.conf'), 'utf8')).toBe('y');
+  });
+
   it('uses a fixed temp path when asked (for sweeps that look for it by name)', async () => {
     const path = join(dir, 'c.conf');
     await writeFileAtomic(path, 'x', { mode: 0o644, tempPath: `${path}.tmp` });

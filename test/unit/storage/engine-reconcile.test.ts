@@ -116,6 +116,9 @@ describe('reconcile after a crash at each journal state', () => {
   const rollbacks: [string, VolumeState, Objects][] = [
     ['Pending, nothing created yet', 'Pending', {}],
     ['Pending, secret added before the crash', 'Pending', { secret: true }],
+    // SecretAdded and BlockdevAdded are passed unwritten (steps.ts pass): a crash after
+    // blockdev-add leaves a Pending record with both objects.
+    ['Pending, secret and node added before the crash', 'Pending', { secret: true, node: true }],
     ['SecretAdded, node added before the crash', 'SecretAdded', { secret: true, node: true }],
     ['SecretAdded, node never added', 'SecretAdded', { secret: true }],
     ['BlockdevAdded, device never added', 'BlockdevAdded', { secret: true, node: true }],
@@ -181,6 +184,29 @@ describe('reconcile after a crash at each journal state', () => {
     expect(bed.qemu.calls.filter((c) => c.command === 'blockdev-add')).toHaveLength(0);
   });
 
+  it('rbd Pending with secret, node and device (crash before the one write after Pending): finished', async () => {
+    await leave(bed, bed.qemu, sb, vol('v'), rbdSpec(mon.address), 'Pending', rp0, {
+      secret: true,
+      node: true,
+      device: true,
+    });
+    const summary = await bed.engine.reconcile();
+    expect(summary.repairs).toEqual([{ action: 'finished-attach', sandboxId: sb, volumeId: 'v' }]);
+    const r = await bed.journal.load(sb, vol('v'));
+    expect(r?.state).toBe('Attached');
+    expect(r?.lane).toEqual(rp0);
+  });
+
+  it('a retried rbd attach resumes a Pending record whose secret and node QEMU already holds', async () => {
+    const spec = rbdSpec(mon.address);
+    await leave(bed, bed.qemu, sb, vol('v'), spec, 'Pending', scsi0, { secret: true, node: true });
+    const res = await bed.engine.attach(sb, vol('v'), spec, bed.ctx);
+    expect(res.attachment.state).toBe('Attached');
+    expect(bed.qemu.vmplugState().devices).toEqual([volumeNames(sb, vol('v')).device]);
+    expect(bed.qemu.vmplugState().secrets).toHaveLength(1);
+    expect(bed.qemu.vmplugState().nodes).toHaveLength(1);
+  });
+
   it('a retried rbd attach resumed before blockdev-add checks the monitors again', async () => {
     const spec = rbdSpec(await closedPort());
     await leave(bed, bed.qemu, sb, vol('v'), spec, 'SecretAdded', scsi0, { secret: true });
@@ -196,6 +222,9 @@ describe('reconcile after a crash at each journal state', () => {
   const detaches: [VolumeState, Objects, 'scsi' | 'virtio-blk'][] = [
     ['Detaching', { secret: true, node: true, device: true }, 'virtio-blk'],
     ['Detaching', { secret: true, node: true }, 'scsi'],
+    // DeviceDeleted and BlockdevDeleted are passed unwritten: Detaching with less and less left.
+    ['Detaching', { secret: true }, 'scsi'],
+    ['Detaching', {}, 'virtio-blk'],
     ['DetachPending', { secret: true, node: true, device: true }, 'virtio-blk'],
     ['DeviceDeleted', { secret: true, node: true }, 'scsi'],
     ['DeviceDeleted', { secret: true }, 'scsi'],

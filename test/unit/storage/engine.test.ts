@@ -226,6 +226,37 @@ describe('AttachEngine, block mode', () => {
     });
   });
 
+  it('a fresh attach sends device_add right after blockdev-add; a detach sends only the deletions', async () => {
+    await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
+    const commands = bed.qemu.calls.map((c) => c.command);
+    // The lanes were read under the sandbox's lock before Pending: no second look for the device.
+    expect(commands.slice(commands.indexOf('blockdev-add'))).toEqual(['blockdev-add', 'device_add']);
+    bed.qemu.calls.length = 0;
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    // Nothing looked up first: a deletion of what is gone answers "not found", taken as done.
+    expect(bed.qemu.calls.map((c) => c.command)).toEqual(['device_del', 'blockdev-del']);
+    bed.qemu.calls.length = 0;
+    await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
+    expect(bed.qemu.calls).toEqual([]);
+  });
+
+  it('a fresh attach finding its device already in QEMU (record quarantined) takes it over, never tears it down', async () => {
+    const names = volumeNames(sb, vol('pvc-q'));
+    bed.qemu.addNode(names.node);
+    bed.qemu.addDevice({
+      driver: 'scsi-hd',
+      id: names.device,
+      drive: names.node,
+      bus: 'vmplug-scsi0.0',
+      'scsi-id': 3,
+    });
+    const { attachment } = await bed.engine.attach(sb, vol('pvc-q'), blockSpec(), bed.ctx);
+    expect(attachment.state).toBe('Attached');
+    expect((await bed.journal.load(sb, vol('pvc-q')))?.lane).toEqual({ bus: 'scsi', scsiId: 3 });
+    expect(bed.qemu.calls.map((c) => c.command)).not.toContain('device_del');
+    expect(bed.qemu.vmplugState().devices).toEqual([names.device]);
+  });
+
   it('detaches: device, node, record; detach again and of unknown volumes succeeds', async () => {
     await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
     await bed.engine.detach(sb, vol('pvc-1'), bed.ctx);
@@ -490,6 +521,100 @@ describe('AttachEngine, rbd mode', () => {
     await bed.engine.detach(sb, vol('pvc-r'), bed.ctx);
     expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
     expect(await allFiles(bed.stateDir)).toEqual([]);
+  });
+
+  it('writes the record twice per attach and once plus its removal per detach; the hook sees every step', async () => {
+    const written: string[] = [];
+    const save = bed.journal.save.bind(bed.journal);
+    bed.journal.save = async (record, opts) => {
+      written.push(record.state);
+      await save(record, opts);
+    };
+    let removed = 0;
+    const remove = bed.journal.remove.bind(bed.journal);
+    bed.journal.remove = async (...args) => {
+      removed++;
+      return remove(...args);
+    };
+    const passed: string[] = [];
+    bed.journal.passed = (record) => {
+      passed.push(record.state);
+    };
+    await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
+    // Pending covers the secret and the node (every step looks at QEMU first); one write at the end.
+    expect(written).toEqual(['Pending', 'Attached']);
+    expect(passed).toEqual(['SecretAdded', 'BlockdevAdded']);
+    written.length = 0;
+    passed.length = 0;
+    await bed.engine.detach(sb, vol('pvc-r'), bed.ctx);
+    expect(written).toEqual(['Detaching']);
+    expect(passed).toEqual(['DeviceDeleted', 'BlockdevDeleted']);
+    expect(removed).toBe(1);
+    expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
+  });
+
+  it('runs the rbd preflight while the lanes are read, and calls it off when the attach is refused', async () => {
+    const events: string[] = [];
+    let releaseListing: () => void = () => {};
+    const listing = new Promise<void>((r) => {
+      releaseListing = r;
+    });
+    bed.qemu.onCommand(async (command, args) => {
+      if (command === 'qom-list' && args.path === '/machine/peripheral' && events.length === 0) {
+        events.push('lanes asked');
+        await listing;
+        events.push('lanes answered');
+      }
+    });
+    let preflightSignal: AbortSignal | undefined;
+    await bed.cleanup();
+    const qemu = bed.qemu;
+    bed = await makeBed({
+      engine: {
+        scsiTargets: 1,
+        rbdPreflight: async (_source, signal) => {
+          events.push('preflight');
+          preflightSignal = signal;
+          releaseListing();
+        },
+      },
+    });
+    bed.dir.addQemu(sb, qemu);
+    bed.qemu = qemu;
+    await bed.engine.attach(sb, vol('r1'), rbdSpec(mon.address, { bus: 'scsi' }), bed.ctx);
+    // The preflight began before the lane listing answered (it released it).
+    expect(events).toEqual(['lanes asked', 'preflight', 'lanes answered']);
+    expect(preflightSignal?.aborted).toBe(false);
+
+    // The only scsi target is taken: LANES_FULL once the listing answers, with the preflight
+    // under way: its signal is aborted.
+    let hung: AbortSignal | undefined;
+    let started: () => void = () => {};
+    const preflightStarted = new Promise<void>((r) => {
+      started = r;
+    });
+    qemu.onCommand(async (command, args) => {
+      if (command === 'qom-list' && args.path === '/machine/peripheral') await preflightStarted;
+    });
+    await bed.cleanup();
+    bed = await makeBed({
+      engine: {
+        scsiTargets: 1,
+        rbdPreflight: (_source, signal) => {
+          hung = signal;
+          started();
+          return new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)));
+        },
+      },
+    });
+    bed.dir.addQemu(sb, qemu);
+    bed.qemu = qemu;
+    const err = await bed.engine
+      .attach(sb, vol('r2'), rbdSpec(mon.address, { bus: 'scsi' }, 'vol2'), bed.ctx)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LanesFullError);
+    expect(hung?.aborted).toBe(true);
+    expect(await bed.journal.load(sb, vol('r2'))).toBeUndefined();
   });
 
   it('a different key is a different spec (409); the key never shows in the error', async () => {

@@ -172,6 +172,35 @@ describe('Journal on disk', () => {
     await rm(stateDir, { recursive: true, force: true });
   });
 
+  it('runs the write hook around a save, and for a state passed unwritten without touching the disk', async () => {
+    const seen: string[] = [];
+    const hooked = new Journal({
+      stateDir,
+      logger: log,
+      onWrite: (record, phase) => seen.push(`${phase}:${record.state}`),
+    });
+    const r = rbdRecord();
+    await hooked.save(r);
+    const onDisk = await readFile(hooked.pathOf(sb, r.volumeId), 'utf8');
+    hooked.passed(transition(r, 'SecretAdded'));
+    expect(seen).toEqual(['before:Pending', 'after:Pending', 'before:SecretAdded', 'after:SecretAdded']);
+    expect(await readFile(hooked.pathOf(sb, r.volumeId), 'utf8')).toBe(onDisk);
+  });
+
+  it('makes its sandbox directory again when it went behind its back', async () => {
+    const r = rbdRecord();
+    await journal.save(r);
+    await rm(join(stateDir, 'journal', sb), { recursive: true });
+    await journal.save(transition(r, 'SecretAdded'));
+    expect((await journal.load(sb, r.volumeId))?.state).toBe('SecretAdded');
+    expect((await stat(join(stateDir, 'journal', sb))).mode & 0o777).toBe(0o700);
+    // And after pruning an emptied sandbox.
+    await journal.remove(sb, r.volumeId);
+    expect(await journal.pruneSandbox(sb)).toBe(true);
+    await journal.save(r);
+    expect((await journal.load(sb, r.volumeId))?.state).toBe('Pending');
+  });
+
   it('saves, loads, lists and removes records, mode 0600, never the key', async () => {
     const r = rbdRecord();
     await journal.save(r);
