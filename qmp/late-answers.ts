@@ -84,17 +84,31 @@ function lost(w: Waiting, error?: QmpError): LateAnswer {
     : { kind: 'lost', command: w.command, afterMs: since(w), error };
 }
 
+/** A command in doubt: its name and its answer still due. */
+export interface InDoubt {
+  command: string;
+  answer: Promise<LateAnswer>;
+}
+
 /**
- * The late answer of the command behind `err` (a QMP_TIMEOUT or QMP_ABORTED of a command that was
- * sent, found through the `cause` chain of wrapping errors), or undefined when nothing is in doubt
+ * The command behind `err` when it is in doubt (a QMP_TIMEOUT or QMP_ABORTED of a command that
+ * was sent, found through the `cause` chain of wrapping errors), or undefined when nothing is
  * (the command failed outright, or was never sent).
  */
-export function lateAnswerOf(err: unknown): Promise<LateAnswer> | undefined {
+export function lateAnswerOf(err: unknown): InDoubt | undefined {
   let e: unknown = err;
   for (let depth = 0; depth < 8 && typeof e === 'object' && e !== null; depth++) {
-    const late = (e as { lateAnswer?: unknown }).lateAnswer;
-    if (late instanceof Promise) return late as Promise<LateAnswer>;
+    const answer = (e as { lateAnswer?: unknown }).lateAnswer;
+    if (answer instanceof Promise) {
+      const op = (e as { operation?: unknown }).operation;
+      return { command: typeof op === 'string' ? op : 'a command', answer: answer as Promise<LateAnswer> };
+    }
     e = (e as { cause?: unknown }).cause;
   }
   return undefined;
+}
+
+/** Hangs the answer still due on a timeout or abort error, unseen by JSON and logs. */
+export function withLateAnswer(err: QmpError, answer: Promise<LateAnswer>): void {
+  Object.defineProperty(err, 'lateAnswer', { value: answer, enumerable: false });
 }

@@ -9,7 +9,7 @@ import {
 } from './errors.js';
 import { callListener, EventHub, reportListenerError, type Unsubscribe } from './events.js';
 import { MessageSplitter } from './framing.js';
-import { type LateAnswer, LateAnswers } from './late-answers.js';
+import { LateAnswers, withLateAnswer } from './late-answers.js';
 import { classify, type QmpGreeting, type QmpId } from './messages.js';
 
 export interface QmpProtocolOptions {
@@ -211,8 +211,3 @@ export class QmpProtocol {
 }
 
 function noop(): void {}
-
-/** Hangs the late answer on a timeout or abort error, unseen by JSON and logs (lateAnswerOf reads it). */
-function withLateAnswer(err: QmpError, answer: Promise<LateAnswer>): void {
-  Object.defineProperty(err, 'lateAnswer', { value: answer, enumerable: false });
-}

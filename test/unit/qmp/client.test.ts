@@ -166,8 +166,9 @@ describe('QmpClient commands', () => {
     expect(err).toMatchObject({ code: 'QMP_TIMEOUT', operation: 'slow', timeoutMs: 50 });
     // The promise rides on the error unseen by JSON (logs), found through wrapping errors too.
     expect(JSON.stringify(err)).not.toContain('lateAnswer');
-    const late = lateAnswerOf(new Error('wrapped', { cause: err }));
-    expect(late).toBeDefined();
+    const inDoubt = lateAnswerOf(new Error('wrapped', { cause: err }));
+    expect(inDoubt?.command).toBe('slow');
+    const late = inDoubt?.answer;
     const slowId = fake.received.find((m) => m.execute === 'slow')?.id;
     fake.replyTo(slowId, { return: 'late' });
     expect(await late).toMatchObject({ kind: 'return', command: 'slow', value: 'late' });
@@ -187,7 +188,7 @@ describe('QmpClient commands', () => {
     expect(a).toBeInstanceOf(QmpAbortedError);
     const [first, second] = fake.received.filter((m) => m.execute === 'slow').map((m) => m.id);
     fake.replyTo(first, { error: { class: 'GenericError', desc: 'refused late' } });
-    const refused = await lateAnswerOf(a);
+    const refused = await lateAnswerOf(a)?.answer;
     expect(refused).toMatchObject({ kind: 'error', command: 'slow' });
     expect(refused?.kind === 'error' && refused.error).toMatchObject({
       code: 'QMP_COMMAND_FAILED',
@@ -195,7 +196,7 @@ describe('QmpClient commands', () => {
     });
     expect(second).toBeDefined();
     fake.dropClient();
-    expect(await lateAnswerOf(t)).toMatchObject({ kind: 'lost', command: 'slow' });
+    expect(await lateAnswerOf(t)?.answer).toMatchObject({ kind: 'lost', command: 'slow' });
   });
 
   it('has nothing in doubt for a command never sent or answered in time', async () => {
