@@ -101,7 +101,7 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
       kataVmRoot: root.kataVmRoot,
       logLevel: 'info',
       extraArgs: ['--qmp-timeout-ms', String(QMP_TIMEOUT_MS), '--reconcile-interval-ms', '0'],
-      ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
+      ...(failpoint !== undefined ? { failpoint } : {}),
     });
     await waitServing(d, sandbox.id);
     return d;
