@@ -492,13 +492,16 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     return summary;
   }
 
-  /** teardownSteps; when a command of it is left in doubt, the teardown goes on once QEMU answers. */
+  /**
+   * teardownSteps; when a command of it is left in doubt, the teardown goes on once QEMU answers.
+   * Its QMP failures (a query timing out, too) leave as storage errors, never as a 500.
+   */
   async #teardown(step: StepContext, record: JournalRecord, opts: TeardownOptions): Promise<void> {
     try {
       await teardownSteps(step, record, opts);
     } catch (err) {
       this.#holdInDoubt(record.sandboxId, record.volumeId, err, step.log);
-      throw err;
+      throw backendFailure('detach', err, step.secrets);
     }
   }
 

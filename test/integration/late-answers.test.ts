@@ -222,6 +222,44 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
     });
   }
 
+  it('a detach step answered late: the detach finishes on the answer alone', async () => {
+    daemon = await start('stop-after:Detaching');
+    const d = daemon;
+    const volumeId = 'late-detach';
+    const body = await blockBody('scsi');
+    const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
+    const put = await d.call<{ serial: string }>('PUT', volPath, body, 60_000);
+    expect(put.status, JSON.stringify(put.body)).toBe(201);
+    const disk = await sandbox.guest.waitForDisk((g) => g.serial === put.body.serial, { timeoutMs: 30_000 });
+    const record = join(d.stateDir, 'journal', sandbox.id, `${volumeId}.json`);
+    let qemuStopped = false;
+    const watch = continueOnStop(d, () => {
+      process.kill(sandbox.pid, 'SIGSTOP');
+      qemuStopped = true;
+    });
+    try {
+      const del = await d.call<Problem>('DELETE', volPath, undefined, 60_000);
+      expect(qemuStopped).toBe(true);
+      expect(del.status, JSON.stringify(del.body)).toBe(502);
+      expect(del.body).toMatchObject({ code: 'BACKEND_FAILED', retryable: true });
+      expect(JSON.parse(await readFile(record, 'utf8')).state).toBe('Detaching');
+      expect((await d.call<Problem>('DELETE', volPath)).body.code).toBe('DETACH_PENDING');
+      expect((await d.call<Problem>('PUT', volPath, body)).body.code).toBe('DETACH_PENDING');
+    } finally {
+      watch.stop();
+    }
+    const ms = await resumeAndAwaitRollback(record);
+    const s = await settleLine(d);
+    console.log(
+      `detach, ${s.command} in doubt: SIGCONT -> detach finished (record gone) ${ms.toFixed(0)} ms; ` +
+        `vmplugd: late answer ${s.lateMs} ms after sending, detach done ${s.settleMs} ms after the answer`,
+    );
+    await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+    expect(await vmplugObjects(inspector)).toEqual([]);
+    expect((await d.call('DELETE', volPath)).status).toBe(204);
+    await sameAttachWorks(d, volumeId, body);
+  });
+
   it('vmplugd killed (SIGKILL) while in doubt: the restarted one rolls back at start-up', async () => {
     daemon = await start('stop-after:Pending');
     const volumeId = 'late-crash';

@@ -135,6 +135,7 @@ describe('AttachEngine: an attach step QEMU answers after the QMP timeout', () =
 
 describe('AttachEngine: a detach step QEMU answers after the QMP timeout', () => {
   const cases: [string, () => AttachSpec, string][] = [
+    ['block scsi', () => blockSpec('/dev/loop1', { bus: 'scsi' }), 'qom-list'],
     ['block virtio-blk', () => blockSpec('/dev/loop1', { bus: 'virtio-blk' }), 'device_del'],
     ['block scsi', () => blockSpec('/dev/loop1', { bus: 'scsi' }), 'device_del'],
     ['block scsi', () => blockSpec('/dev/loop1', { bus: 'scsi' }), 'blockdev-del'],
@@ -148,7 +149,7 @@ describe('AttachEngine: a detach step QEMU answers after the QMP timeout', () =>
       await bed.engine.attach(sb, vol('v1'), spec(), bed.ctx);
       bed.qemu.stallOn(step);
       const err = await bed.engine.detach(sb, vol('v1'), bed.ctx).catch((e) => e);
-      expect(err).toMatchObject({ retryable: true });
+      expect(err).toMatchObject({ code: 'BACKEND_FAILED', retryable: true });
       expect(err.message).toContain(`${step} timed out`);
       const sent = bed.qemu.calls.length;
       await expect(bed.engine.detach(sb, vol('v1'), bed.ctx)).rejects.toMatchObject({
