@@ -114,9 +114,38 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
   }
 
   /**
-   * The attach whose step after `state` meets a stopped QEMU: answered retryable; while QEMU
-   * stays stopped the same PUT and a DELETE get 503 at once; the journal says Detaching.
-   * Answers the record's path. QEMU is left stopped.
+   * One request through vmplugd whose stop-after failpoint is answered by stopping QEMU first:
+   * its next QMP command meets a stopped QEMU (left stopped). Answered 502 BACKEND_FAILED,
+   * retryable, and the journal record says Detaching; answers the record's path.
+   */
+  async function intoStoppedQemu(
+    d: DaemonProcess,
+    method: 'PUT' | 'DELETE',
+    volumeId: string,
+    body?: Record<string, unknown>,
+  ): Promise<{ record: string; answer: Problem }> {
+    const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
+    let qemuStopped = false;
+    const watch = continueOnStop(d, () => {
+      process.kill(sandbox.pid, 'SIGSTOP');
+      qemuStopped = true;
+    });
+    try {
+      const answer = await d.call<Problem>(method, volPath, body, 60_000);
+      expect(qemuStopped).toBe(true);
+      expect(answer.status, JSON.stringify(answer.body)).toBe(502);
+      expect(answer.body).toMatchObject({ code: 'BACKEND_FAILED', retryable: true });
+      const record = join(d.stateDir, 'journal', sandbox.id, `${volumeId}.json`);
+      expect(JSON.parse(await readFile(record, 'utf8')).state).toBe('Detaching');
+      return { record, answer: answer.body };
+    } finally {
+      watch.stop();
+    }
+  }
+
+  /**
+   * The attach whose step after the failpoint's state meets a stopped QEMU; while QEMU stays
+   * stopped the same PUT and a DELETE get 503 at once. Answers the record's path.
    */
   async function attachIntoStoppedQemu(
     d: DaemonProcess,
@@ -125,34 +154,20 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
     step: string,
   ): Promise<string> {
     const volPath = `/v1/sandboxes/${sandbox.id}/volumes/${volumeId}`;
-    let qemuStopped = false;
-    const watch = continueOnStop(d, () => {
-      process.kill(sandbox.pid, 'SIGSTOP');
-      qemuStopped = true;
-    });
-    try {
-      const first = await d.call<Problem>('PUT', volPath, body, 60_000);
-      expect(qemuStopped).toBe(true);
-      expect(first.status, JSON.stringify(first.body)).toBe(502);
-      expect(first.body).toMatchObject({ code: 'BACKEND_FAILED', retryable: true });
-      expect(first.body.detail).toContain(`${step} timed out`);
-      const record = join(d.stateDir, 'journal', sandbox.id, `${volumeId}.json`);
-      expect(JSON.parse(await readFile(record, 'utf8')).state).toBe('Detaching');
-      const t0 = performance.now();
-      const retry = await d.call<Problem>('PUT', volPath, body);
-      const retryMs = performance.now() - t0;
-      expect(retry.status).toBe(503);
-      expect(retry.body).toMatchObject({ code: 'DETACH_PENDING', retryable: true });
-      const del = await d.call<Problem>('DELETE', volPath);
-      expect(del.status).toBe(503);
-      console.log(
-        `${step} in doubt: first PUT ${first.status} ${first.body.code}, retry ${retry.status} ${retry.body.code} ` +
-          `in ${retryMs.toFixed(1)} ms, DELETE ${del.status}`,
-      );
-      return record;
-    } finally {
-      watch.stop();
-    }
+    const { record, answer } = await intoStoppedQemu(d, 'PUT', volumeId, body);
+    expect(answer.detail).toContain(`${step} timed out`);
+    const t0 = performance.now();
+    const retry = await d.call<Problem>('PUT', volPath, body);
+    const retryMs = performance.now() - t0;
+    expect(retry.status).toBe(503);
+    expect(retry.body).toMatchObject({ code: 'DETACH_PENDING', retryable: true });
+    const del = await d.call<Problem>('DELETE', volPath);
+    expect(del.status).toBe(503);
+    console.log(
+      `${step} in doubt: first PUT 502 ${answer.code}, retry ${retry.status} ${retry.body.code} ` +
+        `in ${retryMs.toFixed(1)} ms, DELETE ${del.status}`,
+    );
+    return record;
   }
 
   /** Resumes QEMU and waits, sending vmplugd nothing, until the record is gone; answers ms. */
@@ -231,23 +246,9 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
     const put = await d.call<{ serial: string }>('PUT', volPath, body, 60_000);
     expect(put.status, JSON.stringify(put.body)).toBe(201);
     const disk = await sandbox.guest.waitForDisk((g) => g.serial === put.body.serial, { timeoutMs: 30_000 });
-    const record = join(d.stateDir, 'journal', sandbox.id, `${volumeId}.json`);
-    let qemuStopped = false;
-    const watch = continueOnStop(d, () => {
-      process.kill(sandbox.pid, 'SIGSTOP');
-      qemuStopped = true;
-    });
-    try {
-      const del = await d.call<Problem>('DELETE', volPath, undefined, 60_000);
-      expect(qemuStopped).toBe(true);
-      expect(del.status, JSON.stringify(del.body)).toBe(502);
-      expect(del.body).toMatchObject({ code: 'BACKEND_FAILED', retryable: true });
-      expect(JSON.parse(await readFile(record, 'utf8')).state).toBe('Detaching');
-      expect((await d.call<Problem>('DELETE', volPath)).body.code).toBe('DETACH_PENDING');
-      expect((await d.call<Problem>('PUT', volPath, body)).body.code).toBe('DETACH_PENDING');
-    } finally {
-      watch.stop();
-    }
+    const { record } = await intoStoppedQemu(d, 'DELETE', volumeId);
+    expect((await d.call<Problem>('DELETE', volPath)).body.code).toBe('DETACH_PENDING');
+    expect((await d.call<Problem>('PUT', volPath, body)).body.code).toBe('DETACH_PENDING');
     const ms = await resumeAndAwaitRollback(record);
     const s = await settleLine(d);
     console.log(
