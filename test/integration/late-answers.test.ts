@@ -94,7 +94,7 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
   });
 
   /** Same state dir each time (a restart finds the journal); no periodic reconcile round. */
-  async function start(failpoint?: string): Promise<DaemonProcess> {
+  async function start(failpoint?: string, opts: { serving?: boolean } = {}): Promise<DaemonProcess> {
     const d = await startDaemonProcess({
       dir,
       monitorDir: root.monitorDir,
@@ -103,7 +103,7 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
       extraArgs: ['--qmp-timeout-ms', String(QMP_TIMEOUT_MS), '--reconcile-interval-ms', '0'],
       ...(failpoint !== undefined ? { failpoint } : {}),
     });
-    await waitServing(d, sandbox.id);
+    if (opts.serving !== false) await waitServing(d, sandbox.id);
     return d;
   }
 
@@ -261,18 +261,49 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
     await sameAttachWorks(d, volumeId, body);
   });
 
-  it('vmplugd killed (SIGKILL) while in doubt: the restarted one rolls back at start-up', async () => {
-    daemon = await start('stop-after:Pending');
-    const volumeId = 'late-crash';
+  /** An attach left in doubt (blockdev-add into a stopped QEMU), then vmplugd SIGKILLed; QEMU stays stopped. */
+  async function crashedInDoubt(
+    volumeId: string,
+  ): Promise<{ body: Record<string, unknown>; record: string }> {
+    const d = await start('stop-after:Pending');
+    daemon = d;
     const body = await blockBody('scsi');
-    const record = await attachIntoStoppedQemu(daemon, volumeId, body, 'blockdev-add');
-    await daemon.crash();
+    const record = await attachIntoStoppedQemu(d, volumeId, body, 'blockdev-add');
+    await d.crash();
     daemon = undefined;
+    return { body, record };
+  }
+
+  it('vmplugd killed (SIGKILL) while in doubt: the restarted one rolls back at start-up', async () => {
+    const volumeId = 'late-crash';
+    const { body, record } = await crashedInDoubt(volumeId);
     process.kill(sandbox.pid, 'SIGCONT');
     // The late answer goes to a dead connection; the journal (Detaching) is what counts.
     daemon = await start();
     expect(existsSync(record)).toBe(false);
     expect(await vmplugObjects(inspector)).toEqual([]);
     await sameAttachWorks(daemon, volumeId, body);
+  });
+
+  it('vmplugd killed while in doubt and restarted while QEMU is still stopped: rolled back once QEMU answers', async () => {
+    const volumeId = 'late-crash-stopped';
+    const { body, record } = await crashedInDoubt(volumeId);
+    // QEMU still stopped: the new vmplugd's monitor connection gets no greeting, its start-up
+    // reconcile skips the sandbox; no periodic round follows (interval 0).
+    const d = await start(undefined, { serving: false });
+    daemon = d;
+    const skippedLine = () => d.lines.some((l) => l.includes('reconcile: sandbox unreachable'));
+    for (const deadline = performance.now() + 60_000; !skippedLine(); ) {
+      if (performance.now() > deadline) throw new Error('the start-up reconcile did not run within 60 s');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(existsSync(record)).toBe(true);
+    const ms = await resumeAndAwaitRollback(record);
+    console.log(
+      `restarted while QEMU stopped: SIGCONT -> rolled back by the kicked reconcile ${ms.toFixed(0)} ms`,
+    );
+    expect(await vmplugObjects(inspector)).toEqual([]);
+    await waitServing(d, sandbox.id);
+    await sameAttachWorks(d, volumeId, body);
   });
 });
