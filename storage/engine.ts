@@ -3,7 +3,13 @@ import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
 import { presentSandbox } from '../core/sandbox.js';
-import { blockResize, type LateAnswer, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
+import {
+  blockResize,
+  type LateAnswer,
+  lateAnswerOf,
+  queryBlockstats,
+  queryNamedBlockNodes,
+} from '../qmp/index.js';
 import type {
   Attachment,
   AttachResult,
@@ -356,10 +362,12 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       });
       log.warn({ code: failure.code }, 'attach failed; rolled back');
     } catch (err) {
-      // Left for reconcile, which finishes the rollback from the journal.
+      // Left for QEMU's late answer (#teardown held it) or reconcile, which finish it from the journal.
       log.error(
         { code: failure.code, rollbackError: (err as Error).message, state: current?.state },
-        'attach failed and its rollback did not finish; reconcile will retry',
+        lateAnswerOf(err) !== undefined
+          ? 'attach failed and its rollback waits on a late QMP answer'
+          : 'attach failed and its rollback did not finish; reconcile will retry',
       );
     }
   }
