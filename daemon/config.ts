@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { parseArgs } from 'node:util';
 import { compileDeviceGlob, type DeviceGlob, parseDeviceGlobList } from '../storage/device-glob.js';
+import { DEFAULT_QMP_TIMEOUT_MS } from '../storage/engine.js';
 import { DEFAULT_ALLOWED_DEVICES } from '../storage/host-device.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 
@@ -34,6 +35,11 @@ export interface DaemonConfig {
   maxConcurrentOps: number;
   /** How long shutdown waits for in-flight requests before aborting them. */
   shutdownTimeoutMs: number;
+  /**
+   * Bound of each QMP command of a volume attach or detach. A command past it is in doubt: the
+   * volume is rolled back (or its detach finished) when QEMU's late answer arrives.
+   */
+  qmpTimeoutMs: number;
   /** Period of the engine's reconcile (journal against QEMU); 0 runs it at start-up only. */
   reconcileIntervalMs: number;
   /** Period of discovery's full rescan of --monitor-dir (fs.watch only hastens it). */
@@ -259,6 +265,12 @@ const SPECS: Specs = {
     // Below Kubernetes' default 30 s grace period, so vmplugd finishes before it is SIGKILLed.
     default: () => 25_000,
     parse: (v) => integer(v, 0, 600_000),
+  },
+  qmpTimeoutMs: {
+    flag: 'qmp-timeout-ms',
+    env: 'VMPLUG_QMP_TIMEOUT_MS',
+    default: () => DEFAULT_QMP_TIMEOUT_MS,
+    parse: (v) => integer(v, 100, 600_000),
   },
   reconcileIntervalMs: {
     flag: 'reconcile-interval-ms',

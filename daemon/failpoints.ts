@@ -7,13 +7,16 @@ import type { Logger } from './logger.js';
 // and the next side effect); `kill-before:<State>` just before that record's write starts
 // (between the previous side effect and the write that would record it); a state the steps pass
 // without writing it (storage/steps.ts pass) counts as written there. Those are exactly where
-// a real crash hurts most, and a timer-based kill cannot land there reliably. Unset in production; the daemon warns at start
-// when one is armed. An environment variable rather than a flag, so it never shows in --help.
+// a real crash hurts most, and a timer-based kill cannot land there reliably. `stop-after:<State>`
+// makes vmplugd SIGSTOP itself there instead, so a test can act at that exact point (stop the
+// guest's QEMU before the next QMP command) and then SIGCONT it. Unset in production; the daemon
+// warns at start when one is armed. An environment variable rather than a flag, so it never shows
+// in --help.
 
 export const FAILPOINT_ENV = 'VMPLUG_FAILPOINT';
 
 export interface Failpoint {
-  kind: 'kill-before' | 'kill-after';
+  kind: 'kill-before' | 'kill-after' | 'stop-after';
   state: VolumeState | PodState;
 }
 
@@ -25,12 +28,12 @@ const STATES: readonly string[] = [...VOLUME_STATES, ...POD_STATES];
 /** Parses the variable; undefined when unset, an Error naming the variable when malformed. */
 export function parseFailpoint(value: string | undefined): Failpoint | undefined | Error {
   if (value === undefined || value === '') return undefined;
-  const m = /^(kill-before|kill-after):([A-Za-z]+)$/.exec(value);
+  const m = /^(kill-before|kill-after|stop-after):([A-Za-z]+)$/.exec(value);
   const kind = m?.[1] as Failpoint['kind'] | undefined;
   const state = m?.[2] as VolumeState | PodState | undefined;
   if (kind === undefined || state === undefined || !STATES.includes(state)) {
     return new Error(
-      `${FAILPOINT_ENV} must be kill-before:<State> or kill-after:<State>, State one of ${STATES.join(', ')}`,
+      `${FAILPOINT_ENV} must be kill-before:<State>, kill-after:<State> or stop-after:<State>, State one of ${STATES.join(', ')}`,
     );
   }
   return { kind, state };
@@ -40,18 +43,19 @@ export function parseFailpoint(value: string | undefined): Failpoint | undefined
 export function failpointHook(
   fp: Failpoint | undefined,
   logger: Logger,
-  kill: () => void = () => process.kill(process.pid, 'SIGKILL'),
+  kill: (signal: 'SIGKILL' | 'SIGSTOP') => void = (signal) => process.kill(process.pid, signal),
 ): StateWriteHook | undefined {
   if (fp === undefined) return undefined;
   const phase = fp.kind === 'kill-before' ? 'before' : 'after';
+  const signal = fp.kind === 'stop-after' ? 'SIGSTOP' : 'SIGKILL';
   logger.warn(
     { failpoint: fp },
-    `failpoint armed: vmplugd kills itself ${phase} writing a ${fp.state} record`,
+    `failpoint armed: vmplugd ${signal === 'SIGSTOP' ? 'stops' : 'kills'} itself ${phase} writing a ${fp.state} record`,
   );
   return (record, at) => {
     if (record.state !== fp.state || at !== phase) return;
     // Synchronous on purpose: nothing else may run between the durable write and the kill.
     logger.flush();
-    kill();
+    kill(signal);
   };
 }

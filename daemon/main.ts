@@ -201,6 +201,8 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
   let feed: StatusFeed | undefined;
   let nics: NicEngine | undefined;
   let loop: ReconcileLoop | undefined;
+  /** Sandboxes the last volume reconcile skipped because their monitor did not answer. */
+  let skipped = new Set<string>();
   const unwatch: (() => void)[] = [];
   try {
     // vvv the attach engine is constructed here, and only here (daemon/volumes/attach-engine.ts) vvv
@@ -271,6 +273,7 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
           if (volumeRun.status === 'rejected') throw volumeRun.reason;
           if (nicRun.status === 'rejected') throw nicRun.reason;
           if (podRun.status === 'rejected') throw podRun.reason;
+          skipped = new Set(skippedSandboxes(volumeRun.value));
           return volumeRun.value;
         },
         intervalMs: config.reconcileIntervalMs,
@@ -312,6 +315,15 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
       unwatch.push(
         discovery.onChange((event) => {
           if (event.type === 'removed') l.kick();
+          // A sandbox the last round skipped (a QEMU stopped or stuck while vmplugd restarted,
+          // e.g. after a kill with a command in doubt) is reconciled once its monitor answers,
+          // not a whole interval later.
+          else if (
+            event.type === 'changed' &&
+            event.sandbox.reachability === 'present' &&
+            skipped.delete(event.sandbox.id)
+          )
+            l.kick();
         }),
       );
       void discovery.settled(STARTUP_SETTLE_MS).then(() => l.start());
@@ -545,4 +557,14 @@ export function systemdFromEnv(
     if (err instanceof NotifyEnvError || err instanceof ListenFdsError) return err;
     throw err;
   }
+}
+
+/** The ids of the sandboxes a volume reconcile summary lists as skipped (unreachable). */
+function skippedSandboxes(summary: unknown): string[] {
+  const skipped = (summary as { skipped?: unknown } | undefined)?.skipped;
+  if (!Array.isArray(skipped)) return [];
+  return skipped.flatMap((s: unknown) => {
+    const id = (s as { sandboxId?: unknown }).sandboxId;
+    return typeof id === 'string' ? [id] : [];
+  });
 }

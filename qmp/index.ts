@@ -22,6 +22,13 @@ export {
 } from './events.js';
 export type { QmpExecutor } from './executor.js';
 export { MessageSplitter } from './framing.js';
+export {
+  type InDoubt,
+  type LateAnswer,
+  lateAnswerOf,
+  MAX_LATE_ANSWERS,
+  withLateAnswer,
+} from './late-answers.js';
 export type {
   QmpErrorReply,
   QmpEvent,

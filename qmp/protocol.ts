@@ -9,6 +9,7 @@ import {
 } from './errors.js';
 import { callListener, EventHub, reportListenerError, type Unsubscribe } from './events.js';
 import { MessageSplitter } from './framing.js';
+import { LateAnswers, withLateAnswer } from './late-answers.js';
 import { classify, type QmpGreeting, type QmpId } from './messages.js';
 
 export interface QmpProtocolOptions {
@@ -34,6 +35,8 @@ interface Pending {
 export class QmpProtocol {
   readonly events: EventHub;
   private readonly pending = new Map<QmpId, Pending>();
+  /** Sent commands whose caller stopped waiting (timeout, abort): their answer is still due. */
+  private readonly late = new LateAnswers();
   private readonly closeListeners = new Set<(err: QmpError) => void>();
   private readonly splitter: MessageSplitter;
   private readonly defaultTimeoutMs: number;
@@ -92,12 +95,20 @@ export class QmpProtocol {
     return new Promise<T>((resolve, reject) => {
       const entry: Pending = { command, resolve: resolve as (v: unknown) => void, reject, disarm: noop };
       this.pending.set(id, entry);
+      const sentAt = performance.now();
+      let written = false;
       entry.disarm = armDeadline(command, opts.timeoutMs ?? this.defaultTimeoutMs, opts.signal, (err) => {
-        // A late reply for this id is dropped by dispatch(): ids are never reused.
         this.pending.delete(id);
+        // Sent, so QEMU may still run it: the error carries the answer still due (ids are never
+        // reused, so a reply for this id can only be that answer). Before the write (an abort
+        // already fired) nothing is in doubt.
+        if (written) withLateAnswer(err, this.late.track(id, command, sentAt));
         reject(err);
       });
-      this.stream.write(payload);
+      if (this.pending.has(id)) {
+        this.stream.write(payload);
+        written = true;
+      }
     });
   }
 
@@ -134,9 +145,13 @@ export class QmpProtocol {
     const m = classify(raw);
     switch (m.kind) {
       case 'return': {
-        const p = m.message.id === undefined ? undefined : this.pending.get(m.message.id);
-        if (p === undefined) return;
-        this.pending.delete(m.message.id!);
+        if (m.message.id === undefined) return;
+        const p = this.pending.get(m.message.id);
+        if (p === undefined) {
+          this.late.returned(m.message.id, m.message.return);
+          return;
+        }
+        this.pending.delete(m.message.id);
         p.disarm();
         p.resolve(m.message.return);
         return;
@@ -144,11 +159,15 @@ export class QmpProtocol {
       case 'error': {
         // An error without id answers input QEMU could not parse; we send none such, so there
         // is no command to charge it to.
-        const p = m.message.id === undefined ? undefined : this.pending.get(m.message.id);
-        if (p === undefined) return;
-        this.pending.delete(m.message.id!);
-        p.disarm();
+        if (m.message.id === undefined) return;
         const e = m.message.error;
+        const p = this.pending.get(m.message.id);
+        if (p === undefined) {
+          this.late.refused(m.message.id, String(e.class), String(e.desc));
+          return;
+        }
+        this.pending.delete(m.message.id);
+        p.disarm();
         p.reject(new QmpCommandError(p.command, String(e.class), String(e.desc)));
         return;
       }
@@ -182,6 +201,7 @@ export class QmpProtocol {
       p.disarm();
       p.reject(err instanceof QmpProtocolError ? err : new QmpClosedError(p.command, cause));
     }
+    this.late.closed(err);
     for (const w of this.greetingWaiters) w.reject(err);
     this.greetingWaiters = [];
     this.events.failWaiters(err);

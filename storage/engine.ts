@@ -3,7 +3,13 @@ import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
 import { presentSandbox } from '../core/sandbox.js';
-import { blockResize, queryBlockstats, queryNamedBlockNodes } from '../qmp/index.js';
+import {
+  blockResize,
+  type LateAnswer,
+  lateAnswerOf,
+  queryBlockstats,
+  queryNamedBlockNodes,
+} from '../qmp/index.js';
 import type {
   Attachment,
   AttachResult,
@@ -24,6 +30,7 @@ import {
 import { checkCephFirst, DEFAULT_CEPH_PROBE_TIMEOUT_MS, probeMonitors } from './ceph-probe.js';
 import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from './host-device.js';
 import { HostUseWatch } from './host-use-watch.js';
+import { InDoubtVolumes } from './in-doubt.js';
 import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
 import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes, sameLane } from './lanes.js';
 import type { FrontendBus } from './naming.js';
@@ -33,7 +40,7 @@ import { backendFailure } from './qmp-failure.js';
 import { removeConfFile } from './rbd-conf-files.js';
 import { type ReconcileSummary, reconcileAll } from './reconcile.js';
 import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
-import { attachSteps, type StepContext, teardownSteps } from './steps.js';
+import { attachSteps, type StepContext, type TeardownOptions, teardownSteps } from './steps.js';
 import type { StorageDaemonBackend } from './storage-daemon/index.js';
 import {
   isVhostUser,
@@ -124,6 +131,8 @@ export class AttachEngine extends VolumeEngine implements AttachService {
   };
   readonly #hostUse: HostUseWatch;
   readonly #vhostUser: VhostUserContext | undefined;
+  /** Volumes whose teardown waits on a late QMP answer (in-doubt.ts). */
+  readonly #inDoubt = new InDoubtVolumes();
 
   constructor(opts: AttachEngineOptions) {
     super({
@@ -169,6 +178,9 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       case 'conflict':
         if (plan.reason !== 'detaching' || plan.record.fingerprint !== fingerprint)
           throw attachConflict(plan, `sandbox ${sandboxId}`);
+        // Settled the moment QEMU answers the command in doubt; asking QEMU now would only queue
+        // behind it.
+        this.#refuseWhileInDoubt(sandboxId, volumeId);
         // The same spec again while its rollback (an attach that failed, e.g. QEMU answered
         // too late) or a detach is unfinished: finish it now rather than wait for reconcile,
         // then attach afresh; while QEMU still cannot finish it, a retryable 503, not a 409.
@@ -291,7 +303,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       return attachmentFromRecord(done);
     } catch (err) {
       const failure = backendFailure('attach', err, step.secrets);
-      await this.#rollback(step, record.sandboxId, record.volumeId, failure, log);
+      await this.#rollback(step, record.sandboxId, record.volumeId, failure, err, log);
       throw failure;
     }
   }
@@ -318,7 +330,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       error: { code: 'DEVICE_LOST', message: `device ${record.names.device} vanished from the sandbox` },
     });
     await this.#o.journal.save(lost);
-    await teardownSteps(this.#stepContext(sandbox, signal, log), lost, { waitMs: this.#o.detachTimeoutMs });
+    await this.#teardown(this.#stepContext(sandbox, signal, log), lost, { waitMs: this.#o.detachTimeoutMs });
   }
 
   /** Finishes an unfinished rollback or detach of `record` now; DETACH_PENDING (503, retryable) when it cannot. */
@@ -329,7 +341,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     log: OperationLogger,
   ): Promise<void> {
     try {
-      await teardownSteps(this.#stepContext(sandbox, signal, log), record, {
+      await this.#teardown(this.#stepContext(sandbox, signal, log), record, {
         waitMs: this.#o.detachTimeoutMs,
       });
       log.info({ state: record.state }, 'finished an unfinished rollback/detach before attaching again');
@@ -343,12 +355,18 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     }
   }
 
-  /** Undoes a failed attach: whatever exists goes, in reverse order, and the record with it. */
+  /**
+   * Undoes a failed attach: whatever exists goes, in reverse order, and the record with it. Always
+   * a rollback, also of a step QEMU may still complete (its late answer then starts the rollback):
+   * the caller is told the attach failed, and a disk it does not know of must not stay in a guest
+   * (the same image may be attached elsewhere next).
+   */
   async #rollback(
     step: StepContext,
     sandboxId: SandboxId,
     volumeId: VolumeId,
     failure: VmplugError,
+    cause: unknown,
     log: OperationLogger,
   ): Promise<void> {
     let current: JournalRecord | undefined;
@@ -361,16 +379,24 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         });
         await this.#o.journal.save(current);
       }
+      // A step in doubt: the record says Detaching (written above), the rollback waits for QEMU's
+      // answer; trying now would queue behind the stuck command and time out as well.
+      if (this.#holdInDoubt(sandboxId, volumeId, cause, log)) {
+        log.warn({ code: failure.code }, 'attach failed; QEMU has not answered: rolled back when it does');
+        return;
+      }
       // A fresh context: the rollback must run even when the request's signal fired.
-      await teardownSteps({ ...step, signal: new AbortController().signal }, current, {
+      await this.#teardown({ ...step, signal: new AbortController().signal }, current, {
         waitMs: this.#o.detachTimeoutMs,
       });
       log.warn({ code: failure.code }, 'attach failed; rolled back');
     } catch (err) {
-      // Left for reconcile, which finishes the rollback from the journal.
+      // Left for QEMU's late answer (#teardown held it) or reconcile, which finish it from the journal.
       log.error(
         { code: failure.code, rollbackError: (err as Error).message, state: current?.state },
-        'attach failed and its rollback did not finish; reconcile will retry',
+        lateAnswerOf(err) !== undefined
+          ? 'attach failed and its rollback waits on a late QMP answer'
+          : 'attach failed and its rollback did not finish; reconcile will retry',
       );
     }
   }
@@ -404,12 +430,13 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         );
       }
       if (record === undefined) return;
+      this.#refuseWhileInDoubt(sandboxId, volumeId);
       const step = this.#stepContext(presence.sandbox, signal, log);
       if (isAttachState(record.state)) {
         record = transition(record, 'Detaching');
         await this.#o.journal.save(record);
       }
-      await teardownSteps(step, record, { waitMs: this.#o.detachTimeoutMs });
+      await this.#teardown(step, record, { waitMs: this.#o.detachTimeoutMs });
       log.info({}, 'detached');
     });
   }
@@ -500,6 +527,69 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       signal,
     );
     return summary;
+  }
+
+  /**
+   * teardownSteps; when a command of it is left in doubt, the teardown goes on once QEMU answers.
+   * Its QMP failures (a query timing out, too) leave as storage errors, never as a 500.
+   */
+  async #teardown(step: StepContext, record: JournalRecord, opts: TeardownOptions): Promise<void> {
+    try {
+      await teardownSteps(step, record, opts);
+    } catch (err) {
+      this.#holdInDoubt(record.sandboxId, record.volumeId, err, step.log);
+      throw backendFailure('detach', err, step.secrets);
+    }
+  }
+
+  #refuseWhileInDoubt(sandboxId: SandboxId, volumeId: VolumeId): void {
+    const refusal = this.#inDoubt.refusal(sandboxId, volumeId);
+    if (refusal !== undefined) throw refusal;
+  }
+
+  /** When `err` left a QMP command in doubt: the volume's teardown runs as soon as QEMU answers it. */
+  #holdInDoubt(sandboxId: SandboxId, volumeId: VolumeId, err: unknown, log: OperationLogger): boolean {
+    return this.#inDoubt.hold(sandboxId, volumeId, err, (answer) => {
+      void this.#settleLate(sandboxId, volumeId, answer, log);
+    });
+  }
+
+  /**
+   * QEMU answered the command in doubt (or its connection ended): in the sandbox's turn, the
+   * volume's teardown continues from its journal record (nothing to do when a retry or reconcile
+   * settled it first, or a new attach began since).
+   */
+  async #settleLate(
+    sandboxId: SandboxId,
+    volumeId: VolumeId,
+    answer: LateAnswer,
+    log: OperationLogger,
+  ): Promise<void> {
+    const started = performance.now();
+    const late = { command: answer.command, answer: answer.kind, lateMs: answer.afterMs };
+    try {
+      await this.admit(sandboxId, new AbortController().signal, async (signal) => {
+        const record = await this.#o.journal.load(sandboxId, volumeId, { signal });
+        if (record === undefined || isAttachState(record.state)) return;
+        const presence = this.#o.sandboxes.lookup(sandboxId);
+        // Gone or unreachable: reconcile's (records released, or the next round).
+        if (presence.state !== 'present') return;
+        await this.#teardown(this.#stepContext(presence.sandbox, signal, log), record, {
+          waitMs: this.#o.detachTimeoutMs,
+        });
+        log.info(
+          { ...late, settleMs: Math.round(performance.now() - started), from: record.state },
+          'late QMP answer: rollback/detach finished',
+        );
+      });
+    } catch (err) {
+      // In doubt again (held anew by #teardown), a guest still holding the device, or the engine
+      // closing: the record stays, and a retry or reconcile finishes it.
+      log.warn(
+        { ...late, code: (err as { code?: unknown }).code, error: (err as Error).message },
+        'late QMP answer: rollback/detach not finished; left for a retry or reconcile',
+      );
+    }
   }
 
   #present(sandboxId: SandboxId): ManagedSandbox {

@@ -109,6 +109,7 @@ export async function createAttachService(deps: EngineDeps): Promise<EngineHandl
     stateDir: config.stateDir,
     logger: logger.child({ component: 'engine' }),
     gate,
+    qmpTimeoutMs: config.qmpTimeoutMs,
     checkHostDevice,
     ...(storageDaemon === undefined ? {} : { storageDaemon }),
     rbdPreflight: preflight.check,

@@ -27,6 +27,8 @@ export interface DaemonProcessOptions {
   /** Extra flags, e.g. ['--reconcile-interval-ms', '2000']. */
   extraArgs?: string[];
   env?: Record<string, string>;
+  /** VMPLUG_FAILPOINT (daemon/failpoints.ts), e.g. 'kill-after:Pending'; unset when absent. */
+  failpoint?: string;
   /** Until /healthz answers (default 30 s: tsx compiles the sources on first start). */
   startTimeoutMs?: number;
   logLevel?: string;
@@ -109,7 +111,12 @@ export async function startDaemonProcess(opts: DaemonProcessOptions): Promise<Da
   ];
   const child = spawn(process.execPath, args, {
     // Loop devices stand in for rbd mappings: the test bed allows them (a flag in extraArgs wins).
-    env: { ...process.env, VMPLUG_ALLOWED_DEVICES: TEST_BED_ALLOWED_DEVICES, ...(opts.env ?? {}) },
+    env: {
+      ...process.env,
+      VMPLUG_ALLOWED_DEVICES: TEST_BED_ALLOWED_DEVICES,
+      ...(opts.failpoint !== undefined ? { VMPLUG_FAILPOINT: opts.failpoint } : {}),
+      ...(opts.env ?? {}),
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

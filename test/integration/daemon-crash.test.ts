@@ -65,7 +65,7 @@ describe('vmplugd killed with SIGKILL mid-operation, then restarted', () => {
       monitorDir: root.monitorDir,
       kataVmRoot: root.kataVmRoot,
       logLevel: 'info',
-      ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
+      ...(failpoint !== undefined ? { failpoint } : {}),
     });
     // Ready = discovery settled and the start-up reconcile ran.
     await waitServing(d, sandbox.id);

@@ -85,7 +85,7 @@ describe('vmplugd killed mid-operation on a libvirt domain, then restarted', () 
       kataVmRoot: join(dir, 'vc', 'vm'),
       libvirtUri: domain.uri,
       logLevel: 'info',
-      ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
+      ...(failpoint !== undefined ? { failpoint } : {}),
     });
     // Ready = discovery settled and the start-up reconcile ran.
     await waitServing(d, domain.name);

@@ -66,7 +66,7 @@ describe('pod volumes through vmplugd', () => {
       kataVmRoot: root.kataVmRoot,
       logLevel: 'info',
       extraArgs: ['--kata-direct-volume-root', dvRoot, ...extraArgs],
-      ...(failpoint !== undefined ? { env: { VMPLUG_FAILPOINT: failpoint } } : {}),
+      ...(failpoint !== undefined ? { failpoint } : {}),
     });
   }
 

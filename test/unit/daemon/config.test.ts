@@ -40,6 +40,7 @@ describe('resolveConfig', () => {
       leaseNamespace: 'vmplug-system',
       maxConcurrentOps: 8,
       shutdownTimeoutMs: 25_000,
+      qmpTimeoutMs: 10_000,
     });
     expect(config.nodeName).toMatch(/^[a-z0-9.-]+$/);
     for (const key of CONFIG_KEYS) expect(sources[key]).toEqual({ kind: 'default' });

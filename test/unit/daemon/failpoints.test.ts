@@ -9,6 +9,7 @@ describe('crash failpoints', () => {
     expect(parseFailpoint('')).toBeUndefined();
     expect(parseFailpoint('kill-after:Pending')).toEqual({ kind: 'kill-after', state: 'Pending' });
     expect(parseFailpoint('kill-before:Attached')).toEqual({ kind: 'kill-before', state: 'Attached' });
+    expect(parseFailpoint('stop-after:Pending')).toEqual({ kind: 'stop-after', state: 'Pending' });
   });
 
   it('refuses anything else with a message naming the variable', () => {
@@ -34,5 +35,21 @@ describe('crash failpoints', () => {
     expect(kills).toBe(0);
     hook?.(rec('Attached'), 'before');
     expect(kills).toBe(1);
+  });
+
+  it('stop-after stops (SIGSTOP) after the write instead of killing', () => {
+    const signals: string[] = [];
+    const hook = failpointHook(
+      { kind: 'stop-after', state: 'Pending' },
+      createLogger({ level: 'silent' }),
+      (signal) => {
+        signals.push(signal);
+      },
+    );
+    const rec = (state: string) => ({ state }) as unknown as JournalRecord;
+    hook?.(rec('Pending'), 'before');
+    expect(signals).toEqual([]);
+    hook?.(rec('Pending'), 'after');
+    expect(signals).toEqual(['SIGSTOP']);
   });
 });

@@ -24,18 +24,24 @@
 //                          GenericError "PCI: slot 0 function 0 not available for virtio-net-pci, in use by <type>,id=<id>"
 //   info network (HMP)     "<nic id>: index=0,type=nic,model=virtio-net-pci,macaddr=..\r\n \\ <netdev>: index=0,type=tap,ifname=..\r\n"
 //   block_resize of a node no device uses: QEMU 7.2 dies (SIGSEGV): the connection closes.
+// A stalled main loop (librbd waiting on an OSD inside blockdev-add, a SIGSTOPped QEMU): every
+// command, the stalling one first, waits in order; a caller that stops waiting gets QMP_TIMEOUT or
+// QMP_ABORTED carrying the answer still due (as qmp/protocol.ts does), and the commands run, in
+// order, when the loop runs again; the guest's unplug acknowledgements wait too.
 // Unplug: scsi-hd leaves at once (DEVICE_DELETED before the reply); virtio-blk-pci leaves when the
 // guest acknowledges (ACPI), emitting DEVICE_DELETED for its virtio-backend path (no `device`)
 // first and then the one naming the device.
 import { existsSync } from 'node:fs';
-import type { CallOptions } from '../../../qmp/deadline.js';
+import { armDeadline, type CallOptions } from '../../../qmp/deadline.js';
 import {
   EventHub,
+  type LateAnswer,
   QmpClosedError,
   QmpCommandError,
   type QmpEvent,
   type QmpExecutor,
   QmpTimeoutError,
+  withLateAnswer,
 } from '../../../qmp/index.js';
 
 interface Device {
@@ -84,6 +90,8 @@ export class FakeQemu implements QmpExecutor {
   opts: Required<FakeQemuOptions>;
   #hooks: Hook[] = [];
   #hang = new Set<string>();
+  /** While QEMU's main loop is stalled: what runs, in order, when it runs again. */
+  #stalled: (() => void)[] | undefined;
 
   constructor(opts: FakeQemuOptions = {}) {
     this.opts = { rootPorts: 4, guestUnplug: { ms: 5 }, ceph: 'up', defaultSize: 64 * 1024 * 1024, ...opts };
@@ -119,6 +127,31 @@ export class FakeQemu implements QmpExecutor {
     this.#hang.add(command);
   }
 
+  /** QEMU's main loop stops: commands (from the next one on) wait until resume(). */
+  stall(): void {
+    this.#stalled ??= [];
+  }
+
+  /** `command` stalls the main loop when it arrives (it runs, late, at resume()). */
+  stallOn(command: string): void {
+    const off = this.onCommand((c) => {
+      if (c !== command) return;
+      off();
+      this.stall();
+    });
+  }
+
+  get stalled(): boolean {
+    return this.#stalled !== undefined;
+  }
+
+  /** The main loop runs again: what waited runs in order, answering callers or as late answers. */
+  resume(): void {
+    const queued = this.#stalled ?? [];
+    this.#stalled = undefined;
+    for (const run of queued) run();
+  }
+
   subscribe: QmpExecutor['subscribe'] = (name, listener) => this.hub.subscribe(name, listener);
   waitFor: QmpExecutor['waitFor'] = (name, predicate, opts) => this.hub.waitFor(name, predicate, opts);
 
@@ -136,9 +169,42 @@ export class FakeQemu implements QmpExecutor {
         ),
       );
     }
+    if (this.#stalled !== undefined) return this.#whenRunning<T>(this.#stalled, command, a, opts);
     // QEMU answers asynchronously: never within the caller's synchronous turn.
     await Promise.resolve();
     return this.#run(command, a) as T;
+  }
+
+  #whenRunning<T>(
+    queue: (() => void)[],
+    command: string,
+    a: Record<string, unknown>,
+    opts: CallOptions,
+  ): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const sentAt = performance.now();
+      let late: ((answer: LateAnswer) => void) | undefined;
+      const disarm = armDeadline(command, opts.timeoutMs ?? 10_000, opts.signal, (err) => {
+        withLateAnswer(err, new Promise((r) => (late = r)));
+        reject(err);
+      });
+      queue.push(() => {
+        const afterMs = Math.round(performance.now() - sentAt);
+        try {
+          const value = this.#run(command, a);
+          if (late === undefined) {
+            disarm();
+            resolve(value as T);
+          } else late({ kind: 'return', command, afterMs, value });
+        } catch (err) {
+          if (late === undefined) {
+            disarm();
+            reject(err);
+          } else if (err instanceof QmpCommandError) late({ kind: 'error', command, afterMs, error: err });
+          else late({ kind: 'lost', command, afterMs });
+        }
+      });
+    });
   }
 
   emit(event: string, data: Record<string, unknown>): void {
@@ -452,6 +518,10 @@ export class FakeQemu implements QmpExecutor {
 
   /** The guest acknowledges a pending PCI unplug (e.g. after it was resumed). */
   guestReleases(id: string): void {
+    if (this.#stalled !== undefined) {
+      this.#stalled.push(() => this.guestReleases(id));
+      return;
+    }
     if (!this.unplugging.delete(id)) return;
     this.emit('DEVICE_DELETED', { path: `/machine/peripheral/${id}/virtio-backend` });
     this.devices.delete(id);

@@ -10,6 +10,7 @@ import {
   QmpTimeoutError,
 } from '../../../qmp/errors.js';
 import { deviceIs } from '../../../qmp/events.js';
+import { lateAnswerOf } from '../../../qmp/late-answers.js';
 import { FakeQemu } from '../fakes/qmp-server.js';
 
 let fake: FakeQemu;
@@ -157,15 +158,54 @@ describe('QmpClient commands', () => {
     expect(nf).toMatchObject({ errorClass: 'CommandNotFound', desc: 'The command nope has not been found' });
   });
 
-  it('times out a command, drops its late reply and keeps working', async () => {
+  it('times out a command, hands its late reply to the timeout error and keeps working', async () => {
     fake.handlers.set('slow', () => ({ noReply: true }));
     const c = await connect();
     const err = await caught(c.execute('slow', undefined, { timeoutMs: 50 }));
     expect(err).toBeInstanceOf(QmpTimeoutError);
     expect(err).toMatchObject({ code: 'QMP_TIMEOUT', operation: 'slow', timeoutMs: 50 });
+    // The promise rides on the error unseen by JSON (logs), found through wrapping errors too.
+    expect(JSON.stringify(err)).not.toContain('lateAnswer');
+    const inDoubt = lateAnswerOf(new Error('wrapped', { cause: err }));
+    expect(inDoubt?.command).toBe('slow');
+    const late = inDoubt?.answer;
     const slowId = fake.received.find((m) => m.execute === 'slow')?.id;
     fake.replyTo(slowId, { return: 'late' });
+    expect(await late).toMatchObject({ kind: 'return', command: 'slow', value: 'late' });
+    expect((await late)?.afterMs).toBeGreaterThanOrEqual(50);
     expect(await c.execute('query-status')).toMatchObject({ running: true });
+  });
+
+  it('settles the late answer of an aborted command with its error reply, and of others with lost on close', async () => {
+    fake.handlers.set('slow', () => ({ noReply: true }));
+    const c = await connect();
+    const ac = new AbortController();
+    const aborted = caught(c.execute('slow', { n: 1 }, { signal: ac.signal }));
+    const timedOut = caught(c.execute('slow', { n: 2 }, { timeoutMs: 30 }));
+    await new Promise((r) => setTimeout(r, 10));
+    ac.abort();
+    const [a, t] = await Promise.all([aborted, timedOut]);
+    expect(a).toBeInstanceOf(QmpAbortedError);
+    const [first, second] = fake.received.filter((m) => m.execute === 'slow').map((m) => m.id);
+    fake.replyTo(first, { error: { class: 'GenericError', desc: 'refused late' } });
+    const refused = await lateAnswerOf(a)?.answer;
+    expect(refused).toMatchObject({ kind: 'error', command: 'slow' });
+    expect(refused?.kind === 'error' && refused.error).toMatchObject({
+      code: 'QMP_COMMAND_FAILED',
+      desc: 'refused late',
+    });
+    expect(second).toBeDefined();
+    fake.dropClient();
+    expect(await lateAnswerOf(t)?.answer).toMatchObject({ kind: 'lost', command: 'slow' });
+  });
+
+  it('has nothing in doubt for a command never sent or answered in time', async () => {
+    const c = await connect();
+    const ac = new AbortController();
+    ac.abort();
+    expect(lateAnswerOf(await caught(c.execute('slow', undefined, { signal: ac.signal })))).toBeUndefined();
+    fake.handlers.set('bad', () => ({ error: { class: 'GenericError', desc: 'no' } }));
+    expect(lateAnswerOf(await caught(c.execute('bad')))).toBeUndefined();
   });
 
   it('aborts a command in flight and refuses one whose signal already fired', async () => {
