@@ -58,6 +58,7 @@ import type {
   ExportRequest,
   StorageDaemonBackend,
   SuperviseResult,
+  WantedExport,
 } from './types.js';
 
 // The qemu-storage-daemon backend (DESIGN §5b, §5c): one daemon per export, driven over its own
@@ -182,7 +183,7 @@ export class QsdBackend implements StorageDaemonBackend {
     return out;
   }
 
-  async supervise(wanted: readonly ExportRequest[], opts?: BackendCallOptions): Promise<SuperviseResult> {
+  async supervise(wanted: readonly WantedExport[], opts?: BackendCallOptions): Promise<SuperviseResult> {
     const result: SuperviseResult = { restarted: [], stopped: [], failed: [] };
     const want = new Map(wanted.map((r) => [exportKey(r.key.name).name, r]));
     const states = new Map((await this.#states()).map((s) => [s.name, s]));
@@ -202,7 +203,7 @@ export class QsdBackend implements StorageDaemonBackend {
         result.failed.push({ key: { name }, error: asVmplugError('stop', error) });
       }
     }
-    for (const [name, req] of want) {
+    for (const [name, w] of want) {
       const s = states.get(name);
       const serving =
         s !== undefined &&
@@ -212,6 +213,9 @@ export class QsdBackend implements StorageDaemonBackend {
         (await isRunning({ pid: s.pid, startTime: s.startTime }));
       if (serving) continue;
       try {
+        const req = 'request' in w ? await w.request() : w;
+        // No key to open the image with: left as it is (a republish brings the key).
+        if (req === undefined) continue;
         await this.ensureExport(req, opts);
         result.restarted.push({ name });
       } catch (error) {

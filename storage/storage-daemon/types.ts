@@ -54,6 +54,16 @@ export interface BackendCallOptions {
 }
 
 /**
+ * An export supervision keeps serving. Either the whole request, or its key and a way to build the
+ * request that is called only when the daemon must be (re)started: the cephx key is then fetched
+ * from its custody (the kernel keyring) only when needed, and an export whose key is unknown
+ * (`undefined`) is left as it is, never stopped for it.
+ */
+export type WantedExport =
+  | ExportRequest
+  | { readonly key: ExportKey; readonly request: () => Promise<ExportRequest | undefined> };
+
+/**
  * What one supervision pass did. One export failing (a client still connected to an unwanted
  * export, Ceph down for a wanted one) does not stop the pass: it is listed in `failed`.
  */
@@ -88,7 +98,7 @@ export interface StorageDaemonBackend {
    * clear, so the caller supplies it: from memory, or the kernel keyring after a vmplugd restart).
    * Returns the keys it restarted and the ones it stopped.
    */
-  supervise(wanted: readonly ExportRequest[], opts?: BackendCallOptions): Promise<SuperviseResult>;
+  supervise(wanted: readonly WantedExport[], opts?: BackendCallOptions): Promise<SuperviseResult>;
   /** Stops supervision timers; leaves the daemons running (they outlive vmplugd by design). */
   close(): Promise<void>;
 }
