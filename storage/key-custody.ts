@@ -134,7 +134,12 @@ export class KernelKeyCustody implements KeyCustody {
     const ring = this.#ring(false);
     if (ring === undefined) return;
     const id = this.#call('find the key', () => this.#k.search(ring, 'user', keyDescriptionOf(name)));
-    if (id !== null) this.#call('invalidate the key', () => this.#k.invalidate(id));
+    if (id !== null) {
+      // Unlinked first: an invalidated key stays listed in its keyring until the kernel's gc ran.
+      this.#call('unlink the key', () => this.#k.unlink(id, ring));
+      // Then destroyed wherever else it may be linked (its payload is freed by the gc).
+      this.#call('invalidate the key', () => this.#k.invalidate(id));
+    }
     // An emptied keyring goes too: nothing of vmplug's stays in @u once nothing is published.
     if (this.#call('list the keyring', () => this.#k.list(ring)).length === 0) {
       this.#call('unlink the keyring', () => this.#k.unlink(ring, this.#k.USER_KEYRING));

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { QmpClient } from '../../qmp/index.js';
+import { keyDescriptionOf, keyringNameOf, loadKeyringAddon } from '../../storage/key-custody.js';
 import { attachCeph } from '../env/ceph.js';
 import { type DaemonProcess, diesOn, startDaemonProcess } from '../env/daemon.js';
 import { kataVolumeDirName, plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
@@ -63,6 +64,15 @@ async function catOnHost(device: string, path: string): Promise<string> {
   await run('blockdev', ['--flushbufs', device], { timeout: 10_000 });
   const { stdout } = await run('debugfs', ['-R', `cat ${path}`, device], { timeout: 10_000 });
   return stdout;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function listing(dir: string): Promise<string[]> {
@@ -293,14 +303,6 @@ describe('pod volumes through vmplugd', () => {
     await ceph.createImage(image, 32 * MiB);
     const store = join(dir, 'store');
     const flags = ['--kata-vhost-user-store', store, '--reconcile-interval-ms', '500'];
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
     try {
       daemon = await start(undefined, flags);
       const podUid = randomUUID();
@@ -356,6 +358,128 @@ describe('pod volumes through vmplugd', () => {
       daemon = undefined;
       await ceph.removeImage(image).catch(() => undefined);
       await rm(dvRoot, { recursive: true, force: true });
+    }
+  });
+
+  it('rbd: after kill -9 of vmplugd and of the storage daemon, a restarted vmplugd restarts the daemon with the key from the kernel keyring; Kata plugs it, the guest reads the data; unpublish leaves no key', async () => {
+    const ceph = attachCeph(inject('ceph'));
+    const image = `pod-${randomBytes(4).toString('hex')}`;
+    const imgFile = join(dir, 'rbd-kr.ext4');
+    await ext4Image(imgFile, 64 * MiB, { 'hello.txt': 'kept across two crashes\n' });
+    await ceph.importImage(image, await readFile(imgFile));
+    const store = join(dir, 'store');
+    const flags = ['--kata-vhost-user-store', store];
+    const loaded = loadKeyringAddon();
+    if ('missing' in loaded) throw new Error(loaded.missing);
+    const kr = loaded.addon;
+    let sandbox: KataSandbox | undefined;
+    let inspector: QmpClient | undefined;
+    let ringName = '';
+    try {
+      daemon = await start(undefined, flags);
+      ringName = keyringNameOf(daemon.stateDir);
+      const ring = () => kr.search(kr.USER_KEYRING, 'keyring', ringName);
+      const podUid = randomUUID();
+      const targetPath = targetOf(podUid, 'pvc-kr');
+      const url = `/v1/pods/${podUid}/volumes/vol-kr`;
+      const put = await daemon.call<PodVolume>('PUT', url, {
+        mode: 'rbd',
+        source: rbdSource(ceph, image),
+        targetPath,
+        fsType: 'ext4',
+      });
+      expect(put.status).toBe(201);
+      const device = put.body.device ?? '';
+      const name = device.split('/').at(-1) ?? '';
+      // The key is in the keyring, as the key (and in no file of the state directory).
+      const keyId = kr.search(ring() ?? 0, 'user', keyDescriptionOf(name));
+      expect(keyId).not.toBeNull();
+      expect(kr.read(keyId as number).toString('utf8')).toBe(ceph.clientKey);
+      const { stdout: grep } = await run('grep', ['-rlF', ceph.clientKey, daemon.stateDir]).catch(() => ({
+        stdout: '',
+      }));
+      expect(grep).toBe('');
+
+      const stateFile = join(daemon.stateDir, 'qsd', name, 'state.json');
+      const pidOf = async () => Number(/"pid":\s*(\d+)/.exec(await readFile(stateFile, 'utf8'))?.[1]);
+      const first = await pidOf();
+      // Both die: vmplugd first (its memory and the key in it are gone), then the storage daemon.
+      await daemon.crash();
+      daemon = undefined;
+      process.kill(first, 'SIGKILL');
+      while (alive(first)) await new Promise((r) => setTimeout(r, 50));
+      daemon = await start(undefined, flags);
+      const deadline = Date.now() + 60_000;
+      let second = first;
+      while (Date.now() < deadline) {
+        second = await pidOf().catch(() => first);
+        if (
+          second !== first &&
+          alive(second) &&
+          /"phase":\s*"serving"/.test(await readFile(stateFile, 'utf8'))
+        )
+          break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      expect(second).not.toBe(first);
+      expect(alive(second)).toBe(true);
+      expect(await daemon.cmdline()).not.toContain(ceph.clientKey);
+      expect(daemon.lines.join('\n')).not.toContain(ceph.clientKey);
+      expect((await daemon.call<PodVolume>('GET', url)).body.state).toBe('Published');
+
+      sandbox = await startKataSandbox(root, { inspectMonitor: true, sharedMemory: true });
+      inspector = await QmpClient.connect(sandbox.inspectQmpPath ?? '');
+      const known = new Set(sandbox.guest.disks().map((d) => d.name));
+      const plug = await plugDirectVolume({
+        qmp: inspector,
+        directVolumeRoot: dvRoot,
+        mountSource: targetPath,
+        sandboxId: sandbox.id,
+        vhostUserStore: store,
+        pciBus: 'vmplug-rp0',
+      });
+      const disk = await sandbox.guest.waitForDisk((d) => !known.has(d.name) && d.name.startsWith('vd'));
+      const r = await sandbox.guest.run(
+        `mkdir -p /mnt/k && mount -t ext4 /dev/${disk.name} /mnt/k && cat /mnt/k/hello.txt && umount /mnt/k || { dmesg | tail -20 >&2; exit 1; }`,
+        { timeoutMs: 30_000 },
+      );
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toBe('kept across two crashes\n');
+      await unplugDirectVolume(inspector, plug);
+      await sandbox.guest.waitForDiskGone(disk.name);
+
+      expect((await daemon.call('DELETE', url, undefined, 60_000)).status).toBe(204);
+      // The key and the emptied keyring are gone from the kernel.
+      expect(ring()).toBeNull();
+      // /proc/keys drops them once the kernel's key gc has run (it is scheduled at the unlink).
+      const procKeys = async () => {
+        const until = Date.now() + 10_000;
+        for (;;) {
+          const text = await readFile('/proc/keys', 'utf8');
+          const ours =
+            text.includes(keyringNameOf(daemon?.stateDir ?? '')) || text.includes(keyDescriptionOf(name));
+          if (!ours || Date.now() > until) return text;
+          await new Promise((res) => setTimeout(res, 100));
+        }
+      };
+      const text = await procKeys();
+      expect(text).not.toContain(ringName);
+      expect(text).not.toContain(keyDescriptionOf(name));
+    } catch (err) {
+      if (sandbox)
+        console.log(`guest console:\n${await readFile(sandbox.consoleLog, 'utf8').catch(() => '')}`);
+      if (daemon) console.log(daemon.lines.slice(-30).join('\n'));
+      throw err;
+    } finally {
+      await inspector?.close();
+      await sandbox?.stop();
+      await daemon?.stop();
+      daemon = undefined;
+      await ceph.removeImage(image).catch(() => undefined);
+      await rm(dvRoot, { recursive: true, force: true });
+      // A failed run leaves nothing in root's @u either.
+      const left = ringName === '' ? null : kr.search(kr.USER_KEYRING, 'keyring', ringName);
+      if (left !== null) kr.unlink(left, kr.USER_KEYRING);
     }
   });
 

@@ -64,7 +64,9 @@ class FakeKernel implements KeyringAddon {
     return k === undefined ? null : { type: k.type, uid: 0, description: k.description };
   }
   invalidate(serial: number): void {
-    this.keys.delete(serial);
+    // As the kernel: the key is dead at once, but stays linked (and listed) until its gc runs.
+    const k = this.keys.get(serial);
+    if (k !== undefined) k.type = 'dead';
   }
   unlink(serial: number, ring: number): void {
     this.keys.get(serial)?.links.delete(ring);
@@ -111,7 +113,7 @@ describe('KernelKeyCustody', () => {
     // A key of somebody else's in our keyring is never one of ours.
     k.add('user', 'other', Buffer.from('x'), ring as number);
     expect((await c.names()).sort()).toEqual(['vmpx-a', 'vmpx-b']);
-    k.invalidate(k.search(ring as number, 'user', 'other') as number);
+    k.unlink(k.search(ring as number, 'user', 'other') as number, ring as number);
     await c.remove('vmpx-a');
     await c.remove('vmpx-a');
     expect(await c.get('vmpx-a')).toBeUndefined();
