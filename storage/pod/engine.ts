@@ -180,6 +180,39 @@ export class PodVolumeEngine {
     });
   }
 
+  /**
+   * Online expand of a published rbd volume (CSI NodeExpandVolume): its storage daemon's image node
+   * grows (`block_resize`), and the vhost-user-blk export tells the guest. Answers the volume with
+   * the size the daemon now sees. Block mode is refused: the guest's QEMU is Kata's, and the host
+   * device is not vmplug's to grow.
+   */
+  async resize(
+    podUid: PodUid,
+    volumeId: VolumeId,
+    sizeBytes: number,
+    ctx: PodOperationContext = {},
+  ): Promise<PodVolume> {
+    const seen = await this.#d.journal.load(podUid, volumeId);
+    if (seen === undefined) throw new NotFoundError('volume', `${podUid}/${volumeId}`);
+    return this.#locked(podUid, volumeId, seen.spec.targetPath, ctx.signal, async () => {
+      const r = await this.#d.journal.load(podUid, volumeId);
+      if (r === undefined) throw new NotFoundError('volume', `${podUid}/${volumeId}`);
+      if (r.state !== 'Published') {
+        throw new ConflictError(`volume ${volumeId} of pod ${podUid} is ${r.state}, not Published`);
+      }
+      if (r.spec.volume.mode !== 'rbd' || r.exportName === undefined || this.#d.storageDaemon === undefined) {
+        throw new ConflictError(
+          `volume ${volumeId} of pod ${podUid} is a block-mode volume: Kata plugged the host device, grow it on the host`,
+        );
+      }
+      const info = await this.#d.storageDaemon.resizeExport({ name: r.exportName }, sizeBytes, {
+        ...(ctx.signal ? { signal: ctx.signal } : {}),
+        timeoutMs: this.#backendTimeout(),
+      });
+      return { ...(await this.#view(r)), sizeBytes: info.sizeBytes };
+    });
+  }
+
   async get(podUid: PodUid, volumeId: VolumeId): Promise<PodVolume> {
     const r = await this.#d.journal.load(podUid, volumeId);
     if (r === undefined) throw new NotFoundError('volume', `${podUid}/${volumeId}`);

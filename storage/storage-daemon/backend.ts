@@ -8,6 +8,7 @@ import {
   CephUnreachableError,
   ConflictError,
   DetachPendingError,
+  ValidationError,
   VmplugError,
 } from '../../core/errors.js';
 import { KeyedMutex, Semaphore } from '../../core/gate.js';
@@ -24,6 +25,7 @@ import {
   addVhostUserExport,
   closeImage,
   connectMonitor,
+  growImage,
   hasNode,
   imageSize,
   listExports,
@@ -156,6 +158,42 @@ export class QsdBackend implements StorageDaemonBackend {
         await this.#stop(k, budget);
       } catch (err) {
         throw asVmplugError('stop export', err);
+      }
+    });
+  }
+
+  resizeExport(key: ExportKey, sizeBytes: number, opts?: BackendCallOptions): Promise<ExportInfo> {
+    const k = exportKey(key.name);
+    const budget = new Budget(opts, this.#defaultTimeoutMs);
+    return this.#locked(k, budget, async () => {
+      const p = this.paths(k);
+      const state = await this.#readState(p);
+      const id = state?.phase === 'serving' ? await this.#liveDaemon(p, state) : undefined;
+      if (state === undefined || id === undefined) {
+        throw new BackendError('block_resize', `storage daemon export ${k.name} is not serving`, {
+          retryable: true,
+        });
+      }
+      const qmp = await this.#step('connect to the storage daemon', () =>
+        connectMonitor(p.qmpSocket, budget),
+      );
+      try {
+        const current = await this.#step('query the image size', () => imageSize(qmp, budget));
+        if (sizeBytes < current) {
+          throw new ValidationError(
+            'sizeBytes',
+            `must be at least the current size ${current}: shrinking is refused`,
+          );
+        }
+        if (sizeBytes > current) await this.#step('block_resize', () => growImage(qmp, sizeBytes, budget));
+        const now = await this.#step('query the image size', () => imageSize(qmp, budget));
+        const grown = { ...state, sizeBytes: now };
+        await writeState(p.stateFile, grown);
+        return infoOf(grown, id, false);
+      } catch (err) {
+        throw asVmplugError('resize export', err);
+      } finally {
+        qmp.destroy();
       }
     });
   }

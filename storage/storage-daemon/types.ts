@@ -90,6 +90,12 @@ export interface StorageDaemonBackend {
    * `opts.timeoutMs`) the export, the image and the daemon. Unknown keys succeed.
    */
   stopExport(key: ExportKey, opts?: BackendCallOptions): Promise<void>;
+  /**
+   * Online expand: grows the export's image node to `sizeBytes` (`block_resize` on the daemon's
+   * monitor), so the vhost-user client (the guest) sees the new capacity. A size below the
+   * current one is a ValidationError on `sizeBytes`; the export must be serving.
+   */
+  resizeExport(key: ExportKey, sizeBytes: number, opts?: BackendCallOptions): Promise<ExportInfo>;
   /** The daemons found on this node (adopted at start-up, with their state). */
   list(): Promise<ExportInfo[]>;
   /**

@@ -58,6 +58,14 @@ class FakeStorageDaemon implements StorageDaemonBackend {
     this.calls.push(`stop ${key.name}`);
     this.exports.delete(key.name);
   }
+  async resizeExport(key: ExportKey, sizeBytes: number): Promise<ExportInfo> {
+    this.calls.push(`resize ${key.name} ${sizeBytes}`);
+    const info = this.exports.get(key.name);
+    if (info === undefined) throw new Error('not serving');
+    const grown = { ...info, sizeBytes };
+    this.exports.set(key.name, grown);
+    return grown;
+  }
   async list(): Promise<ExportInfo[]> {
     return [...this.exports.values()];
   }
@@ -331,6 +339,20 @@ describe('pod volume engine over fakes', () => {
     await kept.put('vmpx-000000000000000000000000', new Secret(cephxKey()));
     expect((await second.reconcile()).repairs.join('\n')).toMatch(/removed a kept cephx key/);
     expect(await kept.names()).toEqual([]);
+  });
+
+  it('resize: an rbd volume grows through its storage daemon; block mode and an unknown volume are refused', async () => {
+    await expect(engine.resize(UID, VOL, 2 * 1024 ** 3)).rejects.toMatchObject({ status: 404 });
+    await engine.publish(UID, VOL, spec(rbdBody));
+    const grown = await engine.resize(UID, VOL, 2 * 1024 ** 3);
+    expect(grown).toMatchObject({ state: 'Published', sizeBytes: 2 * 1024 ** 3 });
+    expect(sd.calls.at(-1)).toMatch(/^resize vmpx-[0-9a-f]{24} 2147483648$/);
+    await engine.unpublish(UID, VOL);
+    await engine.publish(UID, VOL, spec(blockBody));
+    await expect(engine.resize(UID, VOL, 2 * 1024 ** 3)).rejects.toMatchObject({
+      status: 409,
+      message: expect.stringMatching(/block-mode/),
+    });
   });
 
   it('a failed rbd publish keeps no key', async () => {
