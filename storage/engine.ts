@@ -38,7 +38,6 @@ import type { StorageDaemonBackend } from './storage-daemon/index.js';
 import {
   isVhostUser,
   requireVhostUser,
-  resizeHotAttachExport,
   resolveBackend,
   stopHotAttachExport,
   type VhostUserContext,
@@ -420,10 +419,10 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const sandbox = this.#present(sandboxId);
     const record = resizableRecord(await this.#o.journal.load(sandboxId, volumeId), volumeId);
     if (isVhostUser(record)) {
-      // The image node is in the storage daemon, not in the guest's QEMU.
-      const now = await resizeHotAttachExport(requireVhostUser(this.#vhostUser), record, sizeBytes, signal);
-      log.info({ sizeBytes: now }, 'resized (storage daemon)');
-      return attachmentFromRecord(record);
+      throw new BackendError(
+        'block_resize',
+        'resizing a volume served by a storage daemon is not supported yet',
+      );
     }
     const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
     try {

@@ -162,17 +162,3 @@ export async function stopHotAttachExport(
     ...(signal === undefined ? {} : { signal }),
   });
 }
-
-/** Online expand: the storage daemon's image node grows; its export tells the guest (no replug). */
-export async function resizeHotAttachExport(
-  vu: VhostUserContext,
-  r: Pick<JournalRecord, 'sandboxId' | 'volumeId'>,
-  sizeBytes: number,
-  signal?: AbortSignal,
-): Promise<number> {
-  const info = await vu.backend.resizeExport(hotAttachExportKey(r.sandboxId, r.volumeId), sizeBytes, {
-    timeoutMs: vu.timeoutMs,
-    ...(signal === undefined ? {} : { signal }),
-  });
-  return info.sizeBytes;
-}

@@ -8,7 +8,6 @@ import {
   chardevId,
   guestRamShared,
   hotAttachExportKey,
-  resizeHotAttachExport,
   resolveBackend,
   vhostUserDeviceArgs,
 } from '../../../storage/vhost-user.js';
@@ -157,22 +156,5 @@ describe('vhost-user pieces', () => {
         true,
       ),
     ).toBeUndefined();
-  });
-});
-
-describe('resize of a hot-attached storage-daemon volume', () => {
-  it("grows the storage daemon's export of that (sandbox, volume), within the backend bound", async () => {
-    const sandboxId = parseSandboxId('sb-1');
-    const volumeId = parseVolumeId('vol-1');
-    const seen: unknown[] = [];
-    const backend = {
-      resizeExport: async (key: { name: string }, sizeBytes: number, opts?: { timeoutMs?: number }) => {
-        seen.push([key.name, sizeBytes, opts?.timeoutMs]);
-        return { sizeBytes } as never;
-      },
-    } as unknown as Parameters<typeof resizeHotAttachExport>[0]['backend'];
-    const now = await resizeHotAttachExport({ backend, timeoutMs: 7_000 }, { sandboxId, volumeId }, 1 << 29);
-    expect(now).toBe(1 << 29);
-    expect(seen).toEqual([[hotAttachExportKey(sandboxId, volumeId).name, 1 << 29, 7_000]]);
   });
 });
