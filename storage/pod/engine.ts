@@ -181,10 +181,11 @@ export class PodVolumeEngine {
   }
 
   /**
-   * Online expand of a published rbd volume (CSI NodeExpandVolume): its storage daemon's image node
-   * grows (`block_resize`), and the vhost-user-blk export tells the guest. Answers the volume with
-   * the size the daemon now sees. Block mode is refused: the guest's QEMU is Kata's, and the host
-   * device is not vmplug's to grow.
+   * Expand of a published rbd volume (CSI NodeExpandVolume): its storage daemon's image node grows
+   * (`block_resize`); with no guest plugged the export is made again so the next plug sees the new
+   * size, a plugged guest sees it at the volume's next publish (QEMU 7.2's export tells no client).
+   * Answers the volume with the size the daemon now sees. Block mode is refused: the guest's QEMU
+   * is Kata's, and the host device is not vmplug's to grow.
    */
   async resize(
     podUid: PodUid,

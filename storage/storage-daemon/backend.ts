@@ -185,7 +185,21 @@ export class QsdBackend implements StorageDaemonBackend {
             `must be at least the current size ${current}: shrinking is refused`,
           );
         }
-        if (sizeBytes > current) await this.#step('block_resize', () => growImage(qmp, sizeBytes, budget));
+        if (sizeBytes > current) {
+          await this.#step('block_resize', () => growImage(qmp, sizeBytes, budget));
+          // QEMU 7.2's vhost-user-blk export keeps the capacity it read at block-export-add and
+          // tells no client of a new one (checked: even a replug saw the old size). With no
+          // client connected, the export is made again at once so the next plug sees the new
+          // size; a connected guest keeps the old size until the export is next made (the
+          // volume's next publish).
+          if (connectedClients(await readProcNetUnix(), p.socketPath) === 0) {
+            await this.#step('block-export-del', () => removeExport(qmp, QSD_IDS.export, budget));
+            await removeFile(p.socketPath);
+            await this.#step('block-export-add vhost-user-blk', () =>
+              addVhostUserExport(qmp, p.socketPath, state.readOnly, budget),
+            );
+          }
+        }
         const now = await this.#step('query the image size', () => imageSize(qmp, budget));
         const grown = { ...state, sizeBytes: now };
         await writeState(p.stateFile, grown);

@@ -73,8 +73,8 @@ export async function imageSize(qmp: QmpExecutor, budget: Budget): Promise<numbe
 
 /**
  * Grows the image node to `sizeBytes` (QEMU's rbd driver resizes the image itself; one the
- * controller already grew is left as it is). The vhost-user-blk export tells its client of the
- * new capacity, so the guest sees it without a replug.
+ * controller already grew is left as it is). The vhost-user-blk export does not follow by itself
+ * in QEMU 7.2 (see the backend's resizeExport).
  */
 export async function growImage(qmp: QmpExecutor, sizeBytes: number, budget: Budget): Promise<void> {
   await blockResize(qmp, { 'node-name': QSD_IDS.node, size: sizeBytes }, budget.call());

@@ -91,9 +91,10 @@ export interface StorageDaemonBackend {
    */
   stopExport(key: ExportKey, opts?: BackendCallOptions): Promise<void>;
   /**
-   * Online expand: grows the export's image node to `sizeBytes` (`block_resize` on the daemon's
-   * monitor), so the vhost-user client (the guest) sees the new capacity. A size below the
-   * current one is a ValidationError on `sizeBytes`; the export must be serving.
+   * Expand: grows the export's image node to `sizeBytes` (`block_resize` on the daemon's monitor)
+   * and, when no vhost-user client is connected, makes the export again so the next plug sees the
+   * new capacity (QEMU 7.2's export keeps the capacity it was made with and tells no client). A
+   * size below the current one is a ValidationError on `sizeBytes`; the export must be serving.
    */
   resizeExport(key: ExportKey, sizeBytes: number, opts?: BackendCallOptions): Promise<ExportInfo>;
   /** The daemons found on this node (adopted at start-up, with their state). */

@@ -121,7 +121,7 @@ export const podRoutes: FastifyPluginAsync<PodRoutesOptions> = async (app, opts)
     '/v1/pods/:podUid/volumes/:volumeId/resize',
     validatedRoute({
       summary:
-        "Online expand of a published rbd volume (CSI NodeExpandVolume): its storage daemon's image grows, the guest sees the new size",
+        "Expand a published rbd volume (CSI NodeExpandVolume): its storage daemon's image grows; the next plug sees it (QEMU 7.2: a plugged guest at the next publish)",
       tags: ['pods'],
       params: podVolumeParamsSchema,
       body: resizeBodySchema,
