@@ -152,6 +152,7 @@ export const podVolumeSchema = {
         properties: { ...stored.timeline.items.properties, step: { type: 'string', enum: POD_STATES } },
       },
     },
+    sizeBytes: { type: 'integer', description: 'in the answer of a resize: the size the backend now sees' },
   },
 } as const;
 
@@ -199,6 +200,8 @@ export interface PodVolume {
   /** Set when Failed. */
   problem?: { code: string; detail: string; at?: string };
   timeline: PodVolumeTimelineEntry[];
+  /** In the answer of a resize: the size the backend now sees. */
+  sizeBytes?: number;
 }
 
 /** What the client's publish answers (the HTTP status says `created`: 201, or 200 when unchanged). */

@@ -97,5 +97,7 @@ export function observePodService(
     },
     get: (podUid, volumeId) => inner.get(podUid, volumeId),
     list: (podUid) => inner.list(podUid),
+    // A resize is no publish news: Events and the watch learn the size at the next list.
+    resize: (podUid, volumeId, sizeBytes, ctx) => inner.resize(podUid, volumeId, sizeBytes, ctx),
   };
 }

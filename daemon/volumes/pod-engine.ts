@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { hostDeviceCheck, hostDevicePolicy } from '../../storage/host-device.js';
 import { loadFingerprintKey } from '../../storage/journal.js';
+import { type KeyCustody, openKeyCustody } from '../../storage/key-custody.js';
 import { PodVolumeEngine } from '../../storage/pod/engine.js';
 import { PodJournal, type PodWriteHook } from '../../storage/pod/journal.js';
 import { createStorageDaemonBackend } from '../../storage/storage-daemon/backend.js';
@@ -21,6 +22,8 @@ export interface PodEngineOptions {
   onWrite?: PodWriteHook;
   /** rbd mode's backend; default: qemu-storage-daemons under <stateDir>/qsd exporting into the store. */
   storageDaemon?: StorageDaemonBackend;
+  /** Where rbd publishes' cephx keys are kept; default: the kernel keyring of <stateDir>. */
+  keys?: KeyCustody;
 }
 
 const STARTUP_RECONCILE_MS = 30_000;
@@ -47,6 +50,7 @@ export async function createPodEngine(opts: PodEngineOptions): Promise<PodVolume
     checkBlockDevice: (path, field) =>
       checkHostDevice(path, { signal: AbortSignal.timeout(HOST_CHECK_BOUND_MS), field }),
     ...storageDaemonOf(opts, logger),
+    keys: opts.keys ?? keyCustodyOf(opts.config.stateDir, logger),
   });
   // Before anything is served: a publish or unpublish cut short by a crash is settled first.
   try {
@@ -74,4 +78,22 @@ function storageDaemonOf(opts: PodEngineOptions, logger: Logger): { storageDaemo
     );
     return {};
   }
+}
+
+/**
+ * The kernel keyring (storage/key-custody.ts); memory when the addon is missing or the keyring
+ * syscalls are blocked: rbd publishes still work, but a storage daemon that dies after a vmplugd
+ * restart then waits for the volume to be published again.
+ */
+function keyCustodyOf(stateDir: string, logger: Logger): KeyCustody {
+  const { custody, fallback } = openKeyCustody(stateDir);
+  if (fallback !== undefined) {
+    logger.warn(
+      { reason: fallback },
+      'cephx keys of rbd pod volumes kept in memory only: a storage daemon that dies after a vmplugd restart is restarted only once its volume is published again',
+    );
+  } else {
+    logger.info({ keys: custody.where }, 'cephx keys of rbd pod volumes kept in the kernel keyring');
+  }
+  return custody;
 }

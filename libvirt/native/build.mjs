@@ -13,8 +13,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-// Two targets: the libvirt addon and the peer-credentials addon (src/peercred.cc, libc only).
-const outputs = ['vmplug_libvirt.node', 'vmplug_peercred.node'].map((f) => join(here, 'build', 'Release', f));
+// Three targets: the libvirt addon, the peer-credentials addon (src/peercred.cc, libc only) and
+// the kernel-keyring addon (src/keyring.cc, libc only).
+const outputs = ['vmplug_libvirt.node', 'vmplug_peercred.node', 'vmplug_keyring.node'].map((f) =>
+  join(here, 'build', 'Release', f),
+);
 const stampPath = join(here, 'build', 'vmplug-sources.sha256');
 
 async function sourceHash() {

@@ -9,7 +9,8 @@ import {
 import { KeyedMutex, OperationGate } from '../../core/gate.js';
 import type { PodUid, VolumeId } from '../../core/ids.js';
 import { hostDeviceCheck } from '../host-device.js';
-import type { ExportRequest, StorageDaemonBackend } from '../storage-daemon/types.js';
+import { type KeyCustody, MemoryKeyCustody } from '../key-custody.js';
+import type { ExportRequest, StorageDaemonBackend, WantedExport } from '../storage-daemon/types.js';
 import type { RbdSource, Secret } from '../volume-spec.js';
 import {
   consumerOf,
@@ -46,6 +47,12 @@ export interface PodEngineDeps {
   directVolumeRoot: string;
   /** rbd mode; without it an rbd publish is refused before anything is journalled. */
   storageDaemon?: StorageDaemonBackend;
+  /**
+   * Where the cephx keys of rbd publishes are kept while published (storage/key-custody.ts): the
+   * kernel keyring in vmplugd, so a storage daemon that dies after a vmplugd restart can be
+   * started again. Default: memory only (lost with the process).
+   */
+  keys?: KeyCustody;
   logger: PodEngineLogger;
   /**
    * Block mode's check of source.path, answering the resolved device (or nothing: unchanged);
@@ -78,13 +85,15 @@ export class PodVolumeEngine {
   readonly #gate: OperationGate<string>;
   readonly #paths = new KeyedMutex<string>();
   /**
-   * cephx keys of rbd publishes, in memory only (never on disk in clear): what lets the reconcile
-   * restart a storage daemon that died. Lost with vmplugd; see `reconcile`.
+   * cephx keys of rbd publishes (never on disk in clear): what lets the reconcile restart a
+   * storage daemon that died. Stored after the intent is journalled (so a key never exists that
+   * no journal record explains, see `reconcile`), removed when the intent ends.
    */
-  readonly #keys = new Map<string, Secret>();
+  readonly #keys: KeyCustody;
 
   constructor(deps: PodEngineDeps) {
     this.#d = deps;
+    this.#keys = deps.keys ?? new MemoryKeyCustody();
     this.#gate = new OperationGate(deps.maxConcurrentOps ?? 8);
   }
 
@@ -103,7 +112,9 @@ export class PodVolumeEngine {
             `volume ${volumeId} of pod ${podUid} is published with another spec; unpublish it first`,
           );
         }
-        if (spec.volume.mode === 'rbd') this.#keys.set(existing.exportName ?? '', spec.volume.source.key);
+        if (spec.volume.mode === 'rbd' && existing.exportName !== undefined) {
+          await this.#keys.put(existing.exportName, spec.volume.source.key);
+        }
         if (existing.state === 'Published') {
           // Same spec: 200, after making sure the record is still there and ours.
           const whole = await this.#ensureRecord(existing);
@@ -141,8 +152,9 @@ export class PodVolumeEngine {
       } else {
         record = newPodRecord(init);
       }
-      if (spec.volume.mode === 'rbd') this.#keys.set(key.name, spec.volume.source.key);
       await this.#d.journal.save(record);
+      // After the intent (which explains the key to the reconcile), before the daemon starts.
+      if (spec.volume.mode === 'rbd') await this.#keys.put(key.name, spec.volume.source.key);
       const done = await this.#forwardOrRollback(
         record,
         spec.volume.mode === 'rbd' ? spec.volume.source : undefined,
@@ -160,11 +172,45 @@ export class PodVolumeEngine {
       if (r === undefined) return;
       if (r.state === 'Failed') {
         await this.#d.journal.remove(podUid, volumeId);
+        if (r.exportName !== undefined) await this.#keys.remove(r.exportName);
         return;
       }
       const start = isTearingDown(r.state) ? r : stripRollback(r);
       await this.#teardown(start);
-      if (r.exportName !== undefined) this.#keys.delete(r.exportName);
+    });
+  }
+
+  /**
+   * Expand of a published rbd volume (CSI NodeExpandVolume): its storage daemon's image node grows
+   * (`block_resize`); with no guest plugged the export is made again so the next plug sees the new
+   * size, a plugged guest sees it at the volume's next publish (QEMU 7.2's export tells no client).
+   * Answers the volume with the size the daemon now sees. Block mode is refused: the guest's QEMU
+   * is Kata's, and the host device is not vmplug's to grow.
+   */
+  async resize(
+    podUid: PodUid,
+    volumeId: VolumeId,
+    sizeBytes: number,
+    ctx: PodOperationContext = {},
+  ): Promise<PodVolume> {
+    const seen = await this.#d.journal.load(podUid, volumeId);
+    if (seen === undefined) throw new NotFoundError('volume', `${podUid}/${volumeId}`);
+    return this.#locked(podUid, volumeId, seen.spec.targetPath, ctx.signal, async () => {
+      const r = await this.#d.journal.load(podUid, volumeId);
+      if (r === undefined) throw new NotFoundError('volume', `${podUid}/${volumeId}`);
+      if (r.state !== 'Published') {
+        throw new ConflictError(`volume ${volumeId} of pod ${podUid} is ${r.state}, not Published`);
+      }
+      if (r.spec.volume.mode !== 'rbd' || r.exportName === undefined || this.#d.storageDaemon === undefined) {
+        throw new ConflictError(
+          `volume ${volumeId} of pod ${podUid} is a block-mode volume: Kata plugged the host device, grow it on the host`,
+        );
+      }
+      const info = await this.#d.storageDaemon.resizeExport({ name: r.exportName }, sizeBytes, {
+        ...(ctx.signal ? { signal: ctx.signal } : {}),
+        timeoutMs: this.#backendTimeout(),
+      });
+      return { ...(await this.#view(r)), sizeBytes: info.sizeBytes };
     });
   }
 
@@ -189,13 +235,17 @@ export class PodVolumeEngine {
    *   somebody else's and is left alone (GET shows Failed);
    * - an unpublish cut short is finished;
    * - storage daemons no intent explains are stopped; dead ones that are wanted are restarted
-   *   when their key is known.
+   *   with their key from the custody (read only then);
+   * - kept keys no live intent explains are removed.
    */
   async reconcile(signal?: AbortSignal): Promise<PodReconcileResult> {
     const repairs: string[] = [];
+    // Keys are listed before the journal: a key is stored after its record is saved, so any key
+    // seen here whose intent is live shows up in the record list read next.
+    const keptKeys = await this.#keys.names();
     const exports = this.#d.storageDaemon ? await this.#d.storageDaemon.list() : [];
     const running = new Set(exports.map((e) => e.key.name));
-    const wanted: ExportRequest[] = [];
+    const wanted: WantedExport[] = [];
     const explained = new Set<string>();
     for (const seen of await this.#d.journal.list()) {
       signal?.throwIfAborted();
@@ -207,12 +257,11 @@ export class PodVolumeEngine {
           if (r === undefined) return;
           const what = `${r.podUid}/${r.volumeId}`;
           if (r.exportName !== undefined && r.state !== 'Failed') explained.add(r.exportName);
-          const key = r.exportName !== undefined ? this.#keys.get(r.exportName) : undefined;
           const rbd = r.spec.volume.mode === 'rbd' ? r.spec.volume.source : undefined;
-          const source: RbdSource | undefined = rbd && key ? { ...rbd, key } : undefined;
           switch (r.state) {
             case 'Publishing':
             case 'BackendReady': {
+              const source = await this.#sourceOf(r);
               const canFinish =
                 rbd === undefined ||
                 source !== undefined ||
@@ -238,8 +287,15 @@ export class PodVolumeEngine {
                 ),
               );
               if (before.kind === 'absent') repairs.push(`${what}: rewrote the missing Kata record`);
-              if (rbd !== undefined && source !== undefined && r.exportName !== undefined) {
-                wanted.push(exportRequest(r, source));
+              if (rbd !== undefined && r.exportName !== undefined) {
+                // The key is read only if the daemon must be started again.
+                wanted.push({
+                  key: { name: r.exportName },
+                  request: async () => {
+                    const source = await this.#sourceOf(r);
+                    return source === undefined ? undefined : exportRequest(r, source);
+                  },
+                });
               }
               break;
             }
@@ -268,6 +324,12 @@ export class PodVolumeEngine {
         await this.#d.storageDaemon.stopExport(e.key, { timeoutMs: this.#backendTimeout() });
         repairs.push(`${e.key.name}: stopped a storage daemon no publish explains`);
       }
+      // A daemon an unfinished intent names is not supervision's to stop: listed as left alone.
+      const named = new Set(wanted.map((w) => w.key.name));
+      for (const name of explained) {
+        if (wanted.length > 0 && !named.has(name))
+          wanted.push({ key: { name }, request: async () => undefined });
+      }
       if (wanted.length > 0) {
         const { restarted, failed } = await this.#d.storageDaemon.supervise(wanted, {
           timeoutMs: this.#backendTimeout(),
@@ -280,8 +342,29 @@ export class PodVolumeEngine {
           );
       }
     }
+    for (const name of keptKeys) {
+      if (explained.has(name)) continue;
+      await this.#keys.remove(name);
+      repairs.push(`${name}: removed a kept cephx key no publish explains`);
+    }
     for (const msg of repairs) this.#d.logger.info({ repair: msg }, 'pod volume reconcile');
     return { repairs };
+  }
+
+  /** The rbd source of a record with its kept key, or undefined (block mode, or no key kept). */
+  async #sourceOf(r: PodRecord): Promise<RbdSource | undefined> {
+    if (r.spec.volume.mode !== 'rbd' || r.exportName === undefined) return undefined;
+    let key: Secret | undefined;
+    try {
+      key = await this.#keys.get(r.exportName);
+    } catch (err) {
+      this.#d.logger.error(
+        { podUid: r.podUid, volumeId: r.volumeId, err: String(err) },
+        'pod volume: the kept cephx key cannot be read',
+      );
+      return undefined;
+    }
+    return key === undefined ? undefined : { ...r.spec.volume.source, key };
   }
 
   async close(): Promise<void> {
@@ -466,6 +549,8 @@ export class PodVolumeEngine {
       } else {
         await this.#d.journal.remove(r.podUid, r.volumeId);
       }
+      // The daemon is gone and the intent ended: its key goes (a retry of the publish brings it).
+      if (r.exportName !== undefined) await this.#keys.remove(r.exportName);
     }
     return r;
   }

@@ -4,6 +4,7 @@ import {
   blockdevDel,
   blockExportAdd,
   blockExportDel,
+  blockResize,
   objectAdd,
   objectDel,
   QmpClient,
@@ -68,6 +69,15 @@ export async function imageSize(qmp: QmpExecutor, budget: Budget): Promise<numbe
   const node = nodes.find((n) => n['node-name'] === QSD_IDS.node);
   if (node === undefined) throw new Error(`node ${QSD_IDS.node} is not open`);
   return node.image['virtual-size'];
+}
+
+/**
+ * Grows the image node to `sizeBytes` (QEMU's rbd driver resizes the image itself; one the
+ * controller already grew is left as it is). The vhost-user-blk export does not follow by itself
+ * in QEMU 7.2 (see the backend's resizeExport).
+ */
+export async function growImage(qmp: QmpExecutor, sizeBytes: number, budget: Budget): Promise<void> {
+  await blockResize(qmp, { 'node-name': QSD_IDS.node, size: sizeBytes }, budget.call());
 }
 
 export function listExports(qmp: QmpExecutor, budget: Budget): Promise<BlockExportInfo[]> {

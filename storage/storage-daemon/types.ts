@@ -54,6 +54,16 @@ export interface BackendCallOptions {
 }
 
 /**
+ * An export supervision keeps serving. Either the whole request, or its key and a way to build the
+ * request that is called only when the daemon must be (re)started: the cephx key is then fetched
+ * from its custody (the kernel keyring) only when needed, and an export whose key is unknown
+ * (`undefined`) is left as it is, never stopped for it.
+ */
+export type WantedExport =
+  | ExportRequest
+  | { readonly key: ExportKey; readonly request: () => Promise<ExportRequest | undefined> };
+
+/**
  * What one supervision pass did. One export failing (a client still connected to an unwanted
  * export, Ceph down for a wanted one) does not stop the pass: it is listed in `failed`.
  */
@@ -80,6 +90,13 @@ export interface StorageDaemonBackend {
    * `opts.timeoutMs`) the export, the image and the daemon. Unknown keys succeed.
    */
   stopExport(key: ExportKey, opts?: BackendCallOptions): Promise<void>;
+  /**
+   * Expand: grows the export's image node to `sizeBytes` (`block_resize` on the daemon's monitor)
+   * and, when no vhost-user client is connected, makes the export again so the next plug sees the
+   * new capacity (QEMU 7.2's export keeps the capacity it was made with and tells no client). A
+   * size below the current one is a ValidationError on `sizeBytes`; the export must be serving.
+   */
+  resizeExport(key: ExportKey, sizeBytes: number, opts?: BackendCallOptions): Promise<ExportInfo>;
   /** The daemons found on this node (adopted at start-up, with their state). */
   list(): Promise<ExportInfo[]>;
   /**
@@ -88,7 +105,7 @@ export interface StorageDaemonBackend {
    * clear, so the caller supplies it: from memory, or the kernel keyring after a vmplugd restart).
    * Returns the keys it restarted and the ones it stopped.
    */
-  supervise(wanted: readonly ExportRequest[], opts?: BackendCallOptions): Promise<SuperviseResult>;
+  supervise(wanted: readonly WantedExport[], opts?: BackendCallOptions): Promise<SuperviseResult>;
   /** Stops supervision timers; leaves the daemons running (they outlive vmplugd by design). */
   close(): Promise<void>;
 }

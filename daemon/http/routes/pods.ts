@@ -5,6 +5,7 @@ import {
   podVolumeParamsSchema,
   problemResponses,
   publishBodySchema,
+  resizeBodySchema,
 } from '../../../api/index.js';
 import { VmplugError } from '../../../core/errors.js';
 import { type PodUid, parsePodUid, parseVolumeId, type VolumeId } from '../../../core/ids.js';
@@ -26,6 +27,12 @@ export interface PodService {
   unpublish(podUid: PodUid, volumeId: VolumeId, ctx: { signal: AbortSignal }): Promise<void>;
   get(podUid: PodUid, volumeId: VolumeId): Promise<PodVolume>;
   list(podUid?: PodUid): Promise<PodVolume[]>;
+  resize(
+    podUid: PodUid,
+    volumeId: VolumeId,
+    sizeBytes: number,
+    ctx: { signal: AbortSignal },
+  ): Promise<PodVolume>;
 }
 
 export interface PodRoutesOptions {
@@ -43,6 +50,7 @@ export const unavailablePodService: PodService = {
   unpublish: async () => notReady(),
   get: async () => notReady(),
   list: async () => notReady(),
+  resize: async () => notReady(),
 };
 
 const podVolumeRef = { $ref: 'PodVolume#' } as const;
@@ -106,6 +114,24 @@ export const podRoutes: FastifyPluginAsync<PodRoutesOptions> = async (app, opts)
       const podUid = parsePodUid((request.params as Record<string, unknown>).podUid);
       schemaLeftover(request);
       return { items: await service.list(podUid) };
+    },
+  );
+
+  app.post(
+    '/v1/pods/:podUid/volumes/:volumeId/resize',
+    validatedRoute({
+      summary:
+        "Expand a published rbd volume (CSI NodeExpandVolume): its storage daemon's image grows; the next plug sees it (QEMU 7.2: a plugged guest at the next publish)",
+      tags: ['pods'],
+      params: podVolumeParamsSchema,
+      body: resizeBodySchema,
+      response: { 200: podVolumeRef, ...problemResponses },
+    }),
+    async (request) => {
+      const { podUid, volumeId } = ids(request);
+      const sizeBytes = (request.body as { sizeBytes: number }).sizeBytes;
+      schemaLeftover(request);
+      return service.resize(podUid, volumeId, sizeBytes, ctx);
     },
   );
 

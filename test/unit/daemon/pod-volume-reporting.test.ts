@@ -232,6 +232,7 @@ describe('observed pod service and Pod Events', () => {
         unpublish: async () => {},
         get: async () => volume(),
         list: async () => [],
+        resize: async () => ({ ...volume(), sizeBytes: 0 }),
         ...inner,
       },
       (op) => {
@@ -280,6 +281,7 @@ describe('observed pod service and Pod Events', () => {
         unpublish: async () => {},
         get: async () => volume(),
         list: async () => [],
+        resize: async () => ({ ...volume(), sizeBytes: 0 }),
       },
       () => {
         throw new Error('observer bug');

@@ -43,7 +43,7 @@ describe('pod volume routes', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const call = async (method: 'PUT' | 'GET' | 'DELETE', url: string, payload?: unknown) => {
+  const call = async (method: 'PUT' | 'GET' | 'DELETE' | 'POST', url: string, payload?: unknown) => {
     const res = await app.inject({
       method,
       url,
@@ -55,6 +55,18 @@ describe('pod volume routes', () => {
       body: res.body === '' ? undefined : (res.json() as Record<string, unknown>),
     };
   };
+
+  it('POST .../resize: 404 unknown, 409 for block mode, a bad size named as sizeBytes (400, as the sandbox route)', async () => {
+    const url = `/v1/pods/${UID}/volumes/vol-1`;
+    expect((await call('POST', `${url}/resize`, { sizeBytes: 1 << 30 })).status).toBe(404);
+    expect((await call('PUT', url, block)).status).toBe(201);
+    const refused = await call('POST', `${url}/resize`, { sizeBytes: 1 << 30 });
+    expect([refused.status, refused.type.split(';')[0]]).toEqual([409, 'application/problem+json']);
+    expect(String(refused.body?.detail)).toMatch(/block-mode/);
+    const bad = await call('POST', `${url}/resize`, { sizeBytes: 0 });
+    expect([bad.status, bad.body?.field]).toEqual([400, 'sizeBytes']);
+    expect((await call('DELETE', url)).status).toBe(204);
+  });
 
   it('PUT 201, PUT again 200, GET, list, DELETE 204, DELETE again 204, GET 404', async () => {
     const url = `/v1/pods/${UID.toUpperCase()}/volumes/vol-1`;

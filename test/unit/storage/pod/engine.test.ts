@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ValidationError } from '../../../../core/errors.js';
 import { parsePodUid, parseVolumeId } from '../../../../core/ids.js';
+import { type KeyCustody, MemoryKeyCustody } from '../../../../storage/key-custody.js';
 import { mountInfoJson, recordDirOf, recordPathOf } from '../../../../storage/pod/dav.js';
 import { PodVolumeEngine } from '../../../../storage/pod/engine.js';
 import {
@@ -19,7 +20,9 @@ import type {
   ExportKey,
   ExportRequest,
   StorageDaemonBackend,
+  WantedExport,
 } from '../../../../storage/storage-daemon/types.js';
+import { Secret } from '../../../../storage/volume-spec.js';
 import { cephxKey } from '../../daemon/helpers.js';
 
 const UID = parsePodUid('5f0c3b1e-9d2a-4c7b-8e6f-1a2b3c4d5e6f');
@@ -55,12 +58,26 @@ class FakeStorageDaemon implements StorageDaemonBackend {
     this.calls.push(`stop ${key.name}`);
     this.exports.delete(key.name);
   }
+  async resizeExport(key: ExportKey, sizeBytes: number): Promise<ExportInfo> {
+    this.calls.push(`resize ${key.name} ${sizeBytes}`);
+    const info = this.exports.get(key.name);
+    if (info === undefined) throw new Error('not serving');
+    const grown = { ...info, sizeBytes };
+    this.exports.set(key.name, grown);
+    return grown;
+  }
   async list(): Promise<ExportInfo[]> {
     return [...this.exports.values()];
   }
-  async supervise(wanted: readonly ExportRequest[]) {
-    const restarted = wanted.filter((w) => !this.exports.has(w.key.name)).map((w) => w.key);
-    for (const w of wanted) await this.ensureExport(w);
+  async supervise(wanted: readonly WantedExport[]) {
+    const restarted: ExportKey[] = [];
+    for (const w of wanted) {
+      if (this.exports.has(w.key.name)) continue;
+      const req = 'request' in w ? await w.request() : w;
+      if (req === undefined) continue;
+      await this.ensureExport(req);
+      restarted.push(w.key);
+    }
     return { restarted, stopped: [], failed: [] };
   }
   async close(): Promise<void> {}
@@ -144,13 +161,14 @@ describe('pod volume engine over fakes', () => {
     targetPath: TARGET,
   };
   const spec = (body: Record<string, unknown>) => parsePublishRequest(body, UID, '/var/lib/kubelet');
-  const make = () =>
+  const make = (keys?: KeyCustody) =>
     new PodVolumeEngine({
       journal,
       fingerprintKey: Buffer.alloc(32, 3),
       directVolumeRoot: root,
       storageDaemon: sd,
       logger: quiet,
+      ...(keys !== undefined ? { keys } : {}),
       checkBlockDevice: async (path, field) => {
         if (path !== '/dev/loop3') throw new ValidationError(field, `${path} does not exist on this node`);
       },
@@ -280,6 +298,69 @@ describe('pod volume engine over fakes', () => {
     await engine.reconcile();
     await engine.unpublish(UID, VOL);
     expect(await readFile(recordPathOf(root, TARGET), 'utf8')).toContain('/dev/x');
+  });
+
+  it('keeps the cephx key after the intent is journalled; a restarted engine restarts a dead daemon with it; unpublish and the sweep leave none', async () => {
+    const kept = new MemoryKeyCustody();
+    const order: string[] = [];
+    const keys: KeyCustody = {
+      where: 'test',
+      put: async (name, key) => {
+        order.push(`put after ${states.at(-1)}`);
+        await kept.put(name, key);
+      },
+      get: (name) => kept.get(name),
+      remove: (name) => kept.remove(name),
+      names: () => kept.names(),
+    };
+    const first = make(keys);
+    await first.publish(UID, VOL, spec(rbdBody));
+    // Journalled first (so the sweep never takes it for a stray), before the daemon starts.
+    expect(order).toEqual(['put after Publishing']);
+    const [name] = await kept.names();
+    expect((await kept.get(name ?? ''))?.reveal()).toBe(cephxKey());
+    // vmplugd restarts (a new engine, nothing in its memory) and the daemon dies meanwhile.
+    sd.exports.clear();
+    sd.calls.length = 0;
+    const second = make(keys);
+    const { repairs } = await second.reconcile();
+    expect(repairs.join('\n')).toMatch(/restarted a storage daemon that had died/);
+    expect(sd.calls).toEqual([`ensure ${name} ext4`]);
+    // A running daemon needs no key: the custody is not read on the next pass.
+    const get = keys.get;
+    keys.get = async () => {
+      throw new Error('read without need');
+    };
+    await second.reconcile();
+    keys.get = get;
+    await second.unpublish(UID, VOL);
+    expect(await kept.names()).toEqual([]);
+    // A key no intent explains (its intent ended while vmplugd was down, say) is swept.
+    await kept.put('vmpx-000000000000000000000000', new Secret(cephxKey()));
+    expect((await second.reconcile()).repairs.join('\n')).toMatch(/removed a kept cephx key/);
+    expect(await kept.names()).toEqual([]);
+  });
+
+  it('resize: an rbd volume grows through its storage daemon; block mode and an unknown volume are refused', async () => {
+    await expect(engine.resize(UID, VOL, 2 * 1024 ** 3)).rejects.toMatchObject({ status: 404 });
+    await engine.publish(UID, VOL, spec(rbdBody));
+    const grown = await engine.resize(UID, VOL, 2 * 1024 ** 3);
+    expect(grown).toMatchObject({ state: 'Published', sizeBytes: 2 * 1024 ** 3 });
+    expect(sd.calls.at(-1)).toMatch(/^resize vmpx-[0-9a-f]{24} 2147483648$/);
+    await engine.unpublish(UID, VOL);
+    await engine.publish(UID, VOL, spec(blockBody));
+    await expect(engine.resize(UID, VOL, 2 * 1024 ** 3)).rejects.toMatchObject({
+      status: 409,
+      message: expect.stringMatching(/block-mode/),
+    });
+  });
+
+  it('a failed rbd publish keeps no key', async () => {
+    const kept = new MemoryKeyCustody();
+    const e = make(kept);
+    sd.failNext = new Error('ceph away');
+    await expect(e.publish(UID, VOL, spec(rbdBody))).rejects.toThrow('ceph away');
+    expect(await kept.names()).toEqual([]);
   });
 
   it('refuses a second volume on the same target path', async () => {
