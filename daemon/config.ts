@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { compileDeviceGlob, type DeviceGlob, parseDeviceGlobList } from '../storage/device-glob.js';
 import { DEFAULT_QMP_TIMEOUT_MS } from '../storage/engine.js';
 import { DEFAULT_ALLOWED_DEVICES } from '../storage/host-device.js';
+import { LAUNCHERS, type Launcher } from '../storage/storage-daemon/index.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 
 // vmplugd's settings. Each key can come from a flag, an environment variable or the JSON config
@@ -65,6 +66,15 @@ export interface DaemonConfig {
   hotAttachVhostUserStore: string;
   /** rados_osd_op_timeout of a hot-attach export: bounds an image open (and I/O) on a stalled OSD. */
   hotAttachOsdTimeoutS: number;
+  /**
+   * How storage daemons (pod volumes and hot-attach) are started, so they outlive a vmplugd
+   * restart: `direct`, `systemd-scope` (vmplugd as a systemd service), `host-cgroup` (vmplugd in
+   * a pod: each daemon moved into `<storageDaemonCgroupRoot>/.../vmplug/...`, out of the
+   * container's cgroup). storage/storage-daemon/argv.ts Launcher.
+   */
+  storageDaemonLauncher: Launcher;
+  /** `host-cgroup`: the host's cgroup mount root as vmplugd sees it (a hostPath in a pod). */
+  storageDaemonCgroupRoot: string;
 }
 
 export type ConfigKey = keyof DaemonConfig;
@@ -355,6 +365,30 @@ const SPECS: Specs = {
     env: 'VMPLUG_HOT_ATTACH_OSD_TIMEOUT_S',
     default: () => 30,
     parse: (v) => integer(v, 1, 3_600),
+  },
+  storageDaemonLauncher: {
+    flag: 'storage-daemon-launcher',
+    env: 'VMPLUG_STORAGE_DAEMON_LAUNCHER',
+    default: () => 'direct',
+    parse: (v) => {
+      const s = str(v);
+      if (!(LAUNCHERS as readonly string[]).includes(s)) {
+        throw new BadValue(
+          `must be one of ${LAUNCHERS.join(', ')} (host-cgroup when vmplugd runs in a pod, systemd-scope under systemd)`,
+        );
+      }
+      return s as Launcher;
+    },
+  },
+  storageDaemonCgroupRoot: {
+    flag: 'storage-daemon-cgroup-root',
+    env: 'VMPLUG_STORAGE_DAEMON_CGROUP_ROOT',
+    default: () => '/sys/fs/cgroup',
+    parse: (v) => {
+      const p = absolutePath(v);
+      if (p === '/') throw new BadValue("must be the host's cgroup mount root, not /");
+      return p;
+    },
   },
 };
 

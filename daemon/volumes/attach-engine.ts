@@ -19,6 +19,7 @@ import type { RbdSource } from '../../storage/volume-spec.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
 import { AttachRouter, createSandboxResolver, type SandboxResolver } from './attach-router.js';
+import { launcherOptions } from './qsd-launcher.js';
 
 // THE one place where vmplugd constructs its attach engine (storage/). Everything the daemon needs
 // from the engine goes through EngineHandle: the REST service, the volume list of a sandbox, the
@@ -75,11 +76,14 @@ async function hotAttachBackend(
     logger.info({ binary }, 'no qemu-storage-daemon: rbd hot-attach goes through QEMU (backend "qemu")');
     return undefined;
   }
+  const launcher = await launcherOptions(config, 'hot-attach', logger);
+  if (launcher === undefined) return undefined;
   try {
     return createStorageDaemonBackend({
       stateDir: config.hotAttachQsdDir,
       store: config.hotAttachVhostUserStore,
       binary,
+      ...launcher,
       rbdConf: { clientMountTimeoutS: 5, osdOpTimeoutS: config.hotAttachOsdTimeoutS },
     });
   } catch (err) {

@@ -8,6 +8,7 @@ import { createStorageDaemonBackend } from '../../storage/storage-daemon/backend
 import type { StorageDaemonBackend } from '../../storage/storage-daemon/types.js';
 import type { DaemonConfig } from '../config.js';
 import type { Logger } from '../logger.js';
+import { launcherOptions } from './qsd-launcher.js';
 
 // The one place that builds the pod-volume engine (DESIGN §5b): its journal under
 // <stateDir>/pods, the node's fingerprint key (shared with the attach journal), Kata's
@@ -16,7 +17,13 @@ import type { Logger } from '../logger.js';
 export interface PodEngineOptions {
   config: Pick<
     DaemonConfig,
-    'stateDir' | 'kataDirectVolumeRoot' | 'kataVhostUserStore' | 'maxConcurrentOps' | 'allowedDevices'
+    | 'stateDir'
+    | 'kataDirectVolumeRoot'
+    | 'kataVhostUserStore'
+    | 'maxConcurrentOps'
+    | 'allowedDevices'
+    | 'storageDaemonLauncher'
+    | 'storageDaemonCgroupRoot'
   >;
   logger: Logger;
   onWrite?: PodWriteHook;
@@ -49,7 +56,7 @@ export async function createPodEngine(opts: PodEngineOptions): Promise<PodVolume
     maxConcurrentOps: opts.config.maxConcurrentOps,
     checkBlockDevice: (path, field) =>
       checkHostDevice(path, { signal: AbortSignal.timeout(HOST_CHECK_BOUND_MS), field }),
-    ...storageDaemonOf(opts, logger),
+    ...(await storageDaemonOf(opts, logger)),
     keys: opts.keys ?? keyCustodyOf(opts.config.stateDir, logger),
   });
   // Before anything is served: a publish or unpublish cut short by a crash is settled first.
@@ -62,13 +69,19 @@ export async function createPodEngine(opts: PodEngineOptions): Promise<PodVolume
 }
 
 /** The configured backend; none (rbd publishes answer 502) when its paths cannot work here. */
-function storageDaemonOf(opts: PodEngineOptions, logger: Logger): { storageDaemon?: StorageDaemonBackend } {
+async function storageDaemonOf(
+  opts: PodEngineOptions,
+  logger: Logger,
+): Promise<{ storageDaemon?: StorageDaemonBackend }> {
   if (opts.storageDaemon !== undefined) return { storageDaemon: opts.storageDaemon };
+  const launcher = await launcherOptions(opts.config, 'pods', logger);
+  if (launcher === undefined) return {};
   try {
     return {
       storageDaemon: createStorageDaemonBackend({
         stateDir: join(opts.config.stateDir, 'qsd'),
         store: opts.config.kataVhostUserStore,
+        ...launcher,
       }),
     };
   } catch (err) {

@@ -35,9 +35,13 @@ export function qmpSocketOfArgv(argv: readonly string[]): string | undefined {
  * kills vmplugd's whole process group or cgroup. `systemd-scope`: through `systemd-run --scope`,
  * which execs the daemon (same pid, same argv afterwards) in a transient scope unit of its own,
  * outside vmplugd's cgroup: systemd's stop of vmplugd.service (KillMode=mixed SIGKILLs whatever
- * is left in the unit's cgroup) then leaves the daemons serving.
+ * is left in the unit's cgroup) then leaves the daemons serving. `host-cgroup`: spawned like
+ * `direct`, then moved at once into a cgroup of its own outside vmplugd's (host-cgroup.ts), which
+ * needs no systemd: what a container restart kills (everything in the container's cgroup when
+ * the pod has the host's pid namespace) then leaves the daemons serving.
  */
-export type Launcher = 'direct' | 'systemd-scope';
+export const LAUNCHERS = ['direct', 'systemd-scope', 'host-cgroup'] as const;
+export type Launcher = (typeof LAUNCHERS)[number];
 
 export function launchCommand(
   launcher: Launcher,
@@ -46,7 +50,8 @@ export function launchCommand(
   qmpSocketPath: string,
 ): [string, string[]] {
   const argv = daemonArgv(qmpSocketPath);
-  if (launcher === 'direct') return [binary, argv];
+  // host-cgroup moves the daemon after the spawn (backend.ts): same command as direct.
+  if (launcher !== 'systemd-scope') return [binary, argv];
   return [
     'systemd-run',
     ['--scope', '--quiet', '--collect', `--unit=vmplug-qsd-${name}`, '--', binary, ...argv],

@@ -21,6 +21,7 @@ import { type Launcher, launchCommand } from './argv.js';
 import { Budget, sleep } from './budget.js';
 import { allocateMinor, ensureDeviceNode, minorsInStore, nodeMinor } from './device-node.js';
 import { formatIfBlank } from './format.js';
+import { HostCgroups } from './host-cgroup.js';
 import {
   addVhostUserExport,
   closeImage,
@@ -79,8 +80,15 @@ export interface StorageDaemonBackendOptions {
   /** Kata's vhost-user store (`vhost_user_store_path`). */
   store?: string;
   binary?: string;
-  /** `systemd-scope` when vmplugd runs as a systemd service (see argv.ts Launcher). Default `direct`. */
+  /**
+   * `systemd-scope` when vmplugd runs as a systemd service, `host-cgroup` when it runs in a pod
+   * (see argv.ts Launcher). Default `direct`.
+   */
   launcher?: Launcher;
+  /** `host-cgroup`: the host's cgroup mount root as vmplugd sees it. Default /sys/fs/cgroup. */
+  cgroupRoot?: string;
+  /** `host-cgroup`: this backend's group, `<root>/[<hierarchy>/]vmplug/<group>/<name>`. Default `qsd`. */
+  cgroupGroup?: string;
   /**
    * The per-export Ceph config. Default: client_mount_timeout 5 s, rados_osd_op_timeout 30 s.
    * The OSD bound is what makes an OSD stall fail the image open (inside the daemon) in bounded
@@ -110,6 +118,8 @@ export class QsdBackend implements StorageDaemonBackend {
   readonly store: string;
   readonly #binary: string;
   readonly #launcher: Launcher;
+  /** Set when the launcher is `host-cgroup`. */
+  readonly #cgroups: HostCgroups | undefined;
   readonly #conf: string;
   readonly #defaultTimeoutMs: number;
   readonly #clientGoneMs: number;
@@ -133,6 +143,10 @@ export class QsdBackend implements StorageDaemonBackend {
     }
     this.#binary = opts.binary ?? DEFAULT_QSD_BINARY;
     this.#launcher = opts.launcher ?? 'direct';
+    this.#cgroups =
+      this.#launcher === 'host-cgroup'
+        ? new HostCgroups({ root: opts.cgroupRoot ?? '/sys/fs/cgroup', group: opts.cgroupGroup ?? 'qsd' })
+        : undefined;
     this.#conf = rbdConf(opts.rbdConf ?? DEFAULT_RBD_CONF);
     this.#defaultTimeoutMs = opts.defaultTimeoutMs ?? 60_000;
     this.#clientGoneMs = opts.clientGoneTimeoutMs ?? 10_000;
@@ -255,6 +269,9 @@ export class QsdBackend implements StorageDaemonBackend {
         result.failed.push({ key: { name }, error: asVmplugError('stop', error) });
       }
     }
+    // Empty cgroups of daemons no longer wanted (a daemon that died, a vmplugd killed before it
+    // removed one); a wanted name keeps its cgroup for the restart below.
+    await this.#cgroups?.sweep(new Set(want.keys())).catch(() => []);
     for (const [name, w] of want) {
       const s = states.get(name);
       const serving =
@@ -319,6 +336,15 @@ export class QsdBackend implements StorageDaemonBackend {
         state = await this.#reserve(key, p, stored, req.readOnly, state);
         state = { ...state, pid: id.pid, startTime: id.startTime };
         await writeState(p.stateFile, state);
+      }
+      // Out of vmplugd's cgroup before it serves anything. Also for an adopted daemon (a no-op
+      // when it is there already): one started before the launcher was host-cgroup moves too.
+      const cgroups = this.#cgroups;
+      const pid = id.pid;
+      if (cgroups !== undefined) {
+        await this.#step("move the storage daemon out of vmplugd's cgroup", () =>
+          cgroups.place(key.name, pid),
+        );
       }
       const qmp = await this.#step('connect to the storage daemon', () =>
         connectMonitor(p.qmpSocket, budget),
@@ -426,6 +452,8 @@ export class QsdBackend implements StorageDaemonBackend {
     for (const f of [p.devicePath, p.socketPath, p.qmpSocket, p.confFile, p.logFile, `${p.stateFile}.tmp`]) {
       await removeFile(f);
     }
+    // The daemon is gone: its cgroup is empty (one still busy is swept by the next supervise).
+    await this.#cgroups?.remove(basename(p.dir)).catch(() => {});
     // The state file last: while it exists, the minor stays reserved and the export is findable.
     await removeFile(p.stateFile);
     await rmdir(p.dir).catch(() => {});

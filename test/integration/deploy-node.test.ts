@@ -3,29 +3,87 @@
  * containerd (test/env/kube-node.ts: kubelet, controllers, containerd from Debian), and deploy/*.yaml
  * applied unchanged. vmplugd must come up Ready through its probe, serve its socket on the host,
  * write its VmplugNode status and Lease as rbac.yaml's ServiceAccount without a 403 or a 422, and
- * survive a rolling restart Ready only once /readyz is.
+ * survive a rolling restart Ready only once /readyz is. An rbd pod volume's storage daemon (the
+ * host-cgroup launcher the DaemonSet sets) outlives that restart and is adopted by the new vmplugd.
  *
  * The one object the test adds is the optional ConfigMap vmplug-system/vmplugd-env with
  * KUBERNETES_SERVICE_HOST=127.0.0.1 and the apiserver's port (no kube-proxy runs here, and no
  * traffic may leave this machine: docs/deploy.md), and the test bed's device allow-list.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { VmplugClient } from '../../cli/client.js';
+import { attachCeph, type CephCluster } from '../env/ceph.js';
 import { applyDeployFiles, until } from '../env/kube/manifests.js';
 import { hostState, type KubeNode, startKubeNode } from '../env/kube-node.js';
 import { createLoopDevice, type LoopDevice, TEST_BED_ALLOWED_DEVICES } from '../env/loop.js';
 import { repoRoot } from '../env/paths.js';
+import { rbdSource } from '../env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../env/sandbox.js';
 
 const run = promisify(execFile);
 const NS = 'vmplug-system';
 const SOCKET = '/run/vmplug/vmplug.sock';
 const MiB = 2 ** 20;
+/** The pod backend's storage daemons (<state-dir>/qsd on the host, a hostPath of the DaemonSet). */
+const QSD_DIR = '/var/lib/vmplug/qsd';
+
+/** A storage daemon as the host sees it: pid and start time from its state file. */
+function qsdOf(name: string): { pid: number; startTime: number } {
+  const s = JSON.parse(readFileSync(join(QSD_DIR, name, 'state.json'), 'utf8')) as {
+    pid: number;
+    startTime: number;
+  };
+  return { pid: s.pid, startTime: s.startTime };
+}
+
+/** Start time (/proc stat field 22) of a live pid, undefined when gone or a zombie. */
+function startTimeOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return f[0] === 'Z' || f[0] === 'X' ? undefined : Number(f[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Processes whose argv names this export's QMP socket: the storage daemons serving it. */
+function daemonsOf(name: string): number[] {
+  const sock = join(QSD_DIR, name, 'qmp.sock');
+  return readdirSync('/proc')
+    .filter((e) => /^\d+$/.test(e))
+    .filter((e) => {
+      try {
+        return (
+          readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(sock) && startTimeOf(Number(e)) !== undefined
+        );
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/** Every cgroup hierarchy's path of a process (`/proc/<pid>/cgroup`: id:controllers:path). */
+function cgroupsOf(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => l.slice(l.indexOf(':', l.indexOf(':') + 1) + 1));
+}
+
+/** Host cgroup dirs named `name` under vmplug/pods, in any hierarchy. */
+function podCgroupDirs(name: string): string[] {
+  return readdirSync('/sys/fs/cgroup')
+    .map((h) => join('/sys/fs/cgroup', h, 'vmplug', 'pods', name))
+    .filter((d) => existsSync(d));
+}
 
 interface Pod {
   metadata: { name: string; uid: string; deletionTimestamp?: string };
@@ -89,7 +147,9 @@ describe('vmplugd deployed on a real node', () => {
     console.info(
       `image ${archive}: ${Math.round(statSync(archive).size / 2 ** 20)} MiB, ${Math.round(performance.now() - t0)} ms (cached by input hash)`,
     );
-    node = await startKubeNode({ hostPaths: ['/run/vmplug', '/var/lib/vmplug', '/run/vc'] });
+    node = await startKubeNode({
+      hostPaths: ['/run/vmplug', '/var/lib/vmplug', '/run/vc', '/run/kata-containers'],
+    });
     console.info(`node Ready ${Math.round(node.bringUpMs)} ms after the first process started`);
     await node.importImage(archive);
 
@@ -138,8 +198,17 @@ describe('vmplugd deployed on a real node', () => {
     await applyDeployFiles(node.kube, ['daemonset.yaml']);
   }, 600_000);
 
+  // The rbd pod volume whose storage daemon must outlive the rolling restart.
+  let ceph: CephCluster | undefined;
+  const rbdImage = `deploy-${randomBytes(4).toString('hex')}`;
+  const podUid = randomUUID();
+  let qsdName = '';
+  let qsd = { pid: 0, startTime: 0 };
+
   const teardown = async (): Promise<void> => {
     await client.detach('deploy-sb', 'vol-deploy').catch(() => undefined);
+    await client.unpublish(podUid, 'vol-rbd', { timeoutMs: 60_000 }).catch(() => undefined);
+    await ceph?.removeImage(rbdImage).catch(() => undefined);
     await root?.cleanup();
     await loop?.detach().catch(() => undefined);
     await node?.stop();
@@ -225,6 +294,36 @@ describe('vmplugd deployed on a real node', () => {
     expect(log).not.toContain('refused a write');
   });
 
+  it("publishes an rbd pod volume: its storage daemon runs in a host cgroup of its own, not the container's", async () => {
+    ceph = attachCeph(inject('ceph'));
+    await ceph.createImage(rbdImage, 32 * MiB);
+    const { volume } = await client.publish(
+      podUid,
+      'vol-rbd',
+      {
+        mode: 'rbd',
+        source: rbdSource(ceph, rbdImage),
+        targetPath: `/var/lib/kubelet/pods/${podUid}/volumes/kubernetes.io~csi/pvc-rbd/mount`,
+      },
+      { timeoutMs: 60_000 },
+    );
+    expect(volume.state).toBe('Published');
+    qsdName = (volume.device ?? '').split('/').at(-1) ?? '';
+    expect(qsdName).toMatch(/^[a-z0-9][a-z0-9-]+$/);
+    // The device node Kata's runtime reads, in the host's store (the hostPath).
+    expect(statSync(join('/run/kata-containers/vhost-user/block/devices', qsdName)).isBlockDevice()).toBe(
+      true,
+    );
+    qsd = qsdOf(qsdName);
+    expect(startTimeOf(qsd.pid)).toBe(qsd.startTime);
+    expect(daemonsOf(qsdName)).toEqual([qsd.pid]);
+    // Out of the container's cgroup in every hierarchy (v1 here: devices, freezer, memory, ...).
+    const paths = cgroupsOf(qsd.pid);
+    expect(paths.length).toBeGreaterThan(0);
+    for (const p of paths) expect(p).toBe(`/vmplug/pods/${qsdName}`);
+    expect(podCgroupDirs(qsdName).length).toBe(paths.length);
+  });
+
   it('a rolling restart keeps the journal, and the new pod is Ready only when /readyz is', async () => {
     const [old] = (await pods()).filter((p) => isReady(p));
     expect(old).toBeDefined();
@@ -278,6 +377,23 @@ describe('vmplugd deployed on a real node', () => {
     const log = await podLog(fresh.metadata.name);
     expect(log).not.toMatch(/\b(403|422)\b/);
     expect(log).not.toContain('refused a write');
+
+    // The storage daemon outlived the old container (its cgroup was killed) and the new vmplugd
+    // adopted it: same pid and start time, still the only one, the volume still Published.
+    expect(startTimeOf(qsd.pid)).toBe(qsd.startTime);
+    expect(qsdOf(qsdName)).toEqual(qsd);
+    expect(daemonsOf(qsdName)).toEqual([qsd.pid]);
+    expect((await client.getPodVolume(podUid, 'vol-rbd')).state).toBe('Published');
+    // Unpublish stops it and removes its cgroups.
+    await client.unpublish(podUid, 'vol-rbd', { timeoutMs: 60_000 });
+    await until(
+      'the storage daemon gone',
+      async () => (startTimeOf(qsd.pid) === undefined ? true : undefined),
+      15_000,
+    );
+    expect(daemonsOf(qsdName)).toEqual([]);
+    expect(podCgroupDirs(qsdName)).toEqual([]);
+    expect(existsSync(join(QSD_DIR, qsdName))).toBe(false);
   });
 
   it('tears down leaving the host as found', async () => {
