@@ -8,6 +8,7 @@ export interface Summary {
   n: number;
   min: number;
   median: number;
+  p90: number;
   p99: number;
   max: number;
 }
@@ -27,7 +28,14 @@ export function summarize(samples: readonly number[]): Summary {
       : n % 2
         ? (s[(n - 1) / 2] as number)
         : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
-  return { n, min: s[0] ?? Number.NaN, median, p99: percentile(s, 99), max: s[n - 1] ?? Number.NaN };
+  return {
+    n,
+    min: s[0] ?? Number.NaN,
+    median,
+    p90: percentile(s, 90),
+    p99: percentile(s, 99),
+    max: s[n - 1] ?? Number.NaN,
+  };
 }
 
 function num(x: number): string {
