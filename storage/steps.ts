@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import { BackendError, CephUnreachableError, DetachPendingError, type Redactable } from '../core/errors.js';
 import {
   blockdevAdd,
@@ -270,18 +271,7 @@ export async function teardownSteps(
 
   if (r.state === 'DeviceDeleted') {
     const t0 = performance.now();
-    try {
-      await blockdevDel(ctx.qmp, names.node, q);
-    } catch (err) {
-      if (isNodeInUse(err)) {
-        // Never pull the backend from under a device: something still uses the node.
-        throw new BackendError('blockdev-del', `node ${names.node} is still in use; retry the detach`, {
-          cause: err,
-          retryable: true,
-        });
-      }
-      if (!isAbsent(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
-    }
+    await blockdevDelReleased(ctx, names.node, q);
     // The record's removal is the next write: the secret and conf file (rbd) are looked up first.
     r = pass(ctx, r, 'BlockdevDeleted', t0);
   }
@@ -298,6 +288,45 @@ export async function teardownSteps(
     }
     await ctx.journal.remove(r.sandboxId, r.volumeId);
     ctx.log.debug({ state: 'Detached' }, 'volume Detached');
+  }
+}
+
+/**
+ * How long blockdev-del may keep finding the node in use right after its device went. QEMU drops
+ * a device from /machine/peripheral (device_del then answers DeviceNotFound, and DEVICE_DELETED
+ * may have gone by) before its last reference, and with it the node's BlockBackend, is released:
+ * requests the guest still had in flight hold the device. Seen after a late device_del answer,
+ * whose settle deletes the node at once.
+ */
+const NODE_RELEASE_WAIT_MS = 2_000;
+const NODE_RELEASE_POLL_MS = 20;
+
+/**
+ * blockdev-del of a node whose device is gone: absent counts as done; in use is asked again for
+ * a moment (above), then refused retryable, never forced: the backend is never pulled from under
+ * a device.
+ */
+async function blockdevDelReleased(
+  ctx: StepContext,
+  node: string,
+  q: ReturnType<typeof call>,
+): Promise<void> {
+  const deadline = performance.now() + NODE_RELEASE_WAIT_MS;
+  for (;;) {
+    try {
+      await blockdevDel(ctx.qmp, node, q);
+      return;
+    } catch (err) {
+      if (isAbsent(err)) return;
+      if (!isNodeInUse(err)) throw backendFailure('blockdev-del', err, ctx.secrets);
+      if (performance.now() >= deadline) {
+        throw new BackendError('blockdev-del', `node ${node} is still in use; retry the detach`, {
+          cause: err,
+          retryable: true,
+        });
+      }
+      await sleep(NODE_RELEASE_POLL_MS, undefined, { signal: ctx.signal });
+    }
   }
 }
 

@@ -213,12 +213,11 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
     return JSON.parse(line ?? '{}');
   }
 
-  // After BlockdevAdded the next command is the look at QEMU's devices (qom-list) that precedes
-  // device_add: no journal write lies between them, so a stop cannot land exactly on device_add
-  // here (the unit tests' fake QEMU covers device_add in doubt); the node is what is rolled back.
+  // After BlockdevAdded (a state the steps pass without writing; the failpoint still fires there)
+  // the next command is device_add itself: a fresh attach does not look at QEMU's devices first.
   for (const { state, step, bus } of [
     { state: 'Pending', step: 'blockdev-add', bus: 'scsi' },
-    { state: 'BlockdevAdded', step: 'qom-list', bus: 'virtio-blk' },
+    { state: 'BlockdevAdded', step: 'device_add', bus: 'virtio-blk' },
   ]) {
     it(`${step} (${bus}) answered late: rolled back on the answer alone, then the same PUT attaches`, async () => {
       daemon = await start(`stop-after:${state}`);

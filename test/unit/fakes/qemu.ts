@@ -80,6 +80,12 @@ export class FakeQemu implements QmpExecutor {
   readonly devices = new Map<string, Device>();
   readonly objects = new Map<string, { type: string; data?: string }>();
   readonly nodes = new Map<string, Node>();
+  /**
+   * Nodes a device gone from /machine/peripheral still holds: QEMU releases a device's
+   * BlockBackend only with its last reference (requests the guest had in flight), so blockdev-del
+   * answers "in use" for a moment after device_del already answers DeviceNotFound.
+   */
+  readonly heldNodes = new Set<string>();
   readonly unplugging = new Set<string>();
   readonly netdevs = new Map<string, { ifname: string }>();
   /** Root ports that query-pci shows free but that a racing device_add took meanwhile. */
@@ -308,7 +314,7 @@ export class FakeQemu implements QmpExecutor {
       case 'blockdev-del': {
         const name = String(a['node-name']);
         if (!this.nodes.has(name)) this.#err(command, `Failed to find node with node-name='${name}'`);
-        if ([...this.devices.values()].some((d) => d.drive === name))
+        if ([...this.devices.values()].some((d) => d.drive === name) || this.heldNodes.has(name))
           this.#err(command, `Node ${name} is in use`);
         this.nodes.delete(name);
         return {};

@@ -168,3 +168,30 @@ describe('AttachEngine: a detach step QEMU answers after the QMP timeout', () =>
     });
   }
 });
+
+describe('AttachEngine: a node its gone device still holds for a moment', () => {
+  it('blockdev-del is asked again until QEMU releases the node, and the detach finishes', async () => {
+    bed = await makeBed();
+    const { attachment } = await bed.engine.attach(sb, vol('v1'), blockSpec(), bed.ctx);
+    bed.qemu.heldNodes.add(attachment.nodeName);
+    setTimeout(() => bed.qemu.heldNodes.delete(attachment.nodeName), 80);
+    await bed.engine.detach(sb, vol('v1'), bed.ctx);
+    expect(bed.qemu.calls.filter((c) => c.command === 'blockdev-del').length).toBeGreaterThan(1);
+    expect(bed.qemu.vmplugState()).toEqual(EMPTY);
+    expect(await bed.journal.load(sb, vol('v1'))).toBeUndefined();
+  });
+
+  it('a node that stays in use is refused retryable, never forced, and a retry finishes', async () => {
+    bed = await makeBed();
+    const { attachment } = await bed.engine.attach(sb, vol('v1'), blockSpec(), bed.ctx);
+    bed.qemu.heldNodes.add(attachment.nodeName);
+    await expect(bed.engine.detach(sb, vol('v1'), bed.ctx)).rejects.toMatchObject({
+      code: 'BACKEND_FAILED',
+      retryable: true,
+    });
+    expect(bed.qemu.nodes.has(attachment.nodeName)).toBe(true);
+    bed.qemu.heldNodes.delete(attachment.nodeName);
+    await bed.engine.detach(sb, vol('v1'), bed.ctx);
+    expect(bed.qemu.vmplugState()).toEqual(EMPTY);
+  });
+});
