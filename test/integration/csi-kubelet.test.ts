@@ -33,7 +33,7 @@ import { QmpClient } from '../../qmp/index.js';
 import { attachCeph } from '../env/ceph.js';
 import { CallTap, capabilities, nodeInfo, type TappedCall, TestPlugin } from '../env/csi-plugin.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
-import { ext4Image, catOnHost } from '../env/ext4.js';
+import { catOnHost, ext4Image } from '../env/ext4.js';
 import { kataVolumeDirName, plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
 import { until } from '../env/kube/manifests.js';
 import { alive } from '../env/kube.js';
