@@ -92,6 +92,9 @@ const fromBuild = has('build');
 /**
  * libuv's pool (every fs call, dns, crypto) as vmplugd starts with it: only the environment at
  * process start sizes it. Defaults to the installed unit's value, so the bench measures what runs.
+ * Measured 2026-12-06 (2 cores, two alternating pairs of runs): 16 threads against the default 4
+ * gave attach throughput 0.22x/0.22x vs 0.26x/0.20x of bare and detach 0.82x/0.47x vs 0.62x/0.75x,
+ * no gain above the noise, so the unit and the DaemonSet leave the default.
  */
 const uvThreads = stringFlag('uv-threads');
 const sandboxCount = flag('sandboxes', 10);
