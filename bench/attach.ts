@@ -27,6 +27,7 @@
  *     [--skip-latency] [--cpu-prof DIR]   (DIR: vmplugd's .cpuprofile, written when it stops)
  *     [--build]   (vmplugd from a tsc build, as installed, rather than the sources through tsx)
  *     [--phases]   (vmplugd logs at debug; medians of where each fresh attach's time went)
+ *     [--uv-threads N]   (vmplugd started with UV_THREADPOOL_SIZE=N instead of its unit's)
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -88,6 +89,14 @@ const skipLatency = has('skip-latency');
 const phasesWanted = has('phases');
 /** vmplugd from a tsc build (what production runs) instead of the sources through tsx. */
 const fromBuild = has('build');
+/**
+ * libuv's pool (every fs call, dns, crypto) as vmplugd starts with it: only the environment at
+ * process start sizes it. Defaults to the installed unit's value, so the bench measures what runs.
+ * Measured 2026-12-06 (2 cores, two alternating pairs of runs): 16 threads against the default 4
+ * gave attach throughput 0.22x/0.22x vs 0.26x/0.20x of bare and detach 0.82x/0.47x vs 0.62x/0.75x,
+ * no gain above the noise, so the unit and the DaemonSet leave the default.
+ */
+const uvThreads = stringFlag('uv-threads');
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -797,7 +806,9 @@ async function main(): Promise<void> {
       logLevel: phasesWanted ? 'debug' : 'info',
       ...(script ? { script } : {}),
       ...(cpuProfDir ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] } : {}),
+      ...(uvThreads !== undefined ? { env: { UV_THREADPOOL_SIZE: uvThreads } } : {}),
     });
+    out(`vmplugd's libuv pool: ${uvThreads ?? process.env.UV_THREADPOOL_SIZE ?? '4 (default)'} threads`);
     const client = new VmplugClient({ socketPath: stage.daemon.socketPath, timeoutMs: 120_000 });
     await waitDiscovered(client, [a.id]);
     const qmpB = QmpSession.start(b.vmplugQmpPath, { defaultTimeoutMs: 60_000 });

@@ -375,12 +375,12 @@ export async function startVmplugd(opts: VmplugdOptions): Promise<Vmplugd> {
 /** The attach service vmplugd serves: the engine's, each outcome told to metrics, the status feed and Pod events. */
 export function servedAttachService(
   engine: AttachService,
-  o: { metrics: DaemonMetrics; feed: Pick<StatusFeed, 'volumesChanged' | 'describe'>; podEvents: PodEvents },
+  o: { metrics: DaemonMetrics; feed: Pick<StatusFeed, 'operationDone' | 'describe'>; podEvents: PodEvents },
 ): AttachService {
   return observeAttachService(engine, {
     onOperation: (op) => {
       o.metrics.observeOperation(op);
-      o.feed.volumesChanged(op.sandboxId);
+      o.feed.operationDone(op);
       o.podEvents.volume(op);
     },
     describe: (sandboxId, volumeId) => o.feed.describe(sandboxId, volumeId),

@@ -29,12 +29,21 @@ export async function writeConfFile(
   opts: RbdConfOptions = {},
 ): Promise<string> {
   const path = confPath(stateDir, names);
-  await writeFileAtomic(path, rbdConf(opts), {
-    mode: 0o644,
-    dirMode: 0o755,
-    tempPath: `${path}.tmp`,
-    durable: false,
-  });
+  const write = (dirMode?: number) =>
+    writeFileAtomic(path, rbdConf(opts), {
+      mode: 0o644,
+      ...(dirMode !== undefined ? { dirMode } : {}),
+      tempPath: `${path}.tmp`,
+      durable: false,
+    });
+  try {
+    // The directory is there after the first rbd attach: no mkdir (a round trip through libuv's
+    // pool) on every one.
+    await write();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    await write(0o755);
+  }
   return path;
 }
 

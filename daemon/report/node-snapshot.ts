@@ -14,14 +14,16 @@ import type {
 } from './kube/status.js';
 import type { NodeFacts } from './node-facts.js';
 import { statusNodeFacts } from './node-facts.js';
-import type { Frontend } from './observed-service.js';
+import type { Frontend, VolumeOperation } from './observed-service.js';
 
 // The node's state as the Kubernetes reporter reads it (its SnapshotProvider): the catalog's
 // sandboxes (Kata discovery, libvirt domains), each with the engine's volumes, the node facts and
 // a Ready condition. The reporter calls snapshot() synchronously, so the engine's volume lists
-// (read from the journal) are cached here and refreshed when something may have changed them: a
-// sandbox appearing or changing, an attach or detach, a reconcile run. Pod volumes come from their
-// own cache (pod-volumes.ts), read as they are.
+// (read from the journal) are cached here and re-read when something may have changed them behind
+// an operation's back: a sandbox appearing or changing, a reconcile run, the slow resync. An
+// attach or detach that succeeded patches the cached list from its own outcome instead (operation
+// applied): re-reading every record of the sandbox after each one was the largest CPU cost of a
+// burst of attaches. Pod volumes come from their own cache (pod-volumes.ts), read as they are.
 
 export interface NodeSnapshotOptions {
   catalog: SandboxCatalog;
@@ -49,6 +51,10 @@ export class NodeSnapshot {
   readonly #listeners = new ListenerSet<[]>();
   readonly #refreshing = new Map<string, Promise<void>>();
   readonly #again = new Set<string>();
+  /** Sandboxes whose list was read at least once: only such a list can be patched. */
+  readonly #listed = new Set<string>();
+  /** Per sandbox, counts patches: a read that saw a patch land while it ran is stale. */
+  readonly #patches = new Map<string, number>();
   readonly #stopper = new AbortController();
   #ready: { status: Condition['status']; reason: string; message: string; since: string } | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -126,6 +132,32 @@ export class NodeSnapshot {
     return run;
   }
 
+  /**
+   * An attach or detach finished: patch the sandbox's cached list from its outcome and tell the
+   * subscribers. A failure may have left any record state behind (Failed, a half-done detach), and
+   * a list never read has nothing to patch: both are re-read instead. A read running meanwhile
+   * started before the patch: its result is dropped and the list read once more.
+   */
+  operationDone(op: VolumeOperation): void {
+    const id = op.sandboxId as string;
+    if (!op.ok || !this.#listed.has(id)) {
+      void this.refreshVolumes(id).then(() => this.changed());
+      return;
+    }
+    this.#patches.set(id, (this.#patches.get(id) ?? 0) + 1);
+    if (this.#refreshing.has(id)) this.#again.add(id);
+    const others = (this.#volumes.get(id) ?? []).filter((v) => v.volumeId !== op.volumeId);
+    const pods = this.#pods.get(id) ?? new Map<string, PodRef>();
+    pods.delete(op.volumeId);
+    if (op.op === 'attach') {
+      others.push(volumeStatus(op.attachment));
+      others.sort(byVolumeId);
+      if (op.attachment.pod !== undefined) pods.set(op.volumeId, op.attachment.pod);
+    }
+    this.#setVolumes(id, others, pods);
+    this.changed();
+  }
+
   /** Re-reads every known sandbox's volumes and forgets those of sandboxes no longer listed. */
   async refreshAll(): Promise<void> {
     const ids = new Set(this.#o.catalog.list().map((r) => r.id));
@@ -135,6 +167,7 @@ export class NodeSnapshot {
         this.#volumes.delete(id);
         this.#pods.delete(id);
         this.#nics.delete(id);
+        this.#listed.delete(id);
         dropped = true;
       }
     }
@@ -146,6 +179,8 @@ export class NodeSnapshot {
   forget(sandboxId: string): void {
     const had = this.#nics.delete(sandboxId);
     this.#pods.delete(sandboxId);
+    this.#listed.delete(sandboxId);
+    this.#patches.delete(sandboxId);
     if (this.#volumes.delete(sandboxId) || had) this.changed();
   }
 
@@ -174,6 +209,7 @@ export class NodeSnapshot {
       this.#stopper.signal,
       AbortSignal.timeout(this.#o.listTimeoutMs ?? 5_000),
     ]);
+    const patches = this.#patches.get(sandboxId);
     let list: Attachment[];
     try {
       list = await this.#o.listVolumes(sandboxId as SandboxId, { signal, log: this.#o.log });
@@ -181,15 +217,24 @@ export class NodeSnapshot {
       this.#o.log.debug({ sandboxId, err }, 'volume list not read for the node status; kept the last one');
       return;
     }
-    const next = list.map(volumeStatus);
+    // An operation's outcome patched the list while this read ran: its list may predate that
+    // outcome (refreshVolumes reads again).
+    if (this.#patches.get(sandboxId) !== patches) return;
+    const next = list.map(volumeStatus).sort(byVolumeId);
     // Kept beside the status, not in it: the VmplugNode status has no field for it.
     const pods = new Map(list.flatMap((a) => (a.pod !== undefined ? [[a.volumeId, a.pod] as const] : [])));
+    this.#listed.add(sandboxId);
+    if (this.#setVolumes(sandboxId, next, pods)) this.changed();
+  }
+
+  /** Stores a sandbox's volume list; true when it differs from the one it replaces. */
+  #setVolumes(sandboxId: string, next: VolumeStatus[], pods: Map<string, PodRef>): boolean {
     if (pods.size === 0) this.#pods.delete(sandboxId);
     else this.#pods.set(sandboxId, pods);
     const before = this.#volumes.get(sandboxId);
     if (next.length === 0) this.#volumes.delete(sandboxId);
     else this.#volumes.set(sandboxId, next);
-    if (JSON.stringify(before ?? []) !== JSON.stringify(next)) this.changed();
+    return JSON.stringify(before ?? []) !== JSON.stringify(next);
   }
 
   async #readNics(sandboxId: string): Promise<void> {
@@ -228,6 +273,11 @@ export class NodeSnapshot {
     this.#ready = { ...next, since };
     this.changed();
   }
+}
+
+/** One order for read and patched lists alike, so an unchanged list compares equal. */
+function byVolumeId(a: VolumeStatus, b: VolumeStatus): number {
+  return a.volumeId < b.volumeId ? -1 : a.volumeId > b.volumeId ? 1 : 0;
 }
 
 export function volumeStatus(a: Attachment): VolumeStatus {

@@ -12,6 +12,7 @@ import { createReporter, type Reporter } from './kube/reporter.js';
 import type { NicStatus } from './kube/status.js';
 import { NodeFactsCache } from './node-facts.js';
 import { NodeSnapshot } from './node-snapshot.js';
+import type { VolumeOperation } from './observed-service.js';
 import { type PodVolumeWatch, podVolumeStatus } from './pod-volumes.js';
 
 // The node's status as Kubernetes sees it (the VmplugNode object and the Lease): the Kubernetes
@@ -53,8 +54,8 @@ export interface StatusFeed {
   nodeFacts: NodeFactsCache;
   /** What a volume is (for labelling a detach), as last read; undefined before start(). */
   describe(sandboxId: SandboxId, volumeId: VolumeId): ReturnType<NodeSnapshot['describe']>;
-  /** A sandbox's volumes changed: re-read them, then tell the reporter. */
-  volumesChanged(sandboxId: string): void;
+  /** An attach or detach finished: patch the sandbox's volumes from it, then tell the reporter. */
+  operationDone(op: VolumeOperation): void;
   /** A sandbox's NICs may have changed: re-read them. */
   nicsChanged(sandboxId: string): void;
   /** Re-read everything (after a reconcile run). */
@@ -102,11 +103,8 @@ export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed
     reporter,
     nodeFacts,
     describe: (sandboxId, volumeId) => snapshot?.describe(sandboxId, volumeId),
-    volumesChanged(sandboxId) {
-      // Told once the volume list is re-read: a notice before it would spend the next write (and
-      // its 1 s bound) on the old list.
-      const s = snapshot;
-      if (s !== undefined) void s.refreshVolumes(sandboxId).then(() => s.changed());
+    operationDone(op) {
+      snapshot?.operationDone(op);
     },
     nicsChanged(sandboxId) {
       if (snapshot !== undefined) void snapshot.refreshVolumes(sandboxId);

@@ -1,7 +1,9 @@
 import { describe, expect, it, vi } from 'vitest';
+import type { SandboxId, VolumeId } from '../../../core/ids.js';
 import type { Readiness } from '../../../core/readiness.js';
 import type { SandboxRecord } from '../../../core/sandbox.js';
 import { NodeSnapshot } from '../../../daemon/report/node-snapshot.js';
+import type { VolumeOperation } from '../../../daemon/report/observed-service.js';
 import type { Attachment } from '../../../storage/attach-service.js';
 import { memoryLogger } from './helpers.js';
 
@@ -143,6 +145,60 @@ describe('NodeSnapshot', () => {
     t.snap.close();
   });
 
+  it('an attach or detach that succeeded patches the list from its outcome, without a read', async () => {
+    const t = setup();
+    t.volumes.set('sb1', [attachment('v2')]);
+    await t.snap.refreshAll();
+    const reads = t.calls();
+    const n = t.notified();
+    const pod = { uid: 'u1', name: 'web-0', namespace: 'shop' };
+    t.snap.operationDone(attached({ ...attachment('v1'), pod }));
+    expect(t.snap.snapshot().sandboxes[0]?.volumes.map((v) => v.volumeId)).toEqual(['v1', 'v2']);
+    expect(t.snap.describe('sb1', 'v1')).toEqual({ mode: 'block', frontend: 'virtio-blk', pod });
+    t.snap.operationDone(detached('v2'));
+    expect(t.snap.snapshot().sandboxes[0]?.volumes.map((v) => v.volumeId)).toEqual(['v1']);
+    expect(t.notified()).toBe(n + 2);
+    expect(t.calls()).toBe(reads);
+    // The journal agrees: the next full read finds the same list and tells nobody.
+    t.volumes.set('sb1', [{ ...attachment('v1'), pod }]);
+    await t.snap.refreshVolumes('sb1');
+    expect(t.notified()).toBe(n + 2);
+    t.snap.operationDone(detached('v1'));
+    expect(t.snap.snapshot().sandboxes[0]?.volumes).toEqual([]);
+    expect(t.snap.describe('sb1', 'v1')).toBeUndefined();
+    t.snap.close();
+  });
+
+  it('a failure, or a list never read, is read from the engine instead of patched', async () => {
+    const t = setup();
+    t.volumes.set('sb1', [attachment('v1', 'Detaching')]);
+    t.snap.operationDone(attached(attachment('v1')));
+    await vi.waitFor(() => expect(t.calls()).toBe(1));
+    await vi.waitFor(() => expect(t.snap.snapshot().sandboxes[0]?.volumes[0]?.state).toBe('Detaching'));
+    t.snap.operationDone({ ...failed, op: 'detach' });
+    await vi.waitFor(() => expect(t.calls()).toBe(2));
+    t.snap.close();
+  });
+
+  it('a read that an outcome overtook is dropped and made again', async () => {
+    const t = setup();
+    await t.snap.refreshVolumes('sb1');
+    const release = t.hold();
+    const reading = t.snap.refreshVolumes('sb1');
+    const n = t.notified();
+    // The read began before the attach's final write: what it returns lacks v1.
+    t.snap.operationDone(attached(attachment('v1')));
+    t.volumes.set('sb1', [attachment('v1')]);
+    expect(t.snap.snapshot().sandboxes[0]?.volumes.map((v) => v.volumeId)).toEqual(['v1']);
+    release();
+    await reading;
+    expect(t.calls()).toBe(3);
+    expect(t.snap.snapshot().sandboxes[0]?.volumes.map((v) => v.volumeId)).toEqual(['v1']);
+    // Never shown without v1 in between: the patch was the only change told.
+    expect(t.notified()).toBe(n + 1);
+    t.snap.close();
+  });
+
   it('Ready follows readiness; its transition time moves only when its status does', async () => {
     const t = setup(10);
     const c1 = t.snap.snapshot().conditions[0];
@@ -164,3 +220,27 @@ describe('NodeSnapshot', () => {
     t.snap.close();
   });
 });
+
+const base = {
+  sandboxId: 'sb1' as SandboxId,
+  mode: 'block',
+  frontend: 'virtio-blk',
+  ms: 40,
+} as const;
+
+function attached(a: Attachment): VolumeOperation {
+  return { ...base, volumeId: a.volumeId as VolumeId, op: 'attach', ok: true, created: true, attachment: a };
+}
+
+function detached(volumeId: string): VolumeOperation {
+  return { ...base, volumeId: volumeId as VolumeId, op: 'detach', ok: true };
+}
+
+const failed: VolumeOperation = {
+  ...base,
+  volumeId: 'v1' as VolumeId,
+  op: 'attach',
+  ok: false,
+  code: 'BACKEND',
+  message: 'device_add failed',
+};
