@@ -81,7 +81,9 @@ export interface KeyringAddon {
   describe(serial: number): { type: string; uid: number; description: string } | null;
   invalidate(serial: number): void;
   unlink(serial: number, ring: number): void;
+  link(serial: number, ring: number): void;
   readonly USER_KEYRING: number;
+  readonly SESSION_KEYRING: number;
 }
 
 /**
@@ -227,6 +229,11 @@ export function openKeyCustody(stateDir: string): { custody: KeyCustody; fallbac
   if ('missing' in loaded) return { custody: new MemoryKeyCustody(), fallback: loaded.missing };
   const custody = new KernelKeyCustody(loaded.addon, keyringNameOf(stateDir));
   try {
+    // @u linked into this process's session keyring, as a login session's keyring links it: a
+    // container runtime gives each container a fresh session keyring that does not, and then
+    // nothing vmplugd adds under @u is "possessed", so it cannot even set the permissions of the
+    // keyring it just created (EACCES, seen under runc). Idempotent.
+    loaded.addon.link(loaded.addon.USER_KEYRING, loaded.addon.SESSION_KEYRING);
     loaded.addon.search(loaded.addon.USER_KEYRING, 'keyring', keyringNameOf(stateDir));
   } catch (err) {
     return { custody: new MemoryKeyCustody(), fallback: keyringFailure(err) };

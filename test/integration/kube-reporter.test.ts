@@ -132,7 +132,7 @@ describe('Kubernetes reporter against a real kube-apiserver', () => {
     expect(volumesOf(node)).toEqual(['vol-a']);
     expect(node.metadata.managedFields?.some((f) => f.manager === 'vmplugd')).toBe(true);
     const full = node as unknown as { status: Record<string, unknown> };
-    expect(full.status.summary).toEqual({ sandboxes: 1, volumes: 1, nics: 1 });
+    expect(full.status.summary).toEqual({ sandboxes: 1, volumes: 1, nics: 1, podVolumes: 0 });
     expect(full.status.conditions).toEqual([{ type: 'Ready', status: 'True', reason: 'Serving' }]);
 
     // Snapshot change -> CR reflects it; timed for the report (not asserted).

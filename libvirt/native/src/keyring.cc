@@ -202,6 +202,15 @@ Napi::Value Unlink(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// link(serial, ring): `serial` linked into `ring` (a link already there is fine).
+Napi::Value Link(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const serial_t id = ArgSerial(info, 0, "serial");
+  const serial_t ring = ArgSerial(info, 1, "ring");
+  if (Keyctl(KEYCTL_LINK, id, ring) < 0) ThrowErrno(env, "keyctl(KEYCTL_LINK)", errno);
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("search", Napi::Function::New(env, Search, "search"));
   exports.Set("add", Napi::Function::New(env, Add, "add"));
@@ -210,7 +219,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("describe", Napi::Function::New(env, Describe, "describe"));
   exports.Set("invalidate", Napi::Function::New(env, Invalidate, "invalidate"));
   exports.Set("unlink", Napi::Function::New(env, Unlink, "unlink"));
+  exports.Set("link", Napi::Function::New(env, Link, "link"));
   exports.Set("USER_KEYRING", Napi::Number::New(env, KEY_SPEC_USER_KEYRING));
+  exports.Set("SESSION_KEYRING", Napi::Number::New(env, KEY_SPEC_SESSION_KEYRING));
   return exports;
 }
 

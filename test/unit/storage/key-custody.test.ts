@@ -24,6 +24,7 @@ interface FakeKey {
 
 class FakeKernel implements KeyringAddon {
   readonly USER_KEYRING = USER;
+  readonly SESSION_KEYRING = -3;
   readonly keys = new Map<number, FakeKey>();
   readonly payloadsSeen: Buffer[] = [];
   #next = 100;
@@ -67,6 +68,9 @@ class FakeKernel implements KeyringAddon {
     // As the kernel: the key is dead at once, but stays linked (and listed) until its gc runs.
     const k = this.keys.get(serial);
     if (k !== undefined) k.type = 'dead';
+  }
+  link(serial: number, ring: number): void {
+    this.keys.get(serial)?.links.add(ring);
   }
   unlink(serial: number, ring: number): void {
     this.keys.get(serial)?.links.delete(ring);
