@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, readdir, readFile, readlink, rmdir, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { VmplugError } from '../../core/errors.js';
 
 // The `host-cgroup` launcher's cgroups: each storage daemon, right after its spawn and before it
 // serves anything, is moved into a cgroup of its own outside the container's, in every hierarchy
@@ -44,7 +45,12 @@ export function hierarchiesOf(
   return [...cgroupSubdirs].sort().map((d) => join(root, d));
 }
 
-export class HostCgroupError extends Error {}
+/** The host's cgroups cannot take a daemon (not mounted, not writable): a backend failure. */
+export class HostCgroupError extends VmplugError<'BACKEND_FAILED'> {
+  constructor(message: string) {
+    super('BACKEND_FAILED', message);
+  }
+}
 
 export interface HostCgroupsOptions {
   /** The host's cgroup mount root as vmplugd sees it (a hostPath of /sys/fs/cgroup in a pod). */
