@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KubeHttp } from '../../daemon/report/kube/kube-http.js';
+import type { SandboxStatus, VmplugNodeStatus } from '../../daemon/report/kube/status.js';
 import { QmpClient } from '../../qmp/index.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import { plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
@@ -26,44 +27,8 @@ const NODE = 'report-node-1';
 const LEASE_NS = 'vmplug-system';
 const MiB = 1024 * 1024;
 
-interface VolumeStatus {
-  volumeId: string;
-  mode: string;
-  bus: string;
-  state: string;
-}
-interface SandboxStatus {
-  id: string;
-  kind: string;
-  state: string;
-  pod?: { uid?: string; name?: string; namespace?: string };
-  volumes?: VolumeStatus[];
-}
-interface PodVolumeStatus {
-  podUid: string;
-  volumeId: string;
-  mode: string;
-  state: string;
-  sandboxId?: string;
-  targetPath: string;
-  device?: string;
-  pod?: { name?: string; namespace?: string };
-}
-interface NodeStatus {
-  podVolumes?: PodVolumeStatus[] | null;
-  summary?: { podVolumes?: number };
-  node?: {
-    hostname?: string;
-    kernel?: string;
-    arch?: string;
-    memoryBytes?: number;
-    cpu?: { model?: string; cores?: number; threads?: number };
-    virtualization?: { kvm?: boolean };
-    blockDevices?: { name: string }[];
-  };
-  sandboxes?: SandboxStatus[];
-  conditions?: { type: string; status: string }[];
-}
+/** The status as read back from the API server: what vmplugd writes, any part possibly missing. */
+type NodeStatus = Partial<VmplugNodeStatus>;
 interface KubeEvent {
   reason: string;
   type: string;
