@@ -2,6 +2,7 @@ import { type FSWatcher, watch } from 'node:fs';
 import { dirname } from 'node:path';
 import type { PodVolume } from '../../api/index.js';
 import { ListenerSet } from '../../core/listeners.js';
+import { RerunningTask } from '../../core/rerunning-task.js';
 import type { PodVolumeStatus } from './kube/status.js';
 
 // The node's pod volumes (DESIGN §5b) as reporting sees them: the engine's list kept in memory
@@ -81,8 +82,10 @@ export class PodVolumeWatch {
   readonly #watchers = new Map<string, { close(): void }>();
   #volumes: readonly PodVolume[] = [];
   #seen: Map<string, SeenPodVolume> | undefined;
-  #refreshing: Promise<void> | undefined;
-  #again = false;
+  readonly #reads = new RerunningTask(
+    () => this.#read(),
+    () => this.#closed,
+  );
   #closed = false;
   #timer: NodeJS.Timeout | undefined;
 
@@ -113,21 +116,7 @@ export class PodVolumeWatch {
    * last read always starts after the last change.
    */
   refresh(): Promise<void> {
-    if (this.#refreshing !== undefined) {
-      this.#again = true;
-      return this.#refreshing;
-    }
-    this.#refreshing = (async () => {
-      try {
-        do {
-          this.#again = false;
-          await this.#read();
-        } while (this.#again && !this.#closed);
-      } finally {
-        this.#refreshing = undefined;
-      }
-    })();
-    return this.#refreshing;
+    return this.#reads.run();
   }
 
   close(): void {
@@ -169,7 +158,7 @@ export class PodVolumeWatch {
       ]),
     );
     // A record Kata consumed between this read and its new watch would wait for the resync.
-    if (this.#watchRecords(list)) this.#again = true;
+    if (this.#watchRecords(list)) this.#reads.again();
     for (const v of news) {
       try {
         this.#o.onConsumed(v);

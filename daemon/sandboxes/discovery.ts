@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { isSandboxId, type SandboxId } from '../../core/ids.js';
 import { ListenerSet } from '../../core/listeners.js';
 import type { LeveledLog } from '../../core/log.js';
+import { RerunningTask } from '../../core/rerunning-task.js';
 import {
   QmpConnectError,
   type QmpError,
@@ -151,8 +152,10 @@ export class SandboxDiscovery implements SandboxDirectory {
   /** Inode of the directory the watcher is on: a removed and re-created monitor dir needs a new watch. */
   #watchedIno: number | undefined;
   #timer: NodeJS.Timeout | undefined;
-  #scanning: Promise<void> | undefined;
-  #again = false;
+  readonly #scans = new RerunningTask(
+    () => this.#scan(),
+    () => this.#stopper.signal.aborted,
+  );
   #debounce: NodeJS.Timeout | undefined;
   #health: DiscoveryHealth = { ok: false, detail: 'not scanned yet' };
   readonly #skipped = new Set<string>();
@@ -229,21 +232,7 @@ export class SandboxDiscovery implements SandboxDirectory {
   /** Scans now; concurrent calls share one scan and ask for one more after it. */
   rescan(): Promise<void> {
     if (this.#stopper.signal.aborted) return Promise.resolve();
-    if (this.#scanning !== undefined) {
-      this.#again = true;
-      return this.#scanning;
-    }
-    this.#scanning = (async () => {
-      try {
-        do {
-          this.#again = false;
-          await this.#scan();
-        } while (this.#again && !this.#stopper.signal.aborted);
-      } finally {
-        this.#scanning = undefined;
-      }
-    })();
-    return this.#scanning;
+    return this.#scans.run();
   }
 
   /** Stops watching and closes every session. Entries are forgotten, nothing on disk is touched. */
@@ -253,7 +242,7 @@ export class SandboxDiscovery implements SandboxDirectory {
     clearTimeout(this.#debounce);
     this.#watcher?.close();
     this.#watcher = undefined;
-    await this.#scanning?.catch(() => {});
+    await this.#scans.running?.catch(() => {});
     const entries = [...this.#entries.values()];
     this.#entries.clear();
     await Promise.allSettled(entries.map((e) => this.#release(e)));
