@@ -717,8 +717,9 @@ function printConcurrencyRatios(jobs: ConcurrentJob[], vmplug: Throughput, bare:
  * Medians of vmplugd's 'attach timing' debug lines (storage/engine.ts), by latency case and for
  * the concurrent attaches: the turn (waiting for the sandbox's lock and a node slot), the journal
  * read, the host-device check, the lane listing, the backend choice, the Ceph probe, the rbd
- * preflight, the Pending record, and the steps (QMP + their journal writes); 'journal+' is the
- * steps' time outside their own timed side effects (their journal writes, mostly).
+ * preflight, the Pending record (its write overlaps the checks: what it took beyond them), and
+ * the steps (QMP + their journal writes); 'journal+' is the steps' time outside their own timed
+ * side effects (the last record is written behind the answer, so little).
  */
 function printPhases(daemon: DaemonProcess): void {
   const groups = new Map<string, Record<string, number[]>>();

@@ -49,7 +49,7 @@ import {
   stopHotAttachExport,
   type VhostUserContext,
 } from './vhost-user.js';
-import { type AttachSpec, type RbdSource, specFingerprint } from './volume-spec.js';
+import { type AttachSpec, type RbdSource, specFingerprint, toStoredSpec } from './volume-spec.js';
 
 // The attach engine: AttachService over the journal and each sandbox's QMP monitor. Admission,
 // drain and the shutting-down error are EngineBase's (core/engine-base.ts): operations on one
@@ -208,10 +208,13 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         break;
     }
 
-    // The reads before the first journal write, all under this sandbox's lock and none with a side
-    // effect, run at once (each is a round trip: QMP, sysfs, a Ceph monitor); their refusals are
-    // answered in the order they were once made in. The rbd preflight waits for the backend and
-    // the monitor check only: a Ceph that is down must still be answered in milliseconds.
+    // The checks before the first side effect, all under this sandbox's lock, run at once (each is
+    // a round trip: QMP, sysfs, a Ceph monitor), and the Pending record is written meanwhile, as
+    // soon as the lane and the backend are known: a refusal removes it again before it is
+    // answered, so only a crash in that window leaves one, which reconcile rolls back (nothing is
+    // in QEMU). Refusals are answered in the order they were once made in. The rbd preflight
+    // waits for the backend and the monitor check only: a Ceph that is down must still be
+    // answered in milliseconds.
     const ahead = new AbortController();
     const aheadSignal = AbortSignal.any([signal, ahead.signal]);
     const qa = { ...q, signal: aheadSignal };
@@ -229,37 +232,57 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         await this.#o.rbdPreflight(spec.source, aheadSignal);
       }
     });
-    for (const p of [hostP, lanesP, backendP, cephP, preflightP]) p.catch(() => undefined);
+    const choiceP = Promise.all([lanesP, backendP]).then(([lanes, backend]) => {
+      if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
+      // vhost-user-blk-pci goes on a root port, as virtio-blk does.
+      const bus = backend === 'storage-daemon' ? 'virtio-blk' : spec.bus;
+      return { backend, ...chooseLane(bus, lanes, this.#o.scsiTargets) };
+    });
+    let written = false;
+    const pendingP = choiceP.then(async ({ backend, ...choice }) => {
+      // The requested spec: a block device's resolved path replaces it below, in memory, and is
+      // written with Attached (a resume resolves the path again, as it checks the host again).
+      const record = pendingRecord(
+        { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
+        spec,
+        backend,
+      );
+      // No signal: a refusal or an abort must find either no record or a whole one to remove.
+      await this.#o.journal.save(record);
+      written = true;
+      return { record, backend };
+    });
+    for (const p of [hostP, lanesP, backendP, choiceP, cephP, preflightP, pendingP]) p.catch(() => undefined);
     let admitted: AttachSpec;
-    let choice: ReturnType<typeof chooseLane>;
-    let backend: Awaited<typeof backendP>;
+    let pending: Awaited<typeof pendingP>;
     try {
       admitted = await hostP;
       phases.mark('hostCheckMs');
-      const lanes = await lanesP;
+      await lanesP;
       phases.mark('lanesMs');
-      backend = await backendP;
+      await backendP;
       phases.mark('backendMs');
-      if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
-      // vhost-user-blk-pci goes on a root port, as virtio-blk does.
-      choice = chooseLane(backend === 'storage-daemon' ? 'virtio-blk' : spec.bus, lanes, this.#o.scsiTargets);
+      await choiceP;
       await cephP;
       phases.mark('cephMs');
       await preflightP;
       phases.mark('preflightMs');
+      pending = await pendingP;
+      // What the Pending write took beyond the checks it overlapped.
+      phases.mark('pendingMs');
     } catch (err) {
-      // Refused: what still runs (a preflight's open) is called off.
+      // Refused: what still runs (a preflight's open) is called off, and a Pending record written
+      // meanwhile goes before the answer.
       ahead.abort();
+      await pendingP.catch(() => undefined);
+      if (written) await this.#o.journal.remove(sandboxId, volumeId);
       throw err;
     }
-    const record = pendingRecord(
-      { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
-      admitted,
-      backend,
-    );
-    await this.#o.journal.save(record);
-    phases.mark('pendingMs');
-    log.debug({ bus: choice.bus, lane: choice.lane, names: record.names }, 'volume Pending');
+    const record =
+      admitted === spec
+        ? pending.record
+        : { ...pending.record, spec: toStoredSpec(admitted, pending.backend) };
+    log.debug({ bus: record.bus, lane: record.lane, names: record.names }, 'volume Pending');
     const attachment = await this.#runAttach(sandbox, record, admitted, signal, log, false);
     phases.mark('stepsMs');
     // Where a fresh attach's time went (bench/attach.ts --phases).
@@ -436,7 +459,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         record = transition(record, 'Detaching');
         await this.#o.journal.save(record);
       }
-      await this.#teardown(step, record, { waitMs: this.#o.detachTimeoutMs });
+      await this.#teardown(step, record, { waitMs: this.#o.detachTimeoutMs, behind: true });
       log.info({}, 'detached');
     });
   }
@@ -502,6 +525,12 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const stats = await this.#stats(sandbox, record, signal).catch(() => undefined);
     if (stats !== undefined) attachment.stats = stats;
     return attachment;
+  }
+
+  /** Drains the operations (EngineBase), then waits for the journal writes left behind their answers. */
+  override async close(opts: { graceMs?: number } = {}): Promise<void> {
+    await super.close(opts);
+    await this.#o.journal.settled();
   }
 
   /** Finishes or rolls back what the journal says is half-done, and removes vmplug objects nobody explains. */

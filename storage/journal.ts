@@ -197,6 +197,12 @@ export class Journal {
    * cost about as much of vmplugd's CPU as the write itself in the concurrency profile.
    */
   readonly #dirs = new Set<string>();
+  /**
+   * Writes and removals started by saveBehind()/removeBehind() and not yet durable, by record
+   * path. Every later save, load, list and removal of the path waits for them, so a reader never
+   * sees the record older than what its operation answered, and writes of one path stay in order.
+   */
+  readonly #behind = new Map<string, Promise<void>>();
 
   /**
    * `onWrite` runs just before each record write starts and just after it is durable, and for a
@@ -216,6 +222,74 @@ export class Journal {
 
   /** Atomically replaces the record: temp file, fsync, rename, fsync of the directory. */
   async save(record: JournalRecord, opts: IoOptions = {}): Promise<void> {
+    await this.#settledPath(this.pathOf(record.sandboxId, record.volumeId));
+    await this.#write(record, opts);
+  }
+
+  /**
+   * save() without waiting: for an operation's last write, whose answer need not wait for the
+   * fsyncs because the record already on disk (an earlier state of the same operation) leads to
+   * the same end after a crash: reconcile and a retried request finish an attach whose device
+   * QEMU holds, and finish a teardown. Reads and writes of the record wait for it (see #behind);
+   * a failed write is logged, and the record on disk, in its earlier state, is completed by the
+   * volume's next operation or by reconcile.
+   */
+  saveBehind(record: JournalRecord): void {
+    this.#behindOf(record.sandboxId, record.volumeId, 'write', () => this.#write(record));
+  }
+
+  /** remove() without waiting, for a detach's last step; as saveBehind(). */
+  removeBehind(sandboxId: SandboxId, volumeId: VolumeId): void {
+    this.#behindOf(sandboxId, volumeId, 'remove', async () => {
+      await this.#remove(sandboxId, volumeId);
+    });
+  }
+
+  /** Resolves when every write and removal started behind so far is durable (or has failed). */
+  async settled(): Promise<void> {
+    while (this.#behind.size > 0) await Promise.all([...this.#behind.values()]);
+  }
+
+  #behindOf(sandboxId: SandboxId, volumeId: VolumeId, what: string, fn: () => Promise<void>): void {
+    const path = this.pathOf(sandboxId, volumeId);
+    // After the one before it, which came after its own predecessor: the chain keeps the order.
+    const done = (this.#behind.get(path) ?? Promise.resolve())
+      .then(fn)
+      .catch((err: unknown) => {
+        this.#logger.error(
+          {
+            sandboxId,
+            volumeId,
+            path,
+            error: (err as Error).message,
+            decision:
+              'the record on disk stays in its earlier state; the next operation or reconcile completes it',
+          },
+          `journal: a ${what} after the answer failed`,
+        );
+      })
+      .finally(() => {
+        if (this.#behind.get(path) === done) this.#behind.delete(path);
+      });
+    this.#behind.set(path, done);
+  }
+
+  /** Waits for the write or removal of `path` started behind, if any. */
+  async #settledPath(path: string): Promise<void> {
+    for (let p = this.#behind.get(path); p !== undefined; p = this.#behind.get(path)) await p;
+  }
+
+  /** Waits for every write or removal started behind under `sandboxId` (all when undefined). */
+  async #settledUnder(sandboxId: SandboxId | undefined): Promise<void> {
+    const prefix = sandboxId === undefined ? this.root : join(this.root, sandboxId);
+    for (;;) {
+      const waiting = [...this.#behind].filter(([path]) => path.startsWith(`${prefix}/`));
+      if (waiting.length === 0) return;
+      await Promise.all(waiting.map(([, p]) => p));
+    }
+  }
+
+  async #write(record: JournalRecord, opts: IoOptions = {}): Promise<void> {
     const data = `${JSON.stringify(record, null, 2)}\n`;
     // Never write what load() would reject: a bug must fail here, not after a crash.
     parseRecord(JSON.parse(data), record.sandboxId, record.volumeId, 'save');
@@ -263,6 +337,7 @@ export class Journal {
     opts: IoOptions = {},
   ): Promise<JournalRecord | undefined> {
     const path = this.pathOf(sandboxId, volumeId);
+    await this.#settledPath(path);
     let text: string;
     try {
       const st = await stat(path);
@@ -290,6 +365,7 @@ export class Journal {
 
   /** Every readable record, of one sandbox or all, sorted by sandbox then volume. */
   async list(sandboxId?: SandboxId, opts: IoOptions = {}): Promise<JournalRecord[]> {
+    await this.#settledUnder(sandboxId);
     const sandboxes = sandboxId !== undefined ? [sandboxId] : await this.sandboxIds();
     const out: JournalRecord[] = [];
     for (const sb of sandboxes) {
@@ -341,6 +417,11 @@ export class Journal {
   /** Deletes the record (unlink + fsync of the directory). False when there was none. */
   async remove(sandboxId: SandboxId, volumeId: VolumeId, opts: IoOptions = {}): Promise<boolean> {
     opts.signal?.throwIfAborted();
+    await this.#settledPath(this.pathOf(sandboxId, volumeId));
+    return await this.#remove(sandboxId, volumeId);
+  }
+
+  async #remove(sandboxId: SandboxId, volumeId: VolumeId): Promise<boolean> {
     const path = this.pathOf(sandboxId, volumeId);
     try {
       await unlink(path);
@@ -384,6 +465,7 @@ export class Journal {
 
   /** Drops an empty sandbox directory (the sandbox is gone and all its records removed). */
   async pruneSandbox(sandboxId: SandboxId): Promise<boolean> {
+    await this.#settledUnder(sandboxId);
     const dir = join(this.root, sandboxId);
     this.#dirs.delete(dir);
     try {

@@ -82,6 +82,28 @@ export async function advance(
 }
 
 /**
+ * advance() for an operation's last write: the record is written behind the answer
+ * (Journal.saveBehind: every later read or write of the record waits for it). Only where the
+ * record already on disk leads to the same end after a crash: an attach whose device QEMU holds
+ * (reconcile and a retried request finish it).
+ */
+export function advanceBehind(
+  ctx: Pick<StepContext, 'journal' | 'log'>,
+  record: JournalRecord,
+  to: readonly VolumeState[],
+  since: number,
+  extra: { lane?: Lane } = {},
+): JournalRecord {
+  let next = record;
+  for (const [i, step] of to.entries()) {
+    next = transition(next, step, i === 0 ? { ms: performance.now() - since, ...extra } : {});
+  }
+  ctx.journal.saveBehind(next);
+  for (const step of to) ctx.log.debug({ state: step }, `volume ${step}`);
+  return next;
+}
+
+/**
  * The next state in memory only, for a step no later side effect needs on disk: the record the
  * operation wrote first (Pending, Detaching) already names every object it may create or remove,
  * and every step looks at QEMU before acting, so a crash here resumes or rolls back the same way.
@@ -185,8 +207,10 @@ export async function attachSteps(
     const t0 = performance.now();
     const lane = await addDevice(ctx, r, opts);
     // The one write after Pending: the steps passed since (pass()) and the device's lane, with
-    // DeviceAdded and Attached together (nothing happens between them).
-    r = await advance(ctx, r, ['DeviceAdded', 'Attached'], t0, { lane });
+    // DeviceAdded and Attached together (nothing happens between them). Written behind the
+    // answer: QEMU holds the device now, and a Pending record whose device exists is finished
+    // by reconcile and by a retried attach, so the answer need not wait for its fsyncs.
+    r = advanceBehind(ctx, r, ['DeviceAdded', 'Attached'], t0, { lane });
   }
 
   if (r.state === 'DeviceAdded') r = await advance(ctx, r, 'Attached', performance.now());
@@ -237,6 +261,12 @@ async function existingLane(ctx: StepContext, r: JournalRecord): Promise<Lane | 
 export interface TeardownOptions {
   /** How long to wait for the guest to release the device (DEVICE_DELETED). */
   waitMs: number;
+  /**
+   * The record is removed behind the answer (Journal.removeBehind): a detach's, whose record on
+   * disk (Detaching) runs this teardown again after a crash, every step finding its object gone.
+   * A rollback or reconcile waits for the removal: a failure answer leaves nothing behind it.
+   */
+  behind?: boolean;
 }
 
 /**
@@ -286,7 +316,8 @@ export async function teardownSteps(
       await removeConfFile(ctx.stateDir, names);
       if (isVhostUser(r)) await disconnectAndStop(ctx.qmp, requireVhostUser(ctx.vhostUser), r, q);
     }
-    await ctx.journal.remove(r.sandboxId, r.volumeId);
+    if (opts.behind === true) ctx.journal.removeBehind(r.sandboxId, r.volumeId);
+    else await ctx.journal.remove(r.sandboxId, r.volumeId);
     ctx.log.debug({ state: 'Detached' }, 'volume Detached');
   }
 }

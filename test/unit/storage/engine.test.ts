@@ -427,6 +427,39 @@ describe('AttachEngine, block mode host-device check', () => {
     }
   });
 
+  it('a refusal that comes after the Pending record was written removes it before answering', async () => {
+    let written: () => void = () => {};
+    const pendingWritten = new Promise<void>((r) => {
+      written = r;
+    });
+    const bed = await makeBed({
+      engine: {
+        // The host check answers only once the Pending write (made meanwhile) is durable.
+        checkHostDevice: async () => {
+          await pendingWritten;
+          throw new DeviceInUseError('source.path', '/dev/loop7 is mounted on /mnt');
+        },
+      },
+    });
+    const saved: string[] = [];
+    const save = bed.journal.save.bind(bed.journal);
+    bed.journal.save = async (record, opts) => {
+      await save(record, opts);
+      saved.push(record.state);
+      written();
+    };
+    try {
+      await expect(bed.engine.attach(sb, vol('pvc-late'), blockSpec(), bed.ctx)).rejects.toMatchObject({
+        code: 'DEVICE_IN_USE',
+      });
+      expect(saved).toEqual(['Pending']);
+      expect(await bed.journal.list(sb)).toEqual([]);
+      expect(bed.qemu.calls.filter((c) => MUTATIONS.has(c.command))).toEqual([]);
+    } finally {
+      await bed.cleanup();
+    }
+  });
+
   it('QEMU and the record get the resolved path; a retry through the same link is idempotent', async () => {
     const bed = await makeBed({ engine: { checkHostDevice: async () => '/dev/rbd4' } });
     try {
@@ -435,6 +468,9 @@ describe('AttachEngine, block mode host-device check', () => {
       expect(first.attachment.source).toEqual({ type: 'hostDevice', path: '/dev/rbd4' });
       const add = bed.qemu.calls.find((c) => c.command === 'blockdev-add');
       expect(add?.args.filename).toBe('/dev/rbd4');
+      // Pending was written with the requested path, alongside the check; Attached holds the resolved one.
+      const stored = (await bed.journal.load(sb, vol('pvc-link')))?.spec;
+      expect(stored?.mode === 'block' && stored.source.path).toBe('/dev/rbd4');
       const again = await bed.engine.attach(sb, vol('pvc-link'), spec, bed.ctx);
       expect(again.created).toBe(false);
     } finally {
@@ -514,6 +550,7 @@ describe('AttachEngine, rbd mode', () => {
     // The key is nowhere but in QEMU's secret object.
     const add = bed.qemu.calls.filter((c) => JSON.stringify(c.args).includes(KEY)).map((c) => c.command);
     expect(add).toEqual(['object-add']);
+    await bed.journal.settled();
     for (const f of await allFiles(bed.stateDir)) expect(await readFile(f, 'utf8')).not.toContain(KEY);
     expect(bed.log.lines.join('\n')).not.toContain(KEY);
     expect(JSON.stringify(attachment)).not.toContain(KEY);
@@ -530,26 +567,37 @@ describe('AttachEngine, rbd mode', () => {
       written.push(record.state);
       await save(record, opts);
     };
-    let removed = 0;
+    const saveBehind = bed.journal.saveBehind.bind(bed.journal);
+    bed.journal.saveBehind = (record) => {
+      written.push(`${record.state} (behind)`);
+      saveBehind(record);
+    };
+    const removed: string[] = [];
     const remove = bed.journal.remove.bind(bed.journal);
     bed.journal.remove = async (...args) => {
-      removed++;
+      removed.push('remove');
       return remove(...args);
+    };
+    const removeBehind = bed.journal.removeBehind.bind(bed.journal);
+    bed.journal.removeBehind = (...args) => {
+      removed.push('remove (behind)');
+      removeBehind(...args);
     };
     const passed: string[] = [];
     bed.journal.passed = (record) => {
       passed.push(record.state);
     };
     await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
-    // Pending covers the secret and the node (every step looks at QEMU first); one write at the end.
-    expect(written).toEqual(['Pending', 'Attached']);
+    // Pending covers the secret and the node (every step looks at QEMU first); one write at the
+    // end, behind the answer.
+    expect(written).toEqual(['Pending', 'Attached (behind)']);
     expect(passed).toEqual(['SecretAdded', 'BlockdevAdded']);
     written.length = 0;
     passed.length = 0;
     await bed.engine.detach(sb, vol('pvc-r'), bed.ctx);
     expect(written).toEqual(['Detaching']);
     expect(passed).toEqual(['DeviceDeleted', 'BlockdevDeleted']);
-    expect(removed).toBe(1);
+    expect(removed).toEqual(['remove (behind)']);
     expect(bed.qemu.vmplugState()).toEqual({ devices: [], nodes: [], secrets: [] });
   });
 

@@ -365,6 +365,52 @@ describe('Journal on disk', () => {
       expect((await readdir(join(stateDir, 'journal', s))).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
+  it('writes behind: every read and write of the record waits for it, and writes stay in order', async () => {
+    const r = blockRecord();
+    await journal.save(r);
+    const attached = {
+      ...transition(r, 'BlockdevAdded'),
+      lane: { bus: 'virtio-blk' as const, port: 'vmplug-rp1' },
+    };
+    const done = transition(transition(attached, 'DeviceAdded'), 'Attached');
+    journal.saveBehind(done);
+    // Not durable yet: the file still holds Pending; the journal's own readers see Attached.
+    expect(JSON.parse(await readFile(journal.pathOf(sb, r.volumeId), 'utf8')).state).toBe('Pending');
+    expect((await journal.load(sb, r.volumeId))?.state).toBe('Attached');
+    expect(JSON.parse(await readFile(journal.pathOf(sb, r.volumeId), 'utf8')).state).toBe('Attached');
+
+    journal.saveBehind(transition(done, 'Detaching'));
+    journal.removeBehind(sb, r.volumeId);
+    expect((await journal.list(sb)).map((x) => x.state)).toEqual([]);
+    journal.saveBehind(r);
+    expect((await journal.list()).map((x) => x.state)).toEqual(['Pending']);
+    journal.removeBehind(sb, r.volumeId);
+    expect(await journal.pruneSandbox(sb)).toBe(true);
+    await journal.settled();
+    expect(await journal.sandboxIds()).toEqual([]);
+    expect(log.lines).toEqual([]);
+  });
+
+  it('logs a write behind that failed and leaves the record as it was on disk', async () => {
+    const r = rbdRecord();
+    await journal.save(r);
+    // A record that cannot be written (not one load() would read back) stands for a full disk.
+    const bad = { ...transition(r, 'SecretAdded'), fingerprint: 'nope' };
+    journal.saveBehind(bad);
+    await journal.settled();
+    expect((await journal.load(sb, r.volumeId))?.state).toBe('Pending');
+    expect(log.lines).toEqual([
+      expect.objectContaining({
+        level: 'error',
+        msg: 'journal: a write after the answer failed',
+        obj: expect.objectContaining({
+          volumeId: r.volumeId,
+          decision: expect.stringContaining('reconcile'),
+        }),
+      }),
+    ]);
+  });
+
   it('honours an aborted signal and leaves no temp file', async () => {
     const ac = new AbortController();
     ac.abort();
