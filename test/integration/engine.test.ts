@@ -340,6 +340,8 @@ describe('attach engine on a real sandbox, real Ceph and loop devices', () => {
     const image = await newImage(8 * MiB);
     const volumeId = parseVolumeId('pvc-key');
     await engine.attach(sandboxId, volumeId, rbdSpec(image), ctx());
+    // The Attached record is written behind the answer: its temp file would come and go under the walk.
+    await journal.settled();
     const files = await filesUnder(stateDir);
     expect(files.some((f) => f.endsWith('.conf'))).toBe(true);
     for (const f of files) {
