@@ -7,6 +7,7 @@ import {
   type HostFactsPaths,
   kernelDevice,
   majMinOf,
+  readHostTables,
 } from './host-facts.js';
 import { describeHostUses, hostUseVerdict } from './host-use.js';
 import type { AttachSpec } from './volume-spec.js';
@@ -84,6 +85,12 @@ export function hostDeviceCheck(policy: HostDevicePolicy = hostDevicePolicy()): 
 }
 
 async function admit(path: string, field: string, policy: HostDevicePolicy, signal: AbortSignal) {
+  const paths = policy.paths ?? DEFAULT_HOST_FACTS_PATHS;
+  // Started at once, each a chain of round trips through libuv's pool: the host's tables (which
+  // name no device, so reading them early touches nothing) and the link's target.
+  const tables = readHostTables(paths, signal);
+  const resolving = realpath(path);
+  for (const p of [tables, resolving]) p.catch(() => undefined);
   let st: Awaited<ReturnType<typeof stat>>;
   try {
     st = await stat(path, { bigint: true });
@@ -95,8 +102,7 @@ async function admit(path: string, field: string, policy: HostDevicePolicy, sign
     );
   }
   if (!st.isBlockDevice()) throw new ValidationError(field, `${path} is not a block device`);
-  const resolved = await realpath(path);
-  const paths = policy.paths ?? DEFAULT_HOST_FACTS_PATHS;
+  const resolved = await resolving;
   const { device, sysDir, dmName } = await kernelDevice(majMinOf(st.rdev), paths, signal);
   // Names the kernel gives the device, never the caller's link: the resolved path, and for a
   // device-mapper device its /dev/mapper name (udev makes /dev/mapper/<name> a link to dm-N).
@@ -109,7 +115,7 @@ async function admit(path: string, field: string, policy: HostDevicePolicy, sign
       `${shown} is not in this node's allow-list of devices, ${ALLOWED_DEVICES_SETTING}: ${list}`,
     );
   }
-  const verdict = hostUseVerdict(await gatherHostUseFacts(resolved, device, sysDir, paths, signal));
+  const verdict = hostUseVerdict(await gatherHostUseFacts(resolved, device, sysDir, paths, signal, tables));
   if (verdict.kind === 'in-use') {
     throw new DeviceInUseError(
       field,

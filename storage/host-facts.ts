@@ -43,19 +43,37 @@ export async function kernelDevice(
   return dmName ? { device, sysDir, dmName } : { device, sysDir };
 }
 
+/** The host's mount and swap tables: nothing in them depends on the device being checked. */
+export interface HostTables {
+  mounts: MountFact[];
+  swaps: SwapFact[];
+}
+
+/**
+ * Reads the host's tables. The check starts this first, so that these reads (each a few round
+ * trips through libuv's pool) run while the device itself is looked at.
+ */
+export async function readHostTables(paths: HostFactsPaths, signal: AbortSignal): Promise<HostTables> {
+  const [mounts, swaps] = await Promise.all([
+    readSmall(paths.mountinfo, signal).then(parseMountinfo),
+    readSmall(paths.swaps, signal).then((t) => swapFacts(t, signal)),
+  ]);
+  return { mounts, swaps };
+}
+
 export async function gatherHostUseFacts(
   devicePath: string,
   device: KernelBlockDevice,
   sysDir: string,
   paths: HostFactsPaths,
   signal: AbortSignal,
+  tables: Promise<HostTables> = readHostTables(paths, signal),
 ): Promise<HostUseFacts> {
   // Independent reads, all at once: each is a round trip through libuv's pool, and this check
   // is on every block attach's path.
-  const [[partitions, holders], mounts, swaps, exclusive] = await Promise.all([
+  const [[partitions, holders], { mounts, swaps }, exclusive] = await Promise.all([
     partitionsAndHolders(device, sysDir, signal),
-    readSmall(paths.mountinfo, signal).then(parseMountinfo),
-    readSmall(paths.swaps, signal).then((t) => swapFacts(t, signal)),
+    tables,
     exclusiveOpenOf(devicePath, signal),
   ]);
   const facts: HostUseFacts = { device, partitions, holders, mounts, swaps, exclusiveOpen: exclusive.state };
