@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { fsioAddon } from './native-fsio.js';
 
 // The one way vmplug replaces a file on disk (journal records of volumes, NICs and pod volumes,
 // per-attach Ceph conf files, Kata's direct-volume records): write a temp file in the same directory, fsync it, rename it over the target, fsync
@@ -32,6 +33,11 @@ export interface AtomicWriteOptions {
    * power cut takes down with it (the per-attach rbd conf of a running QEMU). Default true.
    */
   durable?: boolean;
+  /**
+   * False: the JavaScript path even when the one-trip addon is built (core/native-fsio.ts); its
+   * steps then reach `step` one by one. Default true.
+   */
+  native?: boolean;
 }
 
 export async function writeFileAtomic(
@@ -47,6 +53,18 @@ export async function writeFileAtomic(
   if (opts.dirMode !== undefined) {
     const dirMode = opts.dirMode;
     await step('mkdir', dir, () => ensureDirDurable(dir, dirMode));
+  }
+  const addon = opts.native === false || opts.tempPath !== undefined ? undefined : fsioAddon();
+  if (addon !== undefined) {
+    // One trip for the whole replace: `step` sees it as one operation, the error names the call.
+    const bytes =
+      typeof data === 'string'
+        ? Buffer.from(data)
+        : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    await step('replace', path, () =>
+      addon.replaceFile(dir, basename(path), basename(tmp), bytes, opts.mode, durable),
+    );
+    return;
   }
   let renamed = false;
   try {

@@ -18,6 +18,14 @@
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     },
     {
+      "target_name": "vmplug_fsio",
+      "sources": ["src/fsio.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "dependencies": ["<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
       "target_name": "vmplug_keyring",
       "sources": ["src/keyring.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

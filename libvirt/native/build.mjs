@@ -13,11 +13,14 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-// Three targets: the libvirt addon, the peer-credentials addon (src/peercred.cc, libc only) and
-// the kernel-keyring addon (src/keyring.cc, libc only).
-const outputs = ['vmplug_libvirt.node', 'vmplug_peercred.node', 'vmplug_keyring.node'].map((f) =>
-  join(here, 'build', 'Release', f),
-);
+// Four targets: the libvirt addon, and three libc-only ones: peer credentials (src/peercred.cc),
+// the kernel keyring (src/keyring.cc) and the one-trip file replace (src/fsio.cc).
+const outputs = [
+  'vmplug_libvirt.node',
+  'vmplug_peercred.node',
+  'vmplug_keyring.node',
+  'vmplug_fsio.node',
+].map((f) => join(here, 'build', 'Release', f));
 const stampPath = join(here, 'build', 'vmplug-sources.sha256');
 
 async function sourceHash() {

@@ -1,8 +1,9 @@
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { writeFileAtomic } from '../../../core/atomic-file.js';
+import { fsioAddon } from '../../../core/native-fsio.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -32,6 +33,7 @@ describe('writeFileAtomic', () => {
     await expect(
       writeFileAtomic(join(dir, 'missing', 'c.json'), 'x', {
         mode: 0o600,
+        native: false,
         step: async (operation, _path, fn) => {
           steps.push(operation);
           return fn();
@@ -49,12 +51,48 @@ describe('writeFileAtomic', () => {
         return fn();
       };
     const durable: string[] = [];
-    await writeFileAtomic(join(dir, 'd.json'), 'x', { mode: 0o600, step: record(durable) });
+    await writeFileAtomic(join(dir, 'd.json'), 'x', { mode: 0o600, native: false, step: record(durable) });
     expect(durable).toEqual(['create', 'write', 'fsync', 'rename', 'open', 'fsync']);
     const volatile: string[] = [];
-    await writeFileAtomic(join(dir, 'e.conf'), 'y', { mode: 0o644, durable: false, step: record(volatile) });
+    await writeFileAtomic(join(dir, 'e.conf'), 'y', {
+      mode: 0o644,
+      durable: false,
+      native: false,
+      step: record(volatile),
+    });
     expect(volatile).toEqual(['create', 'write', 'rename']);
     expect(await readFile(join(dir, 'e.conf'), 'utf8')).toBe('y');
+  });
+
+  it('takes one trip through the native addon when it is built: same file, one step, errors as node:fs', async () => {
+    expect(fsioAddon(), 'the addon is built by npm run build:libvirt').toBeDefined();
+    const steps: string[] = [];
+    const step = async <T>(operation: string, _path: string, fn: () => Promise<T>) => {
+      steps.push(operation);
+      return fn();
+    };
+    const path = join(dir, 'n.json');
+    await writeFileAtomic(path, 'one', { mode: 0o600, step });
+    await writeFileAtomic(path, new TextEncoder().encode('two'), { mode: 0o640, durable: false, step });
+    expect(steps).toEqual(['replace', 'replace']);
+    expect(await readFile(path, 'utf8')).toBe('two');
+    expect((await stat(path)).mode & 0o777).toBe(0o640);
+    expect(await readdir(dir)).toEqual(['n.json']);
+    await expect(writeFileAtomic(join(dir, 'missing', 'm.json'), 'x', { mode: 0o600 })).rejects.toMatchObject(
+      {
+        code: 'ENOENT',
+        syscall: 'open',
+        path: join(dir, 'missing'),
+      },
+    );
+    // A directory in the way of the rename: refused, and the temp file goes.
+    await mkdir(join(dir, 'taken.json'));
+    await writeFile(join(dir, 'taken.json', 'x'), '');
+    await expect(writeFileAtomic(join(dir, 'taken.json'), 'x', { mode: 0o600 })).rejects.toMatchObject({
+      code: 'EISDIR',
+      syscall: 'rename',
+    });
+    expect((await readdir(dir)).sort()).toEqual(['n.json', 'taken.json']);
   });
 
   it('uses a fixed temp path when asked (for sweeps that look for it by name)', async () => {
