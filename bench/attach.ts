@@ -28,6 +28,7 @@
  *     [--build]   (vmplugd from a tsc build, as installed, rather than the sources through tsx)
  *     [--phases]   (vmplugd logs at debug; medians of where each fresh attach's time went)
  *     [--uv-threads N]   (vmplugd started with UV_THREADPOOL_SIZE=N instead of its unit's)
+ *     [--node-arg OPT]...   (node options for vmplugd, e.g. --max-semi-space-size=2)
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -97,6 +98,8 @@ const fromBuild = has('build');
  * no gain above the noise, so the unit and the DaemonSet leave the default.
  */
 const uvThreads = stringFlag('uv-threads');
+/** Extra node options for vmplugd (repeatable), e.g. `--node-arg --max-semi-space-size=2`. */
+const nodeArgs = process.argv.slice(2).flatMap((a, i, all) => (all[i - 1] === '--node-arg' ? [a] : []));
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -806,10 +809,11 @@ async function main(): Promise<void> {
       kataVmRoot: rootA.kataVmRoot,
       logLevel: phasesWanted ? 'debug' : 'info',
       ...(script ? { script } : {}),
-      ...(cpuProfDir ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] } : {}),
+      nodeArgs: [...nodeArgs, ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [])],
       ...(uvThreads !== undefined ? { env: { UV_THREADPOOL_SIZE: uvThreads } } : {}),
     });
     out(`vmplugd's libuv pool: ${uvThreads ?? process.env.UV_THREADPOOL_SIZE ?? '4 (default)'} threads`);
+    if (nodeArgs.length > 0) out(`vmplugd's node options: ${nodeArgs.join(' ')}`);
     const client = new VmplugClient({ socketPath: stage.daemon.socketPath, timeoutMs: 120_000 });
     await waitDiscovered(client, [a.id]);
     const qmpB = QmpSession.start(b.vmplugQmpPath, { defaultTimeoutMs: 60_000 });

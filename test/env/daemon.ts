@@ -73,6 +73,10 @@ export interface DaemonProcess {
 export async function buildDaemon(dir: string): Promise<string> {
   await mkdir(dir, { recursive: true });
   await symlink(join(repoRoot, 'node_modules'), join(dir, 'node_modules'));
+  // The native addons (libvirt, peer credentials, keyring, file replace), where the build's
+  // modules look for them, as beside dist/ in a checkout.
+  await mkdir(join(dir, 'libvirt', 'native'), { recursive: true });
+  await symlink(join(repoRoot, 'libvirt', 'native', 'build'), join(dir, 'libvirt', 'native', 'build'));
   // "type": "module" (and the version the daemon reports) for the build's .js files.
   await copyFile(join(repoRoot, 'package.json'), join(dir, 'package.json'));
   await promisify(execFile)('npx', ['tsc', '-p', join(repoRoot, 'tsconfig.build.json'), '--outDir', dir], {
