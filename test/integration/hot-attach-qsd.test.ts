@@ -33,6 +33,7 @@ interface Problem {
   status: number;
   code: string;
   detail?: string;
+  retryable?: boolean;
 }
 
 describe('rbd hot-attach through a storage daemon (vmplugd, shared-RAM guest, real Ceph)', () => {
@@ -196,12 +197,21 @@ describe('rbd hot-attach through a storage daemon (vmplugd, shared-RAM guest, re
       osdStopped = false;
     }
     const before = await disksNow();
-    const put = await daemon.call<Attachment>(
+    // As a CSI plugin does: a retryable answer is asked again. The OSD just resumed catches up on
+    // what queued while it was stopped, and a storage daemon started in that moment has been seen
+    // (once in many full runs) to greet later than its 5 s bound: a 502 marked retryable.
+    let put = await daemon.call<Attachment & Problem>(
       'PUT',
       volPath('vol-stall'),
       body(image, 'storage-daemon'),
       120_000,
     );
+    for (const deadline = performance.now() + 60_000; put.status >= 500 && put.body.retryable === true; ) {
+      expect(performance.now(), `still ${put.status} ${JSON.stringify(put.body)}`).toBeLessThan(deadline);
+      console.log(`[figures] retry after the OSD resumed: ${put.status} ${put.body.code}; asked again`);
+      await new Promise((r) => setTimeout(r, 1_000));
+      put = await daemon.call('PUT', volPath('vol-stall'), body(image, 'storage-daemon'), 120_000);
+    }
     expect(put.status, JSON.stringify(put.body)).toBe(201);
     const disk = await sandbox.guest.waitForDisk(newVhostDisk(before), { timeoutMs: 20_000 });
     expect((await daemon.call('DELETE', volPath('vol-stall'))).status).toBe(204);
