@@ -10,7 +10,7 @@ import type { SandboxDiscovery } from '../sandboxes/discovery.js';
 import type { KubeHttp } from './kube/kube-http.js';
 import { createReporter, type Reporter } from './kube/reporter.js';
 import type { NicStatus } from './kube/status.js';
-import { NodeFactsCache } from './node-facts.js';
+import { NodeFactsCache, realSystemInfo } from './node-facts.js';
 import { NodeSnapshot } from './node-snapshot.js';
 import type { VolumeOperation } from './observed-service.js';
 import { type PodVolumeWatch, podVolumeStatus } from './pod-volumes.js';
@@ -73,6 +73,7 @@ export async function createStatusFeed(deps: StatusFeedDeps): Promise<StatusFeed
   const nodeFacts =
     deps.nodeFacts ??
     new NodeFactsCache({
+      system: realSystemInfo({ libvirt: config.libvirtUri !== null }),
       onError: (part, err) => log.debug({ part, err: err.message }, 'node fact not gathered'),
     });
   let snapshot: NodeSnapshot | undefined;
