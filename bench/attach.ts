@@ -28,7 +28,7 @@
  *     [--build]   (vmplugd from a tsc build, as installed, rather than the sources through tsx)
  *     [--phases]   (vmplugd logs at debug; medians of where each fresh attach's time went)
  *     [--uv-threads N]   (vmplugd started with UV_THREADPOOL_SIZE=N instead of its unit's)
- *     [--node-arg OPT]...   (node options for vmplugd, e.g. --max-semi-space-size=2)
+ *     [--node-arg OPT]...   (node options for vmplugd instead of production's, bin/vmplugd.js)
  */
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -49,7 +49,12 @@ import { rootPortId, volumeNames } from '../storage/naming.js';
 import { deviceArgs, type Lane, rbdConf, secretObject } from '../storage/qemu-args.js';
 import { DIRECT_MODE_ANNOTATION, parseMonitors, Secret } from '../storage/volume-spec.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
-import { buildDaemon, type DaemonProcess, startDaemonProcess } from '../test/env/daemon.js';
+import {
+  buildDaemon,
+  type DaemonProcess,
+  productionNodeOptions,
+  startDaemonProcess,
+} from '../test/env/daemon.js';
 import type { GuestAgent } from '../test/env/guest.js';
 import {
   blockdevOf,
@@ -98,8 +103,11 @@ const fromBuild = has('build');
  * no gain above the noise, so the unit and the DaemonSet leave the default.
  */
 const uvThreads = stringFlag('uv-threads');
-/** Extra node options for vmplugd (repeatable), e.g. `--node-arg --max-semi-space-size=2`. */
-const nodeArgs = process.argv.slice(2).flatMap((a, i, all) => (all[i - 1] === '--node-arg' ? [a] : []));
+/**
+ * Node options for vmplugd (repeatable), e.g. `--node-arg --max-semi-space-size=16`; default those
+ * production starts it with (bin/vmplugd.js's first line), so the bench measures what runs.
+ */
+const givenNodeArgs = process.argv.slice(2).flatMap((a, i, all) => (all[i - 1] === '--node-arg' ? [a] : []));
 const sandboxCount = flag('sandboxes', 10);
 const attachCount = flag('attaches', 100);
 /** Guests booted at once: more than a few TCG boots on 2 cores only slow each other down. */
@@ -802,6 +810,7 @@ async function main(): Promise<void> {
 
     const daemonDir = join(rootA.dir, 'vmplugd');
     const script = fromBuild ? await buildDaemon(join(rootA.dir, 'build')) : undefined;
+    const nodeArgs = givenNodeArgs.length > 0 ? givenNodeArgs : await productionNodeOptions();
     out(`vmplugd runs from ${script ? 'a tsc build' : 'the sources through tsx'}`);
     stage.daemon = await startDaemonProcess({
       dir: daemonDir,

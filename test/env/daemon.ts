@@ -65,6 +65,21 @@ export interface DaemonProcess {
 }
 
 /**
+ * The node options vmplugd runs with in production: those bin/vmplugd.js names on its first line
+ * (`#!/usr/bin/env -S node ...`; the systemd unit repeats them), for benches that measure it.
+ */
+export async function productionNodeOptions(): Promise<string[]> {
+  const first = (await readFile(join(repoRoot, 'bin', 'vmplugd.js'), 'utf8')).split('\n')[0] ?? '';
+  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first);
+  return (
+    m?.[1]
+      ?.trim()
+      .split(/\s+/)
+      .filter((o) => o !== '') ?? []
+  );
+}
+
+/**
  * Compiles the daemon (tsconfig.build.json, as `npm run build`) into `dir`, outside the checkout
  * (the linter would read it) and resolving its node_modules, and answers a runner script for
  * `script`: bin/vmplugd.js prefers the sources whenever tsx is installed. For benches measuring

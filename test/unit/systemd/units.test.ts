@@ -73,6 +73,16 @@ describe('systemd units', () => {
     expect(seconds(one(d, 'TimeoutStopSec'))).toBeGreaterThanOrEqual(grace + 3 + 10);
   });
 
+  it('start node with the options bin/vmplugd.js names on its first line (the image and npx use that)', async () => {
+    const d = await directives(service);
+    const shebang = (
+      await readFile(fileURLToPath(new URL('../../../bin/vmplugd.js', import.meta.url)), 'utf8')
+    ).split('\n')[0];
+    const options = /^#!\/usr\/bin\/env -S node((?: --[a-z-]+=\S+)*)$/.exec(shebang ?? '')?.[1]?.trim();
+    expect(options, `first line: ${shebang}`).toBeTruthy();
+    expect(one(d, 'ExecStart')).toBe(`/usr/bin/node ${options} /opt/vmplug/bin/vmplugd.js`);
+  });
+
   it('harden without cutting vmplugd off devices or the paths it shares with QEMU', async () => {
     const d = await directives(service);
     // Each of these either hides /dev (host block devices, /dev/net/tun) or turns the device cgroup
