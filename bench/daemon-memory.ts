@@ -5,7 +5,7 @@
  * load. Variants:
  *   sources  bin/vmplugd.js as the tests run it: the TypeScript through tsx (its loader thread and
  *            esbuild cost memory a production install does not pay)
- *   build    the tsc build (what `npm run build` ships and the systemd unit starts)
+ *   build    the tsc build (what `npm run build` ships) with node's default options
  *   build --max-semi-space-size=2  a smaller V8 young generation: what production runs (bin/vmplugd.js's
  *            first line and the systemd unit), measured 2026-12-06 at 79/82 MiB (idle / after the
  *            calls) against 90/108 for the default
