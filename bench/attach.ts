@@ -730,16 +730,36 @@ function printConcurrencyRatios(jobs: ConcurrentJob[], vmplug: Throughput, bare:
  * read, the host-device check, the lane listing, the backend choice, the Ceph probe, the rbd
  * preflight, the Pending record (its write overlaps the checks: what it took beyond them), and
  * the steps (QMP + their journal writes); 'journal+' is the steps' time outside their own timed
- * side effects (the last record is written behind the answer, so little).
+ * side effects (the last record is written behind the answer, so little); 'outside' is the rest of
+ * the request's time in vmplugd (fastify's responseTime less the phases: HTTP, validation, the
+ * request's log lines, the observers, the answer's serialization).
  */
 function printPhases(daemon: DaemonProcess): void {
+  // fastify's own 'request completed' line: the request's time inside vmplugd (reqId ties them).
+  const served = new Map<string, number>();
+  for (const line of daemon.lines) {
+    if (!line.includes('"request completed"')) continue;
+    const o = JSON.parse(line) as { reqId?: string; responseTime?: number };
+    if (o.reqId !== undefined && o.responseTime !== undefined) served.set(o.reqId, o.responseTime);
+  }
   const groups = new Map<string, Record<string, number[]>>();
   for (const line of daemon.lines) {
     if (!line.includes('"attach timing"')) continue;
-    const o = JSON.parse(line) as { volumeId: string; phases: Record<string, number>; stepTimesMs: number };
+    const o = JSON.parse(line) as {
+      volumeId: string;
+      reqId?: string;
+      phases: Record<string, number>;
+      stepTimesMs: number;
+    };
     const g = o.volumeId.startsWith('lat-') ? o.volumeId : 'concurrent (all)';
     const acc = groups.get(g) ?? {};
-    const phases = { ...o.phases, 'journal+Ms': (o.phases.stepsMs ?? 0) - o.stepTimesMs };
+    const inEngine = Object.values(o.phases).reduce((a, b) => a + b, 0);
+    const total = o.reqId === undefined ? undefined : served.get(o.reqId);
+    const phases = {
+      ...o.phases,
+      'journal+Ms': (o.phases.stepsMs ?? 0) - o.stepTimesMs,
+      ...(total !== undefined ? { outsideMs: total - inEngine } : {}),
+    };
     for (const [k, v] of Object.entries(phases)) acc[k] = [...(acc[k] ?? []), v];
     groups.set(g, acc);
   }
@@ -754,6 +774,7 @@ function printPhases(daemon: DaemonProcess): void {
     'pendingMs',
     'stepsMs',
     'journal+Ms',
+    'outsideMs',
   ];
   out("\nvmplugd's attach phases (medians, ms; engine.ts 'attach timing' lines, warm-up included)");
   out(

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { type FileHandle, open, readdir, readFile, realpath, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { HostUseFacts, KernelBlockDevice, MountFact, SwapFact } from './host-use.js';
 
@@ -55,10 +55,51 @@ export interface HostTables {
  */
 export async function readHostTables(paths: HostFactsPaths, signal: AbortSignal): Promise<HostTables> {
   const [mounts, swaps] = await Promise.all([
-    readSmall(paths.mountinfo, signal).then(parseMountinfo),
-    readSmall(paths.swaps, signal).then((t) => swapFacts(t, signal)),
+    readTable(paths.mountinfo, signal).then(parseMountinfo),
+    readTable(paths.swaps, signal).then((t) => swapFacts(t, signal)),
   ]);
   return { mounts, swaps };
+}
+
+/** Descriptors of the tables, opened once, and the read in flight on each. */
+const tables = new Map<string, { handle: Promise<FileHandle>; last: Promise<unknown> }>();
+const TABLE_CHUNK = 64 * 1024;
+
+/**
+ * A /proc table, whole, read with pread from offset 0 on a descriptor kept open: the kernel
+ * generates a seq_file afresh for a read at offset 0, so a read costs two trips through libuv's
+ * pool (the table, then the empty read that proves its end) instead of readFile's five (open,
+ * fstat, read, read, close). Reads of one table take turns: they share the descriptor's seq_file.
+ */
+async function readTable(path: string, signal: AbortSignal): Promise<string> {
+  signal.throwIfAborted();
+  let table = tables.get(path);
+  if (table === undefined) {
+    const handle = open(path, 'r');
+    table = { handle, last: Promise.resolve() };
+    tables.set(path, table);
+    // Not there (yet), or refused: the next read opens it again.
+    handle.catch(() => tables.delete(path));
+  }
+  const t = table;
+  const read = t.last.then(async () => {
+    const fh = await t.handle;
+    let buf = Buffer.allocUnsafe(TABLE_CHUNK);
+    let len = 0;
+    for (;;) {
+      signal.throwIfAborted();
+      if (len === buf.length) {
+        const bigger = Buffer.allocUnsafe(buf.length * 2);
+        buf.copy(bigger, 0, 0, len);
+        buf = bigger;
+      }
+      const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
+      if (bytesRead === 0) return buf.toString('utf8', 0, len);
+      len += bytesRead;
+    }
+  });
+  t.last = read.catch(() => undefined);
+  return await read;
 }
 
 export async function gatherHostUseFacts(

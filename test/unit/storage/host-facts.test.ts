@@ -1,8 +1,13 @@
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { gatherHostUseFacts, kernelDevice } from '../../../storage/host-facts.js';
+import {
+  gatherHostUseFacts,
+  kernelDevice,
+  parseMountinfo,
+  readHostTables,
+} from '../../../storage/host-facts.js';
 import { hostUses } from '../../../storage/host-use.js';
 
 // The sysfs and /proc readers over a tree shaped like the kernel's: a disk with two partitions,
@@ -67,5 +72,44 @@ describe('gatherHostUseFacts', () => {
     await expect(kernelDevice('7:3', { sys: '/sys', mountinfo: '', swaps: '' }, ac.signal)).rejects.toThrow(
       'timed out',
     );
+  });
+});
+
+describe('readHostTables', () => {
+  it('reads the tables whole and afresh each time, on descriptors it keeps', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'vmplug-tables-'));
+    try {
+      const mountinfo = join(root, 'mountinfo');
+      const swaps = join(root, 'swaps');
+      const line = (i: number) => `${100 + i} 1 7:${i} / /mnt/m${i} rw - ext4 /dev/loop${i} rw\n`;
+      await writeFile(mountinfo, line(0));
+      await writeFile(swaps, 'Filename Type Size Used Priority\n');
+      const paths = { sys: root, mountinfo, swaps };
+      const signal = new AbortController().signal;
+      expect((await readHostTables(paths, signal)).mounts).toEqual([
+        { majMin: '7:0', mountPoint: '/mnt/m0', source: '/dev/loop0' },
+      ]);
+      // Rewritten in place (as the kernel regenerates a table): read again from the start, and a
+      // table larger than one 64 KiB read comes whole.
+      const many = Array.from({ length: 3000 }, (_, i) => line(i)).join('');
+      expect(many.length).toBeGreaterThan(128 * 1024);
+      await writeFile(mountinfo, many);
+      const [a, b] = await Promise.all([readHostTables(paths, signal), readHostTables(paths, signal)]);
+      expect(a.mounts).toHaveLength(3000);
+      expect(a.mounts[2999]).toEqual({ majMin: '7:2999', mountPoint: '/mnt/m2999', source: '/dev/loop2999' });
+      expect(b).toEqual(a);
+      await writeFile(mountinfo, line(7));
+      expect((await readHostTables(paths, signal)).mounts.map((m) => m.majMin)).toEqual(['7:7']);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  it('reads this host’s own tables as readFile does', async () => {
+    const signal = new AbortController().signal;
+    const paths = { sys: '/sys', mountinfo: '/proc/self/mountinfo', swaps: '/proc/swaps' };
+    const fromFile = parseMountinfo(await readFile('/proc/self/mountinfo', 'utf8'));
+    expect((await readHostTables(paths, signal)).mounts).toEqual(fromFile);
+    expect((await readHostTables(paths, signal)).mounts).toEqual(fromFile);
   });
 });
