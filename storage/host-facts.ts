@@ -1,5 +1,5 @@
-import { constants } from 'node:fs';
-import { type FileHandle, open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { constants, readdirSync, readFileSync, realpathSync } from 'node:fs';
+import { type FileHandle, open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { HostUseFacts, KernelBlockDevice, MountFact, SwapFact } from './host-use.js';
 
@@ -30,6 +30,13 @@ export function majMinOf(rdev: number | bigint): string {
   return `${major}:${minor}`;
 }
 
+// sysfs is kernfs: its attributes and links are generated in memory and never wait on a device
+// or a lock a stuck mount could hold. So the sysfs reads here are synchronous: each is a few
+// microseconds on the event loop, where a trip through libuv's pool costs a thread wake-up, which
+// on a busy node waits for a CPU (in bench:attach the async reads took 0.5 ms a trip). What can
+// wait stays asynchronous, under the check's signal: the device path itself (under /dev, but a
+// link may lead elsewhere), /proc/self/mountinfo (the mount namespace's lock) and the O_EXCL open.
+
 /** The kernel's name of the block device `majMin` (sysfs), and its device-mapper name if any. */
 export async function kernelDevice(
   majMin: string,
@@ -37,10 +44,29 @@ export async function kernelDevice(
   signal: AbortSignal,
 ): Promise<{ device: KernelBlockDevice; sysDir: string; dmName?: string }> {
   signal.throwIfAborted();
-  const sysDir = await realpath(`${paths.sys}/dev/block/${majMin}`);
+  const sysDir = realpathSync(`${paths.sys}/dev/block/${majMin}`);
   const device = { name: basename(sysDir), majMin };
-  const dmName = (await readSmall(`${sysDir}/dm/name`, signal).catch(() => undefined))?.trim();
+  const dmName = readSysfs(`${sysDir}/dm/name`)?.trim();
   return dmName ? { device, sysDir, dmName } : { device, sysDir };
+}
+
+/** A sysfs attribute, or undefined when it is absent or unreadable. */
+function readSysfs(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** A sysfs directory's entries, sorted; none when it does not exist. */
+function listSysfsDir(dir: string): string[] {
+  try {
+    return readdirSync(dir).sort();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
 }
 
 /** The host's mount and swap tables: nothing in them depends on the device being checked. */
@@ -110,65 +136,40 @@ export async function gatherHostUseFacts(
   signal: AbortSignal,
   tables: Promise<HostTables> = readHostTables(paths, signal),
 ): Promise<HostUseFacts> {
-  // Independent reads, all at once: each is a round trip through libuv's pool, and this check
-  // is on every block attach's path.
-  const [[partitions, holders], { mounts, swaps }, exclusive] = await Promise.all([
-    partitionsAndHolders(device, sysDir, signal),
-    tables,
-    exclusiveOpenOf(devicePath, signal),
-  ]);
+  // The open and the tables (already under way) wait at once; sysfs is read meanwhile.
+  const exclusiveP = exclusiveOpenOf(devicePath, signal);
+  exclusiveP.catch(() => undefined);
+  const [partitions, holders] = partitionsAndHolders(device, sysDir);
+  const [{ mounts, swaps }, exclusive] = await Promise.all([tables, exclusiveP]);
   const facts: HostUseFacts = { device, partitions, holders, mounts, swaps, exclusiveOpen: exclusive.state };
   if (exclusive.error !== undefined) facts.exclusiveError = exclusive.error;
   return facts;
 }
 
-async function partitionsAndHolders(
+function partitionsAndHolders(
   device: KernelBlockDevice,
   sysDir: string,
-  signal: AbortSignal,
-): Promise<[KernelBlockDevice[], Record<string, string[]>]> {
-  const [partitions, own] = await Promise.all([
-    partitionsOf(device.name, sysDir, signal),
-    listDir(`${sysDir}/holders`, signal),
-  ]);
-  const theirs = await Promise.all(partitions.map((p) => listDir(`${sysDir}/${p.name}/holders`, signal)));
-  const holders: Record<string, string[]> = { [device.name]: own };
-  for (const [i, p] of partitions.entries()) holders[p.name] = theirs[i] ?? [];
+): [KernelBlockDevice[], Record<string, string[]>] {
+  const partitions = partitionsOf(device.name, sysDir);
+  const holders: Record<string, string[]> = { [device.name]: listSysfsDir(`${sysDir}/holders`) };
+  for (const p of partitions) holders[p.name] = listSysfsDir(`${sysDir}/${p.name}/holders`);
   return [partitions, holders];
 }
 
 /**
  * A partition is a subdirectory with a `partition` file; its `dev` file holds major:minor. The
  * kernel names a partition after its disk (sda1, loop0p1, nvme0n1p2), so only entries starting
- * with the disk's name are looked at (not queue, power, holders, ...), all at once.
+ * with the disk's name are looked at (not queue, power, holders, ...).
  */
-async function partitionsOf(disk: string, sysDir: string, signal: AbortSignal): Promise<KernelBlockDevice[]> {
-  const names = (await listDir(sysDir, signal)).filter((n) => n.startsWith(disk) && n !== disk);
-  const found = await Promise.all(
-    names.map(async (name): Promise<KernelBlockDevice | undefined> => {
-      const isPartition = await stat(`${sysDir}/${name}/partition`).then(
-        () => true,
-        () => false,
-      );
-      if (!isPartition) return undefined;
-      return { name, majMin: (await readSmall(`${sysDir}/${name}/dev`, signal)).trim() };
-    }),
-  );
-  return found.filter((p) => p !== undefined).sort((a, b) => a.name.localeCompare(b.name));
-}
-
-async function listDir(dir: string, signal: AbortSignal): Promise<string[]> {
-  signal.throwIfAborted();
-  try {
-    return (await readdir(dir)).sort();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
+function partitionsOf(disk: string, sysDir: string): KernelBlockDevice[] {
+  const found: KernelBlockDevice[] = [];
+  for (const name of listSysfsDir(sysDir)) {
+    if (!name.startsWith(disk) || name === disk) continue;
+    if (readSysfs(`${sysDir}/${name}/partition`) === undefined) continue;
+    const dev = readSysfs(`${sysDir}/${name}/dev`);
+    if (dev !== undefined) found.push({ name, majMin: dev.trim() });
   }
-}
-
-function readSmall(path: string, signal: AbortSignal): Promise<string> {
-  return readFile(path, { encoding: 'utf8', signal });
+  return found.sort((a, b) => a.name.localeCompare(b.name));
 }
 
 /** mountinfo lines: `id parent major:minor root mountpoint opts [optional...] - fstype source superopts`. */
