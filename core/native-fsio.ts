@@ -1,11 +1,12 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-// The one-trip file replace of libvirt/native/src/fsio.cc (its own node-gyp target, libc only):
-// core/atomic-file.ts's write as one call on one libuv pool thread instead of eight trips. Loaded
-// once, by path (the native build lives under libvirt/native/ with vmplug's other addons); when it
-// is not built, or VMPLUG_NATIVE_FSIO=0 (bench comparisons), writes take the JavaScript path,
-// which makes the same syscalls in the same order.
+// libvirt/native/src/fsio.cc (its own node-gyp target, libc only): core/atomic-file.ts's write as
+// one call on one libuv pool thread instead of eight trips, and the host check's whole-file reads
+// of /proc tables and its O_EXCL probe, one trip each. Loaded once, by path (the native build
+// lives under libvirt/native/ with vmplug's other addons); when it is not built, or
+// VMPLUG_NATIVE_FSIO=0 (bench comparisons), callers take the JavaScript path, which makes the same
+// syscalls in the same order.
 
 export interface FsioAddon {
   /**
@@ -21,6 +22,10 @@ export interface FsioAddon {
     mode: number,
     durable: boolean,
   ): Promise<void>;
+  /** open, read to the end, close; EFBIG past `maxBytes`. */
+  readWhole(path: string, maxBytes: number): Promise<Buffer>;
+  /** open(O_RDONLY | O_EXCL) and close: EBUSY while something holds a block device exclusively. */
+  openExclusive(path: string): Promise<void>;
 }
 
 let loaded: FsioAddon | null | undefined;

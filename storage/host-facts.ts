@@ -1,6 +1,7 @@
 import { constants, readdirSync, readFileSync, realpathSync } from 'node:fs';
-import { type FileHandle, open, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
+import { fsioAddon } from '../core/native-fsio.js';
 import type { HostUseFacts, KernelBlockDevice, MountFact, SwapFact } from './host-use.js';
 
 // The I/O edge of the host-use check: reads what the kernel says about a block device from
@@ -87,45 +88,47 @@ export async function readHostTables(paths: HostFactsPaths, signal: AbortSignal)
   return { mounts, swaps };
 }
 
-/** Descriptors of the tables, opened once, and the read in flight on each. */
-const tables = new Map<string, { handle: Promise<FileHandle>; last: Promise<unknown> }>();
-const TABLE_CHUNK = 64 * 1024;
+/** Larger than any mount table a node has; a bound, not a size anyone meets. */
+const TABLE_MAX_BYTES = 64 * 1024 * 1024;
 
 /**
- * A /proc table, whole, read with pread from offset 0 on a descriptor kept open: the kernel
- * generates a seq_file afresh for a read at offset 0, so a read costs two trips through libuv's
- * pool (the table, then the empty read that proves its end) instead of readFile's five (open,
- * fstat, read, read, close). Reads of one table take turns: they share the descriptor's seq_file.
+ * A /proc table, whole. Through the native addon in one trip through libuv's pool: a seq_file
+ * hands out at most a page per read(2), so readFile costs a trip per 4 KiB of a node's mount
+ * table plus open, fstat and close. Without the addon, readFile.
  */
 async function readTable(path: string, signal: AbortSignal): Promise<string> {
   signal.throwIfAborted();
-  let table = tables.get(path);
-  if (table === undefined) {
-    const handle = open(path, 'r');
-    table = { handle, last: Promise.resolve() };
-    tables.set(path, table);
-    // Not there (yet), or refused: the next read opens it again.
-    handle.catch(() => tables.delete(path));
+  const addon = fsioAddon();
+  if (addon === undefined) return await readFile(path, { encoding: 'utf8', signal });
+  return (await untilAborted(addon.readWhole(path, TABLE_MAX_BYTES), signal)).toString('utf8');
+}
+
+/**
+ * `p`, or the signal's reason once it aborts first. A call on libuv's pool cannot be called off:
+ * its late result is dropped (`onLate` gets it).
+ */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal, onLate?: (value: T) => void): Promise<T> {
+  if (signal.aborted) {
+    p.then(onLate, () => undefined);
+    return Promise.reject(signal.reason);
   }
-  const t = table;
-  const read = t.last.then(async () => {
-    const fh = await t.handle;
-    let buf = Buffer.allocUnsafe(TABLE_CHUNK);
-    let len = 0;
-    for (;;) {
-      signal.throwIfAborted();
-      if (len === buf.length) {
-        const bigger = Buffer.allocUnsafe(buf.length * 2);
-        buf.copy(bigger, 0, 0, len);
-        buf = bigger;
-      }
-      const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
-      if (bytesRead === 0) return buf.toString('utf8', 0, len);
-      len += bytesRead;
-    }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => {
+      p.then(onLate, () => undefined);
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
   });
-  t.last = read.catch(() => undefined);
-  return await read;
 }
 
 export async function gatherHostUseFacts(
@@ -224,24 +227,20 @@ async function exclusiveOpenOf(
   signal: AbortSignal,
 ): Promise<{ state: 'free' | 'busy' | 'unknown'; error?: string }> {
   signal.throwIfAborted();
-  const opening = open(path, constants.O_RDONLY | constants.O_EXCL);
-  const aborted = new Promise<never>((_, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    opening.then(
-      () => signal.removeEventListener('abort', onAbort),
-      () => signal.removeEventListener('abort', onAbort),
-    );
-  });
+  const addon = fsioAddon();
   try {
-    const fh = await Promise.race([opening, aborted]);
-    await fh.close();
+    if (addon !== undefined) {
+      // Open and close in one trip.
+      await untilAborted(addon.openExclusive(path), signal);
+    } else {
+      const fh = await untilAborted(open(path, constants.O_RDONLY | constants.O_EXCL), signal, (late) => {
+        void late.close().catch(() => undefined);
+      });
+      await fh.close();
+    }
     return { state: 'free' };
   } catch (err) {
-    if (signal.aborted) {
-      opening.then((fh) => fh.close()).catch(() => {});
-      throw err;
-    }
+    if (signal.aborted) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EBUSY') return { state: 'busy' };
     // EPERM (a device cgroup), EACCES, ENXIO (a loop device without backing): the other facts

@@ -76,7 +76,7 @@ describe('gatherHostUseFacts', () => {
 });
 
 describe('readHostTables', () => {
-  it('reads the tables whole and afresh each time, on descriptors it keeps', async () => {
+  it('reads the tables whole and afresh each time, concurrently too', async () => {
     const root = await mkdtemp(join(tmpdir(), 'vmplug-tables-'));
     try {
       const mountinfo = join(root, 'mountinfo');
