@@ -1,5 +1,5 @@
 import net from 'node:net';
-import { armDeadline, type CallOptions } from './deadline.js';
+import { armDeadline, type CallOptions, untilAborted } from './deadline.js';
 import {
   QmpAbortedError,
   QmpBusyError,
@@ -156,25 +156,6 @@ async function greeted(
     clearTimeout(timer);
     signal.removeEventListener('abort', onAbort);
   }
-}
-
-/** `promise`, or a rejection with the signal's reason (a typed QmpError) once it aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
 }
 
 function isGreeting(g: QmpGreeting): boolean {

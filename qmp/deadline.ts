@@ -47,3 +47,39 @@ export function delay(ms: number, signal: AbortSignal | undefined, operation: st
     });
   });
 }
+
+/**
+ * `promise`, or a rejection with the signal's reason once it aborts first. What `promise` still
+ * settles to is dropped; `onLate` gets a value that arrives after the abort (a file handle to
+ * close, say: a call on libuv's pool cannot be called off).
+ */
+export function untilAborted<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  onLate?: (value: T) => void,
+): Promise<T> {
+  const late = (): void => {
+    promise.then(onLate, () => undefined);
+  };
+  if (signal.aborted) {
+    late();
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => {
+      late();
+      reject(signal.reason);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}

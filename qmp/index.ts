@@ -6,7 +6,7 @@ export {
   type QmpConnectOptions,
 } from './client.js';
 export * from './commands.js';
-export type { CallOptions } from './deadline.js';
+export { type CallOptions, untilAborted } from './deadline.js';
 export * from './errors.js';
 export {
   deviceIs,

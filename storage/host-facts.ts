@@ -2,6 +2,7 @@ import { constants, readdirSync, readFileSync, realpathSync } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { fsioAddon } from '../core/native-fsio.js';
+import { untilAborted } from '../qmp/index.js';
 import type { HostUseFacts, KernelBlockDevice, MountFact, SwapFact } from './host-use.js';
 
 // The I/O edge of the host-use check: reads what the kernel says about a block device from
@@ -101,34 +102,6 @@ async function readTable(path: string, signal: AbortSignal): Promise<string> {
   const addon = fsioAddon();
   if (addon === undefined) return await readFile(path, { encoding: 'utf8', signal });
   return (await untilAborted(addon.readWhole(path, TABLE_MAX_BYTES), signal)).toString('utf8');
-}
-
-/**
- * `p`, or the signal's reason once it aborts first. A call on libuv's pool cannot be called off:
- * its late result is dropped (`onLate` gets it).
- */
-function untilAborted<T>(p: Promise<T>, signal: AbortSignal, onLate?: (value: T) => void): Promise<T> {
-  if (signal.aborted) {
-    p.then(onLate, () => undefined);
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => {
-      p.then(onLate, () => undefined);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
 }
 
 export async function gatherHostUseFacts(
