@@ -101,6 +101,19 @@ describe('vmplug-csi registered with a real kubelet', () => {
     tapped(volumeId)
       .map((c) => method(c.path))
       .filter((m) => m !== 'NodeGetVolumeStats');
+  /**
+   * kubelet's calls with a repeat of the call before collapsed: kubelet 1.20 was seen (once in
+   * many runs) to run MountVolume twice for one pod within 40 ms, so NodePublishVolume twice, which
+   * CSI requires to be idempotent. Each repeat must still have been answered OK.
+   */
+  const kubeletSequence = (volumeId: string): string[] => {
+    const calls = tapped(volumeId).filter((c) => method(c.path) !== 'NodeGetVolumeStats');
+    for (const [i, c] of calls.entries()) {
+      const repeat = i > 0 && method(c.path) === method(calls[i - 1]?.path ?? '');
+      if (repeat && c.endedAt !== undefined) expect(c.code, `repeated ${method(c.path)}`).toBe(0);
+    }
+    return kubeletCalls(volumeId).filter((m, i, all) => m !== all[i - 1]);
+  };
   const waitCall = (volumeId: string, m: string): Promise<TappedCall> =>
     until(
       `kubelet's ${m} of ${volumeId} answered`,
@@ -383,7 +396,7 @@ describe('vmplug-csi registered with a real kubelet', () => {
       // kubelet called vmplug-csi: NodeStage (credentials kept in its memory), NodePublish.
       const publish = await waitCall(handle, 'NodePublishVolume');
       expect(publish.code).toBe(0);
-      expect(kubeletCalls(handle)).toEqual(['NodeStageVolume', 'NodePublishVolume']);
+      expect(kubeletSequence(handle)).toEqual(['NodeStageVolume', 'NodePublishVolume']);
       const stageReq = decode('csi.v1.NodeStageVolumeRequest', tapped(handle)[0]?.request ?? Buffer.alloc(0));
       // (Booleans: a failed comparison must not print the key.)
       expect(stageReq.secrets?.userKey === ceph.clientKey).toBe(true);
@@ -446,7 +459,7 @@ describe('vmplug-csi registered with a real kubelet', () => {
       expect(unpublish.code).toBe(0);
       expect(decode('csi.v1.NodeUnpublishVolumeRequest', unpublish.request).targetPath).toBe(targetPath);
       expect((await waitCall(handle, 'NodeUnstageVolume')).code).toBe(0);
-      expect(kubeletCalls(handle)).toEqual([
+      expect(kubeletSequence(handle)).toEqual([
         'NodeStageVolume',
         'NodePublishVolume',
         'NodeUnpublishVolume',
