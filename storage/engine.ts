@@ -239,11 +239,24 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       return { backend, ...chooseLane(bus, lanes, this.#o.scsiTargets) };
     });
     let written = false;
-    const pendingP = choiceP.then(async ({ backend, ...choice }) => {
+    // A block device on a named bus needs neither the lane nor the backend in its Pending record:
+    // written at once, beside every check. The lane is written with Attached; a crash before that
+    // is finished by reconcile with the lane QEMU reports, or rolled back (nothing in QEMU).
+    const early = spec.mode === 'block' && spec.bus !== 'auto' ? spec.bus : undefined;
+    const recordP =
+      early !== undefined ? Promise.resolve({ bus: early, lane: undefined, backend: undefined }) : choiceP;
+    const pendingP = recordP.then(async ({ backend, ...choice }) => {
       // The requested spec: a block device's resolved path replaces it below, in memory, and is
       // written with Attached (a resume resolves the path again, as it checks the host again).
       const record = pendingRecord(
-        { sandboxId, volumeId, kind: 'kata', fingerprint, bus: choice.bus, lane: choice.lane },
+        {
+          sandboxId,
+          volumeId,
+          kind: 'kata',
+          fingerprint,
+          bus: choice.bus,
+          ...(choice.lane !== undefined ? { lane: choice.lane } : {}),
+        },
         spec,
         backend,
       );
@@ -254,6 +267,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     });
     for (const p of [hostP, lanesP, backendP, choiceP, cephP, preflightP, pendingP]) p.catch(() => undefined);
     let admitted: AttachSpec;
+    let choice: Awaited<typeof choiceP>;
     let pending: Awaited<typeof pendingP>;
     try {
       admitted = await hostP;
@@ -262,7 +276,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       phases.mark('lanesMs');
       await backendP;
       phases.mark('backendMs');
-      await choiceP;
+      choice = await choiceP;
       await cephP;
       phases.mark('cephMs');
       await preflightP;
@@ -278,10 +292,12 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       if (written) await this.#o.journal.remove(sandboxId, volumeId);
       throw err;
     }
-    const record =
-      admitted === spec
-        ? pending.record
-        : { ...pending.record, spec: toStoredSpec(admitted, pending.backend) };
+    // In memory: the resolved path and the lane, written with Attached.
+    const record: JournalRecord = {
+      ...pending.record,
+      lane: choice.lane,
+      ...(admitted === spec ? {} : { spec: toStoredSpec(admitted, pending.backend) }),
+    };
     log.debug({ bus: record.bus, lane: record.lane, names: record.names }, 'volume Pending');
     const attachment = await this.#runAttach(sandbox, record, admitted, signal, log, false);
     phases.mark('stepsMs');

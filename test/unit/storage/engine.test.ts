@@ -55,6 +55,20 @@ describe('AttachEngine, block mode', () => {
     await bed.cleanup();
   });
 
+  it('journals Pending on a named bus before the lane is known, and Attached with the lane', async () => {
+    const saved: { state: string; lane: unknown }[] = [];
+    const save = bed.journal.save.bind(bed.journal);
+    bed.journal.save = async (record, opts) => {
+      saved.push({ state: record.state, lane: record.lane });
+      await save(record, opts);
+    };
+    await bed.engine.attach(sb, vol('pvc-early'), blockSpec('/dev/loop7', { bus: 'virtio-blk' }), bed.ctx);
+    await bed.journal.settled();
+    expect(saved).toEqual([{ state: 'Pending', lane: undefined }]);
+    const done = await bed.journal.load(sb, vol('pvc-early'));
+    expect(done).toMatchObject({ state: 'Attached', bus: 'virtio-blk', lane: { bus: 'virtio-blk' } });
+  });
+
   it('attaches a host device as scsi-hd on vmplug-scsi0 and journals every step', async () => {
     const { created, attachment } = await bed.engine.attach(sb, vol('pvc-1'), blockSpec(), bed.ctx);
     const names = volumeNames(sb, vol('pvc-1'));
