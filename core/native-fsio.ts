@@ -22,8 +22,10 @@ export interface FsioAddon {
     mode: number,
     durable: boolean,
   ): Promise<void>;
-  /** open, read to the end, close; EFBIG past `maxBytes`. */
+  /** open, read to the end, close; regular files only (EISDIR, EINVAL), EFBIG past `maxBytes`. */
   readWhole(path: string, maxBytes: number): Promise<Buffer>;
+  /** unlink, then fsync of `dir` when `durable` and something was removed; false when none was there. */
+  removeFile(dir: string, name: string, durable: boolean): Promise<boolean>;
   /** open(O_RDONLY | O_EXCL) and close: EBUSY while something holds a block device exclusively. */
   openExclusive(path: string): Promise<void>;
 }

@@ -8,7 +8,12 @@ import {
   VOLUME_STATES,
   type VolumeState,
 } from '../api/index.js';
-import { fsyncDir as fsyncDirOf, writeFileAtomic } from '../core/atomic-file.js';
+import {
+  fsyncDir as fsyncDirOf,
+  readSmallFile,
+  unlinkDurable,
+  writeFileAtomic,
+} from '../core/atomic-file.js';
 import { InvalidTransitionError, JournalCorruptError, JournalIoError } from '../core/errors.js';
 import {
   isSandboxId,
@@ -340,14 +345,16 @@ export class Journal {
     await this.#settledPath(path);
     let text: string;
     try {
-      const st = await stat(path);
-      if (!st.isFile()) return await this.#quarantine(path, sandboxId, volumeId, 'not a regular file');
-      if (st.size > MAX_RECORD_BYTES)
-        return await this.#quarantine(path, sandboxId, volumeId, `larger than ${MAX_RECORD_BYTES} bytes`);
-      text = await readFile(path, { encoding: 'utf8', ...(opts.signal ? { signal: opts.signal } : {}) });
+      // One trip through libuv's pool with the native addon (a fresh attach's is an ENOENT).
+      text = (await readSmallFile(path, MAX_RECORD_BYTES, opts.signal)).toString('utf8');
     } catch (err) {
-      if (errno(err) === 'ENOENT') return undefined;
+      const code = errno(err);
+      if (code === 'ENOENT') return undefined;
       if (isAbort(err)) throw err;
+      if (code === 'EISDIR' || code === 'EINVAL')
+        return await this.#quarantine(path, sandboxId, volumeId, 'not a regular file');
+      if (code === 'EFBIG')
+        return await this.#quarantine(path, sandboxId, volumeId, `larger than ${MAX_RECORD_BYTES} bytes`);
       throw new JournalIoError('read', path, err);
     }
     let json: unknown;
@@ -423,14 +430,7 @@ export class Journal {
 
   async #remove(sandboxId: SandboxId, volumeId: VolumeId): Promise<boolean> {
     const path = this.pathOf(sandboxId, volumeId);
-    try {
-      await unlink(path);
-    } catch (err) {
-      if (errno(err) === 'ENOENT') return false;
-      throw new JournalIoError('unlink', path, err);
-    }
-    await fsyncDir(dirname(path));
-    return true;
+    return await io('unlink', path, () => unlinkDurable(path));
   }
 
   /**

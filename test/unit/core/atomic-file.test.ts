@@ -1,8 +1,10 @@
+import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { writeFileAtomic } from '../../../core/atomic-file.js';
+import { readSmallFile, unlinkDurable, writeFileAtomic } from '../../../core/atomic-file.js';
 import { fsioAddon } from '../../../core/native-fsio.js';
 
 let dir: string;
@@ -93,6 +95,23 @@ describe('writeFileAtomic', () => {
       syscall: 'rename',
     });
     expect((await readdir(dir)).sort()).toEqual(['n.json', 'taken.json']);
+  });
+
+  it('reads a small regular file whole, refusing what is not one, and removes one durably', async () => {
+    const path = join(dir, 'r.json');
+    await writeFile(path, 'x'.repeat(100));
+    expect((await readSmallFile(path, 100)).toString()).toBe('x'.repeat(100));
+    await expect(readSmallFile(path, 99)).rejects.toMatchObject({ code: 'EFBIG' });
+    await expect(readSmallFile(join(dir, 'none'), 10)).rejects.toMatchObject({ code: 'ENOENT' });
+    await mkdir(join(dir, 'sub'));
+    await expect(readSmallFile(join(dir, 'sub'), 10)).rejects.toMatchObject({ code: 'EISDIR' });
+    // A FIFO in a record's place: refused, never opened for a read that would wait for a writer.
+    await promisify(execFile)('mkfifo', [join(dir, 'fifo')]);
+    await expect(readSmallFile(join(dir, 'fifo'), 10)).rejects.toMatchObject({ code: 'EINVAL' });
+    expect(await unlinkDurable(path)).toBe(true);
+    expect(await unlinkDurable(path)).toBe(false);
+    expect(await unlinkDurable(join(dir, 'no-dir', 'x'))).toBe(false);
+    expect((await readdir(dir)).sort()).toEqual(['fifo', 'sub']);
   });
 
   it('uses a fixed temp path when asked (for sweeps that look for it by name)', async () => {
