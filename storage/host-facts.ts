@@ -1,6 +1,7 @@
 import { constants, readdirSync, readFileSync, realpathSync } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
+import { readSmallFile } from '../core/atomic-file.js';
 import { fsioAddon } from '../core/native-fsio.js';
 import { untilAborted } from '../qmp/index.js';
 import type { HostUseFacts, KernelBlockDevice, MountFact, SwapFact } from './host-use.js';
@@ -93,15 +94,12 @@ export async function readHostTables(paths: HostFactsPaths, signal: AbortSignal)
 const TABLE_MAX_BYTES = 64 * 1024 * 1024;
 
 /**
- * A /proc table, whole. Through the native addon in one trip through libuv's pool: a seq_file
- * hands out at most a page per read(2), so readFile costs a trip per 4 KiB of a node's mount
- * table plus open, fstat and close. Without the addon, readFile.
+ * A /proc table, whole (readSmallFile: one trip through libuv's pool with the native addon, where
+ * readFile costs a trip per 4 KiB of a node's mount table, a seq_file handing out a page per
+ * read(2), plus open, fstat and close). The check's signal ends the wait.
  */
 async function readTable(path: string, signal: AbortSignal): Promise<string> {
-  signal.throwIfAborted();
-  const addon = fsioAddon();
-  if (addon === undefined) return await readFile(path, { encoding: 'utf8', signal });
-  return (await untilAborted(addon.readWhole(path, TABLE_MAX_BYTES), signal)).toString('utf8');
+  return (await untilAborted(readSmallFile(path, TABLE_MAX_BYTES, signal), signal)).toString('utf8');
 }
 
 export async function gatherHostUseFacts(
