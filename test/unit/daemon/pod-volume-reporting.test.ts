@@ -219,6 +219,18 @@ describe('observed pod service and Pod Events', () => {
   const spec = { pod } as unknown as PublishSpec;
   const ctx = { signal: new AbortController().signal };
 
+  /** A pod service whose every call succeeds, with `inner`'s calls instead where given. */
+  function fakePodService(inner: Partial<PodService> = {}): PodService {
+    return {
+      publish: async () => ({ created: true, volume: volume() }),
+      unpublish: async () => {},
+      get: async () => volume(),
+      list: async () => [],
+      resize: async () => ({ ...volume(), sizeBytes: 0 }),
+      ...inner,
+    };
+  }
+
   function harness(inner: Partial<PodService>) {
     const events: { target: unknown; reason: string; message: string; type: string | undefined }[] = [];
     const ops: PodVolumeOperation[] = [];
@@ -226,20 +238,10 @@ describe('observed pod service and Pod Events', () => {
       { recordPodEvent: (target, reason, message, type) => events.push({ target, reason, message, type }) },
       { get: () => undefined },
     );
-    const service = observePodService(
-      {
-        publish: async () => ({ created: true, volume: volume() }),
-        unpublish: async () => {},
-        get: async () => volume(),
-        list: async () => [],
-        resize: async () => ({ ...volume(), sizeBytes: 0 }),
-        ...inner,
-      },
-      (op) => {
-        ops.push(op);
-        podEvents.podVolume(op);
-      },
-    );
+    const service = observePodService(fakePodService(inner), (op) => {
+      ops.push(op);
+      podEvents.podVolume(op);
+    });
     return { events, ops, service, podEvents };
   }
 
@@ -275,18 +277,9 @@ describe('observed pod service and Pod Events', () => {
   });
 
   it('an observer that throws never fails the publish', async () => {
-    const service = observePodService(
-      {
-        publish: async () => ({ created: true, volume: volume() }),
-        unpublish: async () => {},
-        get: async () => volume(),
-        list: async () => [],
-        resize: async () => ({ ...volume(), sizeBytes: 0 }),
-      },
-      () => {
-        throw new Error('observer bug');
-      },
-    );
+    const service = observePodService(fakePodService(), () => {
+      throw new Error('observer bug');
+    });
     await expect(service.publish(UID, VOL, spec, ctx)).resolves.toMatchObject({ created: true });
   });
 
