@@ -73,3 +73,14 @@ export async function lanesOf(
     }),
   );
 }
+
+/**
+ * Remembers the lane of a device vmplug itself just placed (its device_add answered), so the next
+ * attach's inspection of this sandbox need not read it back: under concurrency those two qom-gets
+ * per attach, queued behind the guest's own QMP traffic, were most of the lane listing's time.
+ * Called under the sandbox's lock, which every vmplug device_del also takes, so no DEVICE_DELETED
+ * of this id can be in flight.
+ */
+export function rememberLane(qmp: QmpExecutor, device: PeripheralDevice, lane: Lane): void {
+  memoOf(qmp).lanes.set(device.id, { type: device.type, lane });
+}

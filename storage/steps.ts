@@ -14,6 +14,7 @@ import {
 } from '../qmp/index.js';
 import type { OperationLogger } from './attach-service.js';
 import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
+import { rememberLane } from './lane-memo.js';
 import { laneOfDevice } from './lanes.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';
 import { deviceExists, isNotFound, listPeripherals } from './qemu-view.js';
@@ -225,12 +226,10 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
     if (lane !== undefined) return lane;
   }
   const lane = await opts.lane(r.lane);
+  const args = isVhostUser(r) ? vhostUserDeviceArgs(r.names, lane) : deviceArgs(r.names, lane);
   try {
-    await deviceAdd(
-      ctx.qmp,
-      isVhostUser(r) ? vhostUserDeviceArgs(r.names, lane) : deviceArgs(r.names, lane),
-      q,
-    );
+    await deviceAdd(ctx.qmp, args, q);
+    rememberLane(ctx.qmp, { id: r.names.device, type: args.driver }, lane);
   } catch (err) {
     if (opts.fresh && isDuplicate(err)) {
       const held = await existingLane(ctx, r);

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { rememberLane } from '../../../storage/lane-memo.js';
 import { inspectLanes } from '../../../storage/lanes.js';
 import { FakeQemu } from '../fakes/qemu.js';
 
@@ -62,5 +63,16 @@ describe('lane memo (inspectLanes)', () => {
     expect((await inspectLanes(q)).used).toContainEqual({ bus: 'scsi', scsiId: 0 });
     generation = 2;
     expect((await inspectLanes(q)).used).toContainEqual({ bus: 'scsi', scsiId: 3 });
+  });
+
+  it('knows the lane of a device vmplug placed itself: the next inspection reads none back', async () => {
+    const q = new FakeQemu();
+    await addDisk(q, 'd0', { scsiId: 0 });
+    await inspectLanes(q);
+    await addDisk(q, 'd1', { scsiId: 1 });
+    rememberLane(q, { id: 'd1', type: 'scsi-hd' }, { bus: 'scsi', scsiId: 1 });
+    const before = qomGets(q);
+    expect((await inspectLanes(q)).used).toContainEqual({ bus: 'scsi', scsiId: 1 });
+    expect(qomGets(q)).toBe(before);
   });
 });
