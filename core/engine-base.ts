@@ -44,12 +44,17 @@ export abstract class EngineBase {
   /**
    * Runs `fn` once `key`'s turn and a node slot are granted. `fn` gets the signal to use: the
    * caller's, also aborted when close()'s grace runs out. Refused with the closed error once
-   * close() began.
+   * close() began. `onNext` runs if the operation has to wait, when it is next for `key`.
    */
-  protected admit<T>(key: string, signal: AbortSignal, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  protected admit<T>(
+    key: string,
+    signal: AbortSignal,
+    fn: (signal: AbortSignal) => Promise<T>,
+    onNext?: () => void,
+  ): Promise<T> {
     if (this.#state !== 'open') return Promise.reject(this.#closedError());
     const opSignal = AbortSignal.any([signal, this.#abort.signal]);
-    const p = this.#gate.run(key, opSignal, () => fn(opSignal));
+    const p = this.#gate.run(key, opSignal, () => fn(opSignal), onNext);
     this.#running.add(p);
     const forget = (): void => {
       this.#running.delete(p);

@@ -8,10 +8,16 @@ function abortReason(signal: AbortSignal): unknown {
   return signal.reason ?? new DOMException('aborted', 'AbortError');
 }
 
+interface Waiter {
+  grant: () => void;
+  /** Runs when the waiter becomes the queue's first (once, then deleted). */
+  onNext?: () => void;
+}
+
 /** A counting semaphore whose waiters leave the queue when their signal aborts. */
 export class Semaphore {
   #free: number;
-  readonly #queue: Array<{ grant: () => void }> = [];
+  readonly #queue: Waiter[] = [];
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1)
@@ -27,28 +33,43 @@ export class Semaphore {
     return this.#queue.length;
   }
 
-  /** Resolves with the release function once a slot is free. */
-  acquire(signal?: AbortSignal): Promise<() => void> {
+  /**
+   * Resolves with the release function once a slot is free. `onNext` runs once if the caller has
+   * to wait, when it becomes the first in the queue (the next slot freed is its): work that needs
+   * no slot can start then, overlapping the operation ahead rather than the whole queue.
+   */
+  acquire(signal?: AbortSignal, onNext?: () => void): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     if (this.#free > 0) {
       this.#free--;
       return Promise.resolve(this.#releaser());
     }
     return new Promise((resolve, reject) => {
-      const entry = {
+      const entry: Waiter = {
         grant: () => {
           signal?.removeEventListener('abort', onAbort);
           resolve(this.#releaser());
         },
+        ...(onNext !== undefined ? { onNext } : {}),
       };
       const onAbort = (): void => {
         const i = this.#queue.indexOf(entry);
         if (i >= 0) this.#queue.splice(i, 1);
+        if (i === 0) this.#headChanged();
         reject(abortReason(signal as AbortSignal));
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.#queue.push(entry);
+      if (this.#queue.length === 1) this.#headChanged();
     });
+  }
+
+  #headChanged(): void {
+    const head = this.#queue[0];
+    const onNext = head?.onNext;
+    if (head === undefined || onNext === undefined) return;
+    delete head.onNext;
+    onNext();
   }
 
   #releaser(): () => void {
@@ -58,8 +79,10 @@ export class Semaphore {
       released = true;
       const next = this.#queue.shift();
       // The slot passes straight to the next waiter, so a newcomer cannot overtake the queue.
-      if (next) next.grant();
-      else this.#free++;
+      if (next) {
+        next.grant();
+        this.#headChanged();
+      } else this.#free++;
     };
   }
 }
@@ -68,7 +91,8 @@ export class Semaphore {
 export class KeyedMutex<K> {
   readonly #locks = new Map<K, Semaphore>();
 
-  async acquire(key: K, signal?: AbortSignal): Promise<() => void> {
+  /** `onNext` as Semaphore.acquire: runs when the caller, waiting, is next for `key`. */
+  async acquire(key: K, signal?: AbortSignal, onNext?: () => void): Promise<() => void> {
     let lock = this.#locks.get(key);
     if (lock === undefined) {
       lock = new Semaphore(1);
@@ -77,7 +101,7 @@ export class KeyedMutex<K> {
     const held = lock;
     let release: () => void;
     try {
-      release = await held.acquire(signal);
+      release = await held.acquire(signal, onNext);
     } catch (err) {
       this.#dropIfIdle(key, held);
       throw err;
@@ -114,8 +138,14 @@ export class OperationGate<K> {
     return this.#global.inUse;
   }
 
-  async run<T>(key: K, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
-    const releaseKey = await this.#perKey.acquire(key, signal);
+  /** `onNext` runs if the operation waits for `key`, when it is the next of `key` to run. */
+  async run<T>(
+    key: K,
+    signal: AbortSignal | undefined,
+    fn: () => Promise<T>,
+    onNext?: () => void,
+  ): Promise<T> {
+    const releaseKey = await this.#perKey.acquire(key, signal, onNext);
     try {
       const releaseSlot = await this.#global.acquire(signal);
       try {

@@ -96,4 +96,62 @@ describe('KeyedMutex and OperationGate', () => {
     ).rejects.toThrow('boom');
     expect(await gate.run('k', undefined, async () => 42)).toBe(42);
   });
+
+  it('tells a waiter when it is next for its key, once, and never one that did not wait', async () => {
+    const gate = new OperationGate<string>(4);
+    const events: string[] = [];
+    const releases: Array<() => void> = [];
+    const op = (name: string) =>
+      gate.run(
+        'k',
+        undefined,
+        () =>
+          new Promise<void>((r) => {
+            events.push(`${name} runs`);
+            releases.push(r);
+          }),
+        () => events.push(`${name} next`),
+      );
+    const a = op('a');
+    const b = op('b');
+    const c = op('c');
+    while (releases.length < 1) await tick();
+    // b is next while a runs; c waits behind b, not yet next.
+    expect(events).toEqual(['b next', 'a runs']);
+    releases[0]?.();
+    while (releases.length < 2) await tick();
+    expect(events).toEqual(['b next', 'a runs', 'c next', 'b runs']);
+    releases[1]?.();
+    while (releases.length < 3) await tick();
+    releases[2]?.();
+    await Promise.all([a, b, c]);
+    expect(events.filter((e) => e.startsWith('a'))).toEqual(['a runs']);
+  });
+
+  it('the waiter behind one that gave up is next in its place', async () => {
+    const gate = new OperationGate<string>(4);
+    const events: string[] = [];
+    let release: (() => void) | undefined;
+    const a = gate.run('k', undefined, () => new Promise<void>((r) => (release = r)));
+    const abort = new AbortController();
+    const b = gate.run(
+      'k',
+      abort.signal,
+      async () => {},
+      () => events.push('b next'),
+    );
+    const c = gate.run(
+      'k',
+      undefined,
+      async () => {},
+      () => events.push('c next'),
+    );
+    while (release === undefined) await tick();
+    expect(events).toEqual(['b next']);
+    abort.abort();
+    await expect(b).rejects.toBeDefined();
+    expect(events).toEqual(['b next', 'c next']);
+    release();
+    await Promise.all([a, c]);
+  });
 });
