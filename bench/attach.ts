@@ -734,7 +734,8 @@ function printConcurrencyRatios(jobs: ConcurrentJob[], vmplug: Throughput, bare:
  * the request's time in vmplugd (fastify's responseTime less the phases: HTTP, validation, the
  * request's log lines, the observers, the answer's serialization).
  */
-function printPhases(daemon: DaemonProcess): void {
+function printPhases(daemon: DaemonProcess, jobs: readonly ConcurrentJob[]): void {
+  const modeOf = new Map(jobs.map((j) => [j.volumeId, j.mode]));
   // fastify's own 'request completed' line: the request's time inside vmplugd (reqId ties them).
   const served = new Map<string, number>();
   for (const line of daemon.lines) {
@@ -750,8 +751,14 @@ function printPhases(daemon: DaemonProcess): void {
       reqId?: string;
       phases: Record<string, number>;
       stepTimesMs: number;
+      checkedAhead?: boolean;
     };
-    const g = o.volumeId.startsWith('lat-') ? o.volumeId : 'concurrent (all)';
+    // A concurrent attach by mode; an rbd one by where its Ceph checks ran (ahead: while it was
+    // next in its sandbox's queue).
+    const mode = modeOf.get(o.volumeId) ?? '?';
+    const g = o.volumeId.startsWith('lat-')
+      ? o.volumeId
+      : `conc ${mode}${mode === 'rbd' ? (o.checkedAhead ? ' ahead' : ' in turn') : ''}`;
     const acc = groups.get(g) ?? {};
     const inEngine = Object.values(o.phases).reduce((a, b) => a + b, 0);
     const total = o.reqId === undefined ? undefined : served.get(o.reqId);
@@ -891,7 +898,7 @@ async function main(): Promise<void> {
     const confA = join(rootA.dir, 'rbd.conf');
     await writeFile(confA, rbdConf(), { mode: 0o600 });
     const { jobs, throughput } = await concurrencyPhase(stage, client, all, confA);
-    if (phasesWanted) printPhases(stage.daemon);
+    if (phasesWanted) printPhases(stage.daemon, jobs);
     // The bare run needs the private monitors vmplugd holds.
     await stage.daemon.stop();
     out(hostContext());

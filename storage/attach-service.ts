@@ -3,6 +3,7 @@ import { EngineBase } from '../core/engine-base.js';
 import { BackendError, ConflictError, NotFoundError, ValidationError } from '../core/errors.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
 import { PhaseClock } from '../core/phase-clock.js';
+import type { AttachAhead } from './ahead-checks.js';
 import { type JournalRecord, type NewRecord, newRecord } from './journal.js';
 import { guestHint } from './naming.js';
 import { isVhostUser, vhostUserGuestHint } from './vhost-user.js';
@@ -177,6 +178,8 @@ export type AttachOp = AdmittedOp & {
   spec: AttachSpec;
   /** Started when the request reached the engine; 'turnMs' marked once admitted. */
   phases: PhaseClock;
+  /** Checks started while the attach waited for its turn (checksBeforeTurn), if any. */
+  ahead: AttachAhead | undefined;
 };
 export type ResizeOp = AdmittedOp & { sizeBytes: number };
 
@@ -191,6 +194,20 @@ export abstract class VolumeEngine extends EngineBase {
 
   /** Refuses, before admission, a spec this engine cannot serve (by default none). */
   protected refuseSpec(_spec: AttachSpec): void {}
+
+  /**
+   * Checks of `spec` that read nothing of the sandbox, started when the attach, waiting for its
+   * sandbox's turn, is next (by default none); attachAdmitted gets them as `op.ahead`. `signal`
+   * fires when the attach ends (or is aborted), calling off what nobody took.
+   */
+  protected checksBeforeTurn(
+    _sandboxId: SandboxId,
+    _spec: AttachSpec,
+    _log: OperationLogger,
+    _signal: AbortSignal,
+  ): AttachAhead | undefined {
+    return undefined;
+  }
 
   /** The engine's attach, once admitted: planAttach on the journal's record, then its steps. */
   protected abstract attachAdmitted(op: AttachOp): Promise<AttachResult>;
@@ -208,10 +225,24 @@ export abstract class VolumeEngine extends EngineBase {
     this.refuseSpec(spec);
     const log = ctx.log.child({ op: 'attach', sandboxId, volumeId, ...this.logFields });
     const phases = new PhaseClock();
-    return this.admit(sandboxId, ctx.signal, (signal) => {
-      phases.mark('turnMs');
-      return this.attachAdmitted({ sandboxId, volumeId, spec, log, signal, phases });
-    });
+    const done = new AbortController();
+    let ahead: AttachAhead | undefined;
+    try {
+      return await this.admit(
+        sandboxId,
+        ctx.signal,
+        (signal) => {
+          phases.mark('turnMs');
+          return this.attachAdmitted({ sandboxId, volumeId, spec, log, signal, phases, ahead });
+        },
+        // Next in the sandbox's queue: its checks overlap the operation ahead of it.
+        () => {
+          ahead = this.checksBeforeTurn(sandboxId, spec, log, AbortSignal.any([ctx.signal, done.signal]));
+        },
+      );
+    } finally {
+      done.abort();
+    }
   }
 
   /** Online expand to `sizeBytes` (AttachService.resize). */

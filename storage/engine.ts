@@ -10,6 +10,13 @@ import {
   queryBlockstats,
   queryNamedBlockNodes,
 } from '../qmp/index.js';
+import {
+  AheadCheck,
+  type AttachAhead,
+  DEFAULT_AHEAD_FRESH_MS,
+  NOT_APPLICABLE,
+  takeFresh,
+} from './ahead-checks.js';
 import type {
   Attachment,
   AttachResult,
@@ -43,6 +50,7 @@ import type { ManagedSandbox, SandboxDirectory } from './sandbox-directory.js';
 import { attachSteps, type StepContext, type TeardownOptions, teardownSteps } from './steps.js';
 import type { StorageDaemonBackend } from './storage-daemon/index.js';
 import {
+  backendWithoutQemu,
   isVhostUser,
   requireVhostUser,
   resolveBackend,
@@ -95,6 +103,11 @@ export interface AttachEngineOptions {
    * of freezing the guest. Absent: no such check.
    */
   rbdPreflight?: (source: RbdSource, signal: AbortSignal) => Promise<unknown>;
+  /**
+   * How old the outcome of a Ceph probe or rbd preflight started before the sandbox's turn may be
+   * when the attach reaches its turn (ahead-checks.ts); default 2 s. 0: always checked again.
+   */
+  aheadFreshMs?: number;
 }
 
 export const DEFAULT_MAX_CONCURRENT_OPS = 8;
@@ -146,6 +159,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       cephProbeTimeoutMs: DEFAULT_CEPH_PROBE_TIMEOUT_MS,
       scsiTargets: DEFAULT_SCSI_TARGETS,
       reconcileUnplugWaitMs: 1_000,
+      aheadFreshMs: DEFAULT_AHEAD_FRESH_MS,
       checkHostDevice: hostDeviceCheck(),
       ...opts,
     };
@@ -156,8 +170,51 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         : { backend: opts.storageDaemon, timeoutMs: opts.storageDaemonTimeoutMs ?? 60_000 };
   }
 
+  /**
+   * While it is next in the sandbox's queue, an rbd attach probes Ceph's monitors and, when its
+   * backend is the guest's QEMU, opens the image out of process: in a burst these ran one after
+   * another under the sandbox's lock. Of the sandbox only whether its RAM is shared is read (the
+   * backend), which cannot change while its QEMU runs.
+   */
+  protected override checksBeforeTurn(
+    sandboxId: SandboxId,
+    spec: AttachSpec,
+    log: OperationLogger,
+    signal: AbortSignal,
+  ): AttachAhead | undefined {
+    if (spec.mode !== 'rbd') return undefined;
+    const ceph = new AheadCheck(
+      () => checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal }, log),
+      signal,
+    );
+    const preflight = this.#o.rbdPreflight;
+    if (preflight === undefined) return { ceph };
+    const available = this.#vhostUser !== undefined;
+    const backendNow = async (): Promise<unknown> => {
+      const known = backendWithoutQemu(spec, available);
+      if (known !== undefined) return known;
+      const presence = this.#o.sandboxes.lookup(sandboxId);
+      if (presence.state !== 'present') return undefined;
+      return resolveBackend(
+        spec,
+        presence.sandbox.qmp,
+        { timeoutMs: this.#o.qmpTimeoutMs, signal },
+        available,
+      );
+    };
+    return {
+      ceph,
+      preflight: new AheadCheck(async () => {
+        // A storage daemon needs none; a sandbox not present now leaves it to the turn.
+        if ((await backendNow()) !== 'qemu') return NOT_APPLICABLE;
+        await ceph.outcome;
+        await preflight(spec.source, signal);
+      }, signal),
+    };
+  }
+
   protected async attachAdmitted(op: AttachOp): Promise<AttachResult> {
-    const { sandboxId, volumeId, spec, log, signal, phases } = op;
+    const { sandboxId, volumeId, spec, log, signal, phases, ahead } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
     const sandbox = this.#present(sandboxId);
     const existing = await this.#o.journal.load(sandboxId, volumeId);
@@ -215,21 +272,26 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     // in QEMU). Refusals are answered in the order they were once made in. The rbd preflight
     // waits for the backend and the monitor check only: a Ceph that is down must still be
     // answered in milliseconds.
-    const ahead = new AbortController();
-    const aheadSignal = AbortSignal.any([signal, ahead.signal]);
-    const qa = { ...q, signal: aheadSignal };
+    const calledOff = new AbortController();
+    const checkSignal = AbortSignal.any([signal, calledOff.signal]);
+    const qa = { ...q, signal: checkSignal };
     // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
-    const hostP = admitSpec(spec, this.#o.checkHostDevice, aheadSignal);
+    const hostP = admitSpec(spec, this.#o.checkHostDevice, checkSignal);
     const lanesP = inspectLanes(sandbox.qmp, qa).catch((err: unknown) => {
       throw backendFailure('inspect lanes', err, spec.mode === 'rbd' ? [spec.source.key] : []);
     });
     const backendP = resolveBackend(spec, sandbox.qmp, qa, this.#vhostUser !== undefined);
-    const cephP = checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal: aheadSignal }, log);
+    // A check started before the turn counts while fresh (ahead-checks.ts).
+    const fresh = this.#o.aheadFreshMs;
+    const cephP = takeFresh(ahead?.ceph, fresh, () =>
+      checkCephFirst(spec, { timeoutMs: this.#o.cephProbeTimeoutMs, signal: checkSignal }, log),
+    );
     const preflightP = Promise.all([backendP, cephP]).then(async ([backend]) => {
       // The image open about to run in the guest's own QEMU would stall its main loop on a stuck
       // OSD: try it out of process first. Through a storage daemon the stall stays there anyway.
       if (spec.mode === 'rbd' && backend !== 'storage-daemon' && this.#o.rbdPreflight !== undefined) {
-        await this.#o.rbdPreflight(spec.source, aheadSignal);
+        const open = this.#o.rbdPreflight;
+        await takeFresh(ahead?.preflight, fresh, () => open(spec.source, checkSignal));
       }
     });
     const choiceP = Promise.all([lanesP, backendP]).then(([lanes, backend]) => {
@@ -287,7 +349,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     } catch (err) {
       // Refused: what still runs (a preflight's open) is called off, and a Pending record written
       // meanwhile goes before the answer.
-      ahead.abort();
+      calledOff.abort();
       await pendingP.catch(() => undefined);
       if (written) await this.#o.journal.remove(sandboxId, volumeId);
       throw err;
@@ -303,7 +365,10 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     phases.mark('stepsMs');
     // Where a fresh attach's time went (bench/attach.ts --phases).
     const stepTimes = attachment.timeline.reduce((sum, t) => sum + t.ms, 0);
-    log.debug({ phases: phases.phases, stepTimesMs: stepTimes }, 'attach timing');
+    log.debug(
+      { phases: phases.phases, stepTimesMs: stepTimes, checkedAhead: ahead !== undefined },
+      'attach timing',
+    );
     return { created: true, attachment };
   }
 

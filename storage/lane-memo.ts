@@ -1,6 +1,6 @@
 import type { QmpExecutor } from '../qmp/index.js';
 import type { Lane } from './qemu-args.js';
-import type { PeripheralDevice } from './qemu-view.js';
+import { generationOf, type PeripheralDevice } from './qemu-view.js';
 
 // Where each device of a sandbox sits, remembered between lane inspections. An attach reads every
 // peripheral's lane (qom-get parent_bus, and scsi-id on the scsi bus): 1 + 2N round trips on a
@@ -19,12 +19,6 @@ interface Memo {
 }
 
 const memos = new WeakMap<QmpExecutor, Memo>();
-
-/** The session's reconnect count when it has one (QmpSession), else undefined (one connection). */
-function generationOf(qmp: QmpExecutor): number | undefined {
-  const g = (qmp as { generation?: unknown }).generation;
-  return typeof g === 'number' ? g : undefined;
-}
 
 function memoOf(qmp: QmpExecutor): Memo {
   let memo = memos.get(qmp);

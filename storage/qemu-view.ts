@@ -18,6 +18,16 @@ export interface PeripheralDevice {
   type: string;
 }
 
+/**
+ * The session's reconnect count when it has one (QmpSession), else undefined (one connection):
+ * what was learnt of a QEMU holds only while this stays the same (a reconnect may be to a QEMU
+ * restarted since, and events sent meanwhile are lost).
+ */
+export function generationOf(qmp: QmpExecutor): number | undefined {
+  const g = (qmp as { generation?: unknown }).generation;
+  return typeof g === 'number' ? g : undefined;
+}
+
 /** `child<scsi-hd>` -> `scsi-hd`; undefined for properties that are not children. */
 function childType(type: string): string | undefined {
   const m = /^child<(.+)>$/.exec(type);

@@ -4,6 +4,7 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CephStalledError } from '../core/errors.js';
+import { Semaphore } from '../core/gate.js';
 import { blockdevAdd, blockdevDel, objectAdd, objectDel, type QmpExecutor } from '../qmp/index.js';
 import { blockdevRbd, rbdConf, secretObject } from './qemu-args.js';
 import { backendFailure } from './qmp-failure.js';
@@ -41,6 +42,12 @@ export interface RbdPreflightOptions {
   binary?: string;
   /** Daemons kept idle for the next preflight (default 2; 0 = a fresh process every time). */
   maxIdle?: number;
+  /**
+   * Opens running at once (default 8); more wait, in arrival order, and their bound starts when
+   * their open does. Attaches queued behind a busy sandbox start theirs before their turn
+   * (engine.ts), so a burst would otherwise start a daemon per attach on a node of few cores.
+   */
+  maxConcurrent?: number;
   /** How long an idle daemon waits for a preflight before it quits (default 60 s). */
   idleMs?: number;
   /** Starts one daemon (tests); default: qemu-storage-daemon under runDir. */
@@ -78,6 +85,7 @@ export class RbdPreflight {
   readonly #maxIdle: number;
   readonly #idleMs: number;
   readonly #launch: (budget: Budget) => Promise<PreflightDaemon>;
+  readonly #slots: Semaphore;
   readonly #idle: Array<{ daemon: PreflightDaemon; timer: NodeJS.Timeout }> = [];
   /** Closes and quits running after their preflight answered; close() waits for them. */
   readonly #background = new Set<Promise<void>>();
@@ -87,6 +95,7 @@ export class RbdPreflight {
     this.#timeoutMs = opts.timeoutMs ?? DEFAULT_RBD_PREFLIGHT_TIMEOUT_MS;
     this.#maxIdle = opts.maxIdle ?? 2;
     this.#idleMs = opts.idleMs ?? 60_000;
+    this.#slots = new Semaphore(opts.maxConcurrent ?? 8);
     const seconds = Math.max(1, Math.ceil(this.#timeoutMs / 1000));
     this.#launch =
       opts.launch ?? ((budget) => launchDaemon(opts.runDir, opts.binary ?? BINARY, seconds, budget));
@@ -99,6 +108,15 @@ export class RbdPreflight {
 
   /** Resolves when the image opens in time; CephStalledError when it does not; BackendError when refused. */
   async open(source: RbdSource, signal?: AbortSignal): Promise<{ ms: number }> {
+    const release = await this.#slots.acquire(signal);
+    try {
+      return await this.#open(source, signal);
+    } finally {
+      release();
+    }
+  }
+
+  async #open(source: RbdSource, signal?: AbortSignal): Promise<{ ms: number }> {
     const started = performance.now();
     const budget = new Budget({ timeoutMs: this.#timeoutMs, ...(signal ? { signal } : {}) }, this.#timeoutMs);
     let daemon: PreflightDaemon | undefined;

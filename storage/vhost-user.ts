@@ -5,6 +5,7 @@ import { qomList } from '../qmp/index.js';
 import type { JournalRecord } from './journal.js';
 import { parseRootPortId, type VolumeNames } from './naming.js';
 import type { Lane } from './qemu-args.js';
+import { generationOf } from './qemu-view.js';
 import { backendFailure, isAbsent, isDuplicate } from './qmp-failure.js';
 import { type ExportKey, exportNameOf, type StorageDaemonBackend } from './storage-daemon/index.js';
 import { type AttachSpec, type ResolvedRbdBackend, storedBackend } from './volume-spec.js';
@@ -77,6 +78,35 @@ export async function guestRamShared(qmp: QmpExecutor, q: CallOptions): Promise<
   return false;
 }
 
+/** The backend of an rbd spec when it can be told without asking the guest's QEMU, else undefined. */
+export function backendWithoutQemu(
+  spec: Extract<AttachSpec, { mode: 'rbd' }>,
+  available: boolean,
+): ResolvedRbdBackend | undefined {
+  if (spec.backend !== 'auto') return spec.backend;
+  // vhost-user-blk-pci is a PCI device: a request for scsi keeps QEMU's own librbd.
+  if (!available || spec.bus === 'scsi') return 'qemu';
+  return undefined;
+}
+
+// Whether the guest's RAM is shared cannot change while its QEMU runs: asked once per QMP session
+// (every rbd attach with backend auto asked again, two or more round trips behind the guest's own
+// QMP traffic). A failed answer is not kept.
+const ramShared = new WeakMap<QmpExecutor, { generation: number | undefined; shared: Promise<boolean> }>();
+
+function guestRamSharedOnce(qmp: QmpExecutor, q: CallOptions): Promise<boolean> {
+  const generation = generationOf(qmp);
+  const known = ramShared.get(qmp);
+  if (known !== undefined && known.generation === generation) return known.shared;
+  // Shared by callers with their own signals: bounded by the timeout only.
+  const shared = guestRamShared(qmp, q.timeoutMs === undefined ? {} : { timeoutMs: q.timeoutMs });
+  ramShared.set(qmp, { generation, shared });
+  shared.catch(() => {
+    if (ramShared.get(qmp)?.shared === shared) ramShared.delete(qmp);
+  });
+  return shared;
+}
+
 /** The backend an rbd attach uses: the request's, or for `auto` by the guest's RAM and the bus. */
 export async function resolveBackend(
   spec: AttachSpec,
@@ -85,11 +115,10 @@ export async function resolveBackend(
   available: boolean,
 ): Promise<ResolvedRbdBackend | undefined> {
   if (spec.mode !== 'rbd') return undefined;
-  if (spec.backend !== 'auto') return spec.backend;
-  // vhost-user-blk-pci is a PCI device: a request for scsi keeps QEMU's own librbd.
-  if (!available || spec.bus === 'scsi') return 'qemu';
+  const known = backendWithoutQemu(spec, available);
+  if (known !== undefined) return known;
   try {
-    return (await guestRamShared(qmp, q)) ? 'storage-daemon' : 'qemu';
+    return (await guestRamSharedOnce(qmp, q)) ? 'storage-daemon' : 'qemu';
   } catch (err) {
     throw backendFailure('qom-list /objects', err);
   }

@@ -226,13 +226,14 @@ async function settle<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: 
  */
 async function rbdPreflightOf(
   stateDir: string,
-  maxIdle: number,
+  maxOps: number,
   logger: Logger,
 ): Promise<{ check: (source: RbdSource, signal: AbortSignal) => Promise<unknown>; close(): Promise<void> }> {
   const runDir = join(stateDir, 'rbd-preflight');
   await mkdir(runDir, { recursive: true, mode: 0o700 });
   // As many idle as attaches can run at once: a burst of rbd attaches starts its daemons once.
-  const preflight = new RbdPreflight({ runDir, maxIdle });
+  // As many open at once: attaches waiting for a busy sandbox open theirs before their turn.
+  const preflight = new RbdPreflight({ runDir, maxIdle: maxOps, maxConcurrent: maxOps });
   const swept = await preflight.sweep();
   if (swept > 0) logger.warn({ killed: swept }, 'rbd preflight: killed daemons a previous vmplugd left');
   let warned = false;

@@ -679,6 +679,45 @@ describe('AttachEngine, rbd mode', () => {
     expect(await bed.journal.load(sb, vol('r2'))).toBeUndefined();
   });
 
+  it('an rbd attach waiting for its sandbox opens the image meanwhile, and checks again once that is stale', async () => {
+    for (const aheadFreshMs of [60_000, 0]) {
+      await bed.cleanup();
+      const opened: Array<{ image: string; whileBusy: boolean }> = [];
+      let holding = true;
+      bed = await makeBed({
+        engine: {
+          aheadFreshMs,
+          rbdPreflight: async (source) => {
+            opened.push({ image: source.image, whileBusy: holding });
+          },
+        },
+      });
+      // The first attach holds the sandbox's turn until its lane listing is let through.
+      let release: () => void = () => {};
+      const listing = new Promise<void>((r) => {
+        release = r;
+      });
+      bed.qemu.onCommand(async (command, args) => {
+        if (command === 'qom-list' && args.path === '/machine/peripheral' && holding) await listing;
+      });
+      const first = bed.engine.attach(sb, vol('r1'), rbdSpec(mon.address, { bus: 'scsi' }), bed.ctx);
+      while (opened.length === 0) await new Promise((r) => setTimeout(r, 1));
+      const second = bed.engine.attach(sb, vol('r2'), rbdSpec(mon.address, { bus: 'scsi' }, 'vol2'), bed.ctx);
+      while (opened.length < 2) await new Promise((r) => setTimeout(r, 1));
+      // vol2 was opened while vol1's attach still held the sandbox.
+      expect(opened[1]).toEqual({ image: 'vol2', whileBusy: true });
+      await new Promise((r) => setTimeout(r, 5));
+      holding = false;
+      release();
+      await Promise.all([first, second]);
+      // Fresh: taken as it was; stale (a 0 ms bound): opened again in the turn.
+      expect(opened.map((o) => o.image)).toEqual(
+        aheadFreshMs === 0 ? ['vol1', 'vol2', 'vol2'] : ['vol1', 'vol2'],
+      );
+      expect(bed.qemu.vmplugState().devices).toHaveLength(2);
+    }
+  });
+
   it('a different key is a different spec (409); the key never shows in the error', async () => {
     await bed.engine.attach(sb, vol('pvc-r'), rbdSpec(mon.address), bed.ctx);
     const other = parseAttachRequest({

@@ -101,6 +101,24 @@ describe('RbdPreflight', () => {
     expect(launcher.daemons.map((d) => d.ended)).toEqual(['quit', 'quit', 'quit']);
   });
 
+  it('runs at most maxConcurrent opens at once; a queued one gets its whole bound once it starts', async () => {
+    let inFlight = 0;
+    let peak = 0;
+    launcher.prepare = (q) =>
+      q.onCommand(async (command) => {
+        if (command !== 'blockdev-add') return;
+        peak = Math.max(peak, ++inFlight);
+        await new Promise((r) => setTimeout(r, 80));
+        inFlight--;
+      });
+    // Three opens of 80 ms each, one at a time, take longer than the 150 ms bound of each.
+    const pf = new RbdPreflight({ runDir, launch: launcher.launch, maxConcurrent: 1, timeoutMs: 150 });
+    const results = await Promise.allSettled([pf.open(source), pf.open(source), pf.open(source)]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled']);
+    expect(peak).toBe(1);
+    await pf.close();
+  });
+
   it('a stalled open is CEPH_STALLED within the bound and its daemon killed, never reused', async () => {
     launcher.prepare = (q) => q.hang('blockdev-add');
     const pf = new RbdPreflight({ runDir, launch: launcher.launch, timeoutMs: 100 });

@@ -157,4 +157,17 @@ describe('vhost-user pieces', () => {
       ),
     ).toBeUndefined();
   });
+
+  it('asks a QMP session whether the RAM is shared once, again after a reconnect', async () => {
+    const q = { timeoutMs: 1000 };
+    const fake = qomFake({ dimm1: { type: 'child<memory-backend-file>', share: true } });
+    let generation = 1;
+    Object.defineProperty(fake, 'generation', { get: () => generation });
+    for (let i = 0; i < 3; i++)
+      expect(await resolveBackend(parseAttachRequest(body()), fake, q, true)).toBe('storage-daemon');
+    expect(fake.calls).toEqual(['qom-list', 'qom-get']);
+    generation = 2;
+    await resolveBackend(parseAttachRequest(body()), fake, q, true);
+    expect(fake.calls).toEqual(['qom-list', 'qom-get', 'qom-list', 'qom-get']);
+  });
 });
