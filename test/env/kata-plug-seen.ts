@@ -26,7 +26,7 @@ export interface SeenPlug {
   plug: KataPlug;
   /** The guest's new disk; `disk.seenAt - startedAt` is plug-to-guest latency. */
   disk: GuestDisk;
-  /** performance.now() just before the plug's first QMP command, after the guest's disks were noted. */
+  /** performance.now() as Kata's plug began (before it reads the record), after the guest's disks were noted. */
   startedAt: number;
 }
 
