@@ -25,8 +25,7 @@ import { QmpClient } from '../qmp/index.js';
 import { findDaemons } from '../storage/storage-daemon/process.js';
 import { type CephCluster, startCeph } from '../test/env/ceph.js';
 import { type DaemonProcess, startDaemonProcess, waitServing } from '../test/env/daemon.js';
-import type { GuestDisk } from '../test/env/guest.js';
-import { plugDirectVolume, unplugDirectVolume } from '../test/env/kata-runtime.js';
+import { plugUntilGuestSees, unplugUntilGuestDrops } from '../test/env/kata-plug-seen.js';
 import { createLoopDevice, type LoopDevice } from '../test/env/loop.js';
 import { rbdSource } from '../test/env/rbd-request.js';
 import { createTestRoot, type KataSandbox, startKataSandbox, type TestRoot } from '../test/env/sandbox.js';
@@ -61,12 +60,6 @@ async function qsdPids(stateDir: string): Promise<number[]> {
   }
   return pids;
 }
-
-/** A disk the guest did not have before `known` was taken (by name). */
-const newDisk =
-  (known: ReadonlySet<string>, prefix: string) =>
-  (d: GuestDisk): boolean =>
-    !known.has(d.name) && d.name.startsWith(prefix);
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'vmpb-'));
@@ -144,21 +137,20 @@ async function main(): Promise<void> {
         }
 
         // Kata's runtime at CreateContainer, then at the container's end.
-        const known = new Set(guest.disks().map((d) => d.name));
-        const t1 = performance.now();
-        const plug = await plugDirectVolume({
+        const plugged = await plugUntilGuestSees(guest, {
           qmp: inspector,
           directVolumeRoot: dvRoot,
           mountSource: targetPath,
           sandboxId: sandbox.id,
           ...(mode === 'rbd' ? { vhostUserStore: store, pciBus: 'vmplug-rp0' } : {}),
+          guestTimeoutMs: GUEST_TIMEOUT_MS,
         });
-        const disk = await guest.waitForDisk(newDisk(known, mode === 'rbd' ? 'vd' : 'sd'), {
-          timeoutMs: GUEST_TIMEOUT_MS,
-        });
-        seen[mode].push(disk.seenAt - t1);
-        await unplugDirectVolume(inspector, plug);
-        await guest.waitForDiskGone(disk.name, { timeoutMs: GUEST_TIMEOUT_MS });
+        // A scsi plug in rbd mode would time the wrong path.
+        const kind = mode === 'rbd' ? 'vhost-user-blk' : 'scsi';
+        if (plugged.plug.kind !== kind)
+          throw new Error(`${mode}: Kata plugged ${plugged.plug.kind}, not ${kind}`);
+        seen[mode].push(plugged.disk.seenAt - plugged.startedAt);
+        await unplugUntilGuestDrops(inspector, guest, plugged, { guestTimeoutMs: GUEST_TIMEOUT_MS });
 
         const t2 = performance.now();
         const d = await daemon.call('DELETE', url, undefined, 60_000);

@@ -30,7 +30,7 @@ import { type DemoBed, startDemoBed } from './env/demo-bed.js';
 import { catOnHost, ext4Loop } from './env/ext4.js';
 import type { GuestAgent, GuestDisk, GuestEvent } from './env/guest.js';
 import { readInGuest, writeInGuest } from './env/hotplug.js';
-import { plugDirectVolume, unplugDirectVolume } from './env/kata-runtime.js';
+import { plugUntilGuestSees, unplugUntilGuestDrops } from './env/kata-plug-seen.js';
 import { createLoopDevice, type LoopDevice } from './env/loop.js';
 import { rbdSource } from './env/rbd-request.js';
 
@@ -364,17 +364,16 @@ async function podPath(bed: DemoBed, made: Made, directVolumeRoot: string): Prom
   say(`   ${record}`);
 
   say("Kata's runtime at CreateContainer (test/env/kata-runtime.ts): record -> blockdev-add + scsi-hd:");
-  const known = new Set(guest.disks().map((d) => d.name));
-  const plugged = performance.now();
-  const plug = await plugDirectVolume({
+  const plugged = await plugUntilGuestSees(guest, {
     qmp: bed.qmp,
     directVolumeRoot,
     mountSource: targetPath,
     sandboxId: bed.sandbox.id,
+    guestTimeoutMs: 30_000,
   });
-  const disk = await guest.waitForDisk((d) => !known.has(d.name), { timeoutMs: 30_000 });
+  const { disk, startedAt } = plugged;
   say(
-    `   guest saw /dev/${disk.name} ${ms(Math.max(disk.seenAt, plugged) - plugged)} after Kata's plug began`,
+    `   guest saw /dev/${disk.name} ${ms(Math.max(disk.seenAt, startedAt) - startedAt)} after Kata's plug began`,
   );
   const got = await client.getPodVolume(POD.uid, 'pvc-pod');
   say(`   GET: state ${got.state}, sandboxId ${got.sandboxId ?? '-'}`);
@@ -391,8 +390,7 @@ async function podPath(bed: DemoBed, made: Made, directVolumeRoot: string): Prom
   if (r.exitCode !== 0 || read !== hello) throw new Error(`the guest did not read the file: ${r.stderr}`);
 
   say('The container goes: Kata unplugs; kubelet unpublishes (DELETE):');
-  await unplugDirectVolume(bed.qmp, plug);
-  await guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+  await unplugUntilGuestDrops(bed.qmp, guest, plugged, { guestTimeoutMs: 30_000 });
   const del = performance.now();
   await client.unpublish(POD.uid, 'pvc-pod');
   made.published = false;

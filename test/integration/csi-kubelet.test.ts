@@ -34,7 +34,8 @@ import { attachCeph } from '../env/ceph.js';
 import { CallTap, capabilities, nodeInfo, type TappedCall, TestPlugin } from '../env/csi-plugin.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
 import { catOnHost, ext4Image } from '../env/ext4.js';
-import { kataVolumeDirName, plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
+import { plugUntilGuestSees, unplugUntilGuestDrops } from '../env/kata-plug-seen.js';
+import { kataVolumeDirName } from '../env/kata-runtime.js';
 import { until } from '../env/kube/manifests.js';
 import { alive } from '../env/kube.js';
 import { hostState, type KubeNode, type NodeProcess, startKubeNode } from '../env/kube-node.js';
@@ -433,8 +434,7 @@ describe('vmplug-csi registered with a real kubelet', () => {
 
       // Kata's runtime at CreateContainer, on the bind mount's source kubelet gave it.
       const guest = sandbox!.guest;
-      const known = new Set(guest.disks().map((d) => d.name));
-      const plug = await plugDirectVolume({
+      const plugged = await plugUntilGuestSees(guest, {
         qmp: inspector!,
         directVolumeRoot: dvRoot,
         mountSource: targetPath,
@@ -442,8 +442,8 @@ describe('vmplug-csi registered with a real kubelet', () => {
         vhostUserStore: store,
         pciBus: 'vmplug-rp0',
       });
-      expect(plug.kind).toBe('vhost-user-blk');
-      const disk = await guest.waitForDisk((d) => !known.has(d.name) && d.name.startsWith('vd'));
+      expect(plugged.plug.kind).toBe('vhost-user-blk');
+      const { disk } = plugged;
       const r = await guest.run(
         `mkdir -p /mnt/k && mount -t ext4 /dev/${disk.name} /mnt/k && cat /mnt/k/hello.txt && echo written-through-kubelet > /mnt/k/guest.txt && sync && umount /mnt/k || { dmesg | tail -20 >&2; exit 1; }`,
         { timeoutMs: 30_000 },
@@ -451,8 +451,7 @@ describe('vmplug-csi registered with a real kubelet', () => {
       expect(r.stderr).toBe('');
       expect(r.stdout).toBe('in the image before the pod\n');
       // The container goes: Kata unplugs; then the pod.
-      await unplugDirectVolume(inspector!, plug);
-      await guest.waitForDiskGone(disk.name);
+      await unplugUntilGuestDrops(inspector!, guest, plugged);
 
       await deletePod('kata-direct');
       const unpublish = await waitCall(handle, 'NodeUnpublishVolume');

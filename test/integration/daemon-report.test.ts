@@ -17,7 +17,7 @@ import type { KubeHttp } from '../../daemon/report/kube/kube-http.js';
 import type { SandboxStatus, VmplugNodeStatus } from '../../daemon/report/kube/status.js';
 import { QmpClient } from '../../qmp/index.js';
 import { type DaemonProcess, startDaemonProcess } from '../env/daemon.js';
-import { plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
+import { plugUntilGuestSees, unplugUntilGuestDrops } from '../env/kata-plug-seen.js';
 import { prepareVmplugCluster, until, type VmplugTestCluster } from '../env/kube/manifests.js';
 import { type KubeApiserver, startKubeApiserver } from '../env/kube.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
@@ -243,15 +243,13 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
     // Kata's runtime at CreateContainer: plugs the device and drops its sandbox-id file.
     const inspector = await QmpClient.connect(sandbox.inspectQmpPath ?? '');
     try {
-      const known = new Set(sandbox.guest.disks().map((d) => d.name));
-      const plug = await plugDirectVolume({
+      const plugged = await plugUntilGuestSees(sandbox.guest, {
         qmp: inspector,
         directVolumeRoot: dvRoot,
         mountSource: targetPath,
         sandboxId: sandbox.id,
-      });
-      const disk = await sandbox.guest.waitForDisk((d) => !known.has(d.name) && d.sizeBytes === 16 * MiB, {
-        timeoutMs: 30_000,
+        sizeBytes: 16 * MiB,
+        guestTimeoutMs: 30_000,
       });
       const consumed = await until('the pod volume Consumed in the status', podVolume('Consumed'));
       expect(consumed.sandboxId).toBe(sandbox.id);
@@ -259,8 +257,7 @@ describe('vmplugd reporting to a real kube-apiserver', () => {
         (await podEvents()).find((e) => e.reason === 'VolumeConsumed'),
       );
       expect(consumedEvent.message).toContain(sandbox.id);
-      await unplugDirectVolume(inspector, plug);
-      await sandbox.guest.waitForDiskGone(disk.name, { timeoutMs: 30_000 });
+      await unplugUntilGuestDrops(inspector, sandbox.guest, plugged, { guestTimeoutMs: 30_000 });
     } finally {
       await inspector.close();
     }

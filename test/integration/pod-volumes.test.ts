@@ -10,7 +10,8 @@ import { keyDescriptionOf, keyringNameOf, loadKeyringAddon } from '../../storage
 import { attachCeph } from '../env/ceph.js';
 import { type DaemonProcess, diesOn, startDaemonProcess } from '../env/daemon.js';
 import { catOnHost, ext4Image, ext4Loop } from '../env/ext4.js';
-import { kataVolumeDirName, plugDirectVolume, unplugDirectVolume } from '../env/kata-runtime.js';
+import { plugUntilGuestSees, type SeenPlug, unplugUntilGuestDrops } from '../env/kata-plug-seen.js';
+import { kataVolumeDirName } from '../env/kata-runtime.js';
 import { alive } from '../env/kube.js';
 import { createLoopDevice, type LoopDevice } from '../env/loop.js';
 import { rbdSource } from '../env/rbd-request.js';
@@ -83,19 +84,21 @@ describe('pod volumes through vmplugd', () => {
    * Kata's runtime at CreateContainer: the record of `targetPath` plugged (scsi for a host device,
    * vhost-user-blk from `store` for a storage daemon's node); the guest's new disk.
    */
-  async function plugKata(sandbox: KataSandbox, inspector: QmpClient, targetPath: string, store?: string) {
-    const known = new Set(sandbox.guest.disks().map((d) => d.name));
-    const plug = await plugDirectVolume({
+  async function plugKata(
+    sandbox: KataSandbox,
+    inspector: QmpClient,
+    targetPath: string,
+    store?: string,
+  ): Promise<SeenPlug> {
+    const seen = await plugUntilGuestSees(sandbox.guest, {
       qmp: inspector,
       directVolumeRoot: dvRoot,
       mountSource: targetPath,
       sandboxId: sandbox.id,
       ...(store !== undefined ? { vhostUserStore: store, pciBus: 'vmplug-rp0' } : {}),
     });
-    expect(plug.kind).toBe(store !== undefined ? 'vhost-user-blk' : 'scsi');
-    const prefix = store !== undefined ? 'vd' : 'sd';
-    const disk = await sandbox.guest.waitForDisk((d) => !known.has(d.name) && d.name.startsWith(prefix));
-    return { plug, disk };
+    expect(seen.plug.kind).toBe(store !== undefined ? 'vhost-user-blk' : 'scsi');
+    return seen;
   }
 
   /**
@@ -105,7 +108,7 @@ describe('pod volumes through vmplugd', () => {
   async function readThenUnplug(
     sandbox: KataSandbox,
     inspector: QmpClient,
-    plugged: Awaited<ReturnType<typeof plugKata>>,
+    plugged: SeenPlug,
     then = 'true',
   ): Promise<string> {
     const dev = `/dev/${plugged.disk.name}`;
@@ -114,8 +117,7 @@ describe('pod volumes through vmplugd', () => {
       { timeoutMs: 30_000 },
     );
     expect(r.stderr).toBe('');
-    await unplugDirectVolume(inspector, plugged.plug);
-    await sandbox.guest.waitForDiskGone(plugged.disk.name);
+    await unplugUntilGuestDrops(inspector, sandbox.guest, plugged);
     return r.stdout;
   }
 
@@ -195,7 +197,8 @@ describe('pod volumes through vmplugd', () => {
       expect((await daemon.call('PUT', url, { ...body, fsType: 'xfs' })).status).toBe(409);
 
       // Kata's runtime at CreateContainer.
-      const { plug, disk } = await plugKata(sandbox, inspector, targetPath);
+      const plugged = await plugKata(sandbox, inspector, targetPath);
+      const { disk } = plugged;
       const got = await daemon.call<PodVolume>('GET', url);
       expect(got.body).toMatchObject({ state: 'Consumed', sandboxId: sandbox.id });
 
@@ -209,8 +212,7 @@ describe('pod volumes through vmplugd', () => {
       expect(r.stdout).toBe('written before publish\n');
 
       // The container goes: Kata unplugs; kubelet's NodeUnpublish: DELETE.
-      await unplugDirectVolume(inspector, plug);
-      await sandbox.guest.waitForDiskGone(disk.name);
+      await unplugUntilGuestDrops(inspector, sandbox.guest, plugged);
       expect((await daemon.call('DELETE', url)).status).toBe(204);
       expect(await listing(dvRoot)).toEqual([]);
       expect((await daemon.call('GET', url)).status).toBe(404);
@@ -267,7 +269,7 @@ describe('pod volumes through vmplugd', () => {
       expect(await daemon.cmdline()).not.toContain(ceph.clientKey);
       expect((await daemon.call('PUT', url, body)).status).toBe(200);
 
-      const { plug, disk } = await plugKata(sandbox, inspector, targetPath, store);
+      const plugged = await plugKata(sandbox, inspector, targetPath, store);
       expect((await daemon.call<PodVolume>('GET', url)).body).toMatchObject({
         state: 'Consumed',
         sandboxId: sandbox.id,
@@ -276,7 +278,7 @@ describe('pod volumes through vmplugd', () => {
         await readThenUnplug(
           sandbox,
           inspector,
-          { plug, disk },
+          plugged,
           'echo written-over-vhost-user > /mnt/r/guest.txt && sync',
         ),
       ).toBe('in the image before publish\n');
