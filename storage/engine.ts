@@ -39,7 +39,14 @@ import { admitSpec, type HostDeviceCheck, hostDeviceCheck } from './host-device.
 import { HostUseWatch } from './host-use-watch.js';
 import { InDoubtVolumes } from './in-doubt.js';
 import { isAttachState, type Journal, type JournalRecord, transition } from './journal.js';
-import { chooseLane, DEFAULT_SCSI_TARGETS, inspectLanes, sameLane } from './lanes.js';
+import {
+  chooseLane,
+  DEFAULT_SCSI_TARGETS,
+  inspectLanes,
+  knownScsiLane,
+  type SandboxLanes,
+  sameLane,
+} from './lanes.js';
 import type { FrontendBus } from './naming.js';
 import type { Lane } from './qemu-args.js';
 import { deviceExists } from './qemu-view.js';
@@ -277,9 +284,14 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const qa = { ...q, signal: checkSignal };
     // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
     const hostP = admitSpec(spec, this.#o.checkHostDevice, checkSignal);
-    const lanesP = inspectLanes(sandbox.qmp, qa).catch((err: unknown) => {
-      throw backendFailure('inspect lanes', err, spec.mode === 'rbd' ? [spec.source.key] : []);
-    });
+    const inspect = (): Promise<SandboxLanes> =>
+      inspectLanes(sandbox.qmp, qa).catch((err: unknown) => {
+        throw backendFailure('inspect lanes', err, spec.mode === 'rbd' ? [spec.source.key] : []);
+      });
+    // A scsi target known free from the session's memo needs no listing (lane-memo.ts); the
+    // backend may still send the volume to a root port (a storage daemon): listed then.
+    const quick = knownScsiLane(sandbox.qmp, spec.bus, this.#o.scsiTargets);
+    const lanesP = quick !== undefined ? Promise.resolve(undefined) : inspect();
     const backendP = resolveBackend(spec, sandbox.qmp, qa, this.#vhostUser !== undefined);
     // A check started before the turn counts while fresh (ahead-checks.ts).
     const fresh = this.#o.aheadFreshMs;
@@ -294,11 +306,12 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         await takeFresh(ahead?.preflight, fresh, () => open(spec.source, checkSignal));
       }
     });
-    const choiceP = Promise.all([lanesP, backendP]).then(([lanes, backend]) => {
+    const choiceP = Promise.all([lanesP, backendP]).then(async ([listed, backend]) => {
       if (backend === 'storage-daemon') requireVhostUser(this.#vhostUser);
       // vhost-user-blk-pci goes on a root port, as virtio-blk does.
       const bus = backend === 'storage-daemon' ? 'virtio-blk' : spec.bus;
-      return { backend, ...chooseLane(bus, lanes, this.#o.scsiTargets) };
+      if (quick !== undefined && bus !== 'virtio-blk') return { backend, ...quick };
+      return { backend, ...chooseLane(bus, listed ?? (await inspect()), this.#o.scsiTargets) };
     });
     let written = false;
     // A block device on a named bus needs neither the lane nor the backend in its Pending record:
@@ -389,13 +402,18 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     try {
       const done = await attachSteps(step, record, spec, {
         fresh: !resumed,
-        // A fresh attach chose its lane from QEMU's view moments ago under this sandbox's lock:
-        // nothing can have taken it since. A resumed one holds a lane chosen before a crash,
-        // which a NIC or an operator may have taken since: it is read again.
+        // A fresh attach chose its lane under this sandbox's lock, from QEMU's view moments ago
+        // or the session's memo of it (a lane taken behind vmplug's back since: `relane`). A
+        // resumed one holds a lane chosen before a crash, which a NIC or an operator may have
+        // taken since: it is read again.
         lane: (recorded) =>
           !resumed && recorded !== undefined
             ? Promise.resolve(recorded)
             : this.#freeLane(sandbox, record.bus, recorded, signal),
+        relane: async (refused) => {
+          const lanes = await inspectLanes(sandbox.qmp, { timeoutMs: this.#o.qmpTimeoutMs, signal });
+          return chooseLane(record.bus, lanes, this.#o.scsiTargets, [refused]).lane;
+        },
         ...(this.#o.clientMountTimeoutS !== undefined
           ? { clientMountTimeoutS: this.#o.clientMountTimeoutS }
           : {}),

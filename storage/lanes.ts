@@ -1,6 +1,6 @@
 import { LanesFullError } from '../core/errors.js';
 import type { CallOptions, QmpExecutor } from '../qmp/index.js';
-import { lanesOf } from './lane-memo.js';
+import { knownLanes, lanesOf, memoMark, rememberLayout } from './lane-memo.js';
 import { type FrontendBus, parseRootPortId, SCSI_BUS, SCSI_CONTROLLER_ID } from './naming.js';
 import { type Lane, MAX_SCSI_ID } from './qemu-args.js';
 import { listPeripherals, type PeripheralDevice, qomGet } from './qemu-view.js';
@@ -25,6 +25,7 @@ export interface SandboxLanes {
 }
 
 export async function inspectLanes(qmp: QmpExecutor, opts?: CallOptions): Promise<SandboxLanes> {
+  const mark = memoMark(qmp);
   const devices = await listPeripherals(qmp, opts);
   const rootPorts = devices
     .filter((d) => d.type === 'pcie-root-port' && parseRootPortId(d.id) !== undefined)
@@ -36,7 +37,31 @@ export async function inspectLanes(qmp: QmpExecutor, opts?: CallOptions): Promis
   const used = (await lanesOf(qmp, candidates, (d) => laneOfDevice(qmp, d, opts))).filter(
     (l): l is Lane => l !== undefined,
   );
-  return { scsi: devices.some((d) => d.id === SCSI_CONTROLLER_ID), rootPorts, used };
+  const layout = { scsi: devices.some((d) => d.id === SCSI_CONTROLLER_ID), rootPorts };
+  rememberLayout(qmp, layout, mark);
+  return { ...layout, used };
+}
+
+/**
+ * A lane for a fresh attach without asking QEMU, when the memo holds a whole view and the choice
+ * is a scsi target (lane-memo.ts: only vmplug places devices on vmplug-scsi0); else undefined and
+ * the caller inspects. Root ports are shared with NICs, which the memo does not see placed.
+ */
+export function knownScsiLane(
+  qmp: QmpExecutor,
+  requested: Bus,
+  scsiTargets: number = DEFAULT_SCSI_TARGETS,
+): LaneChoice | undefined {
+  if (requested === 'virtio-blk') return undefined;
+  const known = knownLanes(qmp);
+  if (known === undefined || !known.scsi) return undefined;
+  try {
+    const choice = chooseLane(requested, known, scsiTargets);
+    return choice.lane.bus === 'scsi' ? choice : undefined;
+  } catch {
+    // Full by the memo's count: QEMU's own listing decides (and names what is full).
+    return undefined;
+  }
 }
 
 /** Where a device sits, read back from QEMU (parent_bus, and scsi-id for scsi-hd). */

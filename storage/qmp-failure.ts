@@ -32,6 +32,17 @@ export function isDuplicate(err: unknown): boolean {
   );
 }
 
+/**
+ * device_add on a lane some device holds: QEMU 7.2's "lun already used by '<id>'" (scsi) and
+ * "PCI: slot 0 function 0 not available for <driver>, in use by ..." (a root port).
+ */
+export function isLaneTaken(err: unknown): boolean {
+  if (!(err instanceof QmpCommandError) || err.errorClass !== 'GenericError') return false;
+  return (
+    /^lun already used by /.test(err.desc) || /^PCI: slot \d+ function \d+ not available for /.test(err.desc)
+  );
+}
+
 /** blockdev-del of a node a device still uses: "Node <name> is in use". */
 export function isNodeInUse(err: unknown): boolean {
   return err instanceof QmpCommandError && / is in use$/.test(err.desc);

@@ -14,7 +14,7 @@ import {
 } from '../qmp/index.js';
 import type { OperationLogger } from './attach-service.js';
 import { type Journal, type JournalRecord, transition, type VolumeState } from './journal.js';
-import { rememberLane } from './lane-memo.js';
+import { forgetLanes, rememberLane } from './lane-memo.js';
 import { laneOfDevice } from './lanes.js';
 import { blockdevHostDevice, blockdevRbd, deviceArgs, type Lane, secretObject } from './qemu-args.js';
 import { deviceExists, isNotFound, listPeripherals } from './qemu-view.js';
@@ -23,6 +23,7 @@ import {
   isAbsent,
   isCephConnectFailure,
   isDuplicate,
+  isLaneTaken,
   isNodeInUse,
   isUnplugInProgress,
 } from './qmp-failure.js';
@@ -132,6 +133,12 @@ export interface AttachStepOptions {
    * quarantined as unreadable) is taken over as on a resume, never torn down.
    */
   fresh?: boolean;
+  /**
+   * A fresh attach's lane that device_add refused as taken (one chosen from the session's memo,
+   * lane-memo.ts, which a device placed behind vmplug's back can outdate): another lane, read
+   * afresh from QEMU, for one more try.
+   */
+  relane?(refused: Lane): Promise<Lane>;
   clientMountTimeoutS?: number;
 }
 
@@ -225,25 +232,32 @@ async function addDevice(ctx: StepContext, r: JournalRecord, opts: AttachStepOpt
     const lane = await existingLane(ctx, r);
     if (lane !== undefined) return lane;
   }
-  const lane = await opts.lane(r.lane);
-  const args = isVhostUser(r) ? vhostUserDeviceArgs(r.names, lane) : deviceArgs(r.names, lane);
-  try {
-    await deviceAdd(ctx.qmp, args, q);
-    rememberLane(ctx.qmp, { id: r.names.device, type: args.driver }, lane);
-  } catch (err) {
-    if (opts.fresh && isDuplicate(err)) {
-      const held = await existingLane(ctx, r);
-      if (held !== undefined) return held;
+  let lane = await opts.lane(r.lane);
+  for (let tries = 1; ; tries++) {
+    const args = isVhostUser(r) ? vhostUserDeviceArgs(r.names, lane) : deviceArgs(r.names, lane);
+    try {
+      await deviceAdd(ctx.qmp, args, q);
+      rememberLane(ctx.qmp, { id: r.names.device, type: args.driver }, lane);
+      return lane;
+    } catch (err) {
+      if (opts.fresh && isDuplicate(err)) {
+        const held = await existingLane(ctx, r);
+        if (held !== undefined) return held;
+      }
+      // A lane found taken ("lun already used", "slot not available"): every vmplug operation
+      // that places or removes a device holds the sandbox's lock (one OperationGate), so the
+      // device is one placed behind vmplug's back, since the memo's view or in that very
+      // instant. One more try on a lane read afresh; a second refusal is a plain error, and the
+      // rollback leaves nothing.
+      if (opts.fresh && tries === 1 && opts.relane !== undefined && isLaneTaken(err)) {
+        ctx.log.info({ lane, error: (err as Error).message }, 'lane taken behind vmplug; choosing again');
+        forgetLanes(ctx.qmp);
+        lane = await opts.relane(lane);
+        continue;
+      }
+      throw backendFailure('device_add', err, ctx.secrets);
     }
-    // No second try on a lane found taken ("lun already used", "slot not available"): the lane
-    // was read from QEMU under the sandbox's lock, which every vmplug operation that places or
-    // removes a device takes (volumes of both engines, NICs, resizes: one OperationGate,
-    // core/engine-base.ts), and lanes.ts counts devices vmplug did not place (an operator's) as
-    // taken. A refusal here is a device hot-plugged behind vmplug's back in that very instant:
-    // a plain error, and the rollback leaves nothing.
-    throw backendFailure('device_add', err, ctx.secrets);
   }
-  return lane;
 }
 
 /** The lane of the device QEMU already holds under this record's name; undefined when it holds none. */

@@ -308,8 +308,8 @@ describe('NIC hot-plug on a real sandbox', () => {
         ctx(),
       );
       tapsToClean.add(a.nic.tap);
-      // storage/lanes.ts counts only its own devices as using a port, so it first tries the
-      // NIC's port, is told "slot not available" and moves on (its retry); the disk must land.
+      // storage/lanes.ts counts every device on a port as using it, the NIC included (a disk on a
+      // root port is always placed from a fresh listing): the disk must land on another port.
       loop = await createLoopDevice(16 * 1024 * 1024);
       const vol = await storage.attach(
         sid,

@@ -150,6 +150,10 @@ export async function makeBed(
     log,
     engine,
     ctx,
-    cleanup: () => rm(stateDir, { recursive: true, force: true }),
+    cleanup: async () => {
+      // Writes behind an answer may still run: the directory goes after them.
+      await journal.settled();
+      await rm(stateDir, { recursive: true, force: true });
+    },
   };
 }

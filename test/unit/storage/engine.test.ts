@@ -55,6 +55,37 @@ describe('AttachEngine, block mode', () => {
     await bed.cleanup();
   });
 
+  it('takes a scsi target from the session memo without a listing; one taken behind its back costs one more try', async () => {
+    const listings = () =>
+      bed.qemu.calls.filter((c) => c.command === 'qom-list' && c.args.path === '/machine/peripheral').length;
+    await bed.engine.attach(sb, vol('m1'), blockSpec('/dev/loop1'), bed.ctx);
+    const afterFirst = listings();
+    await bed.engine.attach(sb, vol('m2'), blockSpec('/dev/loop2'), bed.ctx);
+    expect(listings()).toBe(afterFirst);
+    await bed.journal.settled();
+    expect((await bed.journal.load(sb, vol('m2')))?.lane).toEqual({ bus: 'scsi', scsiId: 1 });
+
+    // An operator's disk on target 2, the memo's next free one (device_add sends no event).
+    bed.qemu.addNode('operator-node');
+    bed.qemu.addDevice({
+      driver: 'scsi-hd',
+      id: 'operator-disk',
+      drive: 'operator-node',
+      bus: 'vmplug-scsi0.0',
+      'scsi-id': 2,
+    });
+    const third = await bed.engine.attach(sb, vol('m3'), blockSpec('/dev/loop3'), bed.ctx);
+    expect(third.attachment.state).toBe('Attached');
+    await bed.journal.settled();
+    expect((await bed.journal.load(sb, vol('m3')))?.lane).toEqual({ bus: 'scsi', scsiId: 3 });
+    expect(bed.log.lines.some((l) => l.includes('lane taken behind vmplug'))).toBe(true);
+    // Listed again since, the memo knows the operator's disk: no more refusals.
+    const adds = () => bed.qemu.calls.filter((c) => c.command === 'device_add').length;
+    const addsBefore = adds();
+    await bed.engine.attach(sb, vol('m4'), blockSpec('/dev/loop4'), bed.ctx);
+    expect(adds()).toBe(addsBefore + 1);
+  });
+
   it('journals Pending on a named bus before the lane is known, and Attached with the lane', async () => {
     const saved: { state: string; lane: unknown }[] = [];
     const save = bed.journal.save.bind(bed.journal);

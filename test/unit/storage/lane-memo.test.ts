@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { rememberLane } from '../../../storage/lane-memo.js';
-import { inspectLanes } from '../../../storage/lanes.js';
+import { inspectLanes, knownScsiLane } from '../../../storage/lanes.js';
 import { FakeQemu } from '../fakes/qemu.js';
 
 const qomGets = (q: FakeQemu): number => q.calls.filter((c) => c.command === 'qom-get').length;
@@ -74,5 +74,34 @@ describe('lane memo (inspectLanes)', () => {
     const before = qomGets(q);
     expect((await inspectLanes(q)).used).toContainEqual({ bus: 'scsi', scsiId: 1 });
     expect(qomGets(q)).toBe(before);
+  });
+
+  it('after a whole listing, knows the next free scsi target without QEMU; root ports are always listed', async () => {
+    const q = new FakeQemu();
+    expect(knownScsiLane(q, 'auto')).toBeUndefined();
+    await addDisk(q, 'd0', { scsiId: 0 });
+    await inspectLanes(q);
+    const calls = q.calls.length;
+    expect(knownScsiLane(q, 'auto')).toEqual({ bus: 'scsi', lane: { bus: 'scsi', scsiId: 1 } });
+    expect(knownScsiLane(q, 'scsi')).toEqual({ bus: 'scsi', lane: { bus: 'scsi', scsiId: 1 } });
+    expect(knownScsiLane(q, 'virtio-blk')).toBeUndefined();
+    // Full by the memo's count: QEMU's listing decides.
+    expect(knownScsiLane(q, 'scsi', 1)).toBeUndefined();
+    expect(q.calls.length).toBe(calls);
+  });
+
+  it('drops that view on the event of a device it never saw, and on a reconnect', async () => {
+    const q = new FakeQemu();
+    let generation = 1;
+    Object.defineProperty(q, 'generation', { get: () => generation });
+    await inspectLanes(q);
+    expect(knownScsiLane(q, 'auto')).toBeDefined();
+    // A device placed and removed behind its back: what else changed is unknown.
+    q.emit('DEVICE_DELETED', { device: 'someone-elses' });
+    expect(knownScsiLane(q, 'auto')).toBeUndefined();
+    await inspectLanes(q);
+    expect(knownScsiLane(q, 'auto')).toBeDefined();
+    generation = 2;
+    expect(knownScsiLane(q, 'auto')).toBeUndefined();
   });
 });
