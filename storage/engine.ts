@@ -1,7 +1,7 @@
 import { BackendError, NotFoundError, ValidationError, VmplugError } from '../core/errors.js';
 import { OperationGate } from '../core/gate.js';
 import type { SandboxId, VolumeId } from '../core/ids.js';
-import { needsDeviceCheck, planAttach } from '../core/plan-attach.js';
+import { type AttachPlan, needsDeviceCheck, planAttach } from '../core/plan-attach.js';
 import { presentSandbox } from '../core/sandbox.js';
 import {
   blockResize,
@@ -224,18 +224,34 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const { sandboxId, volumeId, spec, log, signal, phases, ahead } = op;
     const fingerprint = specFingerprint(spec, this.#o.fingerprintKey);
     const sandbox = this.#present(sandboxId);
-    const existing = await this.#o.journal.load(sandboxId, volumeId);
-    phases.mark('loadMs');
     const q = { timeoutMs: this.#o.qmpTimeoutMs, signal };
-    const plan = planAttach(
-      existing,
-      fingerprint,
-      needsDeviceCheck(existing, fingerprint) &&
-        (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
-          throw backendFailure('attach', err);
-        })),
-      isAttachState,
-    );
+    // A block device's host check reads only the host: started beside the journal read and taken
+    // when the attach is a fresh one (a resumed or re-attached volume is checked anew later).
+    const hostEarlyOff = new AbortController();
+    const hostEarly =
+      spec.mode === 'block'
+        ? admitSpec(spec, this.#o.checkHostDevice, AbortSignal.any([signal, hostEarlyOff.signal]))
+        : undefined;
+    hostEarly?.catch(() => undefined);
+    let plan: AttachPlan<JournalRecord>;
+    let freshAttach = false;
+    try {
+      const existing = await this.#o.journal.load(sandboxId, volumeId);
+      phases.mark('loadMs');
+      plan = planAttach(
+        existing,
+        fingerprint,
+        needsDeviceCheck(existing, fingerprint) &&
+          (await deviceExists(sandbox.qmp, existing.names.device, q).catch((err: unknown) => {
+            throw backendFailure('attach', err);
+          })),
+        isAttachState,
+      );
+      freshAttach = plan.kind === 'fresh';
+    } finally {
+      // Not a fresh attach (or no plan): nobody takes it.
+      if (!freshAttach) hostEarlyOff.abort();
+    }
     switch (plan.kind) {
       case 'reuse':
         return { created: false, attachment: attachmentFromRecord(plan.record) };
@@ -283,7 +299,10 @@ export class AttachEngine extends VolumeEngine implements AttachService {
     const checkSignal = AbortSignal.any([signal, calledOff.signal]);
     const qa = { ...q, signal: checkSignal };
     // Block mode: allow-list and host-use checks; QEMU gets the resolved device (host-device.ts).
-    const hostP = admitSpec(spec, this.#o.checkHostDevice, checkSignal);
+    const hostP =
+      freshAttach && hostEarly !== undefined
+        ? hostEarly
+        : admitSpec(spec, this.#o.checkHostDevice, checkSignal);
     const inspect = (): Promise<SandboxLanes> =>
       inspectLanes(sandbox.qmp, qa).catch((err: unknown) => {
         throw backendFailure('inspect lanes', err, spec.mode === 'rbd' ? [spec.source.key] : []);
@@ -363,6 +382,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
       // Refused: what still runs (a preflight's open) is called off, and a Pending record written
       // meanwhile goes before the answer.
       calledOff.abort();
+      hostEarlyOff.abort();
       await pendingP.catch(() => undefined);
       if (written) await this.#o.journal.remove(sandboxId, volumeId);
       throw err;

@@ -86,6 +86,35 @@ describe('AttachEngine, block mode', () => {
     expect(adds()).toBe(addsBefore + 1);
   });
 
+  it('checks the host device beside the journal read; a volume already attached calls that check off', async () => {
+    await bed.cleanup();
+    const events: string[] = [];
+    const signals: AbortSignal[] = [];
+    bed = await makeBed({
+      engine: {
+        checkHostDevice: async (path, { signal }) => {
+          events.push('host check');
+          signals.push(signal);
+          return path;
+        },
+      },
+    });
+    const load = bed.journal.load.bind(bed.journal);
+    bed.journal.load = async (...args) => {
+      events.push('load asked');
+      const r = await load(...args);
+      events.push('load answered');
+      return r;
+    };
+    await bed.engine.attach(sb, vol('h1'), blockSpec('/dev/loop1'), bed.ctx);
+    expect(events.indexOf('host check')).toBeLessThan(events.indexOf('load answered'));
+    expect(events.filter((e) => e === 'host check')).toHaveLength(1);
+    expect(signals[0]?.aborted).toBe(false);
+    // The same attach again: reused as it is, its early check called off.
+    await bed.engine.attach(sb, vol('h1'), blockSpec('/dev/loop1'), bed.ctx);
+    expect(signals[1]?.aborted).toBe(true);
+  });
+
   it('journals Pending on a named bus before the lane is known, and Attached with the lane', async () => {
     const saved: { state: string; lane: unknown }[] = [];
     const save = bed.journal.save.bind(bed.journal);
