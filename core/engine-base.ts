@@ -44,17 +44,18 @@ export abstract class EngineBase {
   /**
    * Runs `fn` once `key`'s turn and a node slot are granted. `fn` gets the signal to use: the
    * caller's, also aborted when close()'s grace runs out. Refused with the closed error once
-   * close() began. `onNext` runs if the operation has to wait, when it is next for `key`.
+   * close() began. `onNear` runs if the operation has to wait, when it is near its turn for `key`
+   * (OperationGate's lookahead).
    */
   protected admit<T>(
     key: string,
     signal: AbortSignal,
     fn: (signal: AbortSignal) => Promise<T>,
-    onNext?: () => void,
+    onNear?: () => void,
   ): Promise<T> {
     if (this.#state !== 'open') return Promise.reject(this.#closedError());
     const opSignal = AbortSignal.any([signal, this.#abort.signal]);
-    const p = this.#gate.run(key, opSignal, () => fn(opSignal), onNext);
+    const p = this.#gate.run(key, opSignal, () => fn(opSignal), onNear);
     this.#running.add(p);
     const forget = (): void => {
       this.#running.delete(p);

@@ -10,18 +10,29 @@ function abortReason(signal: AbortSignal): unknown {
 
 interface Waiter {
   grant: () => void;
-  /** Runs when the waiter becomes the queue's first (once, then deleted). */
-  onNext?: () => void;
+  /** Runs when the waiter comes among the queue's first `lookahead` (once, then deleted). */
+  onNear?: () => void;
 }
+
+const DEFAULT_LOOKAHEAD = 2;
 
 /** A counting semaphore whose waiters leave the queue when their signal aborts. */
 export class Semaphore {
   #free: number;
   readonly #queue: Waiter[] = [];
 
-  constructor(readonly capacity: number) {
+  /**
+   * `lookahead`: how many of the first waiters count as near their slot (`onNear` of acquire):
+   * work they start then overlaps the operations ahead of them.
+   */
+  constructor(
+    readonly capacity: number,
+    readonly lookahead = 1,
+  ) {
     if (!Number.isInteger(capacity) || capacity < 1)
       throw new RangeError(`capacity ${capacity} must be >= 1`);
+    if (!Number.isInteger(lookahead) || lookahead < 1)
+      throw new RangeError(`lookahead ${lookahead} must be >= 1`);
     this.#free = capacity;
   }
 
@@ -34,11 +45,11 @@ export class Semaphore {
   }
 
   /**
-   * Resolves with the release function once a slot is free. `onNext` runs once if the caller has
-   * to wait, when it becomes the first in the queue (the next slot freed is its): work that needs
-   * no slot can start then, overlapping the operation ahead rather than the whole queue.
+   * Resolves with the release function once a slot is free. `onNear` runs once if the caller has
+   * to wait, when it is among the first `lookahead` in the queue: work that needs no slot can
+   * start then, overlapping the operations just ahead of it rather than the whole queue.
    */
-  acquire(signal?: AbortSignal, onNext?: () => void): Promise<() => void> {
+  acquire(signal?: AbortSignal, onNear?: () => void): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     if (this.#free > 0) {
       this.#free--;
@@ -50,26 +61,28 @@ export class Semaphore {
           signal?.removeEventListener('abort', onAbort);
           resolve(this.#releaser());
         },
-        ...(onNext !== undefined ? { onNext } : {}),
+        ...(onNear !== undefined ? { onNear } : {}),
       };
       const onAbort = (): void => {
         const i = this.#queue.indexOf(entry);
         if (i >= 0) this.#queue.splice(i, 1);
-        if (i === 0) this.#headChanged();
+        if (i >= 0 && i < this.lookahead) this.#queueMoved();
         reject(abortReason(signal as AbortSignal));
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.#queue.push(entry);
-      if (this.#queue.length === 1) this.#headChanged();
+      if (this.#queue.length <= this.lookahead) this.#queueMoved();
     });
   }
 
-  #headChanged(): void {
-    const head = this.#queue[0];
-    const onNext = head?.onNext;
-    if (head === undefined || onNext === undefined) return;
-    delete head.onNext;
-    onNext();
+  /** Tells the waiters now among the first `lookahead` that they are near, once each. */
+  #queueMoved(): void {
+    for (const waiter of this.#queue.slice(0, this.lookahead)) {
+      const onNear = waiter.onNear;
+      if (onNear === undefined) continue;
+      delete waiter.onNear;
+      onNear();
+    }
   }
 
   #releaser(): () => void {
@@ -81,7 +94,7 @@ export class Semaphore {
       // The slot passes straight to the next waiter, so a newcomer cannot overtake the queue.
       if (next) {
         next.grant();
-        this.#headChanged();
+        this.#queueMoved();
       } else this.#free++;
     };
   }
@@ -91,17 +104,23 @@ export class Semaphore {
 export class KeyedMutex<K> {
   readonly #locks = new Map<K, Semaphore>();
 
-  /** `onNext` as Semaphore.acquire: runs when the caller, waiting, is next for `key`. */
-  async acquire(key: K, signal?: AbortSignal, onNext?: () => void): Promise<() => void> {
+  /** `lookahead` as Semaphore's: how many waiters of a key count as near their turn. */
+  constructor(readonly lookahead = 1) {
+    if (!Number.isInteger(lookahead) || lookahead < 1)
+      throw new RangeError(`lookahead ${lookahead} must be >= 1`);
+  }
+
+  /** `onNear` as Semaphore.acquire: runs when the caller, waiting, is near its turn for `key`. */
+  async acquire(key: K, signal?: AbortSignal, onNear?: () => void): Promise<() => void> {
     let lock = this.#locks.get(key);
     if (lock === undefined) {
-      lock = new Semaphore(1);
+      lock = new Semaphore(1, this.lookahead);
       this.#locks.set(key, lock);
     }
     const held = lock;
     let release: () => void;
     try {
-      release = await held.acquire(signal, onNext);
+      release = await held.acquire(signal, onNear);
     } catch (err) {
       this.#dropIfIdle(key, held);
       throw err;
@@ -127,25 +146,31 @@ export class KeyedMutex<K> {
  * behind a busy sandbox do not sit on global slots that other sandboxes could use.
  */
 export class OperationGate<K> {
-  readonly #perKey = new KeyedMutex<K>();
+  readonly #perKey: KeyedMutex<K>;
   readonly #global: Semaphore;
 
-  constructor(maxConcurrent: number) {
+  /**
+   * `lookahead`: how many operations waiting for a key are told they are near their turn
+   * (default 2: in a burst, work they can do without the turn then has the time of two
+   * operations ahead to finish, and is never older than that when the turn comes).
+   */
+  constructor(maxConcurrent: number, lookahead = DEFAULT_LOOKAHEAD) {
     this.#global = new Semaphore(maxConcurrent);
+    this.#perKey = new KeyedMutex(lookahead);
   }
 
   get inFlight(): number {
     return this.#global.inUse;
   }
 
-  /** `onNext` runs if the operation waits for `key`, when it is the next of `key` to run. */
+  /** `onNear` runs if the operation waits for `key`, when it is among the next `lookahead` of it. */
   async run<T>(
     key: K,
     signal: AbortSignal | undefined,
     fn: () => Promise<T>,
-    onNext?: () => void,
+    onNear?: () => void,
   ): Promise<T> {
-    const releaseKey = await this.#perKey.acquire(key, signal, onNext);
+    const releaseKey = await this.#perKey.acquire(key, signal, onNear);
     try {
       const releaseSlot = await this.#global.acquire(signal);
       try {

@@ -197,7 +197,7 @@ export abstract class VolumeEngine extends EngineBase {
 
   /**
    * Checks of `spec` that read nothing of the sandbox, started when the attach, waiting for its
-   * sandbox's turn, is next (by default none); attachAdmitted gets them as `op.ahead`. `signal`
+   * sandbox's turn, is near it (by default none); attachAdmitted gets them as `op.ahead`. `signal`
    * fires when the attach ends (or is aborted), calling off what nobody took.
    */
   protected checksBeforeTurn(
@@ -235,7 +235,7 @@ export abstract class VolumeEngine extends EngineBase {
           phases.mark('turnMs');
           return this.attachAdmitted({ sandboxId, volumeId, spec, log, signal, phases, ahead });
         },
-        // Next in the sandbox's queue: its checks overlap the operation ahead of it.
+        // Near its turn in the sandbox's queue: its checks overlap the operations ahead of it.
         () => {
           ahead = this.checksBeforeTurn(sandboxId, spec, log, AbortSignal.any([ctx.signal, done.signal]));
         },

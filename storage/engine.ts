@@ -178,7 +178,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
   }
 
   /**
-   * While it is next in the sandbox's queue, an rbd attach probes Ceph's monitors and, when its
+   * While it is near its turn in the sandbox's queue, an rbd attach probes Ceph's monitors and, when its
    * backend is the guest's QEMU, opens the image out of process: in a burst these ran one after
    * another under the sandbox's lock. Of the sandbox only whether its RAM is shared is read (the
    * backend), which cannot change while its QEMU runs.

@@ -98,7 +98,7 @@ describe('KeyedMutex and OperationGate', () => {
   });
 
   it('tells a waiter when it is next for its key, once, and never one that did not wait', async () => {
-    const gate = new OperationGate<string>(4);
+    const gate = new OperationGate<string>(4, 1);
     const events: string[] = [];
     const releases: Array<() => void> = [];
     const op = (name: string) =>
@@ -129,7 +129,7 @@ describe('KeyedMutex and OperationGate', () => {
   });
 
   it('the waiter behind one that gave up is next in its place', async () => {
-    const gate = new OperationGate<string>(4);
+    const gate = new OperationGate<string>(4, 1);
     const events: string[] = [];
     let release: (() => void) | undefined;
     const a = gate.run('k', undefined, () => new Promise<void>((r) => (release = r)));
@@ -153,5 +153,26 @@ describe('KeyedMutex and OperationGate', () => {
     expect(events).toEqual(['b next', 'c next']);
     release();
     await Promise.all([a, c]);
+  });
+
+  it('with a lookahead of 2 (the default), the first two waiters of a key are near', async () => {
+    const gate = new OperationGate<string>(4);
+    const near: string[] = [];
+    let release: (() => void) | undefined;
+    const a = gate.run('k', undefined, () => new Promise<void>((r) => (release = r)));
+    const rest = ['b', 'c', 'd'].map((n) =>
+      gate.run(
+        'k',
+        undefined,
+        async () => {},
+        () => near.push(n),
+      ),
+    );
+    while (release === undefined) await tick();
+    expect(near).toEqual(['b', 'c']);
+    release();
+    await Promise.all([a, ...rest]);
+    expect(near).toEqual(['b', 'c', 'd']);
+    expect(() => new OperationGate<string>(1, 0)).toThrow(RangeError);
   });
 });
