@@ -162,17 +162,23 @@ export async function attachSteps(
 
   if (r.state === 'Pending' && spec.mode === 'rbd') {
     const t0 = performance.now();
-    await writeConfFile(
+    // The conf is first read by blockdev-add: written while QEMU adds the secret.
+    const conf = writeConfFile(
       ctx.stateDir,
       names,
       opts.clientMountTimeoutS !== undefined ? { clientMountTimeoutS: opts.clientMountTimeoutS } : {},
     );
+    conf.catch(() => undefined);
     try {
       await objectAdd(ctx.qmp, secretObject(names, spec.source.key), q);
     } catch (err) {
       // A resumed attach finds its own secret (same ids, same key: the fingerprint matched).
-      if (!isDuplicate(err)) throw backendFailure('object-add secret', err, ctx.secrets);
+      if (!isDuplicate(err)) {
+        await conf.catch(() => undefined);
+        throw backendFailure('object-add secret', err, ctx.secrets);
+      }
     }
+    await conf;
     r = pass(ctx, r, 'SecretAdded', t0);
   }
 
