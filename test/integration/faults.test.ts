@@ -113,42 +113,56 @@ describe('faults: hostile bodies and a QEMU killed under vmplugd', () => {
     expect(late.body.code).not.toBe('BACKEND_FAILED');
   });
 
-  it('refuses an rbd attach while the OSD is stopped (503 CEPH_STALLED) without freezing the guest, then attaches', async () => {
+  it('refuses rbd attaches while the OSD is stopped (503 CEPH_STALLED) without freezing the guest, then attaches', async () => {
     const sandbox = await startKataSandbox(root, { inspectMonitor: true });
     sandboxes.push(sandbox);
     const inspector = await QmpClient.connect(sandbox.inspectQmpPath ?? '');
     try {
       await waitServing(daemon, sandbox.id);
-      const image = `faults-stall-${process.pid}`;
-      images.push(image);
-      await ceph.createImage(image, 16 * MiB);
-      const volPath = `/v1/sandboxes/${sandbox.id}/volumes/vol-stall`;
-      const body = rbdRequest(ceph, image, { bus: 'scsi' });
+      // Three at once on one sandbox: the two queued behind the first open their image while
+      // they wait (storage/ahead-checks.ts), so they too are refused, each by its own check.
+      const vols = ['vol-stall', 'vol-stall-b', 'vol-stall-c'].map((vol, i) => ({
+        image: `faults-stall-${i}-${process.pid}`,
+        path: `/v1/sandboxes/${sandbox.id}/volumes/${vol}`,
+      }));
+      for (const v of vols) {
+        images.push(v.image);
+        await ceph.createImage(v.image, 16 * MiB);
+      }
+      const [first] = vols as [(typeof vols)[0]];
+      const volPath = first.path;
+      const body = rbdRequest(ceph, first.image, { bus: 'scsi' });
       process.kill(ceph.pids.osd, 'SIGSTOP');
       let worstQmpMs = 0;
-      let answer: { status: number; body: Problem } | undefined;
+      const answers: Array<{ status: number; body: Problem; ms: number }> = [];
       const started = performance.now();
       try {
-        const put = daemon.call<Problem>('PUT', volPath, body, 120_000).then((r) => {
-          answer = r;
-        });
+        const puts = vols.map((v) =>
+          daemon
+            .call<Problem>('PUT', v.path, rbdRequest(ceph, v.image, { bus: 'scsi' }), 120_000)
+            .then((r) => {
+              answers.push({ ...r, ms: Math.round(performance.now() - started) });
+            }),
+        );
         // The guest's QEMU must keep answering while vmplugd waits on Ceph.
-        while (answer === undefined) {
+        while (answers.length < vols.length) {
           const t0 = performance.now();
           await inspector.execute('query-status');
           worstQmpMs = Math.max(worstQmpMs, performance.now() - t0);
           await new Promise((r) => setTimeout(r, 100));
         }
-        await put;
+        await Promise.all(puts);
       } finally {
         process.kill(ceph.pids.osd, 'SIGCONT');
       }
       console.log(
-        `OSD stopped: attach answered ${answer?.status} ${answer?.body.code} after ${Math.round(performance.now() - started)} ms; ` +
+        `OSD stopped: ${vols.length} attaches at once answered ${answers.map((a) => `${a.status} ${a.body.code} after ${a.ms} ms`).join(', ')}; ` +
           `guest QEMU's slowest query-status meanwhile ${worstQmpMs.toFixed(1)} ms`,
       );
-      expect(answer?.status).toBe(503);
-      expect(answer?.body).toMatchObject({ code: 'CEPH_STALLED', retryable: true });
+      for (const answer of answers) {
+        expect(answer.status).toBe(503);
+        expect(answer.body).toMatchObject({ code: 'CEPH_STALLED', retryable: true });
+      }
       expect(await vmplugObjects(inspector)).toEqual([]);
       // Ceph back: the same request attaches, and the guest sees the disk.
       let ok: { status: number; body: { serial?: string } } | undefined;
