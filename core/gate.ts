@@ -10,6 +10,8 @@ function abortReason(signal: AbortSignal): unknown {
 
 interface Waiter {
   grant: () => void;
+  /** Queued ahead of every waiter that is not. */
+  urgent: boolean;
   /** Runs when the waiter comes among the queue's first `lookahead` (once, then deleted). */
   onNear?: () => void;
 }
@@ -47,9 +49,11 @@ export class Semaphore {
   /**
    * Resolves with the release function once a slot is free. `onNear` runs once if the caller has
    * to wait, when it is among the first `lookahead` in the queue: work that needs no slot can
-   * start then, overlapping the operations just ahead of it rather than the whole queue.
+   * start then, overlapping the operations just ahead of it rather than the whole queue. An
+   * `urgent` caller waits behind earlier urgent ones only, ahead of every other waiter.
    */
-  acquire(signal?: AbortSignal, onNear?: () => void): Promise<() => void> {
+  acquire(signal?: AbortSignal, opts: { onNear?: () => void; urgent?: boolean } = {}): Promise<() => void> {
+    const { onNear, urgent = false } = opts;
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     if (this.#free > 0) {
       this.#free--;
@@ -61,6 +65,7 @@ export class Semaphore {
           signal?.removeEventListener('abort', onAbort);
           resolve(this.#releaser());
         },
+        urgent,
         ...(onNear !== undefined ? { onNear } : {}),
       };
       const onAbort = (): void => {
@@ -70,8 +75,10 @@ export class Semaphore {
         reject(abortReason(signal as AbortSignal));
       };
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.#queue.push(entry);
-      if (this.#queue.length <= this.lookahead) this.#queueMoved();
+      const at = urgent ? this.#queue.findIndex((w) => !w.urgent) : -1;
+      if (at >= 0) this.#queue.splice(at, 0, entry);
+      else this.#queue.push(entry);
+      if ((at >= 0 ? at : this.#queue.length - 1) < this.lookahead) this.#queueMoved();
     });
   }
 
@@ -120,7 +127,7 @@ export class KeyedMutex<K> {
     const held = lock;
     let release: () => void;
     try {
-      release = await held.acquire(signal, onNear);
+      release = await held.acquire(signal, onNear !== undefined ? { onNear } : {});
     } catch (err) {
       this.#dropIfIdle(key, held);
       throw err;

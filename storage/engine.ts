@@ -109,7 +109,7 @@ export interface AttachEngineOptions {
    * (rbd-preflight.ts): a Ceph whose OSD cannot serve the header is refused (CEPH_STALLED) instead
    * of freezing the guest. Absent: no such check.
    */
-  rbdPreflight?: (source: RbdSource, signal: AbortSignal) => Promise<unknown>;
+  rbdPreflight?: (source: RbdSource, signal: AbortSignal, opts?: { ahead?: boolean }) => Promise<unknown>;
   /**
    * How old the outcome of a Ceph probe or rbd preflight started before the sandbox's turn may be
    * when the attach reaches its turn (ahead-checks.ts); default 2 s. 0: always checked again.
@@ -215,7 +215,7 @@ export class AttachEngine extends VolumeEngine implements AttachService {
         // A storage daemon needs none; a sandbox not present now leaves it to the turn.
         if ((await backendNow()) !== 'qemu') return NOT_APPLICABLE;
         await ceph.outcome;
-        await preflight(spec.source, signal);
+        await preflight(spec.source, signal, { ahead: true });
       }, signal),
     };
   }

@@ -106,9 +106,17 @@ export class RbdPreflight {
     return this.#idle.length;
   }
 
-  /** Resolves when the image opens in time; CephStalledError when it does not; BackendError when refused. */
-  async open(source: RbdSource, signal?: AbortSignal): Promise<{ ms: number }> {
-    const release = await this.#slots.acquire(signal);
+  /**
+   * Resolves when the image opens in time; CephStalledError when it does not; BackendError when
+   * refused. `ahead`: an attach still waiting for its sandbox's turn asks; one in its turn (which
+   * holds its sandbox meanwhile) goes before every such open waiting for a slot.
+   */
+  async open(
+    source: RbdSource,
+    signal?: AbortSignal,
+    opts: { ahead?: boolean } = {},
+  ): Promise<{ ms: number }> {
+    const release = await this.#slots.acquire(signal, { urgent: opts.ahead !== true });
     try {
       return await this.#open(source, signal);
     } finally {

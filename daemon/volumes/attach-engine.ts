@@ -228,7 +228,10 @@ async function rbdPreflightOf(
   stateDir: string,
   maxOps: number,
   logger: Logger,
-): Promise<{ check: (source: RbdSource, signal: AbortSignal) => Promise<unknown>; close(): Promise<void> }> {
+): Promise<{
+  check: (source: RbdSource, signal: AbortSignal, opts?: { ahead?: boolean }) => Promise<unknown>;
+  close(): Promise<void>;
+}> {
   const runDir = join(stateDir, 'rbd-preflight');
   await mkdir(runDir, { recursive: true, mode: 0o700 });
   // As many idle as attaches can run at once: a burst of rbd attaches starts its daemons once.
@@ -238,9 +241,9 @@ async function rbdPreflightOf(
   if (swept > 0) logger.warn({ killed: swept }, 'rbd preflight: killed daemons a previous vmplugd left');
   let warned = false;
   return {
-    check: async (source, signal) => {
+    check: async (source, signal, opts) => {
       try {
-        return await preflight.open(source, signal);
+        return await preflight.open(source, signal, opts);
       } catch (err) {
         if (!(err instanceof PreflightUnavailableError)) throw err;
         if (!warned) logger.warn({}, `${err.message}: a stalled OSD can freeze a guest during an rbd attach`);

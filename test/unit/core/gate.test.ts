@@ -45,6 +45,22 @@ describe('Semaphore', () => {
   it('refuses a capacity below one', () => {
     expect(() => new Semaphore(0)).toThrow(RangeError);
   });
+
+  it('queues an urgent waiter behind earlier urgent ones only', async () => {
+    const s = new Semaphore(1);
+    const release = await s.acquire();
+    const order: string[] = [];
+    // Each takes its slot, notes it and passes it on.
+    const wait = (name: string, urgent: boolean) =>
+      s.acquire(undefined, { urgent }).then((r) => {
+        order.push(name);
+        r();
+      });
+    const waits = [wait('a', false), wait('b', false), wait('u1', true), wait('u2', true)];
+    release();
+    await Promise.all(waits);
+    expect(order).toEqual(['u1', 'u2', 'a', 'b']);
+  });
 });
 
 describe('KeyedMutex and OperationGate', () => {

@@ -119,6 +119,32 @@ describe('RbdPreflight', () => {
     await pf.close();
   });
 
+  it('an open for an attach in its turn goes before opens asked ahead of their turn', async () => {
+    const order: string[] = [];
+    let hold: () => void = () => {};
+    const held = new Promise<void>((r) => {
+      hold = r;
+    });
+    launcher.prepare = (q) =>
+      q.onCommand(async (command, args) => {
+        if (command !== 'blockdev-add') return;
+        order.push(String(args.image));
+        if (args.image === 'first') await held;
+      });
+    const pf = new RbdPreflight({ runDir, launch: launcher.launch, maxConcurrent: 1 });
+    const first = pf.open({ ...source, image: 'first' });
+    while (order.length === 0) await new Promise((r) => setTimeout(r, 1));
+    const opens = [
+      pf.open({ ...source, image: 'ahead-1' }, undefined, { ahead: true }),
+      pf.open({ ...source, image: 'ahead-2' }, undefined, { ahead: true }),
+      pf.open({ ...source, image: 'in-turn' }),
+    ];
+    hold();
+    await Promise.all([first, ...opens]);
+    expect(order).toEqual(['first', 'in-turn', 'ahead-1', 'ahead-2']);
+    await pf.close();
+  });
+
   it('a stalled open is CEPH_STALLED within the bound and its daemon killed, never reused', async () => {
     launcher.prepare = (q) => q.hang('blockdev-add');
     const pf = new RbdPreflight({ runDir, launch: launcher.launch, timeoutMs: 100 });
