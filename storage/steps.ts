@@ -168,17 +168,14 @@ export async function attachSteps(
       names,
       opts.clientMountTimeoutS !== undefined ? { clientMountTimeoutS: opts.clientMountTimeoutS } : {},
     );
-    conf.catch(() => undefined);
-    try {
-      await objectAdd(ctx.qmp, secretObject(names, spec.source.key), q);
-    } catch (err) {
-      // A resumed attach finds its own secret (same ids, same key: the fingerprint matched).
-      if (!isDuplicate(err)) {
-        await conf.catch(() => undefined);
-        throw backendFailure('object-add secret', err, ctx.secrets);
+    await alongside(conf, async () => {
+      try {
+        await objectAdd(ctx.qmp, secretObject(names, spec.source.key), q);
+      } catch (err) {
+        // A resumed attach finds its own secret (same ids, same key: the fingerprint matched).
+        if (!isDuplicate(err)) throw backendFailure('object-add secret', err, ctx.secrets);
       }
-    }
-    await conf;
+    });
     r = pass(ctx, r, 'SecretAdded', t0);
   }
 
@@ -327,17 +324,35 @@ export async function teardownSteps(
 
   if (r.state === 'BlockdevDeleted') {
     if (r.spec.mode === 'rbd') {
-      try {
-        await objectDel(ctx.qmp, names.secret, q);
-      } catch (err) {
-        if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
-      }
-      await removeConfFile(ctx.stateDir, names);
+      // QEMU read the conf when it opened the image: removed while it drops the secret.
+      await alongside(removeConfFile(ctx.stateDir, names), async () => {
+        try {
+          await objectDel(ctx.qmp, names.secret, q);
+        } catch (err) {
+          if (!isAbsent(err)) throw backendFailure('object-del secret', err, ctx.secrets);
+        }
+      });
       if (isVhostUser(r)) await disconnectAndStop(ctx.qmp, requireVhostUser(ctx.vhostUser), r, q);
     }
     if (opts.behind === true) ctx.journal.removeBehind(r.sandboxId, r.volumeId);
     else await ctx.journal.remove(r.sandboxId, r.volumeId);
     ctx.log.debug({ state: 'Detached' }, 'volume Detached');
+  }
+}
+
+/**
+ * `main()` while `side` (a host file write or removal) runs; `side` has settled before this does
+ * either way, so a rollback after a failure never races it. A failure of `main` wins.
+ */
+async function alongside<T>(side: Promise<unknown>, main: () => Promise<T>): Promise<T> {
+  side.catch(() => undefined);
+  try {
+    const value = await main();
+    await side;
+    return value;
+  } catch (err) {
+    await side.catch(() => undefined);
+    throw err;
   }
 }
 
