@@ -208,6 +208,16 @@ export class Journal {
    * sees the record older than what its operation answered, and writes of one path stay in order.
    */
   readonly #behind = new Map<string, Promise<void>>();
+  /**
+   * The records of each sandbox directory this process has looked at, by volume id: read from the
+   * directory once, then kept by this journal's own writes, removals and quarantines. A load of a
+   * record the index does not hold answers "none" without touching the disk: in a burst of fresh
+   * attaches that read waited 10-35 ms in libuv's pool behind other attaches' fsyncs. Only
+   * vmplugd writes its journal (one process, its own 0700 directory); a record placed behind its
+   * back is seen by list(), which reads the directory again, or after a restart. The index may
+   * hold a record that is gone (the directory read raced a removal): that load reads the disk.
+   */
+  readonly #index = new Map<string, { volumes: Set<string>; ready: Promise<void> }>();
 
   /**
    * `onWrite` runs just before each record write starts and just after it is durable, and for a
@@ -317,6 +327,7 @@ export class Journal {
       await this.#ensureDir(dir);
       await write();
     }
+    this.#index.get(dir)?.volumes.add(record.volumeId);
     this.#onWrite?.(record, 'after');
   }
 
@@ -343,6 +354,9 @@ export class Journal {
   ): Promise<JournalRecord | undefined> {
     const path = this.pathOf(sandboxId, volumeId);
     await this.#settledPath(path);
+    const index = this.#indexOf(dirname(path));
+    await index.ready;
+    if (!index.volumes.has(volumeId)) return undefined;
     let text: string;
     try {
       // One trip through libuv's pool with the native addon (a fresh attach's is an ENOENT).
@@ -385,6 +399,10 @@ export class Journal {
           this.#logger.warn({ path: join(dir, name), decision: 'ignored' }, 'journal: foreign file ignored');
           continue;
         }
+        // Read from the directory just now: known to the index even if placed behind its back.
+        const index = this.#indexOf(dir);
+        await index.ready;
+        index.volumes.add(volumeId);
         const record = await this.load(sb, volumeId, opts);
         if (record !== undefined) out.push(record);
       }
@@ -430,7 +448,32 @@ export class Journal {
 
   async #remove(sandboxId: SandboxId, volumeId: VolumeId): Promise<boolean> {
     const path = this.pathOf(sandboxId, volumeId);
-    return await io('unlink', path, () => unlinkDurable(path));
+    const removed = await io('unlink', path, () => unlinkDurable(path));
+    this.#index.get(dirname(path))?.volumes.delete(volumeId);
+    return removed;
+  }
+
+  /**
+   * The index of `dir` (see #index), its directory read started on first use. Only ever added to
+   * by that read: a record removed meanwhile may stay listed, which costs a read, never a miss.
+   */
+  #indexOf(dir: string): { volumes: Set<string>; ready: Promise<void> } {
+    const known = this.#index.get(dir);
+    if (known !== undefined) return known;
+    const volumes = new Set<string>();
+    const ready = readNames(dir).then((names) => {
+      for (const name of names) {
+        const volumeId = name.endsWith('.json') ? name.slice(0, -'.json'.length) : undefined;
+        if (volumeId !== undefined && !name.startsWith('.')) volumes.add(volumeId);
+      }
+    });
+    const entry = { volumes, ready };
+    this.#index.set(dir, entry);
+    // A failed read is not kept: the next load reads the directory again.
+    ready.catch(() => {
+      if (this.#index.get(dir) === entry) this.#index.delete(dir);
+    });
+    return entry;
   }
 
   /**
@@ -468,6 +511,7 @@ export class Journal {
     await this.#settledUnder(sandboxId);
     const dir = join(this.root, sandboxId);
     this.#dirs.delete(dir);
+    this.#index.delete(dir);
     try {
       await rmdir(dir);
     } catch (err) {
@@ -504,6 +548,7 @@ export class Journal {
     } catch (err) {
       if (errno(err) !== 'ENOENT') throw new JournalIoError('quarantine', path, err);
     }
+    this.#index.get(dirname(path))?.volumes.delete(volumeId);
     this.#logger.error(
       { sandboxId, volumeId, path, quarantinedAs: aside, reason, decision: 'quarantined; treated as absent' },
       'journal: corrupt record set aside',

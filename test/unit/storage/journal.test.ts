@@ -411,6 +411,28 @@ describe('Journal on disk', () => {
     ]);
   });
 
+  it('knows which records it holds: a fresh volume reads no file; one placed behind its back shows in list()', async () => {
+    const r = rbdRecord();
+    await journal.save(r);
+    const fresh = parseVolumeId('pvc-new');
+    expect(await journal.load(sb, fresh)).toBeUndefined();
+    // A record this process did not write, after its index of the directory was made: not seen
+    // by load (no read for a volume it never wrote), seen once list() reads the directory.
+    const placed = { ...rbdRecord('pvc-new') };
+    await writeFile(journal.pathOf(sb, fresh), `${JSON.stringify(placed, null, 2)}\n`, { mode: 0o600 });
+    expect(await journal.load(sb, fresh)).toBeUndefined();
+    expect((await journal.list(sb)).map((x) => x.volumeId)).toEqual(['pvc-1', 'pvc-new']);
+    expect((await journal.load(sb, fresh))?.volumeId).toBe('pvc-new');
+    // Its own writes and removals keep the index.
+    expect(await journal.remove(sb, r.volumeId)).toBe(true);
+    expect(await journal.load(sb, r.volumeId)).toBeUndefined();
+    await journal.save(r);
+    expect((await journal.load(sb, r.volumeId))?.state).toBe('Pending');
+    // A later process (another Journal) reads the directory afresh.
+    const restarted = new Journal({ stateDir, logger: log });
+    expect((await restarted.list()).map((x) => x.volumeId)).toEqual(['pvc-1', 'pvc-new']);
+  });
+
   it('honours an aborted signal and leaves no temp file', async () => {
     const ac = new AbortController();
     ac.abort();
