@@ -753,8 +753,8 @@ function printPhases(daemon: DaemonProcess, jobs: readonly ConcurrentJob[]): voi
       stepTimesMs: number;
       checkedAhead?: boolean;
     };
-    // A concurrent attach by mode; an rbd one by where its Ceph checks ran (ahead: while it was
-    // next in its sandbox's queue).
+    // A concurrent attach by mode; an rbd one by where its Ceph checks ran (ahead: while it
+    // waited near its turn in its sandbox's queue).
     const mode = modeOf.get(o.volumeId) ?? '?';
     const g = o.volumeId.startsWith('lat-')
       ? o.volumeId
