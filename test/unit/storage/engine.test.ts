@@ -845,5 +845,8 @@ describe('AttachEngine, rbd mode', () => {
     expect(err.message).toContain('[redacted]');
     expect(err.message).not.toContain(KEY);
     expect(bed.log.lines.join('\n')).not.toContain(KEY);
+    // The conf written while QEMU refused the secret is gone with the rollback, and so is the record.
+    expect(await readdir(join(bed.stateDir, 'rbd')).catch(() => [])).toEqual([]);
+    expect(await bed.journal.load(sb, vol('pvc-r'))).toBeUndefined();
   });
 });
