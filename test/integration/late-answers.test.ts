@@ -215,8 +215,11 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
 
   // After BlockdevAdded (a state the steps pass without writing; the failpoint still fires there)
   // the next command is device_add itself: a fresh attach does not look at QEMU's devices first.
+  // After Pending it is blockdev-add only when the lane was chosen before Pending: a named bus
+  // writes Pending beside the lane inspection (engine.ts), which QEMU stopped there would catch
+  // instead (a clean 502 refusal, no record). `auto` chooses the lane (scsi here) first.
   for (const { state, step, bus } of [
-    { state: 'Pending', step: 'blockdev-add', bus: 'scsi' },
+    { state: 'Pending', step: 'blockdev-add', bus: 'auto' },
     { state: 'BlockdevAdded', step: 'device_add', bus: 'virtio-blk' },
   ]) {
     it(`${step} (${bus}) answered late: rolled back on the answer alone, then the same PUT attaches`, async () => {
@@ -266,7 +269,8 @@ describe('late QMP answers: QEMU stopped during an attach step past the QMP time
   ): Promise<{ body: Record<string, unknown>; record: string }> {
     const d = await start('stop-after:Pending');
     daemon = d;
-    const body = await blockBody('scsi');
+    // `auto`: the lane is chosen before Pending (see the blockdev-add case above).
+    const body = await blockBody('auto');
     const record = await attachIntoStoppedQemu(d, volumeId, body, 'blockdev-add');
     await d.crash();
     daemon = undefined;
