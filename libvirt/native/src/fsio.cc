@@ -56,6 +56,18 @@ class FsWorker : public Napi::AsyncWorker {
 
   virtual Napi::Value Resolve() { return Env().Undefined(); }
 
+  /** Opens `path` with `flags`, runs `use(fd)` and closes it; a failed open is Fail()ed. */
+  template <typename Use>
+  void WithOpen(const std::string& path, int flags, Use use) {
+    int fd = open(path.c_str(), flags);
+    if (fd < 0) {
+      Fail("open", path);
+      return;
+    }
+    use(fd);
+    close(fd);
+  }
+
  private:
   void OnOK() override { deferred_.Resolve(Resolve()); }
 
@@ -89,13 +101,7 @@ class ReplaceWorker : public FsWorker {
 
  protected:
   void Execute() override {
-    int dirFd = open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dirFd < 0) {
-      Fail("open", dir_);
-      return;
-    }
-    Replace(dirFd);
-    close(dirFd);
+    WithOpen(dir_, O_RDONLY | O_DIRECTORY | O_CLOEXEC, [this](int dirFd) { Replace(dirFd); });
   }
 
  private:
@@ -142,13 +148,7 @@ class ReadWorker : public FsWorker {
  protected:
   void Execute() override {
     // O_NONBLOCK: a FIFO in the file's place must not hold the pool thread until a writer comes.
-    int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-      Fail("open", path_);
-      return;
-    }
-    ReadAll(fd);
-    close(fd);
+    WithOpen(path_, O_RDONLY | O_CLOEXEC | O_NONBLOCK, [this](int fd) { ReadAll(fd); });
   }
 
   Napi::Value Resolve() override { return Napi::Buffer<char>::Copy(Env(), data_.data(), data_.size()); }
@@ -203,12 +203,7 @@ class ExclusiveOpenWorker : public FsWorker {
   // On a block device the kernel refuses this open with EBUSY while anything holds the device
   // exclusively: a mounted filesystem, swap, a device-mapper or md member.
   void Execute() override {
-    int fd = open(path_.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
-    if (fd < 0) {
-      Fail("open", path_);
-      return;
-    }
-    close(fd);
+    WithOpen(path_, O_RDONLY | O_EXCL | O_CLOEXEC, [](int) {});
   }
 
  private:
