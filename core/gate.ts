@@ -18,6 +18,10 @@ interface Waiter {
 
 const DEFAULT_LOOKAHEAD = 2;
 
+function requireCount(what: string, value: number): void {
+  if (!Number.isInteger(value) || value < 1) throw new RangeError(`${what} ${value} must be >= 1`);
+}
+
 /** A counting semaphore whose waiters leave the queue when their signal aborts. */
 export class Semaphore {
   #free: number;
@@ -31,10 +35,8 @@ export class Semaphore {
     readonly capacity: number,
     readonly lookahead = 1,
   ) {
-    if (!Number.isInteger(capacity) || capacity < 1)
-      throw new RangeError(`capacity ${capacity} must be >= 1`);
-    if (!Number.isInteger(lookahead) || lookahead < 1)
-      throw new RangeError(`lookahead ${lookahead} must be >= 1`);
+    requireCount('capacity', capacity);
+    requireCount('lookahead', lookahead);
     this.#free = capacity;
   }
 
@@ -113,8 +115,8 @@ export class KeyedMutex<K> {
 
   /** `lookahead` as Semaphore's: how many waiters of a key count as near their turn. */
   constructor(readonly lookahead = 1) {
-    if (!Number.isInteger(lookahead) || lookahead < 1)
-      throw new RangeError(`lookahead ${lookahead} must be >= 1`);
+    // Checked now, not at the first key's Semaphore.
+    requireCount('lookahead', lookahead);
   }
 
   /** `onNear` as Semaphore.acquire: runs when the caller, waiting, is near its turn for `key`. */

@@ -23,7 +23,7 @@ export class AheadCheck {
 
   constructor(
     run: () => Promise<unknown>,
-    readonly signal: AbortSignal,
+    signal: AbortSignal,
     readonly now: () => number = () => performance.now(),
   ) {
     this.#outcome = run().then(
